@@ -1,0 +1,69 @@
+//! Run-time choice of the burn backend (`--backend cpu|wgpu|cuda`).
+//!
+//! Code that runs on a backend is written once, generic over it, as a [`BackendTask`]; the task is
+//! given the autodiff-wrapped backend so it can use both `B` (gradients) and `B::InnerBackend`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::error::{ModelError, Result};
+
+/// The CPU backend: burn's ndarray backend in f32.
+pub type Cpu = burn::backend::NdArray<f32>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    #[default]
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl FromStr for BackendKind {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(ModelError::Input(format!("unknown backend `{other}` (cpu, wgpu, cuda)"))),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// Work that can run on any backend.
+pub trait BackendTask {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+impl BackendKind {
+    /// Runs `task` on this backend's default device.
+    pub fn run<T: BackendTask>(self, task: T) -> Result<T::Output> {
+        match self {
+            Self::Cpu => Ok(task.run::<Autodiff<Cpu>>(Default::default())),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Ok(task.run::<Autodiff<burn::backend::Wgpu<f32>>>(Default::default())),
+            #[cfg(feature = "cuda")]
+            Self::Cuda => Ok(task.run::<Autodiff<burn::backend::Cuda<f32>>>(Default::default())),
+            #[allow(unreachable_patterns)]
+            other => Err(ModelError::BackendNotCompiled(match other {
+                Self::Wgpu => "wgpu",
+                _ => "cuda",
+            })),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Padded batches of token sequences, with the position ids and attention mask that make a batched
+//! forward pass give each sequence the logits it would get alone.
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::error::{ModelError, Result};
+
+/// Which side of a shorter sequence the padding goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// Pad after the tokens: token `i` of a row sits at column `i` (the editing code's convention).
+    #[default]
+    Right,
+    /// Pad before the tokens: every row ends in the last column (handy for generation).
+    Left,
+}
+
+/// Added to attention scores that must be ignored. Finite, so that a row with nothing to attend
+/// to (a padding query) gives a uniform distribution instead of NaN.
+const MASKED: f32 = -1e30;
+
+/// A rectangular batch of token ids plus what the models need to ignore the padding.
+#[derive(Debug, Clone)]
+pub struct PromptBatch<B: Backend> {
+    /// `[b, t]` token ids, padded.
+    pub ids: Tensor<B, 2, Int>,
+    /// `[b, t]` position of each token inside its own sequence (0 for padding).
+    pub positions: Tensor<B, 2, Int>,
+    /// `[b, 1, t, t]` additive mask: causal and excluding padding keys.
+    pub mask: Tensor<B, 4>,
+    /// Unpadded length of each row.
+    pub lengths: Vec<usize>,
+    /// Column of each row's first token (its amount of left padding).
+    pub offsets: Vec<usize>,
+}
+
+impl<B: Backend> PromptBatch<B> {
+    pub fn new(sequences: &[Vec<u32>], padding: Padding, pad_id: u32, device: &B::Device) -> Result<Self> {
+        if sequences.is_empty() || sequences.iter().any(|s| s.is_empty()) {
+            return Err(ModelError::Input("a batch needs at least one sequence and no empty sequence".into()));
+        }
+        let b = sequences.len();
+        let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let offsets: Vec<usize> = match padding {
+            Padding::Right => vec![0; b],
+            Padding::Left => lengths.iter().map(|&n| t - n).collect(),
+        };
+        let mut ids = vec![pad_id as i64; b * t];
+        let mut positions = vec![0i64; b * t];
+        let mut key_mask = vec![MASKED; b * t];
+        for (row, seq) in sequences.iter().enumerate() {
+            for (i, &id) in seq.iter().enumerate() {
+                let col = row * t + offsets[row] + i;
+                ids[col] = id as i64;
+                positions[col] = i as i64;
+                key_mask[col] = 0.0;
+            }
+        }
+        let causal: Vec<f32> = (0..t * t).map(|ij| if ij % t <= ij / t { 0.0 } else { MASKED }).collect();
+        let causal = Tensor::<B, 2>::from_data(TensorData::new(causal, [t, t]), device);
+        let keys = Tensor::<B, 2>::from_data(TensorData::new(key_mask, [b, t]), device);
+        let mask = causal.reshape([1, 1, t, t]).expand([b, 1, t, t]) + keys.reshape([b, 1, 1, t]).expand([b, 1, t, t]);
+        Ok(Self {
+            ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
+            positions: Tensor::from_data(TensorData::new(positions, [b, t]), device),
+            mask,
+            lengths,
+            offsets,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn width(&self) -> usize {
+        self.ids.dims()[1]
+    }
+
+    /// Column of token `i` of `row`.
+    pub fn column(&self, row: usize, i: usize) -> usize {
+        self.offsets[row] + i
+    }
+
+    /// Column of the last token of `row`.
+    pub fn last_column(&self, row: usize) -> usize {
+        self.offsets[row] + self.lengths[row] - 1
+    }
+}

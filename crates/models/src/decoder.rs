@@ -1,0 +1,50 @@
+//! The loop every decoder-only architecture shares: embed, run the blocks with the editing hooks,
+//! stop early if asked.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::batch::PromptBatch;
+use crate::hooks::{Hooks, Site, Trace};
+use crate::layers::Rotary;
+
+/// What one transformer block computes for the decoder loop.
+pub(crate) struct BlockOutput<B: Backend> {
+    /// Input of the MLP output projection.
+    pub key: Tensor<B, 3>,
+    /// Output of the MLP output projection (after any [`Site::MlpOutput`] intervention).
+    pub value: Tensor<B, 3>,
+    /// The block's output hidden state (before any [`Site::BlockOutput`] intervention).
+    pub hidden: Tensor<B, 3>,
+}
+
+pub(crate) trait Block<B: Backend> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B>;
+}
+
+/// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
+pub(crate) fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let [b, t] = ids.dims();
+    let [_, d] = table.dims();
+    table.select(0, ids.clone().reshape([b * t])).reshape([b, t, d])
+}
+
+/// Runs `blocks` on `x`; `None` if the hooks stopped the pass before the last block.
+pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
+    blocks: &[L],
+    mut x: Tensor<B, 3>,
+    rotary: &Rotary<B>,
+    batch: &PromptBatch<B>,
+    hooks: &Hooks<B>,
+    trace: &mut Trace<B>,
+) -> Option<Tensor<B, 3>> {
+    for (layer, block) in blocks.iter().enumerate() {
+        let out = block.forward(x, rotary, batch, layer, hooks);
+        let hidden = hooks.apply(layer, Site::BlockOutput, out.hidden);
+        trace.record(hooks, layer, out.key, out.value, &hidden);
+        if hooks.stop_after == Some(layer) {
+            return None;
+        }
+        x = hidden;
+    }
+    Some(x)
+}

@@ -1,0 +1,220 @@
+//! Building blocks shared by the architectures: linear maps, norms, rotary embeddings, attention.
+
+use burn::module::{Module, Param};
+use burn::tensor::{activation, backend::Backend, Int, Tensor};
+
+use crate::error::Result;
+use crate::weights::{fetch, HostTensor, TensorSource};
+
+/// `y = x W (+ b)`. The weight is kept as `[d_in, d_out]` (the transpose of the Hugging Face
+/// `[d_out, d_in]` layout) so that the forward pass is one contiguous GEMM.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Loads `{prefix}.weight` (`[d_out, d_in]`) and, if `bias`, `{prefix}.bias`.
+    pub fn load(
+        source: &dyn TensorSource,
+        prefix: &str,
+        [d_out, d_in]: [usize; 2],
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let weight = fetch(source, &format!("{prefix}.weight"), &[d_out, d_in])?;
+        let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[d_out])?) } else { None };
+        Ok(Self::from_host(&weight, bias, device))
+    }
+
+    /// From a Hugging Face `[d_out, d_in]` weight.
+    pub fn from_host(weight: &HostTensor, bias: Option<HostTensor>, device: &B::Device) -> Self {
+        Self {
+            weight: Param::from_tensor(weight.transposed().into_tensor(device)),
+            bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let [_, d_out] = self.weight.dims();
+        let rows = x.shape().num_elements() / d_in;
+        let mut y = x.reshape([rows, d_in]).matmul(self.weight.val());
+        if let Some(bias) = &self.bias {
+            y = y + bias.val().unsqueeze_dim(0);
+        }
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
+    }
+
+    /// The weight in the paper's orientation, `W ∈ R^{d_out × d_in}` (`v = W k`).
+    pub fn matrix(&self) -> Tensor<B, 2> {
+        self.weight.val().transpose()
+    }
+
+    /// Replaces the weight by `w ∈ R^{d_out × d_in}`.
+    pub fn set_matrix(&mut self, w: Tensor<B, 2>) {
+        self.weight = Param::from_tensor(w.transpose());
+    }
+}
+
+/// Root-mean-square norm (LLaMA): `x / sqrt(mean(x²) + ε) · g`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn load(source: &dyn TensorSource, name: &str, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
+        let weight = fetch(source, name, &[d])?.into_tensor(device);
+        Ok(Self { weight: Param::from_tensor(weight), eps })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let ms = x.clone().powi_scalar(2).mean_dim(2);
+        x * (ms + self.eps).sqrt().recip() * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Layer norm (GPT-J): `(x − mean) / sqrt(var + ε) · g + b`.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn load(source: &dyn TensorSource, prefix: &str, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
+        let weight = fetch(source, &format!("{prefix}.weight"), &[d])?.into_tensor(device);
+        let bias = fetch(source, &format!("{prefix}.bias"), &[d])?.into_tensor(device);
+        Ok(Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias), eps })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let centred = x.clone() - x.mean_dim(2);
+        let var = centred.clone().powi_scalar(2).mean_dim(2);
+        centred * (var + self.eps).sqrt().recip() * self.weight.val().unsqueeze::<3>()
+            + self.bias.val().unsqueeze::<3>()
+    }
+}
+
+/// How a rotary embedding pairs the dimensions it rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryPairing {
+    /// LLaMA: dimension `i` is paired with `i + d/2` ("rotate half").
+    Half,
+    /// GPT-J: dimension `2i` is paired with `2i + 1` ("rotate every two").
+    Interleaved,
+}
+
+/// Rotary position embedding over the first `dim` dimensions of each head, with cos/sin tables for
+/// every position up to the model's context length.
+#[derive(Module, Debug)]
+pub struct Rotary<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    dim: usize,
+    #[module(skip)]
+    pairing: RotaryPairing,
+}
+
+impl<B: Backend> Rotary<B> {
+    /// Frequencies `θ_j = base^(−2j/dim)`, computed in f32 like the reference implementations.
+    pub fn new(dim: usize, base: f64, max_positions: usize, pairing: RotaryPairing, device: &B::Device) -> Self {
+        let half = dim / 2;
+        let inv_freq: Vec<f32> = (0..half).map(|j| (1.0 / base.powf(2.0 * j as f64 / dim as f64)) as f32).collect();
+        let mut cos = Vec::with_capacity(max_positions * dim);
+        let mut sin = Vec::with_capacity(max_positions * dim);
+        for p in 0..max_positions {
+            let angles: Vec<f64> = inv_freq.iter().map(|&f| (p as f32 * f) as f64).collect();
+            let column = |j: usize| match pairing {
+                RotaryPairing::Half => angles[j % half],
+                RotaryPairing::Interleaved => angles[j / 2],
+            };
+            cos.extend((0..dim).map(|j| column(j).cos() as f32));
+            sin.extend((0..dim).map(|j| column(j).sin() as f32));
+        }
+        let table = |v: Vec<f32>| HostTensor { shape: vec![max_positions, dim], data: v }.into_tensor(device);
+        Self { cos: table(cos), sin: table(sin), dim, pairing }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotates `x: [b, h, t, head_dim]` by the angles of `positions: [b, t]`.
+    pub fn apply(&self, x: Tensor<B, 4>, positions: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [b, h, t, hd] = x.dims();
+        let flat = positions.clone().reshape([b * t]);
+        let cos = self.cos.clone().select(0, flat.clone()).reshape([b, 1, t, self.dim]);
+        let sin = self.sin.clone().select(0, flat).reshape([b, 1, t, self.dim]);
+        let (rot, pass) = if self.dim == hd {
+            (x, None)
+        } else {
+            (x.clone().slice([0..b, 0..h, 0..t, 0..self.dim]), Some(x.slice([0..b, 0..h, 0..t, self.dim..hd])))
+        };
+        let turned = match self.pairing {
+            RotaryPairing::Half => rotate_half(rot.clone()),
+            RotaryPairing::Interleaved => rotate_every_two(rot.clone()),
+        };
+        let rotated = rot * cos.expand([b, h, t, self.dim]) + turned * sin.expand([b, h, t, self.dim]);
+        match pass {
+            None => rotated,
+            Some(pass) => Tensor::cat(vec![rotated, pass], 3),
+        }
+    }
+}
+
+/// `[x1, x2] → [−x2, x1]` over the last dimension.
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+    let x2 = x.slice([0..b, 0..h, 0..t, d / 2..d]);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+/// `(x0, x1, x2, x3, …) → (−x1, x0, −x3, x2, …)`.
+fn rotate_every_two<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let pairs = x.reshape([b, h, t, d / 2, 2]);
+    let even = pairs.clone().slice([0..b, 0..h, 0..t, 0..d / 2, 0..1]);
+    let odd = pairs.slice([0..b, 0..h, 0..t, 0..d / 2, 1..2]);
+    Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, t, d])
+}
+
+/// Scaled dot-product attention. `q: [b, h, t, d]`, `k, v: [b, h_kv, t, d]` (grouped-query attention
+/// when `h_kv < h`: query head `i` reads key/value head `i / (h / h_kv)`), `mask: [b, 1, t, t]`
+/// additive (0 where attending is allowed, a large negative number elsewhere).
+pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = q.dims();
+    let k = repeat_kv(k, h);
+    let v = repeat_kv(v, h);
+    let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + mask.clone().expand([b, h, t, t]);
+    activation::softmax(scores, 3).matmul(v)
+}
+
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+    let [b, h_kv, t, d] = x.dims();
+    if h_kv == heads {
+        return x;
+    }
+    let rep = heads / h_kv;
+    x.unsqueeze_dim::<5>(2).expand([b, h_kv, rep, t, d]).reshape([b, heads, t, d])
+}
+
+/// `[b, t, h·d] → [b, h, t, d]`.
+pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, t, hd] = x.dims();
+    x.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
+}
+
+/// `[b, h, t, d] → [b, t, h·d]`.
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, t, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, t, h * d])
+}

@@ -1,0 +1,23 @@
+//! GPT-J and LLaMA causal language models on burn, with the hooks knowledge editing needs
+//! (keys and values of the MLP output projection, additive interventions, early stopping, weight
+//! replacement), loaded from Hugging Face checkpoint directories or GGUF files.
+
+pub mod backend;
+pub mod batch;
+mod decoder;
+pub mod error;
+pub mod gguf;
+pub mod gptj;
+pub mod hooks;
+pub mod layers;
+pub mod llama;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{BackendKind, BackendTask};
+pub use batch::{Padding, PromptBatch};
+pub use error::{ModelError, Result};
+pub use hooks::{Hooks, Intervention, LayerTrace, Site, Trace};
+pub use model::{Architecture, LanguageModel, ModelDims};
+pub use tokenizer::TextTokenizer;

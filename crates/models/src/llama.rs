@@ -1,0 +1,223 @@
+//! LLaMA / LLaMA-2 (and SmolLM2): RMSNorm, SwiGLU MLP, rotate-half rotary embeddings,
+//! grouped-query attention, optionally tied input/output embeddings.
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::{activation, backend::Backend, Tensor};
+use serde::Deserialize;
+
+use crate::batch::PromptBatch;
+use crate::decoder::{self, Block, BlockOutput};
+use crate::error::{ModelError, Result};
+use crate::hooks::{Hooks, Site, Trace};
+use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, Rotary, RotaryPairing};
+use crate::weights::{fetch, fetch_optional, TensorSource};
+
+/// The fields of a Hugging Face `config.json` (`model_type: llama`) that matter here, in both the
+/// transformers 4.x (`rope_theta`, `torch_dtype`) and 5.x (`rope_parameters`, `dtype`) spellings.
+#[derive(Debug, Deserialize)]
+pub struct LlamaHfConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    pub rope_theta: Option<f64>,
+    pub rope_parameters: Option<RopeParameters>,
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RopeParameters {
+    pub rope_theta: Option<f64>,
+    pub rope_type: Option<String>,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_max_positions() -> usize {
+    2048
+}
+
+/// Runtime configuration of a LLaMA model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+}
+
+impl LlamaHfConfig {
+    pub fn into_config(self, path: &Path) -> Result<LlamaConfig> {
+        let rope_type = self.rope_parameters.as_ref().and_then(|r| r.rope_type.clone());
+        let scaling = self.rope_scaling.as_ref().filter(|v| !v.is_null());
+        if let Some(kind) = rope_type.filter(|t| t != "default") {
+            return Err(ModelError::config(path, "rope_parameters.rope_type", format!("`{kind}` is not supported (only `default`)")));
+        }
+        if let Some(s) = scaling {
+            return Err(ModelError::config(path, "rope_scaling", format!("{s} is not supported (only none)")));
+        }
+        let rope_theta = self
+            .rope_theta
+            .or(self.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10_000.0);
+        let num_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
+        if self.num_attention_heads == 0 || num_kv_heads == 0 || self.num_attention_heads % num_kv_heads != 0 {
+            return Err(ModelError::config(path, "num_key_value_heads", format!("{num_kv_heads} does not divide num_attention_heads {}", self.num_attention_heads)));
+        }
+        let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
+        if head_dim % 2 != 0 {
+            return Err(ModelError::config(path, "head_dim", format!("{head_dim} must be even for rotary embeddings")));
+        }
+        Ok(LlamaConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            attention_bias: self.attention_bias,
+            mlp_bias: self.mlp_bias,
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    num_heads: usize,
+    num_kv_heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    gate_proj: Linear<B>,
+    up_proj: Linear<B>,
+    /// The edited projection: `W ∈ R^{d_model × d_mlp}`.
+    pub down_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaBlock<B: Backend> {
+    input_layernorm: RmsNorm<B>,
+    self_attn: LlamaAttention<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    pub mlp: LlamaMlp<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<LlamaBlock<B>>,
+    norm: RmsNorm<B>,
+    lm_head: Linear<B>,
+    rotary: Rotary<B>,
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>) -> Tensor<B, 3> {
+        let q = rotary.apply(split_heads(self.q_proj.forward(x.clone()), self.num_heads), &batch.positions);
+        let k = rotary.apply(split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads), &batch.positions);
+        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads);
+        self.o_proj.forward(merge_heads(attention(q, k, v, &batch.mask)))
+    }
+}
+
+impl<B: Backend> Block<B> for LlamaBlock<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rotary, batch);
+        let n = self.post_attention_layernorm.forward(h.clone());
+        let key = activation::silu(self.mlp.gate_proj.forward(n.clone())) * self.mlp.up_proj.forward(n);
+        let value = hooks.apply(layer, Site::MlpOutput, self.mlp.down_proj.forward(key.clone()));
+        BlockOutput { hidden: h + value.clone(), key, value }
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads the weights named as in Hugging Face's `LlamaForCausalLM`.
+    pub fn load(config: &LlamaConfig, source: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+        let c = config;
+        let (d, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let linear = |name: &str, shape, bias| Linear::load(source, &format!("{p}.{name}"), shape, bias, device);
+                Ok(LlamaBlock {
+                    input_layernorm: RmsNorm::load(source, &format!("{p}.input_layernorm.weight"), d, c.rms_norm_eps, device)?,
+                    self_attn: LlamaAttention {
+                        q_proj: linear("self_attn.q_proj", [q_dim, d], c.attention_bias)?,
+                        k_proj: linear("self_attn.k_proj", [kv_dim, d], c.attention_bias)?,
+                        v_proj: linear("self_attn.v_proj", [kv_dim, d], c.attention_bias)?,
+                        o_proj: linear("self_attn.o_proj", [d, q_dim], c.attention_bias)?,
+                        num_heads: c.num_heads,
+                        num_kv_heads: c.num_kv_heads,
+                    },
+                    post_attention_layernorm: RmsNorm::load(source, &format!("{p}.post_attention_layernorm.weight"), d, c.rms_norm_eps, device)?,
+                    mlp: LlamaMlp {
+                        gate_proj: linear("mlp.gate_proj", [c.intermediate_size, d], c.mlp_bias)?,
+                        up_proj: linear("mlp.up_proj", [c.intermediate_size, d], c.mlp_bias)?,
+                        down_proj: linear("mlp.down_proj", [d, c.intermediate_size], c.mlp_bias)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = fetch(source, "model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
+            Some(head) if !c.tie_word_embeddings => head,
+            _ if c.tie_word_embeddings => embed.clone(),
+            _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
+        };
+        Ok(Self {
+            lm_head: Linear::from_host(&head, None, device),
+            embed_tokens: Param::from_tensor(embed.into_tensor(device)),
+            layers,
+            norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
+            rotary: Rotary::new(c.head_dim, c.rope_theta, c.max_position_embeddings, RotaryPairing::Half, device),
+        })
+    }
+
+    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>) -> Trace<B> {
+        let mut trace = Trace { logits: None, layers: Default::default() };
+        let x = decoder::embed(self.embed_tokens.val(), &batch.ids);
+        if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace) {
+            trace.logits = Some(self.lm_head.forward(self.norm.forward(x)));
+        }
+        trace
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.rotary.max_positions()
+    }
+}

@@ -1,0 +1,172 @@
+//! Fidelity against Hugging Face transformers: tiny random checkpoints made by
+//! `scripts/make_fixtures.py`, whose golden logits were computed by transformers.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use editbench_models::{Hooks, Intervention, LanguageModel, Padding, Site};
+
+/// f32 on the CPU backend must reproduce transformers to this absolute tolerance.
+const CPU_TOLERANCE: f32 = 1e-4;
+/// wgpu (lavapipe in CI) reorders floating-point sums in its kernels; measured differences are
+/// far below this.
+#[cfg(feature = "wgpu")]
+const WGPU_TOLERANCE: f32 = 1e-3;
+
+type Cpu = editbench_models::backend::Cpu;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Golden {
+    sequences: Vec<Vec<u32>>,
+    logits: Vec<Vec<f32>>,
+}
+
+fn golden(dir: &str) -> Golden {
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(dir).join("golden.json")).unwrap()).unwrap();
+    let sequences = serde_json::from_value(json["sequences"].clone()).unwrap();
+    let logits = serde_json::from_value(json["logits"].clone()).unwrap();
+    Golden { sequences, logits }
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Every golden sequence run alone matches transformers.
+fn assert_matches_golden<B: Backend>(model_path: &Path, golden_dir: &str, tolerance: f32, device: &B::Device) {
+    let model = LanguageModel::<B>::load(model_path, device).unwrap();
+    let golden = golden(golden_dir);
+    for (seq, expected) in golden.sequences.iter().zip(&golden.logits) {
+        let got = values(model.logits(seq).unwrap());
+        let diff = max_abs_diff(&got, expected);
+        assert!(diff <= tolerance, "{}: max |Δlogit| = {diff:e} > {tolerance:e} for {seq:?}", model_path.display());
+    }
+}
+
+/// Batched with padding on either side, every row's real positions match the golden logits.
+fn assert_padded_batches_match<B: Backend>(model_path: &Path, golden_dir: &str, tolerance: f32, device: &B::Device) {
+    let model = LanguageModel::<B>::load(model_path, device).unwrap();
+    let golden = golden(golden_dir);
+    let vocab = model.dims.vocab_size;
+    for padding in [Padding::Right, Padding::Left] {
+        let batch = model.batch(&golden.sequences, padding).unwrap();
+        let logits = model.forward(&batch, &Hooks::default()).logits.unwrap();
+        for (row, expected) in golden.logits.iter().enumerate() {
+            let (start, len) = (batch.column(row, 0), batch.lengths[row]);
+            let got = values(logits.clone().slice([row..row + 1, start..start + len, 0..vocab]));
+            let diff = max_abs_diff(&got, expected);
+            assert!(diff <= tolerance, "{padding:?} padding, row {row}: max |Δlogit| = {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn gptj_matches_transformers() {
+    assert_matches_golden::<Cpu>(&fixture("tiny-gptj"), "tiny-gptj", CPU_TOLERANCE, &Default::default());
+}
+
+#[test]
+fn llama_f16_with_4x_config_matches_transformers() {
+    assert_matches_golden::<Cpu>(&fixture("tiny-llama"), "tiny-llama", CPU_TOLERANCE, &Default::default());
+}
+
+#[test]
+fn llama_gqa_tied_bf16_sharded_matches_transformers() {
+    assert_matches_golden::<Cpu>(&fixture("tiny-llama-gqa-tied"), "tiny-llama-gqa-tied", CPU_TOLERANCE, &Default::default());
+}
+
+#[test]
+fn llama_gguf_matches_the_same_weights_in_safetensors() {
+    assert_matches_golden::<Cpu>(&fixture("tiny-llama.gguf"), "tiny-llama", CPU_TOLERANCE, &Default::default());
+}
+
+#[test]
+fn padded_batches_match_one_by_one_runs() {
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied"] {
+        assert_padded_batches_match::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_matches_transformers() {
+    type Wgpu = burn::backend::Wgpu<f32>;
+    let device = Default::default();
+    for name in ["tiny-gptj", "tiny-llama", "tiny-llama-gqa-tied"] {
+        assert_matches_golden::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
+        assert_padded_batches_match::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
+    }
+}
+
+#[test]
+fn captured_values_are_the_projection_of_captured_keys() {
+    for name in ["tiny-gptj", "tiny-llama"] {
+        let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
+        let batch = model.batch(&golden(name).sequences, Padding::Right).unwrap();
+        let trace = model.forward(&batch, &Hooks::capture(&[1]));
+        let layer = &trace.layers[&1];
+        let w = model.mlp_out(1);
+        let recomputed = w.forward(layer.key.clone());
+        let diff = max_abs_diff(&values(recomputed), &values(layer.value.clone()));
+        assert!(diff < 1e-5, "{name}: value ≠ W·key (+b), max diff {diff:e}");
+    }
+}
+
+#[test]
+fn stopping_early_gives_the_same_activations_and_no_logits() {
+    let model = LanguageModel::<Cpu>::load(&fixture("tiny-llama-gqa-tied"), &Default::default()).unwrap();
+    let batch = model.batch(&golden("tiny-llama-gqa-tied").sequences, Padding::Right).unwrap();
+    let full = model.forward(&batch, &Hooks::capture(&[0, 1]));
+    let early = model.forward(&batch, &Hooks::capture_only(&[0, 1]));
+    assert!(early.logits.is_none());
+    assert_eq!(early.layers.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(values(full.layers[&1].hidden.clone()), values(early.layers[&1].hidden.clone()));
+}
+
+#[test]
+fn an_intervention_changes_only_its_own_row_from_its_column_on() {
+    for (name, site) in [("tiny-gptj", Site::MlpOutput), ("tiny-llama", Site::BlockOutput)] {
+        let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
+        let golden = golden(name);
+        let batch = model.batch(&golden.sequences, Padding::Right).unwrap();
+        let d = model.dims.hidden_size;
+        let (rows, t, v) = (batch.rows(), batch.width(), model.dims.vocab_size);
+        // A non-constant vector: a constant one would vanish in GPT-J's next LayerNorm.
+        let ramp = Tensor::<Cpu, 1, burn::tensor::Int>::arange(0..d as i64, &Default::default()).float().reshape([1, d]) / d as f64;
+        let deltas = ramp.repeat_dim(0, rows) * Tensor::<Cpu, 2>::from_data([[1.0], [0.0], [0.0]], &Default::default());
+        let column = 3;
+        let hooks = Hooks { intervention: Some(Intervention::at_columns(0, site, &batch, &[column, 0, 0], deltas)), ..Hooks::default() };
+        let before = values(model.forward(&batch, &Hooks::default()).logits.unwrap());
+        let after = values(model.forward(&batch, &hooks).logits.unwrap());
+        for row in 0..rows {
+            for pos in 0..t {
+                let at = (row * t + pos) * v;
+                let diff = max_abs_diff(&before[at..at + v], &after[at..at + v]);
+                let should_change = row == 0 && pos >= column;
+                assert_eq!(diff > 1e-4, should_change, "{name} row {row} pos {pos}: diff {diff:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn replacing_the_edited_weight_changes_the_output() {
+    let mut model = LanguageModel::<Cpu>::load(&fixture("tiny-llama"), &Default::default()).unwrap();
+    let seq = &golden("tiny-llama").sequences[0];
+    let before = values(model.logits(seq).unwrap());
+    let w = model.mlp_out(0).matrix();
+    assert_eq!(w.dims(), [model.dims.hidden_size, model.dims.intermediate_size]);
+    model.mlp_out_mut(0).set_matrix(w.clone() * 2.0);
+    assert!(max_abs_diff(&before, &values(model.logits(seq).unwrap())) > 1e-3);
+    model.mlp_out_mut(0).set_matrix(w);
+    assert_eq!(before, values(model.logits(seq).unwrap()));
+}

@@ -1,0 +1,116 @@
+//! `editbench`: the command line of the knowledge-editing benchmark.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand};
+use editbench_models::{BackendKind, BackendTask, LanguageModel};
+
+#[derive(Parser)]
+#[command(name = "editbench", version, about = "Knowledge editing (ROME, MEMIT, EMMET) benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// A Hugging Face checkpoint directory or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Where the model runs: cpu, wgpu or cuda (the last two need the cargo feature of that name).
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the logits of every position of a token sequence as JSON {"shape":[T,V],"logits":[...]}.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<u32>,
+    },
+    /// Greedily continue a prompt.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 20)]
+        max_new_tokens: usize,
+    },
+    /// Benchmarks (JSON on stdout).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Logits { model, ids } => {
+            let json = model.backend.run(LogitsTask { path: model.model, ids })??;
+            println!("{json}");
+        }
+        Command::Generate { model, prompt, max_new_tokens } => {
+            let text = model.backend.run(GenerateTask { path: model.model, prompt, max_new_tokens })??;
+            println!("{text}");
+        }
+        Command::Bench(cmd) => bench::run(cmd)?,
+    }
+    Ok(())
+}
+
+/// Loads the inference (non-autodiff) model of a task's backend.
+fn load<B: AutodiffBackend>(path: &std::path::Path, device: &B::Device) -> Result<LanguageModel<B::InnerBackend>> {
+    LanguageModel::load(path, device).with_context(|| format!("loading {}", path.display()))
+}
+
+struct LogitsTask {
+    path: PathBuf,
+    ids: Vec<u32>,
+}
+
+impl BackendTask for LogitsTask {
+    type Output = Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
+        let model = load::<B>(&self.path, &device)?;
+        let logits = model.logits(&self.ids)?;
+        let shape = logits.dims();
+        let values = logits.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(serde_json::json!({ "shape": shape, "logits": values }).to_string())
+    }
+}
+
+struct GenerateTask {
+    path: PathBuf,
+    prompt: String,
+    max_new_tokens: usize,
+}
+
+impl BackendTask for GenerateTask {
+    type Output = Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
+        let model = load::<B>(&self.path, &device)?;
+        Ok(model.generate(&self.prompt, self.max_new_tokens)?)
+    }
+}
