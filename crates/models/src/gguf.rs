@@ -102,7 +102,7 @@ impl<'a> Cursor<'a> {
     }
     fn len(&mut self) -> Result<usize> {
         let n = self.u64()?;
-        usize::try_from(n).ok().filter(|&n| n <= self.bytes.len()).ok_or_else(|| ModelError::format(self.path, format!("length {n} at offset {} exceeds the file", self.pos)))
+        usize::try_from(n).ok().filter(|&n| n <= self.bytes.len()).ok_or_else(|| ModelError::format(self.path, format!("truncated or corrupt: length {n} at offset {} exceeds the file size {}", self.pos, self.bytes.len())))
     }
     fn string(&mut self) -> Result<String> {
         let n = self.len()?;
