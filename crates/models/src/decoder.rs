@@ -28,6 +28,14 @@ pub(crate) fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) ->
     table.select(0, ids.clone().reshape([b * t])).reshape([b, t, d])
 }
 
+/// The final hidden states `[b, t, d]`, or only those at `hooks.logits_at` as `[1, n, d]`.
+pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks<B>) -> Tensor<B, 3> {
+    let Some(at) = &hooks.logits_at else { return x };
+    let [b, t, d] = x.dims();
+    let index = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at.iter().map(|&i| i as i64).collect::<Vec<_>>(), [at.len()]), &x.device());
+    x.reshape([b * t, d]).select(0, index).reshape([1, at.len(), d])
+}
+
 /// Runs `blocks` on `x`; `None` if the hooks stopped the pass before the last block.
 pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     blocks: &[L],

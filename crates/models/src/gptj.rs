@@ -166,7 +166,7 @@ impl<B: Backend> GptJ<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let x = decoder::embed(self.wte.val(), &batch.ids);
         if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace) {
-            trace.logits = Some(self.lm_head.forward(self.ln_f.forward(x)));
+            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), hooks)));
         }
         trace
     }

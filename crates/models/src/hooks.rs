@@ -48,11 +48,14 @@ pub struct Hooks<B: Backend> {
     /// Stop after this block: no logits are computed.
     pub stop_after: Option<usize>,
     pub intervention: Option<Intervention<B>>,
+    /// Compute logits only at these flat positions (`row · t + column`): the [`Trace`]'s logits
+    /// are then `[1, n, vocab]`. Saves the output head's cost where few positions are scored.
+    pub logits_at: Option<Vec<usize>>,
 }
 
 impl<B: Backend> Default for Hooks<B> {
     fn default() -> Self {
-        Self { capture: Vec::new(), stop_after: None, intervention: None }
+        Self { capture: Vec::new(), stop_after: None, intervention: None, logits_at: None }
     }
 }
 
@@ -63,7 +66,7 @@ impl<B: Backend> Hooks<B> {
 
     /// Capture `layers` and stop after the highest of them (statistics need nothing above).
     pub fn capture_only(layers: &[usize]) -> Self {
-        Self { capture: layers.to_vec(), stop_after: layers.iter().copied().max(), intervention: None }
+        Self { capture: layers.to_vec(), stop_after: layers.iter().copied().max(), ..Self::default() }
     }
 
     /// `x` plus the intervention's vector if it targets `site` of `layer`.
@@ -89,7 +92,7 @@ pub struct LayerTrace<B: Backend> {
 /// The result of a forward pass.
 #[derive(Debug, Clone)]
 pub struct Trace<B: Backend> {
-    /// `[b, t, vocab]`, absent when the pass stopped early.
+    /// `[b, t, vocab]` (`[1, n, vocab]` with [`Hooks::logits_at`]), absent when the pass stopped early.
     pub logits: Option<Tensor<B, 3>>,
     pub layers: BTreeMap<usize, LayerTrace<B>>,
 }

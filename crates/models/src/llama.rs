@@ -212,7 +212,7 @@ impl<B: Backend> Llama<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let x = decoder::embed(self.embed_tokens.val(), &batch.ids);
         if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace) {
-            trace.logits = Some(self.lm_head.forward(self.norm.forward(x)));
+            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.norm.forward(x), hooks)));
         }
         trace
     }

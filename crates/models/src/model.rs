@@ -1,9 +1,11 @@
 //! A loaded causal language model of any supported architecture, with its tokenizer.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::batch::{Padding, PromptBatch};
@@ -39,7 +41,7 @@ pub struct LanguageModel<B: Backend> {
     /// `llama` or `gptj`.
     pub family: &'static str,
     pub path: PathBuf,
-    tokenizer: Option<TextTokenizer>,
+    tokenizer: Option<Arc<TextTokenizer>>,
 }
 
 impl<B: Backend> LanguageModel<B> {
@@ -80,7 +82,7 @@ impl<B: Backend> LanguageModel<B> {
                 return Err(ModelError::UnknownArchitecture { path: config_path, found: other.to_string(), supported: "llama, gptj" })
             }
         };
-        Ok(Self { arch, dims, family, path: dir.to_path_buf(), tokenizer })
+        Ok(Self { arch, dims, family, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new) })
     }
 
     fn load_gguf(path: &Path, device: &B::Device) -> Result<Self> {
@@ -101,13 +103,13 @@ impl<B: Backend> LanguageModel<B> {
             dims: dims(c.num_layers, c.hidden_size, c.intermediate_size, c.vocab_size, c.max_position_embeddings),
             family: "llama",
             path: path.to_path_buf(),
-            tokenizer,
+            tokenizer: tokenizer.map(Arc::new),
         })
     }
 
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
         self.tokenizer
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| ModelError::Input(format!("{}: no tokenizer.json beside the model", self.path.display())))
     }
 
@@ -196,4 +198,16 @@ fn dims(num_layers: usize, hidden_size: usize, intermediate_size: usize, vocab_s
 /// Parses `text` (the contents of `path`); serde's message names the field, line and column.
 fn from_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T> {
     serde_json::from_str(text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
+}
+
+impl<B: AutodiffBackend> LanguageModel<B> {
+    /// The same model on the autodiff backend, sharing the weights, with no gradient tracked for
+    /// them (gradients flow only to tensors marked with `require_grad`, e.g. an intervention).
+    pub fn from_inner(inner: &LanguageModel<B::InnerBackend>) -> Self {
+        let arch = match &inner.arch {
+            Architecture::Llama(m) => Architecture::Llama(Llama::from_inner(m.clone()).no_grad()),
+            Architecture::GptJ(m) => Architecture::GptJ(GptJ::from_inner(m.clone()).no_grad()),
+        };
+        Self { arch, dims: inner.dims, family: inner.family, path: inner.path.clone(), tokenizer: inner.tokenizer.clone() }
+    }
 }

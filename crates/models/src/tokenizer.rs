@@ -83,6 +83,14 @@ impl TextTokenizer {
         Ok(self.prepend_bos.into_iter().chain(enc.get_ids().iter().copied()).collect())
     }
 
+    /// [`TextTokenizer::encode`] with each token's byte span in `text` (`(0, 0)` for BOS).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self.inner.encode(text, self.prepend_bos.is_none()).map_err(|e| self.error(e))?;
+        let ids = self.prepend_bos.into_iter().chain(enc.get_ids().iter().copied()).collect();
+        let offsets = self.prepend_bos.map(|_| (0, 0)).into_iter().chain(enc.get_offsets().iter().copied()).collect();
+        Ok((ids, offsets))
+    }
+
     /// Token ids of `text` alone: no BOS or other special tokens (for targets and continuations).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.inner.encode(text, false).map_err(|e| self.error(e))?.get_ids().to_vec())

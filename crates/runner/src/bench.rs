@@ -113,7 +113,7 @@ impl BackendTask for ForwardBench {
             "model_gflops_per_second": model_gflops,
             "gemm": { "m": m, "k": k, "n": n, "seconds": gemm, "gflops_per_second": gemm_gflops },
             "fraction_of_gemm_peak": model_gflops / gemm_gflops,
-            "device": format!("{:?}", <B::InnerBackend as Backend>::name(&device)),
+            "device": <B::InnerBackend as Backend>::name(&device),
         }))
     }
 }

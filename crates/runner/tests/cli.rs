@@ -31,11 +31,13 @@ fn logits_prints_shape_and_row_major_values_matching_transformers() {
 
 #[test]
 fn user_errors_exit_nonzero_with_a_message_and_no_panic() {
+    let llama = fixture("tiny-llama");
+    let llama = llama.to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
         (&["logits", "--model", "/nonexistent/model", "--ids", "1"], "/nonexistent/model"),
-        (&["logits", "--model", fixture("tiny-llama").to_str().unwrap(), "--ids", "1,999"], "outside the vocabulary"),
-        (&["logits", "--model", fixture("tiny-llama").to_str().unwrap(), "--ids", "1", "--backend", "tpu"], "unknown backend `tpu`"),
-        (&["generate", "--model", fixture("tiny-llama").to_str().unwrap(), "--prompt", "hi"], "no tokenizer.json"),
+        (&["logits", "--model", llama, "--ids", "1,999"], "outside the vocabulary"),
+        (&["logits", "--model", llama, "--ids", "1", "--backend", "tpu"], "unknown backend `tpu`"),
+        (&["generate", "--model", llama, "--prompt", "hi"], "no tokenizer.json"),
     ];
     for (args, message) in cases {
         let out = editbench(args);
