@@ -1,0 +1,222 @@
+//! Hyperparameters: typed structs with serde defaults, one YAML file per model family
+//! (`hparams/*.yaml` at the repository root) holding every method's values.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EditError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Equality constraint, rank one, one consistent key (spec §5.2, UME's form); edits applied one
+    /// after another.
+    Rome,
+    /// Least-squares memorization (spec §5.3).
+    Memit,
+    /// Batched equality constraint (spec §5.4).
+    Emmet,
+    /// Null-space-projected least squares (spec §5.5).
+    Alphaedit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// The whole update at one layer.
+    Single,
+    /// MEMIT's edit-distribution algorithm: the residual is spread over several layers (spec §6).
+    Spread,
+}
+
+macro_rules! string_enum {
+    ($ty:ty, $what:literal, $($variant:path => $name:literal),+) => {
+        impl FromStr for $ty {
+            type Err = EditError;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($name => Ok($variant),)+
+                    other => Err(EditError::Input(format!(concat!("unknown ", $what, " `{}` (", $($name, " ",)+ ")"), other))),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $($variant => $name,)+ })
+            }
+        }
+    };
+}
+string_enum!(Method, "method", Method::Rome => "rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit");
+string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
+
+/// How context templates are made (spec §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateKind {
+    /// Sampled from the model with top-k 5, seeded (the reference's behaviour, made reproducible).
+    #[default]
+    Sampled,
+    /// The seed words themselves ("The. {}", ...): deterministic and model-independent.
+    Fixed,
+}
+
+/// Hyperparameters of one method for one model family. Field names follow the reference code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodHparams {
+    /// The layer edited with `distribution: single`.
+    pub layer: usize,
+    /// The layers edited with `distribution: spread`, ascending; targets live at the last.
+    pub spread_layers: Vec<usize>,
+    /// Adam steps of the target search (at most `v_num_grad_steps − 1` are taken).
+    #[serde(default = "d::steps")]
+    pub v_num_grad_steps: usize,
+    #[serde(default = "d::lr")]
+    pub v_lr: f64,
+    /// Norm penalty `v_weight_decay · ‖δ‖ / ‖v_init‖²`.
+    #[serde(default = "d::weight_decay")]
+    pub v_weight_decay: f64,
+    /// `‖δ‖` is clamped to `clamp_norm_factor · ‖v_init‖`.
+    #[serde(default = "d::clamp")]
+    pub clamp_norm_factor: f64,
+    #[serde(default = "d::kl")]
+    pub kl_factor: f64,
+    /// MEMIT's λ; EMMET scales C by it (`C' = a·C`).
+    #[serde(default = "d::one")]
+    pub mom2_update_weight: f64,
+    /// EMMET's regulariser μ on `KᵀC⁻¹K`, added for batches larger than one.
+    #[serde(default = "d::emmet_lambda")]
+    pub emmet_lambda: f64,
+    /// Added to the diagonal of C (`C' + ν I`), EMMET and MEMIT.
+    #[serde(default)]
+    pub update_norm_lambda: f64,
+    /// AlphaEdit's L2 weight α.
+    #[serde(default = "d::alpha")]
+    pub alphaedit_l2: f64,
+    /// AlphaEdit: eigenvalues of C below this span the null space.
+    #[serde(default = "d::nullspace")]
+    pub nullspace_threshold: f64,
+    #[serde(default)]
+    pub templates: TemplateKind,
+    #[serde(default)]
+    pub template_seed: u64,
+}
+
+mod d {
+    pub fn steps() -> usize {
+        25
+    }
+    pub fn lr() -> f64 {
+        0.5
+    }
+    pub fn weight_decay() -> f64 {
+        1e-3
+    }
+    pub fn clamp() -> f64 {
+        4.0
+    }
+    pub fn kl() -> f64 {
+        0.0625
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn emmet_lambda() -> f64 {
+        0.1
+    }
+    pub fn alpha() -> f64 {
+        10.0
+    }
+    pub fn nullspace() -> f64 {
+        2e-2
+    }
+    pub fn samples() -> usize {
+        2000
+    }
+    pub fn max_length() -> usize {
+        1024
+    }
+    pub fn batch_tokens() -> usize {
+        4096
+    }
+}
+
+impl MethodHparams {
+    /// The edited layers for `distribution`, ascending.
+    pub fn layers(&self, distribution: Distribution) -> Vec<usize> {
+        match distribution {
+            Distribution::Single => vec![self.layer],
+            Distribution::Spread => self.spread_layers.clone(),
+        }
+    }
+}
+
+/// Statistics of the keys' second moment (spec §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsHparams {
+    /// Corpus paragraphs (lines) sampled.
+    #[serde(default = "d::samples")]
+    pub samples: usize,
+    /// Each paragraph is truncated to this many tokens.
+    #[serde(default = "d::max_length")]
+    pub max_length: usize,
+    /// Padded tokens per forward pass.
+    #[serde(default = "d::batch_tokens")]
+    pub batch_tokens: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for StatsHparams {
+    fn default() -> Self {
+        Self { samples: d::samples(), max_length: d::max_length(), batch_tokens: d::batch_tokens(), seed: 0 }
+    }
+}
+
+/// Everything for one model family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyHparams {
+    #[serde(default)]
+    pub stats: StatsHparams,
+    pub rome: MethodHparams,
+    pub memit: MethodHparams,
+    pub emmet: MethodHparams,
+    pub alphaedit: MethodHparams,
+}
+
+impl FamilyHparams {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EditError::file(path, e))?;
+        serde_norway::from_str(&text).map_err(|e| EditError::file(path, e))
+    }
+
+    pub fn method(&self, method: Method) -> &MethodHparams {
+        match method {
+            Method::Rome => &self.rome,
+            Method::Memit => &self.memit,
+            Method::Emmet => &self.emmet,
+            Method::Alphaedit => &self.alphaedit,
+        }
+    }
+
+    /// Checks every layer against the model's depth.
+    pub fn check_layers(&self, num_layers: usize) -> Result<()> {
+        for (name, h) in [("rome", &self.rome), ("memit", &self.memit), ("emmet", &self.emmet), ("alphaedit", &self.alphaedit)] {
+            let mut all = h.spread_layers.clone();
+            all.push(h.layer);
+            if let Some(bad) = all.iter().find(|&&l| l >= num_layers) {
+                return Err(EditError::Input(format!("{name}: layer {bad} is out of range (the model has {num_layers} layers)")));
+            }
+            if h.spread_layers.is_empty() || h.spread_layers.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(EditError::Input(format!("{name}: spread_layers must be non-empty and ascending")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! Knowledge editing under the preservation–memorization objective ("A Unified Framework for Model
+//! Editing", Gupta et al. 2024): key statistics, keys, target values, the closed-form solver core,
+//! ROME / MEMIT / EMMET / AlphaEdit, and the distribution of edits over layers.
+
+pub mod context;
+pub mod distribute;
+pub mod error;
+pub mod hparams;
+pub mod keys;
+pub mod request;
+mod rng;
+pub mod solver;
+pub mod stats;
+pub mod targets;
+
+pub use distribute::{EditOutcome, EditSession, Editor};
+pub use error::{EditError, Result};
+pub use hparams::{Distribution, FamilyHparams, Method, MethodHparams};
+pub use request::EditRequest;

@@ -1,0 +1,278 @@
+//! Second-moment statistics `C = E[k kᵀ]` of the keys entering the edited projection (spec §2),
+//! from a text corpus: one pass collects every requested layer and stops at the highest; batches
+//! are length-sorted so little padding is computed, and padded positions never enter `C`. Per
+//! batch `KᵀK` is a GEMM on the backend; the running sum is kept in f64 on the host.
+//!
+//! Results are cached as safetensors keyed by the model's weights, layer, corpus, sample count and
+//! maximum length; a cache whose key or checksum does not match is recomputed, never used.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use editbench_models::{Hooks, LanguageModel, Padding};
+use faer::Mat;
+use indicatif::{ProgressBar, ProgressStyle};
+use safetensors::tensor::{Dtype, TensorView};
+use sha2::{Digest, Sha256};
+
+use crate::error::{EditError, Result};
+use crate::hparams::StatsHparams;
+use crate::keys::host;
+use crate::rng::SplitMix64;
+
+/// Bump when the statistics' definition changes, so old caches are not used.
+const CACHE_VERSION: u32 = 1;
+
+/// `Σ k kᵀ` and the number of keys, for one layer.
+#[derive(Debug, Clone)]
+pub struct KeyMoments {
+    pub sum: Mat<f64>,
+    pub count: u64,
+}
+
+impl KeyMoments {
+    /// `C = Σ k kᵀ / N` (uncentred).
+    pub fn covariance(&self) -> Mat<f64> {
+        &self.sum * faer::Scale(1.0 / self.count as f64)
+    }
+}
+
+/// Where statistics come from and where they are cached.
+#[derive(Debug, Clone)]
+pub struct StatsSource {
+    pub corpus: PathBuf,
+    pub hparams: StatsHparams,
+    /// `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// SHA-256 of a file, hex.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| EditError::file(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| EditError::file(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// A hash of a model's weights: the file itself, or every file of a checkpoint directory.
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return file_sha256(path);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| EditError::file(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+        .collect();
+    files.sort();
+    let mut hasher = Sha256::new();
+    for f in files {
+        hasher.update(file_sha256(&f)?.as_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+impl StatsSource {
+    /// The moments of every layer in `layers`, from the cache where valid, computed otherwise
+    /// (all missing layers in one pass over the corpus).
+    pub fn moments<B: Backend>(&self, model: &LanguageModel<B>, layers: &[usize]) -> Result<BTreeMap<usize, KeyMoments>> {
+        let keys = self.cache_keys(model, layers)?;
+        let mut found = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (&layer, key) in layers.iter().zip(&keys) {
+            match self.cache_path(key).map(|p| read_cache(&p, key)) {
+                Some(Ok(m)) => {
+                    tracing::info!("layer {layer}: key statistics from cache ({} tokens)", m.count);
+                    found.insert(layer, m);
+                }
+                Some(Err(why)) => {
+                    tracing::warn!("layer {layer}: statistics cache not used ({why}); recomputing");
+                    missing.push(layer);
+                }
+                None => missing.push(layer),
+            }
+        }
+        if !missing.is_empty() {
+            let computed = collect_moments(model, &missing, &self.corpus, &self.hparams)?;
+            for (layer, m) in computed {
+                let key = &keys[layers.iter().position(|&l| l == layer).expect("requested layer")];
+                if let Some(path) = self.cache_path(key) {
+                    write_cache(&path, key, &m)?;
+                }
+                found.insert(layer, m);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One JSON description per layer of everything the statistics depend on.
+    pub fn cache_keys<B: Backend>(&self, model: &LanguageModel<B>, layers: &[usize]) -> Result<Vec<String>> {
+        let model_hash = model_sha256(&model.path)?;
+        let corpus_hash = file_sha256(&self.corpus)?;
+        Ok(layers
+            .iter()
+            .map(|layer| {
+                serde_json::json!({
+                    "version": CACHE_VERSION, "model_sha256": model_hash, "layer": layer, "corpus_sha256": corpus_hash,
+                    "samples": self.hparams.samples, "max_length": self.hparams.max_length, "seed": self.hparams.seed,
+                    "accumulation": "f64",
+                })
+                .to_string()
+            })
+            .collect())
+    }
+
+    fn cache_path(&self, key: &str) -> Option<PathBuf> {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        self.cache_dir.as_ref().map(|dir| dir.join(format!("stats-{}.safetensors", &digest[..24])))
+    }
+}
+
+fn read_cache(path: &Path, key: &str) -> std::result::Result<KeyMoments, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("corrupt file: {e}"))?;
+    let meta = metadata.metadata().as_ref().ok_or("no metadata")?;
+    if meta.get("key").map(String::as_str) != Some(key) {
+        return Err("written for other settings".into());
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("corrupt file: {e}"))?;
+    let view = st.tensor("sum").map_err(|e| e.to_string())?;
+    if hex::encode(Sha256::digest(view.data())) != *meta.get("checksum").ok_or("no checksum")? {
+        return Err("checksum mismatch".into());
+    }
+    let [r, c] = [view.shape()[0], view.shape()[1]];
+    let values: Vec<f64> = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+    let count = meta.get("count").and_then(|c| c.parse().ok()).ok_or("no count")?;
+    Ok(KeyMoments { sum: Mat::from_fn(r, c, |i, j| values[i * c + j]), count })
+}
+
+fn write_cache(path: &Path, key: &str, m: &KeyMoments) -> Result<()> {
+    let (r, c) = (m.sum.nrows(), m.sum.ncols());
+    let mut bytes = Vec::with_capacity(r * c * 8);
+    for i in 0..r {
+        for j in 0..c {
+            bytes.extend_from_slice(&m.sum[(i, j)].to_le_bytes());
+        }
+    }
+    let checksum = hex::encode(Sha256::digest(&bytes));
+    let view = TensorView::new(Dtype::F64, vec![r, c], &bytes).expect("shape matches the data");
+    let metadata = std::collections::HashMap::from([
+        ("key".to_string(), key.to_string()),
+        ("count".to_string(), m.count.to_string()),
+        ("checksum".to_string(), checksum),
+    ]);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
+    }
+    let tmp = path.with_extension("partial");
+    safetensors::serialize_to_file([("sum", view)], Some(metadata), &tmp).map_err(|e| EditError::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EditError::file(path, e))
+}
+
+/// The corpus paragraphs (non-empty lines), a seeded sample of `samples` of them, tokenized and
+/// truncated, longest first.
+fn sampled_paragraphs<B: Backend>(model: &LanguageModel<B>, corpus: &Path, h: &StatsHparams) -> Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(corpus).map_err(|e| EditError::file(corpus, e))?;
+    let mut lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return Err(EditError::file(corpus, "no non-empty lines"));
+    }
+    SplitMix64::new(h.seed).shuffle(&mut lines);
+    lines.truncate(h.samples);
+    let tokenizer = model.tokenizer()?;
+    let max_length = h.max_length.min(model.dims.max_positions);
+    let mut seqs = lines
+        .iter()
+        .map(|l| tokenizer.encode(l).map(|mut ids| {
+            ids.truncate(max_length);
+            ids
+        }))
+        .collect::<editbench_models::Result<Vec<_>>>()?;
+    seqs.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    Ok(seqs)
+}
+
+/// Consecutive runs of (length-sorted) sequences whose padded size stays within `budget` tokens.
+fn pack(seqs: &[Vec<u32>], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < seqs.len() {
+        let width = seqs[start].len();
+        let n = (budget / width.max(1)).max(1);
+        let end = (start + n).min(seqs.len());
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
+/// One pass over the corpus accumulating `Σ k kᵀ` for every layer in `layers`.
+pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], corpus: &Path, h: &StatsHparams) -> Result<BTreeMap<usize, KeyMoments>> {
+    let seqs = sampled_paragraphs(model, corpus, h)?;
+    let total: u64 = seqs.iter().map(|s| s.len() as u64).sum();
+    let d = model.dims.intermediate_size;
+    let mut sums: BTreeMap<usize, Vec<f64>> = layers.iter().map(|&l| (l, vec![0.0; d * d])).collect();
+    let bar = ProgressBar::new(total).with_message(format!("key statistics, layers {layers:?}"));
+    bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}").expect("valid template"));
+    let started = Instant::now();
+    for range in pack(&seqs, h.batch_tokens) {
+        let batch = model.batch(&seqs[range.clone()], Padding::Right)?;
+        let trace = model.forward(&batch, &Hooks::capture_only(layers));
+        let [b, t] = batch.ids.dims();
+        let mask: Vec<f32> = (0..b * t).map(|i| ((i % t) < batch.lengths[i / t]) as u8 as f32).collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b * t, 1]), &model.device()).expand([b * t, d]);
+        for (&layer, sum) in sums.iter_mut() {
+            let k = trace.layers[&layer].key.clone().reshape([b * t, d]) * mask.clone();
+            let gram = host(k.clone().transpose().matmul(k))?;
+            for (s, g) in sum.iter_mut().zip(gram) {
+                *s += g as f64;
+            }
+        }
+        bar.inc(batch.lengths.iter().sum::<usize>() as u64);
+    }
+    bar.finish_and_clear();
+    tracing::info!("key statistics for layers {layers:?}: {total} tokens in {:.1} s ({:.0} tokens/s)", started.elapsed().as_secs_f64(), total as f64 / started.elapsed().as_secs_f64());
+    Ok(sums.into_iter().map(|(l, s)| (l, KeyMoments { sum: Mat::from_fn(d, d, |i, j| s[i * d + j]), count: total })).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_batches_within_budget_and_covers_everything() {
+        let seqs: Vec<Vec<u32>> = [9, 7, 7, 4, 2, 1].iter().map(|&n| vec![0; n]).collect();
+        let batches = pack(&seqs, 16);
+        assert_eq!(batches.iter().map(|r| r.len()).sum::<usize>(), 6);
+        for r in &batches {
+            assert!(r.len() == 1 || r.len() * seqs[r.start].len() <= 16, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn cache_round_trips_and_rejects_other_keys_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.safetensors");
+        let m = KeyMoments { sum: Mat::from_fn(3, 3, |i, j| (i * 3 + j) as f64 + 0.25), count: 7 };
+        write_cache(&path, "k1", &m).unwrap();
+        let back = read_cache(&path, "k1").unwrap();
+        assert_eq!(back.count, 7);
+        assert_eq!(back.sum, m.sum);
+        assert!(read_cache(&path, "k2").unwrap_err().contains("other settings"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(read_cache(&path, "k1").unwrap_err().contains("checksum"));
+    }
+}
