@@ -78,7 +78,7 @@ impl Editor {
         let mut null_space = BTreeMap::new();
         if method == Method::Alphaedit {
             for &l in &layers {
-                let (p, dim) = null_space_projector(covariances[&l].as_ref(), hparams.nullspace_threshold).map_err(|source| EditError::Solve { layer: l, source })?;
+                let (p, dim) = null_space_projector(covariances[&l].as_ref(), hparams.nullspace_threshold).map_err(|error| EditError::Solve { layer: l, error })?;
                 tracing::info!("layer {l}: null space of dimension {dim} (eigenvalues of C below {})", hparams.nullspace_threshold);
                 let d = p.nrows();
                 null_space.insert(l, (p, Mat::zeros(d, d)));
@@ -128,6 +128,7 @@ impl Editor {
 
             let t = Instant::now();
             let residual = (&targets.z - &current) * faer::Scale(1.0 / (layers.len() - i) as f64);
+            tracing::debug!("layer {layer}: ‖K‖ {:.3e}, ‖Z − H‖ {:.3e}, ‖R‖ {:.3e}", k.norm_l2(), (&targets.z - &current).norm_l2(), residual.norm_l2());
             let update = self.solve(layer, k.as_ref(), residual.as_ref(), requests.len())?;
             outcome.max_condition_estimate = match (outcome.max_condition_estimate, update.condition_estimate) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -173,7 +174,7 @@ impl Editor {
                 preservation_memorization_update(c.as_ref(), k, r, Memorization::NullSpace { projector: p.as_ref(), previous: previous.as_ref(), alpha: h.alphaedit_l2 })
             }
         };
-        result.map_err(|source| EditError::Solve { layer, source })
+        result.map_err(|error| EditError::Solve { layer, error })
     }
 }
 

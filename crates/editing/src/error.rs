@@ -6,12 +6,8 @@ use crate::solver::SolveError;
 pub enum EditError {
     #[error(transparent)]
     Model(#[from] editbench_models::ModelError),
-    #[error("layer {layer}: {source}")]
-    Solve {
-        layer: usize,
-        #[source]
-        source: SolveError,
-    },
+    #[error("layer {layer}: {error}")]
+    Solve { layer: usize, error: SolveError },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("{0}")]

@@ -9,6 +9,7 @@ pub mod hparams;
 pub mod keys;
 pub mod request;
 mod rng;
+pub mod score;
 pub mod solver;
 pub mod stats;
 pub mod targets;

@@ -90,7 +90,7 @@ impl StatsSource {
         let mut found = BTreeMap::new();
         let mut missing = Vec::new();
         for (&layer, key) in layers.iter().zip(&keys) {
-            match self.cache_path(key).map(|p| read_cache(&p, key)) {
+            match self.cache_path(key).filter(|p| p.exists()).map(|p| read_cache(&p, key)) {
                 Some(Ok(m)) => {
                     tracing::info!("layer {layer}: key statistics from cache ({} tokens)", m.count);
                     found.insert(layer, m);

@@ -12,10 +12,11 @@ use editbench_models::{Hooks, Intervention, LanguageModel, Padding, Site};
 use faer::Mat;
 
 use crate::context::ContextTemplates;
-use crate::error::Result;
+use crate::error::{EditError, Result};
 use crate::hparams::MethodHparams;
 use crate::keys::{host, locate, rows_at, Activation};
 use crate::request::EditRequest;
+use crate::score::target_ids;
 
 /// The optimisation stops for an edit once its loss falls below this (reference value).
 const LOSS_TARGET: f64 = 5e-2;
@@ -48,17 +49,6 @@ struct Layout {
     label_weight: Vec<f32>,
     /// Row of each edit's bare-prompt rewriting sentence (template `{}`), for `v_init`.
     bare_row: Vec<usize>,
-}
-
-/// Tokens of `target` as they follow `prompt` (robust to tokenizers that treat a leading space
-/// specially, e.g. SentencePiece's lone `▁`).
-fn target_ids(tokenizer: &editbench_models::TextTokenizer, prompt: &str, target: &str) -> Result<Vec<u32>> {
-    let prompt_ids = tokenizer.encode_plain(prompt)?;
-    let full = tokenizer.encode_plain(&format!("{prompt}{target}"))?;
-    Ok(match full.strip_prefix(prompt_ids.as_slice()) {
-        Some(rest) if !rest.is_empty() => rest.to_vec(),
-        _ => tokenizer.encode_plain(target)?,
-    })
 }
 
 fn layout<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templates: &ContextTemplates) -> Result<Layout> {
@@ -155,9 +145,14 @@ pub fn target_values<B: AutodiffBackend>(
         let reference = kl_reference.get_or_insert_with(|| kl_lp.clone().detach()).clone();
         let kl = (kl_lp.clone().exp() * (kl_lp - reference)).sum_dim(1).reshape([e]) * h.kl_factor;
         let init_sq = Tensor::<B, 1>::from_inner(init.clone().powi_scalar(2).sum_dim(1).reshape([e]));
-        let delta_norm = delta_ad.clone().powi_scalar(2).sum_dim(1).reshape([e]).sqrt();
+        // ‖δ‖, with a tiny offset so its gradient at δ = 0 is 0 rather than NaN (as torch.norm's).
+        let delta_norm = (delta_ad.clone().powi_scalar(2).sum_dim(1).reshape([e]) + 1e-24).sqrt();
         let loss = nll + kl + delta_norm / init_sq * h.v_weight_decay;
         losses = host(loss.clone().inner())?.into_iter().map(f64::from).collect();
+        tracing::debug!("target search step {it}: losses {losses:.4?}");
+        if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
+            return Err(EditError::Input(format!("target search diverged at step {it} for `{}` (loss {})", requests[bad].prompt_text(), losses[bad])));
+        }
         for (a, &loss) in active.iter_mut().zip(&losses) {
             *a &= loss >= LOSS_TARGET;
         }

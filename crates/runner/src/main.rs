@@ -1,6 +1,7 @@
 //! `editbench`: the command line of the knowledge-editing benchmark.
 
 mod bench;
+mod edit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,10 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_new_tokens: usize,
     },
+    /// Edit one fact and show the target's and the true answer's probabilities before and after.
+    Edit(edit::EditArgs),
+    /// Precompute (and cache) the key statistics C of some layers.
+    Stats(edit::StatsArgs),
     /// Benchmarks (JSON on stdout).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -74,6 +79,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate { model, prompt, max_new_tokens } => {
             let text = model.backend.run(GenerateTask { path: model.model, prompt, max_new_tokens })??;
             println!("{text}");
+        }
+        Command::Edit(args) => {
+            let backend = args.model.backend;
+            println!("{}", backend.run(edit::EditTask(args))??);
+        }
+        Command::Stats(args) => {
+            let backend = args.model.backend;
+            println!("{}", backend.run(edit::StatsTask(args))??);
         }
         Command::Bench(cmd) => bench::run(cmd)?,
     }

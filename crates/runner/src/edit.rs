@@ -1,0 +1,187 @@
+//! `editbench edit` (one edit, before/after probabilities) and `editbench stats` (precompute key
+//! statistics).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use editbench_editing::context::ContextTemplates;
+use editbench_editing::hparams::StatsHparams;
+use editbench_editing::score::continuation_nll;
+use editbench_editing::stats::StatsSource;
+use editbench_editing::{Distribution, EditRequest, EditSession, Editor, FamilyHparams, Method};
+use editbench_models::{BackendTask, LanguageModel};
+use serde_json::json;
+
+use crate::{load, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "emmet")]
+    pub method: Method,
+    #[arg(long, default_value = "single")]
+    pub distribution: Distribution,
+    /// Prompt template with `{}` for the subject.
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub subject: String,
+    /// The new target (a leading space is added if missing).
+    #[arg(long)]
+    pub target: String,
+    /// The true answer; defaults to the first word of the unedited model's greedy continuation.
+    #[arg(long = "true")]
+    pub true_target: Option<String>,
+    #[command(flatten)]
+    pub setup: EditSetup,
+    #[arg(long, default_value_t = 20)]
+    pub max_new_tokens: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where hyperparameters, statistics and templates come from.
+#[derive(clap::Args, Clone)]
+pub struct EditSetup {
+    /// Hyperparameters of the model family (YAML).
+    #[arg(long, default_value = "hparams/smollm2.yaml")]
+    pub hparams: PathBuf,
+    /// Text corpus for key statistics, one paragraph per line (`scripts/fetch_corpus.sh`).
+    #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
+    pub corpus: PathBuf,
+    /// Cache directory of key statistics.
+    #[arg(long, default_value = "results/cache/stats")]
+    pub stats_cache: PathBuf,
+    /// Context templates (JSON, as written by --save-templates) instead of sampling them.
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// Write the context templates used to this file.
+    #[arg(long)]
+    pub save_templates: Option<PathBuf>,
+}
+
+impl EditSetup {
+    fn stats(&self, hparams: StatsHparams) -> StatsSource {
+        StatsSource { corpus: self.corpus.clone(), hparams, cache_dir: Some(self.stats_cache.clone()) }
+    }
+}
+
+/// The true answer's default: the first word of the greedy continuation.
+fn first_word(continuation: &str) -> String {
+    let trimmed = continuation.trim_start();
+    let word: String = trimmed.chars().take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '\'').collect();
+    format!(" {word}")
+}
+
+pub struct EditTask(pub EditArgs);
+
+impl BackendTask for EditTask {
+    type Output = Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
+        let a = self.0;
+        let started = Instant::now();
+        let mut model = load::<B>(&a.model.model, &device)?;
+        let family = FamilyHparams::load(&a.setup.hparams)?;
+        family.check_layers(model.dims.num_layers)?;
+        let hparams = family.method(a.method).clone();
+        let request = EditRequest { case_id: None, prompt: a.prompt.clone(), subject: a.subject.clone(), target_new: a.target.clone(), target_true: a.true_target.clone() };
+        request.check()?;
+        let prompt = request.prompt_text();
+        let true_target = match &a.true_target {
+            Some(t) => t.clone(),
+            None => first_word(&model.generate(&prompt, 4)?),
+        };
+        let pairs = [(prompt.clone(), request.target()), (prompt.clone(), true_target.clone())];
+        let before = continuation_nll(&model, &pairs)?;
+
+        let layers = hparams.layers(a.distribution);
+        let moments = a.setup.stats(family.stats.clone()).moments(&model, &layers)?;
+        let covariances = moments.iter().map(|(&l, m)| (l, m.covariance())).collect();
+        let templates = load_or_sample_templates(&model, &a.setup, a.method, &hparams)?;
+        let mut editor = Editor::new(a.method, a.distribution, hparams, templates, covariances)?;
+        let mut session = EditSession::default();
+        let outcome = editor.apply::<B>(&mut model, std::slice::from_ref(&request), &mut session)?;
+
+        let after = continuation_nll(&model, &pairs)?;
+        let generation = model.generate(&prompt, a.max_new_tokens)?;
+        let p = |nll: f64| (-nll).exp();
+        let report = json!({
+            "prompt": prompt, "target_new": request.target(), "target_true": true_target,
+            "method": a.method.to_string(), "distribution": a.distribution.to_string(), "layers": outcome.layers,
+            "prob_new_before": p(before[0]), "prob_true_before": p(before[1]),
+            "prob_new_after": p(after[0]), "prob_true_after": p(after[1]),
+            "generation_after": generation, "seconds": started.elapsed().as_secs_f64(), "outcome": &outcome,
+        });
+        Ok(if a.json {
+            report.to_string()
+        } else {
+            format!(
+                "{} {} at layers {:?}: \"{}\" → \"{}\" (true \"{}\")\n  P(new)  {:.4} → {:.4}\n  P(true) {:.4} → {:.4}\n  after: {}{}\n  {:.1} s",
+                a.method, a.distribution, outcome.layers, prompt, request.target(), true_target,
+                p(before[0]), p(after[0]), p(before[1]), p(after[1]), prompt, generation, started.elapsed().as_secs_f64()
+            )
+        })
+    }
+}
+
+pub fn load_or_sample_templates<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, setup: &EditSetup, method: Method, h: &editbench_editing::MethodHparams) -> Result<ContextTemplates> {
+    let templates = match &setup.templates {
+        Some(path) => ContextTemplates::load(path)?,
+        None => ContextTemplates::for_method(model, method, h.templates, h.template_seed)?,
+    };
+    tracing::info!("context templates: {:?}", templates.groups);
+    if let Some(path) = &setup.save_templates {
+        templates.save(path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(templates)
+}
+
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Layers, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub layers: Vec<usize>,
+    #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
+    pub corpus: PathBuf,
+    /// Paragraphs sampled from the corpus.
+    #[arg(long, default_value_t = 2000)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    #[arg(long, default_value = "results/cache/stats")]
+    pub cache: PathBuf,
+}
+
+pub struct StatsTask(pub StatsArgs);
+
+impl BackendTask for StatsTask {
+    type Output = Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
+        let a = self.0;
+        let model = load::<B>(&a.model.model, &device)?;
+        if let Some(bad) = a.layers.iter().find(|&&l| l >= model.dims.num_layers) {
+            anyhow::bail!("layer {bad} is out of range (the model has {} layers)", model.dims.num_layers);
+        }
+        let source = StatsSource {
+            corpus: a.corpus.clone(),
+            hparams: StatsHparams { samples: a.samples, max_length: a.max_length, ..StatsHparams::default() },
+            cache_dir: Some(a.cache.clone()),
+        };
+        let started = Instant::now();
+        let moments = source.moments(&model, &a.layers)?;
+        let layers: Vec<_> = moments
+            .iter()
+            .map(|(l, m)| {
+                let c = m.covariance();
+                json!({ "layer": l, "tokens": m.count, "trace_c": (0..c.nrows()).map(|i| c[(i, i)]).sum::<f64>() })
+            })
+            .collect();
+        Ok(json!({ "cache": a.cache.display().to_string(), "seconds": started.elapsed().as_secs_f64(), "layers": layers }).to_string())
+    }
+}
