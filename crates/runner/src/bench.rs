@@ -1,5 +1,5 @@
-//! `editbench bench forward`: prompt throughput of a model and, in the same run, the f32 GEMM
-//! throughput of the same backend, so the model's fraction of matmul peak is visible.
+//! `editbench bench …`: throughput benchmarks writing JSON. Each reports, where it applies, the f32
+//! GEMM throughput of the same backend measured in the same run, and the process's peak memory.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,14 +8,21 @@ use anyhow::Result;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use clap::Subcommand;
-use editbench_models::{BackendTask, Hooks, Padding};
-use serde_json::json;
+use editbench_editing::context::ContextTemplates;
+use editbench_editing::hparams::{StatsHparams, TemplateKind};
+use editbench_editing::solver::{preservation_memorization_update, Memorization};
+use editbench_editing::stats::collect_moments;
+use editbench_editing::targets::target_values;
+use editbench_editing::{EditRequest, FamilyHparams, Method};
+use editbench_models::{BackendTask, Hooks, Padding, Site};
+use faer::Mat;
+use serde_json::{json, Value};
 
 use crate::{load, ModelArgs};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Forward-pass tokens/s on a batch of random prompts, and GEMM GFLOP/s.
+    /// Forward-pass tokens/s on a batch of random prompts.
     Forward {
         #[command(flatten)]
         model: ModelArgs,
@@ -26,34 +33,91 @@ pub enum BenchCommand {
         /// Timed repetitions (after one warm-up).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Also write the JSON report to this file.
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Key-statistics collection: tokens/s and fraction of the backend's GEMM peak.
+    Stats {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_delimiter = ',', default_value = "4")]
+        layers: Vec<usize>,
+        #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Target (z) search: seconds per edit one edit at a time vs all edits in one batch.
+    Targets {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// CounterFact records (ROME JSON format); the first `--edits` are used.
+        #[arg(long, default_value = "../shared/data/counterfact/counterfact_dev.json")]
+        records: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        edits: usize,
+        /// How many of them to also run one at a time.
+        #[arg(long, default_value_t = 4)]
+        single: usize,
+        #[arg(long, default_value = "hparams/smollm2.yaml")]
+        hparams: PathBuf,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Closed-form solves in f64 on synthetic data: seconds vs batch size.
+    Solve {
+        /// Key dimension d_in (= d_out).
+        #[arg(long, default_value_t = 4096)]
+        dim: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024,4096,10000")]
+        batches: Vec<usize>,
+        #[command(flatten)]
+        out: Out,
     },
 }
 
+#[derive(clap::Args)]
+pub struct Out {
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Forward { model, batch, seq_len, repeats, out } = cmd;
-    let backend = model.backend;
-    let report = backend.run(ForwardBench { path: model.model, batch, seq_len, repeats: repeats.max(1) })??;
-    let report = json!({ "backend": backend.to_string(), "threads": rayon_threads(), "forward": report });
-    let text = serde_json::to_string_pretty(&report)?;
+    let (report, out) = match cmd {
+        BenchCommand::Forward { model, batch, seq_len, repeats, out } => {
+            (with_backend(&model, ForwardBench { path: model.model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
+        }
+        BenchCommand::Stats { model, layers, corpus, samples, out } => (with_backend(&model, StatsBench { path: model.model.clone(), layers, corpus, samples })?, out),
+        BenchCommand::Targets { model, records, edits, single, hparams, out } => {
+            (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams })?, out)
+        }
+        BenchCommand::Solve { dim, batches, out } => (solve_bench(dim, &batches)?, out),
+    };
+    let text = serde_json::to_string_pretty(&json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }))?;
     println!("{text}");
-    if let Some(path) = out {
+    if let Some(path) = out.out {
         std::fs::write(&path, text + "\n")?;
     }
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+fn with_backend<T: BackendTask<Output = Result<Value>>>(model: &ModelArgs, task: T) -> Result<Value> {
+    let report = model.backend.run(task)??;
+    Ok(json!({ "backend": model.backend.to_string(), "result": report }))
+}
+
+fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-struct ForwardBench {
-    path: PathBuf,
-    batch: usize,
-    seq_len: usize,
-    repeats: usize,
+/// Peak resident memory of this process (Linux `VmHWM`), in MB.
+fn peak_memory_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kb| kb / 1024.0)
 }
 
 /// Seconds per call of `f`, best of `repeats` after one warm-up.
@@ -68,9 +132,27 @@ fn best_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// f32 GEMM `[m, k] × [k, n]` on the backend: GFLOP/s.
+fn gemm_gflops<B: Backend>(m: usize, k: usize, n: usize, device: &B::Device) -> Value {
+    let a = Tensor::<B, 2>::random([m, k], Distribution::Default, device);
+    let b = Tensor::<B, 2>::random([k, n], Distribution::Default, device);
+    let seconds = best_seconds(5, || {
+        let c = a.clone().matmul(b.clone());
+        let _ = c.slice([0..1, 0..1]).into_data();
+    });
+    json!({ "m": m, "k": k, "n": n, "seconds": seconds, "gflops_per_second": 2.0 * (m * k * n) as f64 / seconds / 1e9 })
+}
+
+struct ForwardBench {
+    path: PathBuf,
+    batch: usize,
+    seq_len: usize,
+    repeats: usize,
+}
+
 impl BackendTask for ForwardBench {
-    type Output = Result<serde_json::Value>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<serde_json::Value> {
+    type Output = Result<Value>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = load::<B>(&self.path, &device)?;
         let dims = model.dims;
         // A fixed pseudo-random prompt batch (LCG, seed 0): the timing does not depend on content.
@@ -91,29 +173,141 @@ impl BackendTask for ForwardBench {
             let _ = logits.slice([0..1, 0..1, 0..1]).into_data();
         });
         let tokens = (self.batch * self.seq_len) as f64;
-        let model_flops = tokens * model.matmul_flops_per_token(self.seq_len);
-
+        let model_gflops = tokens * model.matmul_flops_per_token(self.seq_len) / forward / 1e9;
         // The GEMM the MLP does at this batch size: [tokens, d_model] × [d_model, d_mlp].
-        let (m, k, n) = (self.batch * self.seq_len, dims.hidden_size, dims.intermediate_size);
-        let a = Tensor::<B::InnerBackend, 2>::random([m, k], Distribution::Default, &device);
-        let b = Tensor::<B::InnerBackend, 2>::random([k, n], Distribution::Default, &device);
-        let gemm = best_seconds(self.repeats.max(5), || {
-            let c = a.clone().matmul(b.clone());
-            let _ = c.slice([0..1, 0..1]).into_data();
-        });
-        let gemm_flops = 2.0 * (m * k * n) as f64;
-        let model_gflops = model_flops / forward / 1e9;
-        let gemm_gflops = gemm_flops / gemm / 1e9;
+        let gemm = gemm_gflops::<B::InnerBackend>(self.batch * self.seq_len, dims.hidden_size, dims.intermediate_size, &device);
         Ok(json!({
             "model": self.path.display().to_string(),
+            "device": <B::InnerBackend as Backend>::name(&device),
             "batch": self.batch,
             "seq_len": self.seq_len,
             "seconds_per_forward": forward,
             "tokens_per_second": tokens / forward,
             "model_gflops_per_second": model_gflops,
-            "gemm": { "m": m, "k": k, "n": n, "seconds": gemm, "gflops_per_second": gemm_gflops },
-            "fraction_of_gemm_peak": model_gflops / gemm_gflops,
-            "device": <B::InnerBackend as Backend>::name(&device),
+            "fraction_of_gemm_peak": model_gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN),
+            "gemm": gemm,
         }))
     }
+}
+
+struct StatsBench {
+    path: PathBuf,
+    layers: Vec<usize>,
+    corpus: PathBuf,
+    samples: usize,
+}
+
+impl BackendTask for StatsBench {
+    type Output = Result<Value>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
+        let model = load::<B>(&self.path, &device)?;
+        let hparams = StatsHparams { samples: self.samples, ..StatsHparams::default() };
+        let started = Instant::now();
+        let moments = collect_moments(&model, &self.layers, &self.corpus, &hparams)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let tokens = moments.values().next().map_or(0, |m| m.count) as f64;
+        let d = model.dims;
+        let top = self.layers.iter().max().copied().unwrap_or(0) + 1;
+        // Blocks up to the highest layer (typical paragraph length ~128 tokens), plus one Gram
+        // product 2·d_mlp² per token and layer.
+        let head = 2.0 * (d.hidden_size * d.vocab_size) as f64;
+        let per_block = (model.matmul_flops_per_token(128) - head) / d.num_layers as f64;
+        let flops = tokens * (top as f64 * per_block + self.layers.len() as f64 * 2.0 * (d.intermediate_size * d.intermediate_size) as f64);
+        let gemm = gemm_gflops::<B::InnerBackend>(4096, d.hidden_size, d.intermediate_size, &device);
+        let gflops = flops / seconds / 1e9;
+        Ok(json!({
+            "layers": self.layers, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
+            "gflops_per_second": gflops,
+            "fraction_of_gemm_peak": gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN),
+            "gemm": gemm,
+        }))
+    }
+}
+
+struct TargetsBench {
+    path: PathBuf,
+    records: PathBuf,
+    edits: usize,
+    single: usize,
+    hparams: PathBuf,
+}
+
+/// The first `n` CounterFact records (ROME format) as edit requests.
+fn counterfact_requests(path: &std::path::Path, n: usize) -> Result<Vec<EditRequest>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let records: Vec<Value> = serde_json::from_str(&text)?;
+    records
+        .iter()
+        .take(n)
+        .map(|r| {
+            let rw = &r["requested_rewrite"];
+            let field = |v: &Value| v.as_str().map(String::from).ok_or_else(|| anyhow::anyhow!("{}: malformed record {}", path.display(), r["case_id"]));
+            Ok(EditRequest {
+                case_id: r["case_id"].as_u64(),
+                prompt: field(&rw["prompt"])?,
+                subject: field(&rw["subject"])?,
+                target_new: field(&rw["target_new"]["str"])?,
+                target_true: rw["target_true"]["str"].as_str().map(String::from),
+            })
+        })
+        .collect()
+}
+
+impl BackendTask for TargetsBench {
+    type Output = Result<Value>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
+        let model = load::<B>(&self.path, &device)?;
+        let h = FamilyHparams::load(&self.hparams)?.emmet;
+        let requests = counterfact_requests(&self.records, self.edits)?;
+        let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0)?;
+        let time = |batch: &[EditRequest]| -> Result<(f64, usize)> {
+            let t = Instant::now();
+            let targets = target_values::<B>(&model, batch, &templates, h.layer, Site::BlockOutput, &h)?;
+            Ok((t.elapsed().as_secs_f64(), targets.steps.iter().sum()))
+        };
+        let mut single = (0.0, 0);
+        for request in requests.iter().take(self.single) {
+            let (s, steps) = time(std::slice::from_ref(request))?;
+            single = (single.0 + s, single.1 + steps);
+        }
+        let batched = time(&requests)?;
+        let n_single = self.single.min(requests.len()).max(1) as f64;
+        Ok(json!({
+            "edits": requests.len(),
+            "one_at_a_time": { "edits": n_single, "seconds_per_edit": single.0 / n_single, "adam_steps_per_edit": single.1 as f64 / n_single },
+            "batched": { "edits": requests.len(), "seconds_per_edit": batched.0 / requests.len() as f64, "adam_steps_per_edit": batched.1 as f64 / requests.len() as f64 },
+            "speedup_per_edit": (single.0 / n_single) / (batched.0 / requests.len() as f64),
+        }))
+    }
+}
+
+/// EMMET (equality, μ = 0.1) and MEMIT (least squares, λ = 1) solves on a random SPD `C` with
+/// random keys and residuals, `d_in = d_out = dim`.
+fn solve_bench(dim: usize, batches: &[usize]) -> Result<Value> {
+    let mut state = 1u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let x = Mat::from_fn(dim, 2 * dim, |_, _| next());
+    let mut c = &x * x.transpose() * faer::Scale(1.0 / (2 * dim) as f64);
+    for i in 0..dim {
+        c[(i, i)] += 1e-3;
+    }
+    let mut rows = Vec::new();
+    for &b in batches {
+        let k = Mat::from_fn(dim, b, |_, _| next());
+        let r = Mat::from_fn(dim, b, |_, _| next());
+        let mut row = json!({ "batch": b });
+        for (name, memorization) in [("emmet", Memorization::Equality { mu: 0.1 }), ("memit", Memorization::LeastSquares { lambda: 1.0 })] {
+            let t = Instant::now();
+            let update = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), memorization)?;
+            row[name] = json!({ "seconds": t.elapsed().as_secs_f64(), "condition_estimate": update.condition_estimate });
+        }
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    Ok(json!({ "dim": dim, "dtype": "f64", "solves": rows }))
 }
