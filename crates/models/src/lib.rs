@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod layers;
 pub mod llama;
 pub mod model;
+mod save;
 pub mod tokenizer;
 pub mod weights;
 

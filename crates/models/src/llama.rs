@@ -12,7 +12,7 @@ use crate::decoder::{self, Block, BlockOutput};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, Rotary, RotaryPairing};
-use crate::weights::{fetch, fetch_optional, TensorSource};
+use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: llama`) that matter here, in both the
 /// transformers 4.x (`rope_theta`, `torch_dtype`) and 5.x (`rope_parameters`, `dtype`) spellings.
@@ -144,6 +144,8 @@ pub struct Llama<B: Backend> {
     norm: RmsNorm<B>,
     lm_head: Linear<B>,
     rotary: Rotary<B>,
+    #[module(skip)]
+    config: LlamaConfig,
 }
 
 impl<B: Backend> LlamaAttention<B> {
@@ -205,6 +207,7 @@ impl<B: Backend> Llama<B> {
             layers,
             norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
             rotary: Rotary::new(c.head_dim, c.rope_theta, c.max_position_embeddings, RotaryPairing::Half, device),
+            config: c.clone(),
         })
     }
 
@@ -220,4 +223,45 @@ impl<B: Backend> Llama<B> {
     pub fn max_positions(&self) -> usize {
         self.rotary.max_positions()
     }
+
+    /// Every weight under its Hugging Face name and layout (`[d_out, d_in]` for projections).
+    pub fn export(&self) -> Result<Vec<(String, HostTensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), host(self.embed_tokens.val())?)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), host(l.input_layernorm.weight.val())?));
+            out.push((format!("{p}.post_attention_layernorm.weight"), host(l.post_attention_layernorm.weight.val())?));
+            let a = &l.self_attn;
+            for (name, linear) in [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj), ("self_attn.v_proj", &a.v_proj), ("self_attn.o_proj", &a.o_proj), ("mlp.gate_proj", &l.mlp.gate_proj), ("mlp.up_proj", &l.mlp.up_proj), ("mlp.down_proj", &l.mlp.down_proj)] {
+                out.push((format!("{p}.{name}.weight"), host(linear.matrix())?));
+                if let Some(b) = &linear.bias {
+                    out.push((format!("{p}.{name}.bias"), host(b.val())?));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), host(self.norm.weight.val())?));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), host(self.lm_head.matrix())?));
+        }
+        Ok(out)
+    }
+
+    /// A transformers `config.json` (4.x spelling) for this model.
+    pub fn hf_config(&self, dims: &crate::model::ModelDims) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",
+            "vocab_size": dims.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
+            "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": c.tie_word_embeddings,
+            "attention_bias": c.attention_bias, "mlp_bias": c.mlp_bias, "hidden_act": "silu",
+        })
+    }
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<HostTensor> {
+    let shape = t.dims().to_vec();
+    let data = t.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("reading a tensor back: {e:?}")))?;
+    Ok(HostTensor { shape, data })
 }

@@ -100,6 +100,11 @@ impl TextTokenizer {
         self.inner.decode(ids, true).map_err(|e| self.error(e))
     }
 
+    /// Writes the tokenizer as a `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner.save(path, true).map_err(|e| self.error(e))
+    }
+
     fn error(&self, e: tokenizers::Error) -> ModelError {
         ModelError::Tokenizer { path: self.path.clone(), message: e.to_string() }
     }

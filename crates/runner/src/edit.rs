@@ -42,6 +42,9 @@ pub struct EditArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Write the edited model to this (new) directory as a Hugging Face checkpoint.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
 }
 
 /// Where hyperparameters, statistics and templates come from.
@@ -107,6 +110,9 @@ impl BackendTask for EditTask {
         let outcome = editor.apply::<B>(&mut model, std::slice::from_ref(&request), &mut session)?;
 
         let after = continuation_nll(&model, &pairs)?;
+        if let Some(dir) = &a.save {
+            model.save_hf(dir, &session.edited_layers()).with_context(|| format!("saving to {}", dir.display()))?;
+        }
         let generation = model.generate(&prompt, a.max_new_tokens)?;
         let p = |nll: f64| (-nll).exp();
         let report = json!({
