@@ -79,6 +79,9 @@ impl Editor {
         if method == Method::Alphaedit {
             for &l in &layers {
                 let (p, dim) = null_space_projector(covariances[&l].as_ref(), hparams.nullspace_threshold).map_err(|error| EditError::Solve { layer: l, error })?;
+                if dim == 0 {
+                    return Err(EditError::Input(format!("AlphaEdit: no eigenvalue of C at layer {l} is below nullspace_threshold {}; raise it", hparams.nullspace_threshold)));
+                }
                 tracing::info!("layer {l}: null space of dimension {dim} (eigenvalues of C below {})", hparams.nullspace_threshold);
                 let d = p.nrows();
                 null_space.insert(l, (p, Mat::zeros(d, d)));

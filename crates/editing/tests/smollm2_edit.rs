@@ -109,3 +109,27 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
         assert_eq!(model.logits(&[1, 2, 3]).unwrap().into_data(), original, "{method}: revert did not restore the model");
     }
 }
+
+#[test]
+fn spread_over_one_layer_equals_single() {
+    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
+    let family = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap();
+    let request = counterfact_cases(1).remove(0).request;
+    let layer = family.emmet.layer;
+    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let stats = StatsHparams { samples: 100, ..StatsHparams::default() };
+    let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
+    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let mut edited = Vec::new();
+    for distribution in [Distribution::Single, Distribution::Spread] {
+        let mut hparams = family.emmet.clone();
+        hparams.spread_layers = vec![layer];
+        let mut editor = Editor::new(Method::Emmet, distribution, hparams, templates.clone(), [(layer, c.clone())].into()).unwrap();
+        let mut session = EditSession::default();
+        editor.apply::<Autodiff<Cpu>>(&mut model, std::slice::from_ref(&request), &mut session).unwrap();
+        edited.push(model.mlp_out(layer).matrix().into_data());
+        session.revert(&mut model);
+    }
+    assert_eq!(edited[0], edited[1]);
+}
