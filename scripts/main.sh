@@ -14,4 +14,4 @@ echo "--- before: The mother tongue of Danielle Darrieux is ..."
 echo "--- EMMET edit: → English (key statistics are computed once and cached under results/cache)"
 ./target/release/editbench edit --model "$model" --method emmet --distribution single \
   --prompt "The mother tongue of {} is" --subject "Danielle Darrieux" --target " English" \
-  --save-templates results/context-templates.json
+  --save-templates results/cache/context-templates.json
