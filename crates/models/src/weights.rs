@@ -100,10 +100,15 @@ const SINGLE_FILE: &str = "model.safetensors";
 impl SafetensorsSource {
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
-        let files: Vec<PathBuf> = if index_path.exists() {
-            shard_files(&index_path)?.into_iter().map(|f| dir.join(f)).collect()
-        } else {
-            vec![dir.join(SINGLE_FILE)]
+        let weight_map = if index_path.exists() { Some(read_weight_map(&index_path)?) } else { None };
+        let files: Vec<PathBuf> = match &weight_map {
+            Some(map) => {
+                let mut names: Vec<&String> = map.values().collect();
+                names.sort();
+                names.dedup();
+                names.into_iter().map(|f| dir.join(f)).collect()
+            }
+            None => vec![dir.join(SINGLE_FILE)],
         };
         let mut shards = Vec::with_capacity(files.len());
         let mut shard_of = HashMap::new();
@@ -114,24 +119,14 @@ impl SafetensorsSource {
             }
             shards.push(shard);
         }
-        if index_path.exists() {
-            check_index_covered(&index_path, &shard_of)?;
+        // Every tensor the index promises must be in the shard it names.
+        for (tensor, file) in weight_map.into_iter().flatten() {
+            if !shard_of.contains_key(&tensor) {
+                return Err(ModelError::MissingTensor { path: dir.join(file), tensor });
+            }
         }
         Ok(Self { dir: dir.to_path_buf(), shards, shard_of })
     }
-}
-
-/// The distinct shard file names of an index's `weight_map`, in first-seen order.
-fn shard_files(index_path: &Path) -> Result<Vec<String>> {
-    let map = read_weight_map(index_path)?;
-    let mut files: Vec<String> = Vec::new();
-    for file in map.values() {
-        if !files.contains(file) {
-            files.push(file.clone());
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 fn read_weight_map(index_path: &Path) -> Result<HashMap<String, String>> {
@@ -143,16 +138,6 @@ fn read_weight_map(index_path: &Path) -> Result<HashMap<String, String>> {
     let index: Index = serde_json::from_str(&text)
         .map_err(|source| ModelError::Json { path: index_path.to_path_buf(), source })?;
     Ok(index.weight_map)
-}
-
-/// Every tensor the index promises must be in the shard it names.
-fn check_index_covered(index_path: &Path, shard_of: &HashMap<String, usize>) -> Result<()> {
-    for (tensor, file) in read_weight_map(index_path)? {
-        if !shard_of.contains_key(&tensor) {
-            return Err(ModelError::MissingTensor { path: index_path.with_file_name(file), tensor });
-        }
-    }
-    Ok(())
 }
 
 fn open_shard(path: PathBuf) -> Result<Shard> {
