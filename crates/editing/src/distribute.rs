@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::context::ContextTemplates;
 use crate::error::{EditError, Result};
 use crate::hparams::{Distribution, Method, MethodHparams};
-use crate::keys::{activations_at, keys, locate, Activation};
+use crate::keys::{keys, prompt_activation, Activation};
 use crate::request::EditRequest;
 use crate::solver::{null_space_projector, preservation_memorization_update, Memorization};
 use crate::targets::target_values;
@@ -130,8 +130,9 @@ impl Editor {
             outcome.seconds_keys += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
-            let residual = (&targets.z - &current) * faer::Scale(1.0 / (layers.len() - i) as f64);
-            tracing::debug!("layer {layer}: ‖K‖ {:.3e}, ‖Z − H‖ {:.3e}, ‖R‖ {:.3e}", k.norm_l2(), (&targets.z - &current).norm_l2(), residual.norm_l2());
+            let remaining = &targets.z - &current;
+            let residual = &remaining * faer::Scale(1.0 / (layers.len() - i) as f64);
+            tracing::debug!("layer {layer}: ‖K‖ {:.3e}, ‖Z − H‖ {:.3e}, ‖R‖ {:.3e}", k.norm_l2(), remaining.norm_l2(), residual.norm_l2());
             let update = self.solve(layer, k.as_ref(), residual.as_ref(), requests.len())?;
             outcome.max_condition_estimate = match (outcome.max_condition_estimate, update.condition_estimate) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -179,15 +180,6 @@ impl Editor {
         };
         result.map_err(|error| EditError::Solve { layer, error })
     }
-}
-
-/// `activation` at `layer` at the subject's last token of each bare request prompt, `d × n`.
-pub fn prompt_activation<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], layer: usize, activation: Activation) -> Result<Mat<f64>> {
-    let tokenizer = model.tokenizer()?;
-    let sentences = requests.iter().map(|r| locate(tokenizer, "{}", r, "")).collect::<Result<Vec<_>>>()?;
-    let d = model.dims.hidden_size;
-    let flat = activations_at(model, &sentences, layer, activation)?;
-    Ok(Mat::from_fn(d, requests.len(), |i, r| flat[r * d + i] as f64))
 }
 
 fn mat_to_tensor<B: Backend>(m: &Mat<f64>, device: &B::Device) -> Tensor<B, 2> {

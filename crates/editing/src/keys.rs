@@ -104,3 +104,16 @@ pub fn keys<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], temp
         total / templates.groups.len() as f64
     }))
 }
+
+/// `activation` at `layer` at the subject's last token of each bare request prompt, `d × n`.
+pub fn prompt_activation<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], layer: usize, activation: Activation) -> Result<Mat<f64>> {
+    let tokenizer = model.tokenizer()?;
+    let sentences = requests.iter().map(|r| locate(tokenizer, "{}", r, "")).collect::<Result<Vec<_>>>()?;
+    let d = model.dims.hidden_size;
+    Ok(to_columns(&activations_at(model, &sentences, layer, activation)?, requests.len(), d))
+}
+
+/// Row-major `[n, d]` → the column matrix `d × n`.
+pub(crate) fn to_columns(flat: &[f32], n: usize, d: usize) -> Mat<f64> {
+    Mat::from_fn(d, n, |i, j| flat[j * d + i] as f64)
+}

@@ -14,7 +14,7 @@ use faer::Mat;
 use crate::context::ContextTemplates;
 use crate::error::{EditError, Result};
 use crate::hparams::MethodHparams;
-use crate::keys::{host, locate, rows_at, Activation};
+use crate::keys::{host, locate, rows_at, to_columns, Activation};
 use crate::request::EditRequest;
 use crate::score::target_ids;
 
@@ -168,8 +168,8 @@ pub fn target_values<B: AutodiffBackend>(
         (delta, m, v) = adam_step(delta, m, v, grad, mask, h.v_lr, it + 1);
         delta = clamp_rows(delta, init.clone(), h.clamp_norm_factor);
     }
-    let v_init = to_columns(host(v_init.expect("first pass records v_init"))?, e, d);
-    let delta = to_columns(host(delta)?, e, d);
+    let v_init = to_columns(&host(v_init.expect("first pass records v_init"))?, e, d);
+    let delta = to_columns(&host(delta)?, e, d);
     Ok(Targets { z: &v_init + &delta, v_init, steps, loss: losses })
 }
 
@@ -191,9 +191,4 @@ fn clamp_rows<B: Backend>(delta: Tensor<B, 2>, init: Tensor<B, 2>, factor: f64) 
     let norm = delta.clone().powi_scalar(2).sum_dim(1).sqrt();
     let scale = (max / norm.clamp_min(1e-12)).clamp_max(1.0);
     delta * scale.expand([e, d])
-}
-
-/// Row-major `[n, d]` → column matrix `d × n`.
-fn to_columns(flat: Vec<f32>, n: usize, d: usize) -> Mat<f64> {
-    Mat::from_fn(d, n, |i, j| flat[j * d + i] as f64)
 }
