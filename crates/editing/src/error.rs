@@ -17,7 +17,7 @@ pub enum EditError {
 pub type Result<T> = std::result::Result<T, EditError>;
 
 impl EditError {
-    pub(crate) fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+    pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
         Self::File { path: path.into(), message: message.to_string() }
     }
 }

@@ -8,7 +8,7 @@ pub mod error;
 pub mod hparams;
 pub mod keys;
 pub mod request;
-mod rng;
+pub mod sampling;
 pub mod score;
 pub mod solver;
 pub mod stats;

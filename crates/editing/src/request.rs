@@ -1,5 +1,6 @@
 //! One requested edit: "{subject} <relation>" should now continue with `target_new`.
 
+use editbench_datasets::Record;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,5 +41,12 @@ impl EditRequest {
             return Err(crate::EditError::Input("subject and target must not be empty".into()));
         }
         Ok(())
+    }
+}
+
+impl From<&Record> for EditRequest {
+    fn from(record: &Record) -> Self {
+        let r = &record.rewrite;
+        Self { case_id: Some(record.case_id), prompt: r.prompt.clone(), subject: r.subject.clone(), target_new: r.target_new.clone(), target_true: Some(r.target_true.clone()) }
     }
 }

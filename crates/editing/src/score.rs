@@ -1,5 +1,6 @@
-//! Probabilities of continuations under teacher forcing (spec §8.1): the mean token NLL of a
-//! target after a prompt, `P = exp(−mean NLL)`.
+//! Target continuations under teacher forcing (spec §8.1): per target token, its log-probability
+//! after the prompt and the tokens before it, and whether it was the model's top prediction.
+//! `P(target) = exp(−mean NLL)`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
@@ -8,8 +9,8 @@ use editbench_models::{Hooks, LanguageModel, Padding, TextTokenizer};
 use crate::error::Result;
 use crate::keys::host;
 
-/// Sequences per forward pass.
-const CHUNK: usize = 64;
+/// Tokens per forward pass (padded width × rows) when scoring.
+const TOKENS_PER_PASS: usize = 4096;
 
 /// Tokens of `target` as they follow `prompt` (robust to tokenizers that treat a leading space
 /// specially, e.g. SentencePiece's lone `▁`).
@@ -22,34 +23,85 @@ pub fn target_ids(tokenizer: &TextTokenizer, prompt: &str, target: &str) -> Resu
     })
 }
 
-/// Mean token NLL of each `(prompt, target)` pair, batched.
-pub fn continuation_nll<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+/// How a model scores one target continuation, token by token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Continuation {
+    /// `log p(t_i | prompt, t_<i)`.
+    pub logprobs: Vec<f64>,
+    /// Whether `t_i` was the most likely next token.
+    pub argmax: Vec<bool>,
+}
+
+impl Continuation {
+    /// Mean token NLL: the spec's comparison quantity.
+    pub fn mean_nll(&self) -> f64 {
+        -self.logprobs.iter().sum::<f64>() / self.logprobs.len() as f64
+    }
+
+    /// Whether every target token was the top prediction (CounterFact's `*_correct`).
+    pub fn all_argmax(&self) -> bool {
+        self.argmax.iter().all(|&c| c)
+    }
+
+    /// Fraction of target tokens that were the top prediction (zsRE's token accuracy).
+    pub fn token_accuracy(&self) -> f64 {
+        self.argmax.iter().filter(|&&c| c).count() as f64 / self.argmax.len() as f64
+    }
+}
+
+/// Teacher-forced scores of each `(prompt, target)` pair. Sequences are sorted by length and
+/// packed into passes of about [`TOKENS_PER_PASS`] tokens; results come back in input order.
+pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, String)]) -> Result<Vec<Continuation>> {
     let tokenizer = model.tokenizer()?;
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(CHUNK) {
-        let mut seqs = Vec::with_capacity(chunk.len());
-        let mut labels = Vec::new();
-        for (row, (prompt, target)) in chunk.iter().enumerate() {
-            let mut ids = tokenizer.encode(prompt)?;
-            let target = target_ids(tokenizer, prompt, target)?;
-            let start = ids.len() - 1;
-            labels.extend(target.iter().enumerate().map(|(j, &tok)| (row, start + j, tok)));
-            ids.extend_from_slice(&target[..target.len() - 1]);
-            seqs.push(ids);
+    let encoded = pairs
+        .iter()
+        .map(|(prompt, target)| Ok((tokenizer.encode(prompt)?, target_ids(tokenizer, prompt, target)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let total_len = |i: usize| encoded[i].0.len() + encoded[i].1.len() - 1;
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| total_len(i));
+    let mut out = vec![None; pairs.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && (end + 1 - start) * total_len(order[end]) <= TOKENS_PER_PASS {
+            end += 1;
         }
-        let batch = model.batch(&seqs, Padding::Right)?;
-        let t = batch.width();
-        let at: Vec<usize> = labels.iter().map(|&(row, col, _)| row * t + col).collect();
-        let logits = model.forward(&batch, &Hooks { logits_at: Some(at), ..Hooks::default() }).logits.expect("full pass");
-        let vocab = model.dims.vocab_size;
-        let index = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]), &model.device());
-        let lp = host(activation::log_softmax(logits.reshape([labels.len(), vocab]), 1).gather(1, index))?;
-        let mut sums = vec![(0.0f64, 0usize); chunk.len()];
-        for (&(row, _, _), &l) in labels.iter().zip(&lp) {
-            sums[row].0 -= l as f64;
-            sums[row].1 += 1;
+        let chunk: Vec<&(Vec<u32>, Vec<u32>)> = order[start..end].iter().map(|&i| &encoded[i]).collect();
+        for (&i, scored) in order[start..end].iter().zip(score_pass(model, &chunk)?) {
+            out[i] = Some(scored);
         }
-        out.extend(sums.into_iter().map(|(s, n)| s / n as f64));
+        start = end;
+    }
+    Ok(out.into_iter().map(|c| c.expect("every pair scored")).collect())
+}
+
+/// Mean token NLL of each `(prompt, target)` pair.
+pub fn continuation_nll<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+    Ok(teacher_forced(model, pairs)?.iter().map(Continuation::mean_nll).collect())
+}
+
+/// One forward pass over `(prompt ids, target ids)` sequences.
+fn score_pass<B: Backend>(model: &LanguageModel<B>, chunk: &[&(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
+    let mut seqs = Vec::with_capacity(chunk.len());
+    let mut labels = Vec::new();
+    for (row, (prompt, target)) in chunk.iter().enumerate() {
+        let start = prompt.len() - 1;
+        labels.extend(target.iter().enumerate().map(|(j, &tok)| (row, start + j, tok)));
+        seqs.push([prompt.as_slice(), &target[..target.len() - 1]].concat());
+    }
+    let batch = model.batch(&seqs, Padding::Right)?;
+    let t = batch.width();
+    let at: Vec<usize> = labels.iter().map(|&(row, col, _)| row * t + col).collect();
+    let logits = model.forward(&batch, &Hooks { logits_at: Some(at), ..Hooks::default() }).logits.expect("full pass");
+    let logits = logits.reshape([labels.len(), model.dims.vocab_size]);
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]), &model.device());
+    let best: Vec<i64> = logits.clone().argmax(1).into_data().iter::<i64>().collect();
+    let logprobs = host(activation::log_softmax(logits, 1).gather(1, index))?;
+    let mut out = vec![Continuation { logprobs: Vec::new(), argmax: Vec::new() }; chunk.len()];
+    for (((row, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
+        out[*row].logprobs.push(lp as f64);
+        out[*row].argmax.push(best == *tok as i64);
     }
     Ok(out)
 }

@@ -7,7 +7,6 @@
 //! maximum length; a cache whose key or checksum does not match is recomputed, never used.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{EditError, Result};
 use crate::hparams::StatsHparams;
 use crate::keys::host;
-use crate::rng::SplitMix64;
+use editbench_datasets::rng::SplitMix64;
 
 /// Bump when the statistics' definition changes, so old caches are not used.
 const CACHE_VERSION: u32 = 1;
@@ -51,17 +50,7 @@ pub struct StatsSource {
 
 /// SHA-256 of a file, hex.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| EditError::file(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| EditError::file(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    editbench_datasets::file_sha256(path).map_err(|e| EditError::file(path, e))
 }
 
 /// A hash of a model's weights: the file itself, or every file of a checkpoint directory.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::backend::Autodiff;
+use editbench_datasets::{load, DatasetKind, DatasetSource};
 use editbench_editing::context::ContextTemplates;
 use editbench_editing::hparams::{StatsHparams, TemplateKind};
 use editbench_editing::score::continuation_nll;
@@ -25,24 +26,8 @@ struct Case {
 
 fn counterfact_cases(n: usize) -> Vec<Case> {
     let path = root().join("../shared/data/counterfact/counterfact_dev.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    records[..n]
-        .iter()
-        .map(|r| {
-            let rw = &r["requested_rewrite"];
-            Case {
-                request: EditRequest {
-                    case_id: r["case_id"].as_u64(),
-                    prompt: rw["prompt"].as_str().unwrap().into(),
-                    subject: rw["subject"].as_str().unwrap().into(),
-                    target_new: rw["target_new"]["str"].as_str().unwrap().into(),
-                    target_true: rw["target_true"]["str"].as_str().map(Into::into),
-                },
-                neighbor: r["neighborhood_prompts"][0].as_str().unwrap().into(),
-            }
-        })
-        .collect()
+    let data = load(&DatasetSource { kind: DatasetKind::Counterfact, path, format: None, sha256: None }).unwrap();
+    data.records[..n].iter().map(|r| Case { request: r.into(), neighbor: r.neighborhood[0].prompt.clone() }).collect()
 }
 
 fn greedy_next(model: &LanguageModel<Cpu>, prompts: &[String]) -> Vec<i64> {

@@ -1,6 +1,6 @@
 //! A small seeded generator (SplitMix64) so every random choice is reproducible from a seed.
 
-pub(crate) struct SplitMix64(u64);
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
     pub fn new(seed: u64) -> Self {

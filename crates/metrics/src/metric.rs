@@ -1,0 +1,145 @@
+use burn::tensor::backend::Backend;
+use editbench_editing::score::{teacher_forced, Continuation};
+use editbench_editing::{EditError, Result};
+use editbench_models::LanguageModel;
+use serde::{Deserialize, Serialize};
+
+/// Whether a row was measured on the unedited model or after the edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Pre,
+    Post,
+}
+
+impl Stage {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Pre => "pre",
+            Self::Post => "post",
+        }
+    }
+}
+
+/// The metric codes of the results files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Metric {
+    /// Efficacy score: `P(new) > P(true)` on the rewrite prompt.
+    ES,
+    /// Efficacy magnitude: `P(new) − P(true)` on the rewrite prompt.
+    EM,
+    /// Paraphrase score: fraction of paraphrases with `P(new) > P(true)`.
+    PS,
+    /// Paraphrase magnitude: mean `P(new) − P(true)` over paraphrases.
+    PM,
+    /// Neighborhood score: fraction of neighborhood prompts with `P(true) > P(new)`.
+    NS,
+    /// Neighborhood magnitude: mean `P(true) − P(new)` over neighborhood prompts.
+    NM,
+    /// Efficacy accuracy: every token of the new target is the top prediction.
+    EA,
+    /// Paraphrase accuracy (new target, every token top-1), mean over paraphrases.
+    PA,
+    /// Neighborhood accuracy (true target, every token top-1), mean over neighborhood prompts.
+    NA,
+    /// Score: harmonic mean of ES, PS, NS (CounterFact) or of the three zsRE accuracies; derived
+    /// by [`crate::summarize`], never stored per record.
+    S,
+    /// Generation entropy (fluency), bits.
+    GE,
+    /// Reference score (consistency): TF-IDF cosine to texts about the new object.
+    RS,
+    #[serde(rename = "rewrite_acc")]
+    RewriteAcc,
+    #[serde(rename = "paraphrase_acc")]
+    ParaphraseAcc,
+    #[serde(rename = "neighborhood_acc")]
+    NeighborhoodAcc,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 15] = [
+        Self::ES, Self::EM, Self::PS, Self::PM, Self::NS, Self::NM, Self::EA, Self::PA, Self::NA, Self::S, Self::GE, Self::RS,
+        Self::RewriteAcc, Self::ParaphraseAcc, Self::NeighborhoodAcc,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ES => "ES",
+            Self::EM => "EM",
+            Self::PS => "PS",
+            Self::PM => "PM",
+            Self::NS => "NS",
+            Self::NM => "NM",
+            Self::EA => "EA",
+            Self::PA => "PA",
+            Self::NA => "NA",
+            Self::S => "S",
+            Self::GE => "GE",
+            Self::RS => "RS",
+            Self::RewriteAcc => "rewrite_acc",
+            Self::ParaphraseAcc => "paraphrase_acc",
+            Self::NeighborhoodAcc => "neighborhood_acc",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.code() == code)
+    }
+}
+
+/// One measured value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    pub case_id: u64,
+    pub stage: Stage,
+    pub metric: Metric,
+    pub value: f64,
+}
+
+/// Scores target continuations under teacher forcing; the model, or a fake in tests.
+pub trait Scorer {
+    fn score(&self, pairs: &[(String, String)]) -> Result<Vec<Continuation>>;
+}
+
+impl<B: Backend> Scorer for LanguageModel<B> {
+    fn score(&self, pairs: &[(String, String)]) -> Result<Vec<Continuation>> {
+        teacher_forced(self, pairs)
+    }
+}
+
+/// `target` as scored after a prompt: with one leading space (spec §8.1).
+pub(crate) fn spaced(target: &str) -> String {
+    format!(" {}", target.trim_start())
+}
+
+/// Scores all `pairs` in one call and hands each caller its slice back, in order.
+pub(crate) struct PairBatch {
+    pub pairs: Vec<(String, String)>,
+}
+
+impl PairBatch {
+    pub fn new() -> Self {
+        Self { pairs: Vec::new() }
+    }
+
+    /// Queues `(prompt, target)` for each prompt; returns the range of their results.
+    pub fn push(&mut self, prompts: impl IntoIterator<Item = String>, target: &str) -> std::ops::Range<usize> {
+        let start = self.pairs.len();
+        self.pairs.extend(prompts.into_iter().map(|p| (p, spaced(target))));
+        start..self.pairs.len()
+    }
+
+    pub fn score(&self, scorer: &impl Scorer) -> Result<Vec<Continuation>> {
+        let scored = scorer.score(&self.pairs)?;
+        if scored.len() != self.pairs.len() || scored.iter().any(|c| c.logprobs.is_empty() || c.logprobs.len() != c.argmax.len()) {
+            return Err(EditError::Input("the scorer returned a malformed result".into()));
+        }
+        Ok(scored)
+    }
+}
+
+pub(crate) fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.into_iter().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}

@@ -1,0 +1,59 @@
+//! Aggregation of per-record rows: mean ± standard error of each metric ×100 (the papers' scale),
+//! and the score S, the harmonic mean of the success metrics' means.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::metric::{Metric, MetricRow, Stage};
+
+/// One metric of one stage over a set of records, ×100.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Summary {
+    pub stage: Stage,
+    pub metric: Metric,
+    pub mean: f64,
+    /// Standard error of the mean (sample standard deviation / √n); absent for S and n = 1.
+    pub stderr: Option<f64>,
+    /// Records the mean is over.
+    pub n: usize,
+}
+
+/// Means of every (stage, metric) in `rows`, plus S wherever its three inputs are present:
+/// harmonic mean of ES, PS, NS (CounterFact) or of rewrite, paraphrase and neighborhood accuracy
+/// (zsRE).
+pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(Stage, Metric), Vec<f64>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.metric != Metric::S) {
+        groups.entry((r.stage, r.metric)).or_default().push(r.value);
+    }
+    let mut out: Vec<Summary> = groups
+        .into_iter()
+        .map(|((stage, metric), values)| {
+            let n = values.len();
+            let mean = values.iter().sum::<f64>() / n as f64;
+            let stderr = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() / (n as f64).sqrt() * 100.0);
+            Summary { stage, metric, mean: mean * 100.0, stderr, n }
+        })
+        .collect();
+    for stage in [Stage::Pre, Stage::Post] {
+        for parts in [[Metric::ES, Metric::PS, Metric::NS], [Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc]] {
+            let found: Vec<&Summary> = parts.iter().filter_map(|m| out.iter().find(|s| s.stage == stage && s.metric == *m)).collect();
+            if found.len() == 3 {
+                let n = found.iter().map(|s| s.n).min().expect("three");
+                out.push(Summary { stage, metric: Metric::S, mean: harmonic_mean(found.iter().map(|s| s.mean)), stderr: None, n });
+            }
+        }
+    }
+    out.sort_by_key(|s| (s.stage, s.metric));
+    out
+}
+
+/// `n / Σ 1/xᵢ`; 0 when any value is 0.
+fn harmonic_mean(values: impl Iterator<Item = f64>) -> f64 {
+    let values: Vec<f64> = values.collect();
+    if values.iter().any(|&v| v <= 0.0) {
+        return 0.0;
+    }
+    values.len() as f64 / values.iter().map(|v| 1.0 / v).sum::<f64>()
+}
