@@ -4,13 +4,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::error::{DataError, Result};
 use crate::record::Record;
 use crate::rng::SplitMix64;
 
+/// Written `all`, `{first: N}`, `{sample: {n: N, seed: S}}` or `{ids: [...]}` in files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "Value", into = "Value")]
 pub enum Selection {
     All,
     /// The first `n` records in file order.
@@ -19,6 +21,46 @@ pub enum Selection {
     Sample { n: usize, seed: u64 },
     /// These case ids, in this order.
     Ids(Vec<u64>),
+}
+
+const SELECTION_FORMS: &str = "`all`, {first: N}, {sample: {n: N, seed: S}} or {ids: [ID, ...]}";
+
+impl TryFrom<Value> for Selection {
+    type Error = String;
+    fn try_from(v: Value) -> std::result::Result<Self, String> {
+        let bad = || format!("selection must be {SELECTION_FORMS}, found {v}");
+        let count = |x: &Value| x.as_u64().map(|n| n as usize).ok_or_else(bad);
+        match &v {
+            Value::String(s) if s == "all" => Ok(Self::All),
+            Value::Object(map) if map.len() == 1 => {
+                let (key, x) = map.iter().next().expect("one entry");
+                match key.as_str() {
+                    "first" => Ok(Self::First(count(x)?)),
+                    "sample" => {
+                        let field = |name: &str| x.get(name).and_then(Value::as_u64).ok_or_else(bad);
+                        if x.as_object().is_some_and(|m| m.keys().any(|k| k != "n" && k != "seed")) {
+                            return Err(bad());
+                        }
+                        Ok(Self::Sample { n: field("n")? as usize, seed: field("seed")? })
+                    }
+                    "ids" => x.as_array().and_then(|ids| ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()).map(Self::Ids).ok_or_else(bad),
+                    _ => Err(bad()),
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl From<Selection> for Value {
+    fn from(s: Selection) -> Value {
+        match s {
+            Selection::All => json!("all"),
+            Selection::First(n) => json!({ "first": n }),
+            Selection::Sample { n, seed } => json!({ "sample": { "n": n, "seed": seed } }),
+            Selection::Ids(ids) => json!({ "ids": ids }),
+        }
+    }
 }
 
 impl Selection {

@@ -126,6 +126,20 @@ fn selections() {
 }
 
 #[test]
+fn selections_read_from_their_file_forms() {
+    let parse = |text: &str| serde_json::from_str::<Selection>(text).map_err(|e| e.to_string());
+    assert_eq!(parse(r#""all""#).unwrap(), Selection::All);
+    assert_eq!(parse(r#"{"first": 16}"#).unwrap(), Selection::First(16));
+    assert_eq!(parse(r#"{"sample": {"n": 5, "seed": 37}}"#).unwrap(), Selection::Sample { n: 5, seed: 37 });
+    assert_eq!(parse(r#"{"ids": [13, 18]}"#).unwrap(), Selection::Ids(vec![13, 18]));
+    for bad in [r#""some""#, r#"{"first": -1}"#, r#"{"sample": {"n": 5}}"#, r#"{"sample": {"n": 5, "seed": 1, "x": 2}}"#, r#"{"first": 1, "ids": []}"#] {
+        assert!(parse(bad).unwrap_err().contains("selection must be `all`, {first: N}"), "{bad}");
+    }
+    let round_trip = serde_json::to_string(&Selection::Sample { n: 5, seed: 37 }).unwrap();
+    assert_eq!(round_trip, r#"{"sample":{"n":5,"seed":37}}"#);
+}
+
+#[test]
 fn duplicates_and_conflicts_are_reported() {
     let records = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json"))).unwrap().records;
     // The dev split has real ones: 11 (subject, relation) pairs asked for two or three objects,

@@ -3,6 +3,7 @@
 //! method's closed-form update, written in place at once. `single` distribution is the case n = 1.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,7 +18,7 @@ use crate::hparams::{Distribution, Method, MethodHparams};
 use crate::keys::{keys, prompt_activation, Activation};
 use crate::request::EditRequest;
 use crate::solver::{null_space_projector, preservation_memorization_update, Memorization};
-use crate::targets::target_values;
+use crate::targets::{target_values, TargetCache};
 
 /// The original weights of every layer touched, for [`EditSession::revert`].
 pub struct EditSession<B: Backend> {
@@ -67,6 +68,8 @@ pub struct Editor {
     covariances: BTreeMap<usize, Mat<f64>>,
     /// AlphaEdit: per layer the null-space projector and `Σ K_p K_pᵀ` of edits already written.
     null_space: BTreeMap<usize, (Mat<f64>, Mat<f64>)>,
+    /// Targets on the unedited model shared with other editors, when given.
+    target_cache: Option<Arc<Mutex<TargetCache>>>,
 }
 
 impl Editor {
@@ -87,7 +90,13 @@ impl Editor {
                 null_space.insert(l, (p, Mat::zeros(d, d)));
             }
         }
-        Ok(Self { method, distribution, hparams, templates, covariances, null_space })
+        Ok(Self { method, distribution, hparams, templates, covariances, null_space, target_cache: None })
+    }
+
+    /// Takes targets from (and adds them to) `cache` while the model is unedited.
+    pub fn with_target_cache(mut self, cache: Arc<Mutex<TargetCache>>) -> Self {
+        self.target_cache = Some(cache);
+        self
     }
 
     pub fn layers(&self) -> Vec<usize> {
@@ -119,7 +128,10 @@ impl Editor {
             _ => (Site::BlockOutput, Activation::Hidden),
         };
         let t = Instant::now();
-        let targets = target_values::<B>(model, requests, &self.templates, top, site, &self.hparams)?;
+        let targets = match &self.target_cache {
+            Some(cache) if session.originals.is_empty() => cache.lock().expect("target cache lock").targets::<B>(model, requests, &self.templates, top, site, &self.hparams)?,
+            _ => target_values::<B>(model, requests, &self.templates, top, site, &self.hparams)?,
+        };
         outcome.seconds_targets += t.elapsed().as_secs_f64();
         outcome.target_steps.extend(&targets.steps);
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Equality constraint, rank one, one consistent key (spec §5.2, UME's form); edits applied one

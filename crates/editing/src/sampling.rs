@@ -3,32 +3,19 @@
 
 use burn::tensor::backend::Backend;
 use editbench_datasets::rng::SplitMix64;
-use editbench_models::{Hooks, LanguageModel, Padding};
+use editbench_models::LanguageModel;
 
-use crate::error::{EditError, Result};
+use crate::error::Result;
 
 /// Sampling keeps the `TOP_K` most likely next tokens.
 const TOP_K: usize = 5;
 
 /// Extends every sequence of `seqs` to `max_len` tokens in total (prompt included), all rows in
-/// one batch per step (shorter prompts left-padded); row `r` draws from `rngs[r]`, so a row's
+/// one KV-cached batch per step (shorter prompts left-padded); row `r` draws from `rngs[r]`, so a row's
 /// sample does not depend on which other rows share its batch.
-pub fn sample_top_k<B: Backend>(model: &LanguageModel<B>, mut seqs: Vec<Vec<u32>>, max_len: usize, rngs: &mut [SplitMix64]) -> Result<Vec<Vec<u32>>> {
+pub fn sample_top_k<B: Backend>(model: &LanguageModel<B>, seqs: Vec<Vec<u32>>, max_len: usize, rngs: &mut [SplitMix64]) -> Result<Vec<Vec<u32>>> {
     assert_eq!(seqs.len(), rngs.len(), "one generator per row");
-    let vocab = model.dims.vocab_size;
-    while seqs.iter().any(|s| s.len() < max_len) {
-        let longest = seqs.iter().map(Vec::len).max().expect("non-empty");
-        let batch = model.batch(&seqs, Padding::Left)?;
-        let last: Vec<usize> = (0..seqs.len()).map(|row| row * longest + longest - 1).collect();
-        let logits = model.forward(&batch, &Hooks { logits_at: Some(last), ..Hooks::default() }).logits.expect("full pass");
-        let logits = logits.into_data().to_vec::<f32>().map_err(|e| EditError::Input(format!("{e:?}")))?;
-        for (row, seq) in seqs.iter_mut().enumerate() {
-            if seq.len() < max_len {
-                seq.push(top_k_sample(&logits[row * vocab..(row + 1) * vocab], &mut rngs[row]));
-            }
-        }
-    }
-    Ok(seqs)
+    Ok(model.extend(seqs, max_len, |row, logits| Some(top_k_sample(logits, &mut rngs[row])))?)
 }
 
 /// Draws from the softmax restricted to the `TOP_K` largest logits.

@@ -192,3 +192,58 @@ fn clamp_rows<B: Backend>(delta: Tensor<B, 2>, init: Tensor<B, 2>, factor: f64) 
     let scale = (max / norm.clamp_min(1e-12)).clamp_max(1.0);
     delta * scale.expand([e, d])
 }
+
+/// Targets found on the unedited model, shared by every editor of a run. A target depends on the
+/// model, the request, the templates, the layer, the site and the search's hyperparameters — not on
+/// the batch it is edited in — so cells that differ only in batch size or solver reuse them.
+/// Requests are searched in fixed chunks of a canonical list, so a target's value never depends on
+/// which cell asked first.
+#[derive(Debug)]
+pub struct TargetCache {
+    requests: Vec<EditRequest>,
+    chunk: usize,
+    /// (settings key, request index) → that request's column of the search's result.
+    found: std::collections::HashMap<(String, usize), Found>,
+}
+
+/// One request's share of a [`Targets`].
+#[derive(Debug, Clone)]
+struct Found {
+    z: Vec<f64>,
+    v_init: Vec<f64>,
+    steps: usize,
+    loss: f64,
+}
+
+impl TargetCache {
+    /// Caches targets of `requests` (the canonical order), searched `chunk` at a time.
+    pub fn new(requests: Vec<EditRequest>, chunk: usize) -> Self {
+        Self { requests, chunk: chunk.max(1), found: Default::default() }
+    }
+
+    /// [`target_values`] of `requests` on the unedited `model`, from the cache where present.
+    /// Requests outside the canonical list are searched directly.
+    pub fn targets<B: AutodiffBackend>(&mut self, model: &LanguageModel<B::InnerBackend>, requests: &[EditRequest], templates: &ContextTemplates, layer: usize, site: Site, h: &MethodHparams) -> Result<Targets> {
+        let Some(indices) = requests.iter().map(|r| self.requests.iter().position(|c| c == r)).collect::<Option<Vec<usize>>>() else {
+            return target_values::<B>(model, requests, templates, layer, site, h);
+        };
+        let key = serde_json::json!({
+            "model": model.path, "layer": layer, "site": format!("{site:?}"), "templates": templates,
+            "search": [h.v_num_grad_steps as f64, h.v_lr, h.v_weight_decay, h.clamp_norm_factor, h.kl_factor],
+        })
+        .to_string();
+        let mut chunks: Vec<usize> = indices.iter().filter(|&&i| !self.found.contains_key(&(key.clone(), i))).map(|i| i / self.chunk).collect();
+        chunks.dedup();
+        for c in chunks {
+            let range = c * self.chunk..((c + 1) * self.chunk).min(self.requests.len());
+            let found = target_values::<B>(model, &self.requests[range.clone()], templates, layer, site, h)?;
+            for (j, i) in range.enumerate() {
+                let column = |m: &Mat<f64>| m.col(j).iter().copied().collect();
+                self.found.insert((key.clone(), i), Found { z: column(&found.z), v_init: column(&found.v_init), steps: found.steps[j], loss: found.loss[j] });
+            }
+        }
+        let cached: Vec<&Found> = indices.iter().map(|&i| &self.found[&(key.clone(), i)]).collect();
+        let matrix = |f: fn(&Found) -> &Vec<f64>| Mat::from_fn(model.dims.hidden_size, requests.len(), |r, c| f(cached[c])[r]);
+        Ok(Targets { z: matrix(|f| &f.z), v_init: matrix(|f| &f.v_init), steps: cached.iter().map(|f| f.steps).collect(), loss: cached.iter().map(|f| f.loss).collect() })
+    }
+}

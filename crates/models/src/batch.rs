@@ -26,12 +26,14 @@ pub struct PromptBatch<B: Backend> {
     pub ids: Tensor<B, 2, Int>,
     /// `[b, t]` position of each token inside its own sequence (0 for padding).
     pub positions: Tensor<B, 2, Int>,
-    /// `[b, 1, t, t]` additive mask: causal and excluding padding keys.
+    /// `[b, 1, t, past + t]` additive mask: causal and excluding padding keys.
     pub mask: Tensor<B, 4>,
-    /// Unpadded length of each row.
+    /// Unpadded length of each row, counting the cached columns.
     pub lengths: Vec<usize>,
     /// Column of each row's first token (its amount of left padding).
     pub offsets: Vec<usize>,
+    /// Columns before this batch's, held in a [`crate::KvCache`] (0 for a fresh batch).
+    pub past: usize,
 }
 
 impl<B: Backend> PromptBatch<B> {
@@ -67,7 +69,25 @@ impl<B: Backend> PromptBatch<B> {
             mask,
             lengths,
             offsets,
+            past: 0,
         })
+    }
+
+    /// The one-column batch that feeds `next[r]` to row `r` after every column of `self` has been
+    /// run through the model with a [`crate::KvCache`].
+    pub fn next(&self, next: &[u32], device: &B::Device) -> Self {
+        let b = self.rows();
+        assert_eq!(next.len(), b, "one token per row");
+        let columns = self.past + self.width() + 1;
+        let key_mask: Vec<f32> = (0..b * columns).map(|i| if i % columns < self.offsets[i / columns] { MASKED } else { 0.0 }).collect();
+        Self {
+            ids: Tensor::from_data(TensorData::new(next.iter().map(|&id| id as i64).collect::<Vec<_>>(), [b, 1]), device),
+            positions: Tensor::from_data(TensorData::new(self.lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [b, 1]), device),
+            mask: Tensor::from_data(TensorData::new(key_mask, [b, 1, 1, columns]), device),
+            lengths: self.lengths.iter().map(|n| n + 1).collect(),
+            offsets: self.offsets.clone(),
+            past: columns - 1,
+        }
     }
 
     pub fn rows(&self) -> usize {

@@ -15,10 +15,30 @@ pub(crate) struct BlockOutput<B: Backend> {
     pub value: Tensor<B, 3>,
     /// The block's output hidden state (before any [`Site::BlockOutput`] intervention).
     pub hidden: Tensor<B, 3>,
+    /// The attention's keys and values over every column so far (cached ones first).
+    pub kv: KeyValues<B>,
+}
+
+/// Rotated attention keys and values of one layer, `[b, h_kv, t, head_dim]` each.
+pub type KeyValues<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// Keys and values of the columns already processed, per layer, so that generation feeds only the
+/// new token to the model.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<KeyValues<B>>>,
+}
+
+/// `past` followed by the new columns' keys and values.
+pub(crate) fn extend_kv<B: Backend>(past: Option<KeyValues<B>>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> KeyValues<B> {
+    match past {
+        None => (k, v),
+        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+    }
 }
 
 pub(crate) trait Block<B: Backend> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B>;
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B>;
 }
 
 /// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
@@ -36,7 +56,8 @@ pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks<B>) ->
     x.reshape([b * t, d]).select(0, index).reshape([1, at.len(), d])
 }
 
-/// Runs `blocks` on `x`; `None` if the hooks stopped the pass before the last block.
+/// Runs `blocks` on `x`, reading and updating `cache` when given; `None` if the hooks stopped the
+/// pass before the last block.
 pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     blocks: &[L],
     mut x: Tensor<B, 3>,
@@ -44,9 +65,17 @@ pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     batch: &PromptBatch<B>,
     hooks: &Hooks<B>,
     trace: &mut Trace<B>,
+    mut cache: Option<&mut KvCache<B>>,
 ) -> Option<Tensor<B, 3>> {
+    if let Some(cache) = cache.as_deref_mut() {
+        cache.layers.resize(blocks.len(), None);
+    }
     for (layer, block) in blocks.iter().enumerate() {
-        let out = block.forward(x, rotary, batch, layer, hooks);
+        let past = cache.as_deref_mut().and_then(|c| c.layers[layer].take());
+        let out = block.forward(x, rotary, batch, past, layer, hooks);
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers[layer] = Some(out.kv);
+        }
         let hidden = hooks.apply(layer, Site::BlockOutput, out.hidden);
         trace.record(hooks, layer, out.key, out.value, &hidden);
         if hooks.stop_after == Some(layer) {

@@ -8,7 +8,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
-use crate::decoder::{self, Block, BlockOutput};
+use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, Rotary, RotaryPairing};
@@ -118,16 +118,16 @@ pub struct GptJ<B: Backend> {
 }
 
 impl<B: Backend> Block<B> for GptJBlock<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
         let n = self.ln_1.forward(x.clone());
         let a = &self.attn;
         let q = rotary.apply(split_heads(a.q_proj.forward(n.clone()), a.num_heads), &batch.positions);
         let k = rotary.apply(split_heads(a.k_proj.forward(n.clone()), a.num_heads), &batch.positions);
-        let v = split_heads(a.v_proj.forward(n.clone()), a.num_heads);
-        let attended = a.out_proj.forward(merge_heads(attention(q, k, v, &batch.mask)));
+        let (k, v) = decoder::extend_kv(past, k, split_heads(a.v_proj.forward(n.clone()), a.num_heads));
+        let attended = a.out_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask)));
         let key = activation::gelu_approximate(self.mlp.fc_in.forward(n));
         let value = hooks.apply(layer, Site::MlpOutput, self.mlp.fc_out.forward(key.clone()));
-        BlockOutput { hidden: x + attended + value.clone(), key, value }
+        BlockOutput { hidden: x + attended + value.clone(), key, value, kv: (k, v) }
     }
 }
 
@@ -162,10 +162,10 @@ impl<B: Backend> GptJ<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>) -> Trace<B> {
+    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let x = decoder::embed(self.wte.val(), &batch.ids);
-        if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace) {
+        if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace, cache) {
             trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), hooks)));
         }
         trace

@@ -187,14 +187,16 @@ fn rotate_every_two<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, t, d])
 }
 
-/// Scaled dot-product attention. `q: [b, h, t, d]`, `k, v: [b, h_kv, t, d]` (grouped-query attention
-/// when `h_kv < h`: query head `i` reads key/value head `i / (h / h_kv)`), `mask: [b, 1, t, t]`
-/// additive (0 where attending is allowed, a large negative number elsewhere).
+/// Scaled dot-product attention. `q: [b, h, t, d]`, `k, v: [b, h_kv, t_k, d]` (grouped-query
+/// attention when `h_kv < h`: query head `i` reads key/value head `i / (h / h_kv)`; `t_k > t` when
+/// earlier keys come from a [`crate::KvCache`]), `mask: [b, 1, t, t_k]` additive (0 where attending
+/// is allowed, a large negative number elsewhere).
 pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, t, d] = q.dims();
     let k = repeat_kv(k, h);
     let v = repeat_kv(v, h);
-    let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + mask.clone().expand([b, h, t, t]);
+    let t_k = k.dims()[2];
+    let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + mask.clone().expand([b, h, t, t_k]);
     activation::softmax(scores, 3).matmul(v)
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
-use crate::decoder::{self, Block, BlockOutput};
+use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, Rotary, RotaryPairing};
@@ -149,21 +149,22 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> LlamaAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> (Tensor<B, 3>, KeyValues<B>) {
         let q = rotary.apply(split_heads(self.q_proj.forward(x.clone()), self.num_heads), &batch.positions);
         let k = rotary.apply(split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads), &batch.positions);
-        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads);
-        self.o_proj.forward(merge_heads(attention(q, k, v, &batch.mask)))
+        let (k, v) = decoder::extend_kv(past, k, split_heads(self.v_proj.forward(x), self.num_kv_heads));
+        (self.o_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask))), (k, v))
     }
 }
 
 impl<B: Backend> Block<B> for LlamaBlock<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rotary, batch);
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
+        let (attended, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
+        let h = x + attended;
         let n = self.post_attention_layernorm.forward(h.clone());
         let key = activation::silu(self.mlp.gate_proj.forward(n.clone())) * self.mlp.up_proj.forward(n);
         let value = hooks.apply(layer, Site::MlpOutput, self.mlp.down_proj.forward(key.clone()));
-        BlockOutput { hidden: h + value.clone(), key, value }
+        BlockOutput { hidden: h + value.clone(), key, value, kv }
     }
 }
 
@@ -211,10 +212,10 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>) -> Trace<B> {
+    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let x = decoder::embed(self.embed_tokens.val(), &batch.ids);
-        if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace) {
+        if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace, cache) {
             trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.norm.forward(x), hooks)));
         }
         trace

@@ -9,18 +9,38 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::batch::{Padding, PromptBatch};
+use crate::decoder::KvCache;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
-use crate::gptj::{GptJ, GptJHfConfig};
+use crate::gptj::{GptJ, GptJConfig, GptJHfConfig};
 use crate::hooks::{Hooks, Trace};
 use crate::layers::Linear;
-use crate::llama::{Llama, LlamaHfConfig};
+use crate::llama::{Llama, LlamaConfig, LlamaHfConfig};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::SafetensorsSource;
 
 pub enum Architecture<B: Backend> {
     Llama(Llama<B>),
     GptJ(GptJ<B>),
+}
+
+/// A checkpoint directory's `config.json`, by `model_type`.
+enum HfConfig {
+    Llama(LlamaConfig),
+    GptJ(GptJConfig),
+}
+
+impl HfConfig {
+    fn read(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: config_path.clone(), source })?;
+        match json.get("model_type").and_then(|v| v.as_str()).unwrap_or("<none>") {
+            "llama" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
+            "gptj" => Ok(Self::GptJ(from_json::<GptJHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
+            other => Err(ModelError::UnknownArchitecture { path: config_path, found: other.to_string(), supported: "llama, gptj" }),
+        }
+    }
 }
 
 /// Sizes editing code needs to know.
@@ -33,6 +53,25 @@ pub struct ModelDims {
     pub intermediate_size: usize,
     pub vocab_size: usize,
     pub max_positions: usize,
+}
+
+impl ModelDims {
+    /// The sizes of the model at `path` from its configuration alone (no weights are read), so that
+    /// settings can be checked before any work.
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Ok(match HfConfig::read(path)? {
+                HfConfig::Llama(c) => c.dims(),
+                HfConfig::GptJ(c) => c.dims(),
+            })
+        } else if path.extension().is_some_and(|e| e == "gguf") {
+            Ok(GgufFile::open(path)?.llama_config()?.dims())
+        } else if path.exists() {
+            Err(ModelError::Input(format!("{}: expected a Hugging Face checkpoint directory or a .gguf file", path.display())))
+        } else {
+            Err(ModelError::io(path, std::io::ErrorKind::NotFound.into()))
+        }
+    }
 }
 
 pub struct LanguageModel<B: Backend> {
@@ -59,28 +98,12 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     fn load_hf_dir(dir: &Path, device: &B::Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json { path: config_path.clone(), source })?;
-        let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("<none>").to_string();
         let source = SafetensorsSource::open(dir)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = tokenizer_path.exists().then(|| TextTokenizer::from_file(&tokenizer_path)).transpose()?;
-        let (arch, dims, family) = match model_type.as_str() {
-            "llama" => {
-                let c = from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path)?;
-                let model = Llama::load(&c, &source, device)?;
-                (Architecture::Llama(model), dims(c.num_layers, c.hidden_size, c.intermediate_size, c.vocab_size, c.max_position_embeddings), "llama")
-            }
-            "gptj" => {
-                let c = from_json::<GptJHfConfig>(&text, &config_path)?.into_config(&config_path)?;
-                let model = GptJ::load(&c, &source, device)?;
-                (Architecture::GptJ(model), dims(c.num_layers, c.hidden_size, c.intermediate_size, c.vocab_size, c.max_position_embeddings), "gptj")
-            }
-            other => {
-                return Err(ModelError::UnknownArchitecture { path: config_path, found: other.to_string(), supported: "llama, gptj" })
-            }
+        let (arch, dims, family) = match HfConfig::read(dir)? {
+            HfConfig::Llama(c) => (Architecture::Llama(Llama::load(&c, &source, device)?), c.dims(), "llama"),
+            HfConfig::GptJ(c) => (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj"),
         };
         Ok(Self { arch, dims, family, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new) })
     }
@@ -100,7 +123,7 @@ impl<B: Backend> LanguageModel<B> {
         };
         Ok(Self {
             arch: Architecture::Llama(model),
-            dims: dims(c.num_layers, c.hidden_size, c.intermediate_size, c.vocab_size, c.max_position_embeddings),
+            dims: c.dims(),
             family: "llama",
             path: path.to_path_buf(),
             tokenizer: tokenizer.map(Arc::new),
@@ -132,9 +155,48 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>) -> Trace<B> {
+        self.forward_cached(batch, hooks, None)
+    }
+
+    /// [`Self::forward`] that attends to the columns held in `cache` and appends this batch's.
+    pub fn forward_cached(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         match &self.arch {
-            Architecture::Llama(m) => m.forward(batch, hooks),
-            Architecture::GptJ(m) => m.forward(batch, hooks),
+            Architecture::Llama(m) => m.forward(batch, hooks, cache),
+            Architecture::GptJ(m) => m.forward(batch, hooks, cache),
+        }
+    }
+
+    /// Extends every sequence token by token (one KV-cached column per step, shorter prompts
+    /// left-padded) until it holds `max_len` tokens or `choose` returns `None` for it.
+    /// `choose(row, logits)` picks row `row`'s next token from its next-token logits.
+    pub fn extend(&self, mut seqs: Vec<Vec<u32>>, max_len: usize, mut choose: impl FnMut(usize, &[f32]) -> Option<u32>) -> Result<Vec<Vec<u32>>> {
+        let vocab = self.dims.vocab_size;
+        let mut open: Vec<bool> = seqs.iter().map(|s| s.len() < max_len).collect();
+        if !open.contains(&true) {
+            return Ok(seqs);
+        }
+        let mut cache = KvCache::default();
+        let mut batch = self.batch(&seqs, Padding::Left)?;
+        let device = self.device();
+        loop {
+            let t = batch.width();
+            let last: Vec<usize> = (0..seqs.len()).map(|row| row * t + t - 1).collect();
+            let logits = self.forward_cached(&batch, &Hooks { logits_at: Some(last), ..Hooks::default() }, Some(&mut cache)).logits.expect("full pass");
+            let logits = logits.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))?;
+            let mut fed = Vec::with_capacity(seqs.len());
+            for (row, seq) in seqs.iter_mut().enumerate() {
+                let next = open[row].then(|| choose(row, &logits[row * vocab..(row + 1) * vocab])).flatten();
+                match next {
+                    Some(id) => seq.push(id),
+                    None => open[row] = false,
+                }
+                open[row] &= seq.len() < max_len;
+                fed.push(next.unwrap_or(0));
+            }
+            if !open.contains(&true) || batch.past + t + 1 > self.dims.max_positions {
+                return Ok(seqs);
+            }
+            batch = batch.next(&fed, &device);
         }
     }
 
@@ -148,18 +210,11 @@ impl<B: Backend> LanguageModel<B> {
     /// Greedy continuation of `prompt` by up to `max_new_tokens` tokens (stops at end-of-sequence).
     pub fn generate(&self, prompt: &str, max_new_tokens: usize) -> Result<String> {
         let tokenizer = self.tokenizer()?;
-        let mut ids = tokenizer.encode(prompt)?;
+        let ids = tokenizer.encode(prompt)?;
         let start = ids.len();
-        for _ in 0..max_new_tokens {
-            let logits = self.logits(&ids)?;
-            let [t, _] = logits.dims();
-            let next = logits.slice([t - 1..t]).argmax(1).into_data().to_vec::<i64>().map_err(|e| ModelError::Input(format!("{e:?}")))?[0] as u32;
-            if Some(next) == tokenizer.eos {
-                break;
-            }
-            ids.push(next);
-        }
-        tokenizer.decode(&ids[start..])
+        let argmax = |logits: &[f32]| Some((0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32);
+        let out = self.extend(vec![ids], start + max_new_tokens, |_, logits| argmax(logits).filter(|&id| Some(id) != tokenizer.eos))?;
+        tokenizer.decode(&out[0][start..])
     }
 
     /// Matrix-multiply FLOPs per token of a forward pass over `t` tokens (a multiply-add counts 2):
@@ -191,8 +246,16 @@ impl<B: Backend> LanguageModel<B> {
     }
 }
 
-fn dims(num_layers: usize, hidden_size: usize, intermediate_size: usize, vocab_size: usize, max_positions: usize) -> ModelDims {
-    ModelDims { num_layers, hidden_size, intermediate_size, vocab_size, max_positions }
+impl LlamaConfig {
+    fn dims(&self) -> ModelDims {
+        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings }
+    }
+}
+
+impl GptJConfig {
+    fn dims(&self) -> ModelDims {
+        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings }
+    }
 }
 
 /// Parses `text` (the contents of `path`); serde's message names the field, line and column.

@@ -70,6 +70,39 @@ fn assert_padded_batches_match<B: Backend>(model_path: &Path, golden_dir: &str, 
     }
 }
 
+/// Token-by-token extension with a KV cache (left-padded prompts of different lengths) sees the
+/// logits a full pass over each final sequence gives at the same positions.
+fn assert_cached_extension_matches<B: Backend>(model_path: &Path, golden_dir: &str, tolerance: f32, device: &B::Device) {
+    let model = LanguageModel::<B>::load(model_path, device).unwrap();
+    let prompts: Vec<Vec<u32>> = golden(golden_dir).sequences.iter().zip([5, 2, 3]).map(|(s, n)| s[..n].to_vec()).collect();
+    let mut seen: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    let argmax = |l: &[f32]| (0..l.len()).fold(0, |best, i| if l[i] > l[best] { i } else { best }) as u32;
+    let extended = model
+        .extend(prompts.clone(), 9, |row, logits| {
+            seen[row].push(logits.to_vec());
+            Some(argmax(logits))
+        })
+        .unwrap();
+    for (row, (prompt, seq)) in prompts.iter().zip(&extended).enumerate() {
+        assert_eq!(seq.len(), 9);
+        assert_eq!(&seq[..prompt.len()], prompt.as_slice());
+        let full = values(model.logits(seq).unwrap());
+        let v = model.dims.vocab_size;
+        for (step, logits) in seen[row].iter().enumerate() {
+            let pos = prompt.len() - 1 + step;
+            let diff = max_abs_diff(logits, &full[pos * v..(pos + 1) * v]);
+            assert!(diff <= tolerance, "{golden_dir} row {row} step {step}: max |Δlogit| = {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn kv_cached_extension_matches_full_passes() {
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied"] {
+        assert_cached_extension_matches::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
+    }
+}
+
 #[test]
 fn gptj_matches_transformers() {
     assert_matches_golden::<Cpu>(&fixture("tiny-gptj"), "tiny-gptj", CPU_TOLERANCE, &Default::default());
@@ -105,6 +138,7 @@ fn wgpu_matches_transformers() {
     for name in ["tiny-gptj", "tiny-llama", "tiny-llama-gqa-tied"] {
         assert_matches_golden::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
         assert_padded_batches_match::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
+        assert_cached_extension_matches::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
     }
 }
 

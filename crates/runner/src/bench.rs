@@ -13,7 +13,9 @@ use editbench_editing::hparams::{StatsHparams, TemplateKind};
 use editbench_editing::solver::{preservation_memorization_update, Memorization};
 use editbench_editing::stats::collect_moments;
 use editbench_editing::targets::target_values;
+use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::{EditRequest, FamilyHparams, Method};
+use editbench_metrics::{counterfact_rows, generation_rows, summarize, GenerationOptions, Stage};
 use editbench_models::{BackendTask, Hooks, Padding, Site};
 use faer::Mat;
 use serde_json::{json, Value};
@@ -66,6 +68,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// CounterFact evaluation of the unedited model: seconds to score `--records` records (all
+    /// probability metrics, batched), and to run the generation tests on `--generation` of them.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "../shared/data/counterfact/counterfact_dev.json")]
+        records: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Records whose generation prompts are also sampled (0: none).
+        #[arg(long, default_value_t = 2)]
+        generation: usize,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Closed-form solves in f64 on synthetic data: seconds vs batch size.
     Solve {
         /// Key dimension d_in (= d_out).
@@ -94,6 +111,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Targets { model, records, edits, single, hparams, out } => {
             (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams })?, out)
         }
+        BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, batches, out } => (solve_bench(dim, &batches)?, out),
     };
     let text = serde_json::to_string_pretty(&json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }))?;
@@ -232,25 +250,10 @@ struct TargetsBench {
     hparams: PathBuf,
 }
 
-/// The first `n` CounterFact records (ROME format) as edit requests.
-fn counterfact_requests(path: &std::path::Path, n: usize) -> Result<Vec<EditRequest>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let records: Vec<Value> = serde_json::from_str(&text)?;
-    records
-        .iter()
-        .take(n)
-        .map(|r| {
-            let rw = &r["requested_rewrite"];
-            let field = |v: &Value| v.as_str().map(String::from).ok_or_else(|| anyhow::anyhow!("{}: malformed record {}", path.display(), r["case_id"]));
-            Ok(EditRequest {
-                case_id: r["case_id"].as_u64(),
-                prompt: field(&rw["prompt"])?,
-                subject: field(&rw["subject"])?,
-                target_new: field(&rw["target_new"]["str"])?,
-                target_true: rw["target_true"]["str"].as_str().map(String::from),
-            })
-        })
-        .collect()
+/// The first `n` records of a CounterFact file (any supported format).
+fn counterfact_records(path: &std::path::Path, n: usize) -> Result<Vec<Record>> {
+    let data = load_dataset(&DatasetSource { kind: DatasetKind::Counterfact, path: path.to_path_buf(), format: None, sha256: None })?;
+    Ok(Selection::First(n.min(data.records.len())).apply(&data.records)?)
 }
 
 impl BackendTask for TargetsBench {
@@ -258,7 +261,7 @@ impl BackendTask for TargetsBench {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = load::<B>(&self.path, &device)?;
         let h = FamilyHparams::load(&self.hparams)?.emmet;
-        let requests = counterfact_requests(&self.records, self.edits)?;
+        let requests: Vec<EditRequest> = counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
         let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0)?;
         let time = |batch: &[EditRequest]| -> Result<(f64, usize)> {
             let t = Instant::now();
@@ -277,6 +280,38 @@ impl BackendTask for TargetsBench {
             "one_at_a_time": { "edits": n_single, "seconds_per_edit": single.0 / n_single, "adam_steps_per_edit": single.1 as f64 / n_single },
             "batched": { "edits": requests.len(), "seconds_per_edit": batched.0 / requests.len() as f64, "adam_steps_per_edit": batched.1 as f64 / requests.len() as f64 },
             "speedup_per_edit": (single.0 / n_single) / (batched.0 / requests.len() as f64),
+        }))
+    }
+}
+
+struct EvalBench {
+    path: PathBuf,
+    records: PathBuf,
+    n: usize,
+    generation: usize,
+}
+
+impl BackendTask for EvalBench {
+    type Output = Result<Value>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
+        let model = load::<B>(&self.path, &device)?;
+        let records = counterfact_records(&self.records, self.n)?;
+        let sequences: usize = records.iter().map(|r| 2 * (1 + r.paraphrase_prompts.len() + r.neighborhood.len())).sum();
+        let t = Instant::now();
+        let rows = counterfact_rows(&model, &records, Stage::Pre)?;
+        let scoring = t.elapsed().as_secs_f64();
+        let summary: serde_json::Map<String, Value> = summarize(&rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
+        let tested = &records[..self.generation.min(records.len())];
+        let t = Instant::now();
+        let generation = generation_rows(&model, tested, Stage::Pre, &GenerationOptions::default())?;
+        let generation_seconds = t.elapsed().as_secs_f64();
+        let texts: usize = tested.iter().map(|r| r.generation_prompts.len()).sum();
+        Ok(json!({
+            "records": records.len(),
+            "scoring": { "sequences": sequences, "seconds": scoring, "seconds_per_record": scoring / records.len() as f64, "sequences_per_second": sequences as f64 / scoring },
+            "pre_metrics": summary,
+            "generation": { "records": tested.len(), "texts": texts, "tokens_per_text": GenerationOptions::default().max_len, "seconds": generation_seconds,
+                            "seconds_per_record": generation_seconds / tested.len().max(1) as f64, "mean_GE": generation.iter().map(|r| r.value).sum::<f64>() / generation.len().max(1) as f64 * 100.0 },
         }))
     }
 }

@@ -2,6 +2,9 @@
 
 mod bench;
 mod edit;
+mod output;
+mod run;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +54,35 @@ enum Command {
     Edit(edit::EditArgs),
     /// Precompute (and cache) the key statistics C of some layers.
     Stats(edit::StatsArgs),
+    /// Run a sweep file: the grid of models × methods × distributions × layers × batch sizes ×
+    /// seeds, resumable and shardable, results under --out (default results/<name>/).
+    Run {
+        /// The sweep file (YAML; see experiments/).
+        sweep: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a field of the sweep file: dotted.key=value (value in YAML), repeatable.
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        /// Run only the cells with grid index ≡ I (mod N), e.g. 0/4.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Print the grid and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stop at the first failing cell instead of recording it and going on.
+        #[arg(long)]
+        fail_fast: bool,
+    },
+    /// Combine the results directories of the shards of one sweep.
+    Merge {
+        /// The merged results directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Shard results directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Benchmarks (JSON on stdout).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +120,17 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
+        Command::Run { sweep, out, sets, shard, dry_run, fail_fast } => {
+            let plan = sweep::plan(&sweep, &sets)?;
+            if dry_run {
+                print!("{}", sweep::describe(&plan));
+                return Ok(());
+            }
+            let shard = shard.as_deref().map(run::parse_shard).transpose()?;
+            let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
+            run::run(plan, &sets, run::RunOptions { out, shard, fail_fast })?;
+        }
+        Command::Merge { out, dirs } => run::merge(&out, &dirs)?,
         Command::Bench(cmd) => bench::run(cmd)?,
     }
     Ok(())

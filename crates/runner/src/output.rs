@@ -1,0 +1,192 @@
+//! The files of a results directory: per-cell rows and metadata under `cells/`, and the
+//! aggregates rebuilt from them (`results.csv`, `summary.csv`, `timings.csv`). Every write goes to a
+//! temporary file first and is renamed into place, so a killed run leaves whole files only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use editbench_metrics::{summarize, Metric, MetricRow, Stage};
+use serde::{Deserialize, Serialize};
+
+use crate::sweep::Cell;
+
+/// One line of `results.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub cell_id: String,
+    pub model: String,
+    pub method: String,
+    pub distribution: String,
+    /// Edited layers, `-`-separated.
+    pub layers: String,
+    pub batch_size: usize,
+    pub n_edits: usize,
+    pub seed: u64,
+    /// Rounds of B edits applied before the measurement (0 for the unedited model).
+    pub round: usize,
+    pub case_id: u64,
+    pub stage: Stage,
+    pub metric: String,
+    pub value: f64,
+}
+
+impl ResultRow {
+    pub fn new(cell: &Cell, round: usize, row: &MetricRow) -> Self {
+        Self {
+            cell_id: cell.id.clone(),
+            model: cell.model_name.clone(),
+            method: cell.method.to_string(),
+            distribution: cell.distribution.to_string(),
+            layers: layers_label(&cell.layers),
+            batch_size: cell.batch_size,
+            n_edits: cell.n_edits,
+            seed: cell.seed,
+            round,
+            case_id: row.case_id,
+            stage: row.stage,
+            metric: row.metric.code().to_string(),
+            value: row.value,
+        }
+    }
+}
+
+pub fn layers_label(layers: &[usize]) -> String {
+    layers.iter().map(usize::to_string).collect::<Vec<_>>().join("-")
+}
+
+/// What a finished (or failed) cell leaves in `cells/<id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellRecord {
+    pub cell: Cell,
+    /// `None` when the cell succeeded.
+    pub error: Option<String>,
+    /// Seconds per phase (keys, targets, solve, eval).
+    pub seconds: BTreeMap<String, f64>,
+    /// Adam steps per edit, largest condition estimate, pseudo-inverse use.
+    pub outcome: serde_json::Value,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+pub fn csv_bytes<T: Serialize>(rows: &[T], header: bool) -> Result<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new().has_headers(header).from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    Ok(w.into_inner()?)
+}
+
+pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2))).collect()
+}
+
+pub fn cell_rows_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join("cells").join(format!("{id}.csv"))
+}
+
+pub fn cell_record_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join("cells").join(format!("{id}.json"))
+}
+
+/// The record of a cell that finished without error, if any.
+pub fn finished(dir: &Path, id: &str) -> Option<CellRecord> {
+    let text = std::fs::read_to_string(cell_record_path(dir, id)).ok()?;
+    let record: CellRecord = serde_json::from_str(&text).ok()?;
+    (record.error.is_none() && cell_rows_path(dir, id).is_file()).then_some(record)
+}
+
+/// One line of `summary.csv`: a metric of a cell, mean ± standard error over records, ×100.
+#[derive(Debug, Clone, Serialize)]
+struct SummaryRow<'a> {
+    cell_id: &'a str,
+    model: &'a str,
+    method: &'a str,
+    distribution: &'a str,
+    layers: &'a str,
+    batch_size: usize,
+    n_edits: usize,
+    seed: u64,
+    stage: Stage,
+    metric: &'static str,
+    mean: f64,
+    stderr: Option<f64>,
+    n: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct TimingRow<'a> {
+    cell_id: &'a str,
+    phase: &'a str,
+    seconds: f64,
+}
+
+/// Seconds of the phases shared by a model's cells (statistics, unedited scores), by model.
+fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.join("shared")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(label) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        out.insert(label, serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
+    }
+    Ok(out)
+}
+
+/// Rebuilds `results.csv`, `summary.csv` and `timings.csv` from the finished cells among `cells`
+/// (in their order) and the shared timings.
+pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
+    let mut results = csv_bytes::<ResultRow>(&[], true)?;
+    let mut summary = Vec::new();
+    let mut timings: Vec<(String, String, f64)> = Vec::new();
+    for (label, phases) in shared_seconds(dir)? {
+        timings.extend(phases.into_iter().map(|(p, s)| (format!("shared:{label}"), p, s)));
+    }
+    let mut done = 0;
+    let mut summaries = Vec::new();
+    for cell in cells {
+        let Some(record) = finished(dir, &cell.id) else { continue };
+        done += 1;
+        let rows: Vec<ResultRow> = read_csv(&cell_rows_path(dir, &cell.id))?;
+        results.extend(csv_bytes(&rows, false)?);
+        timings.extend(record.seconds.iter().map(|(p, s)| (cell.id.clone(), p.clone(), *s)));
+        summaries.push((rows.first().cloned(), summarize(&final_rows(&rows))));
+    }
+    for (first, cell_summary) in &summaries {
+        let Some(f) = first else { continue };
+        for s in cell_summary {
+            summary.push(SummaryRow {
+                cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
+                batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, stage: s.stage, metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
+            });
+        }
+    }
+    let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
+    write_atomic(&dir.join("results.csv"), &results)?;
+    write_atomic(&dir.join("summary.csv"), &csv_bytes(&summary, true)?)?;
+    write_atomic(&dir.join("timings.csv"), &csv_bytes(&timing_rows, true)?)?;
+    Ok(done)
+}
+
+/// Per (case, stage, metric) the measurement of the latest round: what a cell's summary is over.
+fn final_rows(rows: &[ResultRow]) -> Vec<MetricRow> {
+    let mut latest: BTreeMap<(u64, Stage, &str), &ResultRow> = BTreeMap::new();
+    for r in rows {
+        let slot = latest.entry((r.case_id, r.stage, r.metric.as_str())).or_insert(r);
+        if r.round > slot.round {
+            *slot = r;
+        }
+    }
+    latest
+        .values()
+        .filter_map(|r| Metric::from_code(&r.metric).map(|metric| MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value }))
+        .collect()
+}

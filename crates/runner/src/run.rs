@@ -1,0 +1,339 @@
+//! `editbench run SWEEP.yaml`: the grid of cells on one backend, resumable (finished cells are
+//! skipped by id), shardable (`--shard I/N`), one failing cell recorded and skipped unless
+//! `--fail-fast`; and `editbench merge`, which combines shard directories.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use editbench_datasets::{consistency, load as load_dataset, DatasetSource, Record, Selection};
+use editbench_editing::context::ContextTemplates;
+use editbench_editing::stats::{model_sha256, StatsSource};
+use editbench_editing::targets::TargetCache;
+use editbench_editing::{EditRequest, EditSession, Editor, Method};
+use editbench_metrics::{evaluate, GenerationOptions, MetricRow, Stage, TfIdf};
+use editbench_models::{BackendTask, LanguageModel};
+use faer::Mat;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::output::{cell_record_path, cell_rows_path, csv_bytes, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
+use crate::sweep::{Cell, Plan, Protocol};
+
+/// Edits whose targets are searched together when filling the [`TargetCache`].
+const TARGET_CHUNK: usize = 16;
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    /// `(i, n)`: run the cells whose grid index is `i` modulo `n`.
+    pub shard: Option<(usize, usize)>,
+    pub fail_fast: bool,
+}
+
+/// Parses `I/N` (0 ≤ I < N).
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+    match parsed {
+        Some((i, n)) if n > 0 && i < n => Ok((i, n)),
+        _ => bail!("--shard {s}: expected I/N with 0 ≤ I < N, e.g. 0/4"),
+    }
+}
+
+/// What `manifest.json` records about a run.
+fn manifest(plan: &Plan, opts: &RunOptions, sets: &[String], dataset_sha256: &str, model_hashes: &[String], stats_keys: &[String]) -> serde_json::Value {
+    json!({
+        "sweep_file": plan.path.display().to_string(),
+        "sweep_sha256": plan.sha256,
+        "sweep_text": plan.text,
+        "sets": sets,
+        "sweep": plan.sweep,
+        "cells": plan.cells,
+        "shard": opts.shard.map(|(i, n)| format!("{i}/{n}")),
+        "editbench_version": env!("CARGO_PKG_VERSION"),
+        "git_revision": option_env!("EDITBENCH_GIT_REVISION").unwrap_or("unknown"),
+        "models": plan.sweep.models.iter().zip(model_hashes).map(|(m, h)| json!({ "name": m.label(), "path": m.path.display().to_string(), "sha256": h })).collect::<Vec<_>>(),
+        "dataset": { "path": plan.sweep.dataset.path.display().to_string(), "sha256": dataset_sha256 },
+        "stats_cache_keys": stats_keys,
+        "backend": plan.backend.to_string(),
+        "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                     "hostname": std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default() },
+    })
+}
+
+/// The fields two manifests must share for their cells to belong to one sweep.
+fn identity(m: &serde_json::Value) -> serde_json::Value {
+    json!({ "sweep_sha256": m["sweep_sha256"], "sets": m["sets"], "cells": m["cells"], "models": m["models"].as_array().map(|a| a.iter().map(|x| x["sha256"].clone()).collect::<Vec<_>>()), "dataset": m["dataset"]["sha256"] })
+}
+
+/// The records a cell edits: the selection's first `n_edits`.
+fn records(plan: &Plan) -> Result<(Vec<Record>, String)> {
+    let d = &plan.sweep.dataset;
+    let data = load_dataset(&DatasetSource { kind: d.kind, path: d.path.clone(), format: d.format, sha256: d.sha256.clone() })?;
+    let selected = d.selection.apply(&data.records)?;
+    if selected.len() < d.n_edits {
+        bail!("dataset: the selection holds {} records but n_edits is {}", selected.len(), d.n_edits);
+    }
+    let records = Selection::First(d.n_edits).apply(&selected)?;
+    for line in consistency(&records).describe() {
+        tracing::warn!("dataset {}: {line}", d.path.display());
+    }
+    Ok((records, data.sha256))
+}
+
+pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
+    let (records, dataset_sha256) = records(&plan)?;
+    let model_hashes = plan.sweep.models.iter().map(|m| model_sha256(&m.path)).collect::<editbench_editing::Result<Vec<_>>>()?;
+    let manifest_path = opts.out.join("manifest.json");
+    let mut stats_keys = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(&manifest_path) {
+        let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {}", manifest_path.display()))?;
+        let new = manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &[]);
+        if identity(&old) != identity(&new) {
+            bail!("{} holds results of another sweep (different sweep file, --set, models or dataset); choose another --out", opts.out.display());
+        }
+        stats_keys = serde_json::from_value(old["stats_cache_keys"].clone()).unwrap_or_default();
+    }
+    write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &stats_keys))?.as_bytes())?;
+    let pending: Vec<usize> = (0..plan.cells.len())
+        .filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s))
+        .filter(|&i| finished(&opts.out, &plan.cells[i].id).is_none())
+        .collect();
+    let in_shard = (0..plan.cells.len()).filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s)).count();
+    eprintln!("{} cells in the grid, {in_shard} in this shard, {} to run ({} already finished)", plan.cells.len(), pending.len(), in_shard - pending.len());
+    let backend = plan.backend;
+    let failures = backend.run(SweepTask { plan: &plan, opts: &opts, records, pending, sets, dataset_sha256, model_hashes })??;
+    if failures > 0 {
+        bail!("{failures} cell(s) failed; their errors are in {}/cells/*.json (rerun to retry them)", opts.out.display());
+    }
+    Ok(())
+}
+
+struct SweepTask<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    records: Vec<Record>,
+    pending: Vec<usize>,
+    sets: &'a [String],
+    dataset_sha256: String,
+    model_hashes: Vec<String>,
+}
+
+impl BackendTask for SweepTask<'_> {
+    type Output = Result<usize>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<usize> {
+        let (plan, opts) = (self.plan, self.opts);
+        let grid = ProgressBar::new(self.pending.len() as u64).with_message("cells");
+        grid.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]").expect("valid template"));
+        let reference = match plan.sweep.generation.as_ref().and_then(|g| g.reference.as_ref()) {
+            Some(files) => Some(TfIdf::load(files)?),
+            None => {
+                if plan.sweep.generation.is_some() {
+                    tracing::warn!("generation: no reference files given; RS is skipped (GE is computed)");
+                }
+                None
+            }
+        };
+        let mut stats_keys = Vec::new();
+        let mut failures = 0;
+        for (m, spec) in plan.sweep.models.iter().enumerate() {
+            let cells: Vec<&Cell> = self.pending.iter().map(|&i| &plan.cells[i]).filter(|c| c.model == m).collect();
+            if cells.is_empty() {
+                continue;
+            }
+            let label = spec.label();
+            let mut model = LanguageModel::<B::InnerBackend>::load(&spec.path, &device).with_context(|| format!("loading {}", spec.path.display()))?;
+            let shared_path = opts.out.join("shared").join(format!("{label}.json"));
+            let mut seconds: BTreeMap<String, f64> = std::fs::read_to_string(&shared_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let pre = pre_rows(&model, plan, &opts.out, &label, &self.model_hashes[m], &self.dataset_sha256, &self.records, &mut seconds)?;
+
+            let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
+            layers.sort_unstable();
+            layers.dedup();
+            let source = StatsSource { corpus: plan.sweep.stats.corpus.clone(), hparams: plan.stats_hparams(m), cache_dir: Some(plan.sweep.stats.cache.clone()) };
+            let t = Instant::now();
+            stats_keys.extend(source.cache_keys(&model, &layers)?);
+            let covariances: BTreeMap<usize, Mat<f64>> = source.moments(&model, &layers)?.iter().map(|(&l, moments)| (l, moments.covariance())).collect();
+            seconds.insert("stats".into(), t.elapsed().as_secs_f64());
+            write_atomic(&shared_path, serde_json::to_string_pretty(&seconds)?.as_bytes())?;
+
+            let mut templates: HashMap<(bool, u64), ContextTemplates> = HashMap::new();
+            let requests: Vec<EditRequest> = self.records.iter().map(EditRequest::from).collect();
+            let target_cache = Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK)));
+            for cell in cells {
+                grid.set_message(format!("{} {} {} B={}", cell.model_name, cell.method, cell.distribution, cell.batch_size));
+                let started = Instant::now();
+                let result = (|| -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
+                    let key = (cell.method == Method::Rome, cell.seed);
+                    if !templates.contains_key(&key) {
+                        let t = ContextTemplates::for_method(&model, cell.method, cell.hparams.templates, cell.seed)?;
+                        let path = opts.out.join("templates").join(format!("{label}-{}-seed{}.json", if key.0 { "rome" } else { "memit" }, cell.seed));
+                        write_atomic(&path, serde_json::to_string_pretty(&t)?.as_bytes())?;
+                        templates.insert(key, t);
+                    }
+                    let covs: BTreeMap<usize, Mat<f64>> = cell.layers.iter().map(|l| (*l, covariances[l].clone())).collect();
+                    let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: cell.seed, batch: 32, reference: reference.clone() });
+                    let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates[&key].clone(), covs.clone())?.with_target_cache(target_cache.clone()));
+                    run_cell::<B>(&mut model, plan, cell, editor, &self.records, &pre, generation.as_ref())
+                })();
+                let record = match result {
+                    Ok((rows, seconds, outcome)) => {
+                        write_atomic(&cell_rows_path(&opts.out, &cell.id), &csv_bytes(&rows, true)?)?;
+                        CellRecord { cell: cell.clone(), error: None, seconds, outcome }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!("cell {} ({} {} B={}) failed: {e:#}", cell.id, cell.method, cell.distribution, cell.batch_size);
+                        CellRecord { cell: cell.clone(), error: Some(format!("{e:#}")), seconds: [("total".to_string(), started.elapsed().as_secs_f64())].into(), outcome: json!(null) }
+                    }
+                };
+                write_atomic(&cell_record_path(&opts.out, &cell.id), serde_json::to_string_pretty(&record)?.as_bytes())?;
+                rebuild(&opts.out, &plan.cells)?;
+                grid.inc(1);
+                if record.error.is_some() && opts.fail_fast {
+                    bail!("cell {} failed (--fail-fast): {}", cell.id, record.error.unwrap_or_default());
+                }
+            }
+        }
+        grid.finish_and_clear();
+        if !stats_keys.is_empty() {
+            let manifest = manifest(plan, opts, self.sets, &self.dataset_sha256, &self.model_hashes, &stats_keys);
+            write_atomic(&opts.out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        }
+        rebuild(&opts.out, &plan.cells)?;
+        Ok(failures)
+    }
+}
+
+/// The unedited model's rows, computed once per model and dataset and kept in `pre/`.
+#[allow(clippy::too_many_arguments)]
+fn pre_rows<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    plan: &Plan,
+    out: &Path,
+    label: &str,
+    model_sha256: &str,
+    dataset_sha256: &str,
+    records: &[Record],
+    seconds: &mut BTreeMap<String, f64>,
+) -> Result<Vec<MetricRow>> {
+    let key = format!("{}-{}-{}", &model_sha256[..12], &dataset_sha256[..12], records.len());
+    let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: 0, batch: 32, reference: None });
+    let path = out.join("pre").join(format!("{label}-{key}{}.json", if generation.is_some() { "-gen" } else { "" }));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(rows) = serde_json::from_str::<Vec<MetricRow>>(&text) {
+            return Ok(rows);
+        }
+        tracing::warn!("{}: unreadable; recomputing the unedited model's scores", path.display());
+    }
+    let t = Instant::now();
+    let rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Pre, generation.as_ref())?;
+    seconds.insert("eval_pre".into(), t.elapsed().as_secs_f64());
+    write_atomic(&path, serde_json::to_string(&rows)?.as_bytes())?;
+    Ok(rows)
+}
+
+/// N edits in rounds of B on `model` (restored before returning), scored after the last round
+/// (sequential) or after each batch (independent); rows of the unedited model included.
+#[allow(clippy::too_many_arguments)]
+fn run_cell<B: AutodiffBackend>(
+    model: &mut LanguageModel<B::InnerBackend>,
+    plan: &Plan,
+    cell: &Cell,
+    new_editor: impl Fn() -> Result<Editor>,
+    records: &[Record],
+    pre: &[MetricRow],
+    generation: Option<&GenerationOptions>,
+) -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
+    let mut rows: Vec<ResultRow> = pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect();
+    let mut seconds: BTreeMap<String, f64> = ["keys", "targets", "solve", "eval"].into_iter().map(|p| (p.to_string(), 0.0)).collect();
+    let mut steps = Vec::new();
+    let mut condition = None::<f64>;
+    let mut pinv = false;
+    let kind = plan.sweep.dataset.kind;
+    let mut session = EditSession::default();
+    let mut editor = new_editor()?;
+    let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
+    let result = (|| -> Result<()> {
+        for (r, batch) in rounds.iter().enumerate() {
+            let requests: Vec<EditRequest> = batch.iter().map(EditRequest::from).collect();
+            let outcome = editor.apply::<B>(model, &requests, &mut session)?;
+            *seconds.get_mut("keys").expect("phase") += outcome.seconds_keys;
+            *seconds.get_mut("targets").expect("phase") += outcome.seconds_targets;
+            *seconds.get_mut("solve").expect("phase") += outcome.seconds_solve;
+            steps.extend(outcome.target_steps);
+            condition = match (condition, outcome.max_condition_estimate) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            pinv |= outcome.used_pseudo_inverse;
+            let scored: Option<&[Record]> = match plan.sweep.protocol {
+                Protocol::Independent => Some(batch),
+                Protocol::Sequential if r + 1 == rounds.len() => Some(records),
+                Protocol::Sequential if plan.sweep.eval_every_round => Some(&records[..(r + 1) * cell.batch_size]),
+                Protocol::Sequential => None,
+            };
+            if let Some(scored) = scored {
+                let t = Instant::now();
+                rows.extend(evaluate(&*model, kind, scored, Stage::Post, generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                *seconds.get_mut("eval").expect("phase") += t.elapsed().as_secs_f64();
+            }
+            if plan.sweep.protocol == Protocol::Independent {
+                session.revert(model);
+                editor = new_editor()?;
+            }
+        }
+        Ok(())
+    })();
+    session.revert(model);
+    result?;
+    let outcome = json!({ "adam_steps": steps, "max_condition_estimate": condition, "used_pseudo_inverse": pinv });
+    Ok((rows, seconds, outcome))
+}
+
+/// `editbench merge`: copies the cells of shard directories into `out` and rebuilds the
+/// aggregates; the shards must come from the same sweep.
+pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
+    if dirs.is_empty() {
+        bail!("merge: give at least one results directory");
+    }
+    let manifests: Vec<serde_json::Value> = dirs
+        .iter()
+        .map(|d| {
+            let p = d.join("manifest.json");
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+        })
+        .collect::<Result<_>>()?;
+    for (d, m) in dirs.iter().zip(&manifests).skip(1) {
+        if identity(m) != identity(&manifests[0]) {
+            bail!("merge: {} is from another sweep than {} (sweep file, --set, cells, models or dataset differ)", d.display(), dirs[0].display());
+        }
+    }
+    let cells: Vec<Cell> = serde_json::from_value(manifests[0]["cells"].clone()).context("manifest cells")?;
+    let mut merged = manifests[0].clone();
+    merged["shard"] = json!(null);
+    let mut keys: Vec<serde_json::Value> = manifests.iter().flat_map(|m| m["stats_cache_keys"].as_array().cloned().unwrap_or_default()).collect();
+    keys.dedup();
+    merged["stats_cache_keys"] = json!(keys);
+    merged["merged_from"] = json!(dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>());
+    for d in dirs {
+        for entry in std::fs::read_dir(d.join("shared")).into_iter().flatten().flatten() {
+            write_atomic(&out.join("shared").join(entry.file_name()), &std::fs::read(entry.path())?)?;
+        }
+    }
+    for cell in &cells {
+        let sources: Vec<&PathBuf> = dirs.iter().filter(|d| finished(d, &cell.id).is_some()).collect();
+        if let Some(first) = sources.first() {
+            let rows: Vec<ResultRow> = read_csv(&cell_rows_path(first, &cell.id))?;
+            write_atomic(&cell_rows_path(out, &cell.id), &csv_bytes(&rows, true)?)?;
+            write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(first, &cell.id))?)?;
+        }
+    }
+    write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
+    let done = rebuild(out, &cells)?;
+    eprintln!("merged {done} of {} cells into {}", cells.len(), out.display());
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! Sweep files: one YAML document names the models, the dataset, the statistics and the lists to
+//! sweep; every list is an axis of the grid of cells. Everything is checked before any work, with
+//! the file, line and column of the offending key.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use editbench_datasets::{DatasetKind, Format, Selection};
+use editbench_editing::hparams::StatsHparams;
+use editbench_editing::{Distribution, FamilyHparams, Method, MethodHparams};
+use editbench_models::{BackendKind, ModelDims};
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Names the output directory `results/<name>/` unless `--out` is given.
+    pub name: String,
+    pub models: Vec<ModelSpec>,
+    /// cpu, wgpu or cuda.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    pub dataset: DatasetSpec,
+    pub stats: StatsSpec,
+    pub methods: Vec<Method>,
+    pub batch_sizes: Vec<usize>,
+    pub distribution: Vec<Distribution>,
+    /// Layer choices to sweep per distribution; the model's hparams file gives the default.
+    #[serde(default)]
+    pub layers: LayerAxes,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Sequential protocol: also score the records edited so far after every round.
+    #[serde(default)]
+    pub eval_every_round: bool,
+    /// CounterFact generation tests (GE, and RS with reference files); off when absent.
+    #[serde(default)]
+    pub generation: Option<GenerationSpec>,
+    /// Per-method hyperparameter overrides (fields of the hparams file's method section).
+    #[serde(default)]
+    pub overrides: BTreeMap<Method, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Short name used in results (defaults to the file or directory name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A Hugging Face checkpoint directory or a .gguf file.
+    pub path: PathBuf,
+    /// The model family's hyperparameters (YAML).
+    pub hparams: PathBuf,
+}
+
+impl ModelSpec {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    pub kind: DatasetKind,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: Option<Format>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Which records, in which order (all, {first: N}, {sample: {n, seed}}, {ids: [...]}).
+    #[serde(default = "default_selection")]
+    pub selection: Selection,
+    /// Edits per cell: the first `n_edits` selected records.
+    pub n_edits: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSpec {
+    /// Text corpus, one paragraph per line.
+    pub corpus: PathBuf,
+    #[serde(default)]
+    pub samples: Option<usize>,
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    #[serde(default = "default_stats_cache")]
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerAxes {
+    #[serde(default)]
+    pub single: Option<Vec<usize>>,
+    #[serde(default)]
+    pub spread: Option<Vec<Vec<usize>>>,
+}
+
+/// How the N edits of a cell are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// N/B batches applied one after another to the same model, all N records scored at the end.
+    #[default]
+    Sequential,
+    /// Each batch written into the unedited model, its records scored, the weights restored (the
+    /// reference implementations' batch editing).
+    Independent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    /// Only records with `case_id % interval == 0` (1: all).
+    #[serde(default = "default_interval")]
+    pub interval: u64,
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default)]
+    pub reference: Option<editbench_metrics::ReferenceFiles>,
+}
+
+fn default_backend() -> String {
+    "cpu".into()
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_selection() -> Selection {
+    Selection::All
+}
+fn default_stats_cache() -> PathBuf {
+    "results/cache/stats".into()
+}
+fn default_interval() -> u64 {
+    1
+}
+fn default_max_len() -> usize {
+    100
+}
+
+/// One point of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Hash of everything the cell's results depend on (resume and merge key).
+    pub id: String,
+    /// Index into `models`.
+    pub model: usize,
+    pub model_name: String,
+    pub method: Method,
+    pub distribution: Distribution,
+    pub layers: Vec<usize>,
+    pub batch_size: usize,
+    pub n_edits: usize,
+    pub seed: u64,
+    /// The method's hyperparameters after overrides, layers and seed applied.
+    pub hparams: MethodHparams,
+}
+
+/// A parsed, checked sweep with its grid.
+pub struct Plan {
+    pub sweep: Sweep,
+    pub path: PathBuf,
+    pub text: String,
+    pub sha256: String,
+    pub backend: BackendKind,
+    pub families: Vec<FamilyHparams>,
+    pub cells: Vec<Cell>,
+}
+
+impl Plan {
+    pub fn stats_hparams(&self, model: usize) -> StatsHparams {
+        let mut h = self.families[model].stats.clone();
+        h.samples = self.sweep.stats.samples.unwrap_or(h.samples);
+        h.max_length = self.sweep.stats.max_length.unwrap_or(h.max_length);
+        h
+    }
+}
+
+/// Reads, overrides (`--set key=value`), checks and expands `path`.
+pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let located = |e: serde_norway::Error| match e.location() {
+        Some(l) => anyhow::anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
+        None => anyhow::anyhow!("{}: {e}", path.display()),
+    };
+    let mut sweep: Sweep = serde_norway::from_str(&text).map_err(located)?;
+    if !sets.is_empty() {
+        let mut value: Value = serde_norway::from_str(&text).map_err(located)?;
+        for set in sets {
+            apply_set(&mut value, set)?;
+        }
+        sweep = serde_norway::from_value(value).map_err(|e| anyhow::anyhow!("{} with {}: {e}", path.display(), sets.join(" ")))?;
+    }
+    let at = |key: &str| format!("{}:{}", path.display(), locate(&text, key).map(|(l, c)| format!("{l}:{c}")).unwrap_or_else(|| "1:1".into()));
+    let backend: BackendKind = sweep.backend.parse().map_err(|e| anyhow::anyhow!("{}: backend: {e}", at("backend")))?;
+    check(&sweep, &at)?;
+    let mut families = Vec::new();
+    for (i, m) in sweep.models.iter().enumerate() {
+        let dims = ModelDims::read(&m.path).map_err(|e| anyhow::anyhow!("{}: models[{i}].path: {e}", at("models")))?;
+        let family = FamilyHparams::load(&m.hparams).map_err(|e| anyhow::anyhow!("{}: models[{i}].hparams: {e}", at("models")))?;
+        family.check_layers(dims.num_layers).map_err(|e| anyhow::anyhow!("{}: models[{i}].hparams: {e}", at("models")))?;
+        let mut listed: Vec<usize> = sweep.layers.single.iter().flatten().copied().collect();
+        listed.extend(sweep.layers.spread.iter().flatten().flatten());
+        if let Some(bad) = listed.iter().find(|&&l| l >= dims.num_layers) {
+            bail!("{}: layer {bad} is out of range for models[{i}] (allowed: 0..={})", at("layers"), dims.num_layers - 1);
+        }
+        families.push(family);
+    }
+    let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+    let cells = expand(&sweep, &families, &sets.join("\n"), &at)?;
+    Ok(Plan { sweep, path: path.to_path_buf(), text, sha256, backend, families, cells })
+}
+
+/// Value checks serde cannot do.
+fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
+    let nonempty = [("models", s.models.is_empty()), ("methods", s.methods.is_empty()), ("batch_sizes", s.batch_sizes.is_empty()), ("distribution", s.distribution.is_empty()), ("seeds", s.seeds.is_empty())];
+    if let Some((key, _)) = nonempty.iter().find(|(_, empty)| *empty) {
+        bail!("{}: {key} must list at least one value", at(key));
+    }
+    if s.dataset.n_edits == 0 {
+        bail!("{}: dataset.n_edits must be at least 1", at("dataset.n_edits"));
+    }
+    if let Some(&b) = s.batch_sizes.iter().find(|&&b| b == 0 || b > s.dataset.n_edits) {
+        bail!("{}: batch size {b} is impossible with dataset.n_edits = {} (allowed: 1..={})", at("batch_sizes"), s.dataset.n_edits, s.dataset.n_edits);
+    }
+    for (key, file) in [("dataset.path", &s.dataset.path), ("stats.corpus", &s.stats.corpus)] {
+        if !file.is_file() {
+            bail!("{}: {key}: no such file {}", at(key), file.display());
+        }
+    }
+    for (i, m) in s.models.iter().enumerate() {
+        for (what, file) in [("path", &m.path), ("hparams", &m.hparams)] {
+            if !file.exists() {
+                bail!("{}: models[{i}].{what}: no such file or directory {}", at("models"), file.display());
+            }
+        }
+    }
+    if let Some(spread) = &s.layers.spread {
+        if let Some(bad) = spread.iter().find(|l| l.is_empty() || l.windows(2).any(|w| w[0] >= w[1])) {
+            bail!("{}: every spread layer list must be non-empty and ascending, found {bad:?}", at("layers.spread"));
+        }
+    }
+    if s.eval_every_round && s.protocol == Protocol::Independent {
+        bail!("{}: eval_every_round needs protocol: sequential", at("eval_every_round"));
+    }
+    if s.generation.is_some() && s.dataset.kind == DatasetKind::Zsre {
+        bail!("{}: generation tests are CounterFact's; zsRE has no generation prompts", at("generation"));
+    }
+    Ok(())
+}
+
+/// Every combination of model × method × distribution × layers × batch size × seed, in that order.
+fn expand(s: &Sweep, families: &[FamilyHparams], sets: &str, at: &dyn Fn(&str) -> String) -> Result<Vec<Cell>> {
+    let mut cells = Vec::new();
+    for (m, family) in families.iter().enumerate() {
+        for &method in &s.methods {
+            let mut base = family.method(method).clone();
+            if let Some(over) = s.overrides.get(&method) {
+                base = merge(&base, over).map_err(|e| anyhow::anyhow!("{}: overrides.{method}: {e}", at("overrides")))?;
+            }
+            for &distribution in &s.distribution {
+                let choices: Vec<Vec<usize>> = match distribution {
+                    Distribution::Single => s.layers.single.clone().map(|l| l.into_iter().map(|x| vec![x]).collect()).unwrap_or_else(|| vec![vec![base.layer]]),
+                    Distribution::Spread => s.layers.spread.clone().unwrap_or_else(|| vec![base.spread_layers.clone()]),
+                };
+                for layers in choices {
+                    for &batch_size in &s.batch_sizes {
+                        for &seed in &s.seeds {
+                            let mut hparams = base.clone();
+                            match distribution {
+                                Distribution::Single => hparams.layer = layers[0],
+                                Distribution::Spread => hparams.spread_layers = layers.clone(),
+                            }
+                            hparams.template_seed = seed;
+                            let mut cell = Cell { id: String::new(), model: m, model_name: s.models[m].label(), method, distribution, layers: layers.clone(), batch_size, n_edits: s.dataset.n_edits, seed, hparams };
+                            cell.id = cell_id(s, &cell, sets);
+                            cells.push(cell);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(cells)
+}
+
+/// The method section `base` with the fields of `over` replaced (unknown fields are errors).
+fn merge(base: &MethodHparams, over: &Value) -> Result<MethodHparams> {
+    let mut value = serde_norway::to_value(base)?;
+    let (Value::Mapping(target), Value::Mapping(fields)) = (&mut value, over) else { bail!("must be a mapping of hyperparameters") };
+    for (k, v) in fields {
+        target.insert(k.clone(), v.clone());
+    }
+    Ok(serde_norway::from_value(value)?)
+}
+
+/// A short hash of everything a cell's results depend on: the cell, the dataset, statistics,
+/// protocol and generation settings, the models' paths and the `--set` overrides.
+fn cell_id(s: &Sweep, cell: &Cell, sets: &str) -> String {
+    let key = serde_json::json!({
+        "model": s.models[cell.model], "method": cell.method, "distribution": cell.distribution, "layers": cell.layers,
+        "batch_size": cell.batch_size, "seed": cell.seed, "hparams": cell.hparams, "dataset": s.dataset, "stats": s.stats,
+        "protocol": s.protocol, "eval_every_round": s.eval_every_round, "generation": s.generation, "backend": s.backend, "sets": sets,
+    });
+    hex::encode(Sha256::digest(key.to_string().as_bytes()))[..12].to_string()
+}
+
+/// `dotted.key=value`: sets the key (creating mappings on the way); the value is parsed as YAML.
+fn apply_set(root: &mut Value, set: &str) -> Result<()> {
+    let Some((key, raw)) = set.split_once('=') else { bail!("--set {set}: expected dotted.key=value") };
+    let value: Value = serde_norway::from_str(raw).map_err(|e| anyhow::anyhow!("--set {set}: value: {e}"))?;
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Value::Mapping(map) = node else { bail!("--set {set}: `{}` is not a mapping", parts[..i].join(".")) };
+        let k = Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    unreachable!("split yields at least one part")
+}
+
+/// Line and column (1-based) of a dotted key in the YAML text: each part searched as `part:` below
+/// the previous one.
+fn locate(text: &str, dotted: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for part in dotted.split('.') {
+        let (i, col) = lines.iter().enumerate().skip(from).find_map(|(i, line)| {
+            let trimmed = line.trim_start_matches([' ', '-']);
+            (trimmed.starts_with(&format!("{part}:")) && !line.trim_start().starts_with('#')).then(|| (i, line.len() - trimmed.len()))
+        })?;
+        found = Some((i + 1, col + 1));
+        from = i + 1;
+    }
+    found
+}
+
+/// The grid as a table for `--dry-run`.
+pub fn describe(plan: &Plan) -> String {
+    let mut out = format!("{} cells ({}):\n", plan.cells.len(), plan.path.display());
+    for (i, c) in plan.cells.iter().enumerate() {
+        let _ = writeln!(out, "{i:>4} {} {:<12} {:<9} {:<6} layers {:<14} B={:<5} N={} seed {}", c.id, c.model_name, c.method.to_string(), c.distribution.to_string(), format!("{:?}", c.layers), c.batch_size, c.n_edits, c.seed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_nested_keys() {
+        let text = "name: x\ndataset:\n  kind: counterfact\n  n_edits: 3\nbatch_sizes: [1]\n";
+        assert_eq!(locate(text, "dataset.n_edits"), Some((4, 3)));
+        assert_eq!(locate(text, "batch_sizes"), Some((5, 1)));
+        assert_eq!(locate(text, "missing"), None);
+    }
+
+    #[test]
+    fn set_overrides_nested_values() {
+        let mut v: Value = serde_norway::from_str("a:\n  b: 1\n").unwrap();
+        apply_set(&mut v, "a.b=[2, 3]").unwrap();
+        apply_set(&mut v, "c.d=x").unwrap();
+        assert_eq!(serde_norway::to_string(&v).unwrap(), "a:\n  b:\n  - 2\n  - 3\nc:\n  d: x\n");
+        assert!(apply_set(&mut v, "novalue").is_err());
+        assert!(apply_set(&mut v, "a.b.c=1").unwrap_err().to_string().contains("`a.b` is not a mapping"));
+    }
+}
