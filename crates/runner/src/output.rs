@@ -76,8 +76,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-pub fn csv_bytes<T: Serialize>(rows: &[T], header: bool) -> Result<Vec<u8>> {
-    let mut w = csv::WriterBuilder::new().has_headers(header).from_writer(Vec::new());
+pub const RESULT_COLUMNS: [&str; 13] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "round", "case_id", "stage", "metric", "value"];
+const SUMMARY_COLUMNS: [&str; 13] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "stage", "metric", "mean", "stderr", "n"];
+const TIMING_COLUMNS: [&str; 3] = ["cell_id", "phase", "seconds"];
+
+/// `rows` as CSV, after a header line of `columns` when given (written even when there are no rows).
+pub fn csv_bytes<T: Serialize>(rows: &[T], columns: Option<&[&str]>) -> Result<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    if let Some(columns) = columns {
+        w.write_record(columns)?;
+    }
     for r in rows {
         w.serialize(r)?;
     }
@@ -144,7 +152,7 @@ fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>>
 /// Rebuilds `results.csv`, `summary.csv` and `timings.csv` from the finished cells among `cells`
 /// (in their order) and the shared timings.
 pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
-    let mut results = csv_bytes::<ResultRow>(&[], true)?;
+    let mut results = csv_bytes::<ResultRow>(&[], Some(&RESULT_COLUMNS))?;
     let mut summary = Vec::new();
     let mut timings: Vec<(String, String, f64)> = Vec::new();
     for (label, phases) in shared_seconds(dir)? {
@@ -156,7 +164,7 @@ pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
         let Some(record) = finished(dir, &cell.id) else { continue };
         done += 1;
         let rows: Vec<ResultRow> = read_csv(&cell_rows_path(dir, &cell.id))?;
-        results.extend(csv_bytes(&rows, false)?);
+        results.extend(csv_bytes(&rows, None)?);
         timings.extend(record.seconds.iter().map(|(p, s)| (cell.id.clone(), p.clone(), *s)));
         summaries.push((rows.first().cloned(), summarize(&final_rows(&rows))));
     }
@@ -171,8 +179,8 @@ pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
     }
     let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
     write_atomic(&dir.join("results.csv"), &results)?;
-    write_atomic(&dir.join("summary.csv"), &csv_bytes(&summary, true)?)?;
-    write_atomic(&dir.join("timings.csv"), &csv_bytes(&timing_rows, true)?)?;
+    write_atomic(&dir.join("summary.csv"), &csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?)?;
+    write_atomic(&dir.join("timings.csv"), &csv_bytes(&timing_rows, Some(&TIMING_COLUMNS))?)?;
     Ok(done)
 }
 

@@ -20,7 +20,7 @@ use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::output::{cell_record_path, cell_rows_path, csv_bytes, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
+use crate::output::{cell_record_path, cell_rows_path, csv_bytes, RESULT_COLUMNS, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
 use crate::sweep::{Cell, Plan, Protocol};
 
 /// Edits whose targets are searched together when filling the [`TargetCache`].
@@ -180,7 +180,7 @@ impl BackendTask for SweepTask<'_> {
                 })();
                 let record = match result {
                     Ok((rows, seconds, outcome)) => {
-                        write_atomic(&cell_rows_path(&opts.out, &cell.id), &csv_bytes(&rows, true)?)?;
+                        write_atomic(&cell_rows_path(&opts.out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
                         CellRecord { cell: cell.clone(), error: None, seconds, outcome }
                     }
                     Err(e) => {
@@ -328,7 +328,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
         let sources: Vec<&PathBuf> = dirs.iter().filter(|d| finished(d, &cell.id).is_some()).collect();
         if let Some(first) = sources.first() {
             let rows: Vec<ResultRow> = read_csv(&cell_rows_path(first, &cell.id))?;
-            write_atomic(&cell_rows_path(out, &cell.id), &csv_bytes(&rows, true)?)?;
+            write_atomic(&cell_rows_path(out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
             write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(first, &cell.id))?)?;
         }
     }

@@ -188,7 +188,11 @@ impl Plan {
 pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let located = |e: serde_norway::Error| match e.location() {
-        Some(l) => anyhow::anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
+        Some(l) => {
+            let message = e.to_string();
+            let message = message.strip_suffix(&format!(" at line {} column {}", l.line(), l.column())).unwrap_or(&message);
+            anyhow::anyhow!("{}:{}:{}: {message}", path.display(), l.line(), l.column())
+        }
         None => anyhow::anyhow!("{}: {e}", path.display()),
     };
     let mut sweep: Sweep = serde_norway::from_str(&text).map_err(located)?;

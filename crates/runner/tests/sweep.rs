@@ -1,0 +1,167 @@
+//! `editbench run` end to end on SmolLM2 (a tiny sweep), and the sweep file's checks. Needs
+//! `scripts/fetch_smollm2.sh` and the shared data beside the checkout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn editbench(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_editbench"));
+    cmd.args(args).current_dir(root()).env("RUST_LOG", "warn");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    editbench(args).output().unwrap()
+}
+
+/// The shared corpus instead of the one `scripts/fetch_corpus.sh` downloads.
+const CORPUS: &str = "stats.corpus=../shared/data/corpus/wikipedia_paragraphs.txt";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The tiny sweep with its statistics cache in `dir`.
+fn tiny_sweep(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("crates/runner/tests/fixtures/tiny-sweep.yaml")).unwrap();
+    let path = dir.join("tiny.yaml");
+    std::fs::write(&path, text.replace("STATS_CACHE", &dir.join("stats").display().to_string())).unwrap();
+    path
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_quick_experiment_expands_to_twelve_cells() {
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("12 cells"), "{text}");
+    for method in ["rome", "memit", "emmet"] {
+        assert_eq!(text.matches(&format!(" {method} ")).count(), 4, "{text}");
+    }
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "batch_sizes=[1, 2, 4]", "--set", "methods=[emmet]"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("6 cells"), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn sweep_files_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&root().join("experiments/smollm2-quick.yaml")).replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
+    let cases: [(&str, &str, &str); 8] = [
+        ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:30:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `generation`, `overrides`\n"),
+        ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:28:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
+        ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:28:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
+        ("methods: [rome, memit, emmet]", "methods: [rome, memitt]", "bad.yaml:26:17: methods[1]: unknown variant `memitt`, expected one of `rome`, `memit`, `emmet`, `alphaedit`\n"),
+        ("seeds: [0]", "seeds: [0]\nlayers: {single: [30]}", "bad.yaml:30:1: layer 30 is out of range for models[0] (allowed: 0..=29)\n"),
+        ("data/counterfact/counterfact_dev_sample.json", "data/counterfact/missing.json", "bad.yaml:19:3: dataset.path: no such file data/counterfact/missing.json\n"),
+        ("{first: 16}", "{first: 16, last: 2}", "dataset: selection must be `all`, {first: N}, {sample: {n: N, seed: S}} or {ids: [ID, ...]}, found {\"first\":16,\"last\":2}\n"),
+        ("backend: cpu", "backend: tpu", "bad.yaml:16:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
+    ];
+    for (from, to, expected) in cases {
+        assert!(base.contains(from), "{from}");
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, base.replacen(from, to, 1)).unwrap();
+        let o = run(&["run", path.to_str().unwrap(), "--dry-run"]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(err.contains(expected), "expected `{expected}` in:\n{err}");
+    }
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "dataset.n_edits=0"]);
+    assert!(stderr(&o).contains("dataset.n_edits must be at least 1"), "{}", stderr(&o));
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--set", "nonsense"]);
+    assert!(stderr(&o).contains("--set nonsense: expected dotted.key=value"), "{}", stderr(&o));
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--shard", "2/2"]);
+    assert!(stderr(&o).contains("--shard 2/2: expected I/N with 0 ≤ I < N"), "{}", stderr(&o));
+}
+
+/// Runs the tiny sweep into `out`; the process is killed once `kill_after` cells have finished.
+fn tiny_run(sweep: &Path, out: &Path, extra: &[&str], kill_after: Option<usize>) {
+    let mut args = vec!["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(extra);
+    let mut child = editbench(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    if let Some(n) = kill_after {
+        let started = Instant::now();
+        let finished = || std::fs::read_dir(out.join("cells")).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0);
+        while finished() < n {
+            assert!(child.try_wait().unwrap().is_none(), "the sweep ended before it could be killed");
+            assert!(started.elapsed() < Duration::from_secs(900), "no cell finished");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        return;
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = tiny_sweep(dir.path());
+    let full = dir.path().join("full");
+    tiny_run(&sweep, &full, &[], None);
+
+    let results = read(&full.join("results.csv"));
+    let mut lines = results.lines();
+    assert_eq!(lines.next(), Some("cell_id,model,method,distribution,layers,batch_size,n_edits,seed,round,case_id,stage,metric,value"));
+    // 4 cells × 2 records × 9 metrics × (pre + post).
+    assert_eq!(lines.count(), 4 * 2 * 9 * 2);
+    let summary = read(&full.join("summary.csv"));
+    assert!(summary.lines().any(|l| l.contains(",emmet,single,4,1,2,0,post,ES,")), "{summary}");
+    assert!(summary.lines().any(|l| l.contains(",pre,S,")), "{summary}");
+    // The edits were written: every cell moved P(new) − P(true) on the rewrite prompts.
+    let em = |stage: &str| -> Vec<f64> { summary.lines().filter(|l| l.contains(&format!(",{stage},EM,"))).map(|l| l.split(',').nth(10).unwrap().parse().unwrap()).collect() };
+    assert_eq!(em("pre").len(), 4);
+    assert!(em("pre").iter().zip(em("post")).all(|(pre, post)| post > *pre + 1.0), "pre {:?} post {:?}", em("pre"), em("post"));
+    let timings = read(&full.join("timings.csv"));
+    for phase in ["targets", "keys", "solve", "eval", "stats", "eval_pre"] {
+        assert!(timings.contains(&format!(",{phase},")), "{phase} missing in {timings}");
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&read(&full.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["cells"].as_array().unwrap().len(), 4);
+    assert_eq!(manifest["models"][0]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(manifest["stats_cache_keys"].as_array().unwrap().len(), 1);
+    assert!(manifest["git_revision"].as_str().is_some());
+
+    // Killed after the first cell, then rerun: nothing lost, nothing duplicated, same bytes.
+    let resumed = dir.path().join("resumed");
+    tiny_run(&sweep, &resumed, &[], Some(1));
+    assert!(!resumed.join("cells").read_dir().unwrap().flatten().all(|e| e.file_name().to_string_lossy().ends_with(".tmp")));
+    tiny_run(&sweep, &resumed, &[], None);
+    assert_eq!(read(&resumed.join("results.csv")), results, "resumed run differs");
+    // A rerun of a finished sweep does no work and changes nothing.
+    tiny_run(&sweep, &resumed, &[], None);
+    assert_eq!(read(&resumed.join("results.csv")), results);
+
+    // Two shards merged equal the unsharded run.
+    let shards = [dir.path().join("s0"), dir.path().join("s1")];
+    tiny_run(&sweep, &shards[0], &["--shard", "0/2"], None);
+    tiny_run(&sweep, &shards[1], &["--shard", "1/2"], None);
+    let merged = dir.path().join("merged");
+    let o = run(&["merge", "--out", merged.to_str().unwrap(), shards[0].to_str().unwrap(), shards[1].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(&merged.join("results.csv")), results, "merged shards differ from the full run");
+    assert_eq!(read(&merged.join("summary.csv")), summary);
+
+    // Shards of different sweeps are refused.
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, read(&sweep).replace("batch_sizes: [1, 2]", "batch_sizes: [2]")).unwrap();
+    let o = run(&["run", other.to_str().unwrap(), "--out", full.to_str().unwrap()]);
+    assert!(stderr(&o).contains("holds results of another sweep"), "{}", stderr(&o));
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let mut m = manifest.clone();
+    m["sweep_sha256"] = serde_json::json!("0");
+    std::fs::write(foreign.join("manifest.json"), m.to_string()).unwrap();
+    let o = run(&["merge", "--out", dir.path().join("m2").to_str().unwrap(), full.to_str().unwrap(), foreign.to_str().unwrap()]);
+    assert!(stderr(&o).contains("is from another sweep"), "{}", stderr(&o));
+}
