@@ -83,6 +83,21 @@ enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+    /// Tables (Markdown, LaTeX) and figures (PNG, SVG) from results directories, with report.md.
+    Report {
+        /// Results directories of `editbench run` (several are compared side by side).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Numbers typed from a paper (CSV: model,method,distribution,batch_size,stage,metric,value).
+        #[arg(long)]
+        paper: Option<PathBuf>,
+        /// Name of the paper's numbers in tables and legends.
+        #[arg(long, default_value = "paper")]
+        paper_label: String,
+        /// Where to write (default: the first results directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks (JSON on stdout).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -131,6 +146,15 @@ fn run(cli: Cli) -> Result<()> {
             run::run(plan, &sets, run::RunOptions { out, shard, fail_fast })?;
         }
         Command::Merge { out, dirs } => run::merge(&out, &dirs)?,
+        Command::Report { dirs, paper, paper_label, out } => {
+            let mut runs = dirs.iter().map(|d| editbench_report::load_run(d)).collect::<Result<Vec<_>>>()?;
+            if let Some(paper) = paper {
+                runs.push(editbench_report::load_paper(&paper, &paper_label)?);
+            }
+            let out = out.unwrap_or_else(|| dirs[0].clone());
+            print!("{}", editbench_report::write_report(&runs, &out)?);
+            eprintln!("report: {}", out.join("report.md").display());
+        }
         Command::Bench(cmd) => bench::run(cmd)?,
     }
     Ok(())

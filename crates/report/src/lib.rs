@@ -1,0 +1,42 @@
+//! Sweep results → what goes into a paper: the tables of the paper's layout (Markdown, LaTeX
+//! booktabs, terminal) and comparison plots (PNG and SVG), from one or several results
+//! directories and optionally numbers typed from a paper.
+
+mod load;
+mod plot;
+mod table;
+
+pub use load::{load_paper, load_run, Run, RowKey, Summary};
+pub use plot::{plot_all, Figure};
+pub use table::{latex_table, markdown_table, Table};
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Writes tables, figures and `report.md` for `runs` into `out`; returns the Markdown.
+pub fn write_report(runs: &[Run], out: &Path) -> Result<String> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let table = Table::new(runs);
+    let markdown = markdown_table(&table);
+    let latex = latex_table(&table);
+    write(&out.join("table.md"), &markdown)?;
+    write(&out.join("table.tex"), &latex)?;
+    let figures = plot_all(runs, &out.join("figures"))?;
+    let mut report = String::from("# editbench report\n\n");
+    report += &format!("Runs: {}.\n\n", runs.iter().map(|r| format!("`{}` ({})", r.label, r.source.display())).collect::<Vec<_>>().join(", "));
+    report += "Means ± standard error over records, ×100; S is the harmonic mean of ES, PS and NS (zsRE: of the three accuracies). ";
+    report += "The first rows are the unedited models (`pre`).\n\n";
+    report += &markdown;
+    report += "\nAs LaTeX (booktabs): [table.tex](table.tex).\n\n## Figures\n\n";
+    for f in &figures {
+        let rel = |p: &PathBuf| p.strip_prefix(out).unwrap_or(p).display().to_string();
+        report += &format!("### {}\n\n![{}]({})\n\n[SVG]({})\n\n", f.title, f.title, rel(&f.png), rel(&f.svg));
+    }
+    write(&out.join("report.md"), &report)?;
+    Ok(markdown)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

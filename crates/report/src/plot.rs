@@ -1,0 +1,314 @@
+//! The report's figures, each drawn once through plotters onto a PNG and an SVG backend, with text
+//! in the bundled DejaVu Sans (no system fonts).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use anyhow::{anyhow, Result};
+use editbench_metrics::Metric;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::load::{RowKey, Run};
+
+const FONT: &str = "sans-serif";
+/// Figure size in pixels: readable at a paper's column width once scaled to about 8 cm.
+const PANEL: (u32, u32) = (560, 420);
+
+/// A written figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub title: String,
+    pub png: PathBuf,
+    pub svg: PathBuf,
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf")).unwrap_or_else(|_| panic!("the bundled font is a valid TrueType file"));
+    });
+}
+
+/// Something drawn on any plotters backend.
+trait Chart {
+    fn title(&self) -> String;
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+fn render(chart: &impl Chart, dir: &Path, stem: &str) -> Result<Figure> {
+    register_font();
+    std::fs::create_dir_all(dir)?;
+    let (png, svg) = (dir.join(format!("{stem}.png")), dir.join(format!("{stem}.svg")));
+    let size = chart.size();
+    {
+        let area = BitMapBackend::new(&png, size).into_drawing_area();
+        area.fill(&WHITE).map_err(err)?;
+        chart.draw(&area)?;
+        area.present().map_err(err)?;
+    }
+    {
+        let area = SVGBackend::new(&svg, size).into_drawing_area();
+        area.fill(&WHITE).map_err(err)?;
+        chart.draw(&area)?;
+        area.present().map_err(err)?;
+    }
+    Ok(Figure { title: chart.title(), png, svg })
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing: {e:?}")
+}
+
+fn method_color(method: &str) -> RGBColor {
+    match method {
+        "rome" => RGBColor(214, 39, 40),
+        "memit" => RGBColor(31, 119, 180),
+        "emmet" => RGBColor(44, 160, 44),
+        "alphaedit" => RGBColor(148, 103, 189),
+        _ => RGBColor(90, 90, 90),
+    }
+}
+
+const PHASE_COLORS: [RGBColor; 7] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75), RGBColor(127, 127, 127)];
+
+fn models(runs: &[Run]) -> Vec<String> {
+    runs.iter().flat_map(|r| r.post.keys().map(|k| k.model.clone())).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// (a) One metric against the batch size (log scale), a line per run × method × distribution,
+/// one panel per model; spread is dashed.
+struct MetricVsBatch<'a> {
+    runs: &'a [Run],
+    metric: Metric,
+}
+
+impl Chart for MetricVsBatch<'_> {
+    fn title(&self) -> String {
+        format!("{} vs batch size", self.metric.code())
+    }
+    fn size(&self) -> (u32, u32) {
+        (PANEL.0 * models(self.runs).len().max(1) as u32, PANEL.1)
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let models = models(self.runs);
+        for (panel, model) in area.split_evenly((1, models.len().max(1))).iter().zip(&models) {
+            let lines: Vec<(String, &RowKey, Vec<(f64, f64)>)> = series(self.runs, model, self.metric);
+            let max_b = lines.iter().flat_map(|l| l.2.iter().map(|p| p.0)).fold(2.0, f64::max);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{model}: {}", self.metric.code()), (FONT, 20))
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(50)
+                .build_cartesian_2d((0.8f64..max_b * 1.25).log_scale(), y_range(self.metric))
+                .map_err(err)?;
+            chart.configure_mesh().x_label_formatter(&|x: &f64| format!("{x:.0}")).y_label_formatter(&|y: &f64| format!("{y:.0}"))
+                .x_desc("batch size (edits per batch)").y_desc(format!("{} (%)", self.metric.code())).label_style((FONT, 13)).draw().map_err(err)?;
+            for (label, key, points) in lines {
+                let color = method_color(&key.method);
+                let style = color.stroke_width(2);
+                if key.distribution == "spread" {
+                    chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
+                } else {
+                    chart.draw_series(LineSeries::new(points.clone(), style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                }
+                chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+            }
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+fn y_range(metric: Metric) -> std::ops::Range<f64> {
+    match metric {
+        Metric::EM | Metric::PM | Metric::NM => -100.0..100.0,
+        Metric::GE => 0.0..800.0,
+        _ => 0.0..105.0,
+    }
+}
+
+/// Per run × method × distribution of `model`: (label, key, [(batch size, mean)]).
+fn series<'a>(runs: &'a [Run], model: &str, metric: Metric) -> Vec<(String, &'a RowKey, Vec<(f64, f64)>)> {
+    let mut out: BTreeMap<(String, String, String), (&RowKey, Vec<(f64, f64)>)> = BTreeMap::new();
+    for run in runs {
+        for (key, values) in run.post.iter().filter(|(k, _)| k.model == model) {
+            if let Some(s) = values.get(&metric) {
+                let label = if runs.len() > 1 { format!("{} {} {}", run.label, key.method, key.distribution) } else { format!("{} {}", key.method, key.distribution) };
+                out.entry((label, key.method.clone(), key.distribution.clone())).or_insert((key, Vec::new())).1.push((key.batch_size as f64, s.mean));
+            }
+        }
+    }
+    out.into_iter().map(|((label, _, _), (key, mut points))| {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (label, key, points)
+    }).collect()
+}
+
+/// (b) The methods side by side: bars of one metric per batch size, one panel per distribution.
+struct MethodsSideBySide<'a> {
+    runs: &'a [Run],
+    metric: Metric,
+}
+
+impl Chart for MethodsSideBySide<'_> {
+    fn title(&self) -> String {
+        format!("Methods side by side ({})", self.metric.code())
+    }
+    fn size(&self) -> (u32, u32) {
+        (PANEL.0 * self.panels().len().max(1) as u32, PANEL.1)
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let panels = self.panels();
+        for (panel, (model, dist)) in area.split_evenly((1, panels.len().max(1))).iter().zip(&panels) {
+            let bars: BTreeMap<(usize, String), f64> = self.runs[0].post.iter()
+                .filter(|(k, _)| &k.model == model && &k.distribution == dist)
+                .filter_map(|(k, v)| v.get(&self.metric).map(|s| ((k.batch_size, k.method.clone()), s.mean)))
+                .collect();
+            let sizes: Vec<usize> = bars.keys().map(|k| k.0).collect::<BTreeSet<_>>().into_iter().collect();
+            let methods: Vec<String> = bars.keys().map(|k| k.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{model}, {dist}: {}", self.metric.code()), (FONT, 20))
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0f64..sizes.len().max(1) as f64, y_range(self.metric))
+                .map_err(err)?;
+            let labels = sizes.clone();
+            chart.configure_mesh().disable_x_mesh().x_labels(sizes.len().max(1) * 2 + 1)
+                .x_label_formatter(&move |x: &f64| { let i = x.floor() as usize; if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() { format!("B={}", labels[i]) } else { String::new() } })
+                .x_desc("batch size").y_desc(format!("{} (%)", self.metric.code())).label_style((FONT, 13)).draw().map_err(err)?;
+            let width = 0.8 / methods.len().max(1) as f64;
+            for (j, method) in methods.iter().enumerate() {
+                let color = method_color(method);
+                let rects: Vec<Rectangle<(f64, f64)>> = sizes.iter().enumerate().filter_map(|(i, b)| {
+                    let v = *bars.get(&(*b, method.clone()))?;
+                    let x0 = i as f64 + 0.1 + j as f64 * width;
+                    Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.95, v)], color.filled()))
+                }).collect();
+                chart.draw_series(rects).map_err(err)?.label(method.to_uppercase()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            }
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+impl MethodsSideBySide<'_> {
+    fn panels(&self) -> Vec<(String, String)> {
+        self.runs[0].post.keys().map(|k| (k.model.clone(), k.distribution.clone())).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+}
+
+/// (c) Sequential editing: a metric against the number of edits applied, a line per cell.
+struct SequentialCurve<'a> {
+    run: &'a Run,
+    metric: Metric,
+}
+
+impl Chart for SequentialCurve<'_> {
+    fn title(&self) -> String {
+        format!("Sequential editing ({}, {})", self.metric.code(), self.run.label)
+    }
+    fn size(&self) -> (u32, u32) {
+        PANEL
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let max_edits = self.run.curves.values().flat_map(|c| c.keys()).copied().max().unwrap_or(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.title(), (FONT, 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..max_edits * 1.02, y_range(self.metric))
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("edits applied").y_desc(format!("{} (%) of the edits so far", self.metric.code())).label_style((FONT, 13)).draw().map_err(err)?;
+        for (key, curve) in &self.run.curves {
+            let points: Vec<(f64, f64)> = curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|v| (*n as f64, *v))).collect();
+            let style = method_color(&key.method).stroke_width(2);
+            let label = format!("{} {} B={}", key.method, key.distribution, key.batch_size);
+            chart.draw_series(LineSeries::new(points, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
+        Ok(())
+    }
+}
+
+/// (d) Seconds per phase per cell, stacked horizontal bars.
+struct Timings<'a> {
+    run: &'a Run,
+}
+
+impl Chart for Timings<'_> {
+    fn title(&self) -> String {
+        format!("Time per phase ({})", self.run.label)
+    }
+    fn size(&self) -> (u32, u32) {
+        (PANEL.0 + 200, 120 + 28 * self.cells().len() as u32)
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let cells = self.cells();
+        let phases: Vec<String> = self.run.timings.iter().map(|t| t.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let total = |c: &str| self.run.timings.iter().filter(|t| t.0 == c).map(|t| t.2).sum::<f64>();
+        let max = cells.iter().map(|c| total(c)).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.title(), (FONT, 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(200)
+            .build_cartesian_2d(0f64..max * 1.05, 0f64..cells.len() as f64)
+            .map_err(err)?;
+        let names = cells.clone();
+        chart.configure_mesh().disable_y_mesh().y_labels(cells.len() * 2 + 1)
+            .y_label_formatter(&move |y: &f64| { let i = y.floor() as usize; if (y - y.floor() - 0.5).abs() < 0.01 && i < names.len() { names[i].clone() } else { String::new() } })
+            .x_desc("seconds").label_style((FONT, 12)).draw().map_err(err)?;
+        for (p, phase) in phases.iter().enumerate() {
+            let color = PHASE_COLORS[p % PHASE_COLORS.len()];
+            let rects: Vec<Rectangle<(f64, f64)>> = cells.iter().enumerate().map(|(i, c)| {
+                let before: f64 = self.run.timings.iter().filter(|t| &t.0 == c && phases[..p].contains(&t.1)).map(|t| t.2).sum();
+                let own: f64 = self.run.timings.iter().filter(|t| &t.0 == c && &t.1 == phase).map(|t| t.2).sum();
+                Rectangle::new([(before, i as f64 + 0.15), (before + own, i as f64 + 0.85)], color.filled())
+            }).collect();
+            chart.draw_series(rects).map_err(err)?.label(phase.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+        Ok(())
+    }
+}
+
+impl Timings<'_> {
+    fn cells(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        for t in &self.run.timings {
+            if !seen.contains(&t.0) {
+                seen.push(t.0.clone());
+            }
+        }
+        seen
+    }
+}
+
+/// Every figure that the data supports, as PNG and SVG in `dir`.
+pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let present = |m: Metric| runs.iter().any(|r| r.post.values().any(|v| v.contains_key(&m)));
+    let headline: Vec<Metric> = [Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc].into_iter().filter(|&m| present(m)).collect();
+    for &metric in &headline {
+        figures.push(render(&MetricVsBatch { runs, metric }, dir, &format!("batch-size-{}", metric.code()))?);
+    }
+    if let Some(&metric) = headline.iter().find(|&&m| m == Metric::S).or(headline.first()) {
+        figures.push(render(&MethodsSideBySide { runs, metric }, dir, &format!("methods-{}", metric.code()))?);
+    }
+    for run in runs.iter().filter(|r| !r.curves.is_empty()) {
+        for metric in [Metric::ES, Metric::PS, Metric::NS].into_iter().filter(|&m| present(m)) {
+            figures.push(render(&SequentialCurve { run, metric }, dir, &format!("sequential-{}-{}", run.label, metric.code()))?);
+        }
+    }
+    for run in runs.iter().filter(|r| !r.timings.is_empty()) {
+        figures.push(render(&Timings { run }, dir, &format!("timings-{}", run.label))?);
+    }
+    Ok(figures)
+}

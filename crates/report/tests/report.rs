@@ -1,0 +1,99 @@
+//! The report on a small hand-made results directory: aggregation against hand-computed means,
+//! Markdown/LaTeX snapshots, figures that are valid PNG/SVG files, comparisons and bad input.
+
+use std::path::{Path, PathBuf};
+
+use editbench_metrics::Metric;
+use editbench_report::{latex_table, load_paper, load_run, markdown_table, write_report, RowKey, Table};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-a")
+}
+
+fn key(b: usize) -> RowKey {
+    RowKey { model: "tiny".into(), method: "emmet".into(), distribution: "single".into(), batch_size: b }
+}
+
+fn close(a: f64, b: f64) {
+    assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+}
+
+#[test]
+fn aggregation_matches_hand_computed_means() {
+    let run = load_run(&fixture()).unwrap();
+    // B = 1, sequential: the final round's rows are case 1 (ES 1, PS 1, NS .5) and case 2 (0, .5, 1).
+    let b1 = &run.post[&key(1)];
+    close(b1[&Metric::ES].mean, 50.0);
+    close(b1[&Metric::ES].stderr.unwrap(), 50.0);
+    close(b1[&Metric::PS].mean, 75.0);
+    close(b1[&Metric::NS].stderr.unwrap(), 25.0);
+    close(b1[&Metric::S].mean, 3.0 / (1.0 / 50.0 + 2.0 / 75.0));
+    // B = 2: cases (1, 1, 1) and (1, 0, .5).
+    let b2 = &run.post[&key(2)];
+    close(b2[&Metric::ES].mean, 100.0);
+    close(b2[&Metric::PS].mean, 50.0);
+    close(b2[&Metric::S].mean, 3.0 / (1.0 / 100.0 + 1.0 / 50.0 + 1.0 / 75.0));
+    // The unknown metric code `XX` is skipped.
+    assert_eq!(b2.len(), 4);
+    // Unedited: ES 0, PS .25, NS 1 (and S 0, since ES is 0).
+    let pre = &run.pre["tiny"];
+    close(pre[&Metric::PS].mean, 25.0);
+    close(pre[&Metric::S].mean, 0.0);
+    // Sequential curve of B = 1: after 1 edit case 1 only, after 2 edits both cases.
+    let curve = &run.curves[&key(1)];
+    close(curve[&1][&Metric::ES], 100.0);
+    close(curve[&2][&Metric::PS], 75.0);
+    assert_eq!(run.timings.len(), 5);
+}
+
+#[test]
+fn markdown_and_latex_snapshots() {
+    let run = load_run(&fixture()).unwrap();
+    let table = Table::new(&[run]);
+    let expected = |name: &str| std::fs::read_to_string(fixture().join("..").join(name)).unwrap();
+    assert_eq!(markdown_table(&table), expected("expected-table.md"));
+    assert_eq!(latex_table(&table), expected("expected-table.tex"));
+}
+
+#[test]
+fn report_writes_tables_figures_and_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = load_run(&fixture()).unwrap();
+    let paper_csv = dir.path().join("paper.csv");
+    std::fs::write(&paper_csv, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,ES,60\ntiny,emmet,single,1,pre,ES,0\n").unwrap();
+    let paper = load_paper(&paper_csv, "paper").unwrap();
+    let markdown = write_report(&[run, paper], dir.path()).unwrap();
+    assert!(markdown.contains("| paper − run-a | tiny | EMMET | single | 1 | +10.0 |"), "{markdown}");
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    let figures: Vec<_> = std::fs::read_dir(dir.path().join("figures")).unwrap().flatten().map(|e| e.path()).collect();
+    // ES, PS, NS, S vs batch size; methods side by side; 3 sequential curves; timings: 9 × 2 files.
+    assert_eq!(figures.len(), 18, "{figures:?}");
+    for f in &figures {
+        let bytes = std::fs::read(f).unwrap();
+        assert!((5_000..2_000_000).contains(&bytes.len()), "{}: {} bytes", f.display(), bytes.len());
+        match f.extension().and_then(|e| e.to_str()) {
+            Some("png") => assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display()),
+            Some("svg") => {
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"), "{}", f.display());
+            }
+            other => panic!("unexpected file {other:?}"),
+        }
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(report.contains(&format!("figures/{name}")), "report.md does not link {name}");
+    }
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load_run(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("not a results directory (manifest.json is missing)"), "{err}");
+    let bad = dir.path().join("paper.csv");
+    std::fs::write(&bad, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,QQ,60\n").unwrap();
+    let err = load_paper(&bad, "p").unwrap_err().to_string();
+    assert!(err.contains("line 2: unknown metric code `QQ`"), "{err}");
+    std::fs::write(&bad, "model,method\ntiny,emmet\n").unwrap();
+    let err = format!("{:#}", load_paper(&bad, "p").unwrap_err());
+    assert!(err.contains("paper.csv: line 2"), "{err}");
+}
