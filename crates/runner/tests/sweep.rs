@@ -56,14 +56,14 @@ fn sweep_files_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let base = read(&root().join("experiments/smollm2-quick.yaml")).replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
     let cases: [(&str, &str, &str); 8] = [
-        ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:30:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `generation`, `overrides`\n"),
-        ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:28:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
-        ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:28:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
-        ("methods: [rome, memit, emmet]", "methods: [rome, memitt]", "bad.yaml:26:17: methods[1]: unknown variant `memitt`, expected one of `rome`, `memit`, `emmet`, `alphaedit`\n"),
-        ("seeds: [0]", "seeds: [0]\nlayers: {single: [30]}", "bad.yaml:30:1: layer 30 is out of range for models[0] (allowed: 0..=29)\n"),
-        ("data/counterfact/counterfact_dev_sample.json", "data/counterfact/missing.json", "bad.yaml:19:3: dataset.path: no such file data/counterfact/missing.json\n"),
+        ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:32:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `generation`, `overrides`\n"),
+        ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:30:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
+        ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:30:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
+        ("methods: [rome, memit, emmet]", "methods: [rome, memitt]", "bad.yaml:28:17: methods[1]: unknown variant `memitt`, expected one of `rome`, `memit`, `emmet`, `alphaedit`\n"),
+        ("seeds: [0]", "seeds: [0]\nlayers: {single: [30]}", "bad.yaml:32:1: layer 30 is out of range for models[0] (allowed: 0..=29)\n"),
+        ("data/counterfact/counterfact_dev_sample.json", "data/counterfact/missing.json", "bad.yaml:21:3: dataset.path: no such file data/counterfact/missing.json\n"),
         ("{first: 16}", "{first: 16, last: 2}", "dataset: selection must be `all`, {first: N}, {sample: {n: N, seed: S}} or {ids: [ID, ...]}, found {\"first\":16,\"last\":2}\n"),
-        ("backend: cpu", "backend: tpu", "bad.yaml:16:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
+        ("backend: cpu", "backend: tpu", "bad.yaml:18:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
     ];
     for (from, to, expected) in cases {
         assert!(base.contains(from), "{from}");
