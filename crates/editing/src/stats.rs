@@ -170,11 +170,35 @@ fn write_cache(path: &Path, key: &str, m: &KeyMoments) -> Result<()> {
 
 /// The corpus paragraphs (non-empty lines), a seeded sample of `samples` of them, tokenized and
 /// truncated, longest first.
+/// The texts of a corpus file: a `.jsonl` file (what Hugging Face `datasets` writes with
+/// `to_json`) or a `.json` array holds one object per text with a `text` field; any other file one
+/// text per line.
+pub fn corpus_texts(corpus: &Path) -> Result<Vec<String>> {
+    let content = std::fs::read_to_string(corpus).map_err(|e| EditError::file(corpus, e))?;
+    let field = |v: &serde_json::Value, at: String| v.get("text").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| EditError::file(corpus, format!("{at}: no string field `text`")));
+    match corpus.extension().and_then(|e| e.to_str()) {
+        Some("jsonl") => content
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let v: serde_json::Value = serde_json::from_str(l).map_err(|e| EditError::file(corpus, format!("line {}: {e}", i + 1)))?;
+                field(&v, format!("line {}", i + 1))
+            })
+            .collect(),
+        Some("json") => {
+            let items: Vec<serde_json::Value> = serde_json::from_str(&content).map_err(|e| EditError::file(corpus, format!("expected a JSON array of {{\"text\": ...}} objects: {e}")))?;
+            items.iter().enumerate().map(|(i, v)| field(v, format!("record {i}"))).collect()
+        }
+        _ => Ok(content.lines().map(|l| l.trim_end_matches('\r').to_string()).collect()),
+    }
+}
+
 fn sampled_paragraphs<B: Backend>(model: &LanguageModel<B>, corpus: &Path, h: &StatsHparams) -> Result<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(corpus).map_err(|e| EditError::file(corpus, e))?;
-    let mut lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
+    let texts = corpus_texts(corpus)?;
+    let mut lines: Vec<&str> = texts.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
-        return Err(EditError::file(corpus, "no non-empty lines"));
+        return Err(EditError::file(corpus, "no non-empty texts"));
     }
     SplitMix64::new(h.seed).shuffle(&mut lines);
     lines.truncate(h.samples);
@@ -237,6 +261,23 @@ pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corpora_as_lines_json_lines_and_json_arrays() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        assert_eq!(corpus_texts(&write("a.txt", "one\r\ntwo\n")).unwrap(), ["one", "two"]);
+        assert_eq!(corpus_texts(&write("b.jsonl", "{\"text\": \"one\", \"id\": 1}\n\n{\"text\": \"two\"}\n")).unwrap(), ["one", "two"]);
+        assert_eq!(corpus_texts(&write("c.json", "[{\"text\": \"one\"}]")).unwrap(), ["one"]);
+        let err = corpus_texts(&write("d.jsonl", "{\"text\": \"one\"}\n{\"title\": 2}\n")).unwrap_err().to_string();
+        assert!(err.ends_with("d.jsonl: line 2: no string field `text`"), "{err}");
+        let err = corpus_texts(&write("e.jsonl", "{oops\n")).unwrap_err().to_string();
+        assert!(err.contains("e.jsonl: line 1: key must be a string"), "{err}");
+    }
 
     #[test]
     fn packing_keeps_batches_within_budget_and_covers_everything() {

@@ -53,7 +53,8 @@ pub struct EditSetup {
     /// Hyperparameters of the model family (YAML).
     #[arg(long, default_value = "hparams/smollm2.yaml")]
     pub hparams: PathBuf,
-    /// Text corpus for key statistics, one paragraph per line (`scripts/fetch_corpus.sh`).
+    /// Text corpus for key statistics: one paragraph per line (`scripts/fetch_corpus.sh`), or a
+    /// `.jsonl` / `.json` file of `{"text": ...}` records (Hugging Face `datasets` `to_json`).
     #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
     pub corpus: PathBuf,
     /// Cache directory of key statistics.

@@ -84,7 +84,7 @@ pub struct DatasetSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsSpec {
-    /// Text corpus, one paragraph per line.
+    /// Text corpus: one paragraph per line, or `.jsonl` / `.json` records with a `text` field.
     pub corpus: PathBuf,
     #[serde(default)]
     pub samples: Option<usize>,
