@@ -165,3 +165,32 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     let o = run(&["merge", "--out", dir.path().join("m2").to_str().unwrap(), full.to_str().unwrap(), foreign.to_str().unwrap()]);
     assert!(stderr(&o).contains("is from another sweep"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    // AlphaEdit with a null-space threshold below every eigenvalue of C cannot edit: each cell fails.
+    let text = read(&tiny_sweep(dir.path()))
+        .replace("methods: [emmet, memit]", "methods: [alphaedit]")
+        .replace("  emmet: {v_num_grad_steps: 4, templates: fixed}", "  alphaedit: {nullspace_threshold: 1.0e-30, templates: fixed}")
+        .replace("  memit: {v_num_grad_steps: 4, templates: fixed}\n", "");
+    let sweep = dir.path().join("failing.yaml");
+    std::fs::write(&sweep, text).unwrap();
+    let records = |out: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_dir(out.join("cells")).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).map(|e| serde_json::from_str(&read(&e.path())).unwrap()).collect()
+    };
+    let out = dir.path().join("out");
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("2 cell(s) failed"), "{}", stderr(&o));
+    let failed = records(&out);
+    assert_eq!(failed.len(), 2, "both cells ran");
+    assert!(failed.iter().all(|r| r["error"].as_str().unwrap().contains("no eigenvalue of C at layer 4 is below nullspace_threshold")), "{failed:?}");
+    assert_eq!(read(&out.join("results.csv")).lines().count(), 1, "no rows from failed cells");
+
+    let out = dir.path().join("fast");
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--fail-fast"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("failed (--fail-fast)"), "{}", stderr(&o));
+    assert_eq!(records(&out).len(), 1, "stopped after the first failure");
+}
