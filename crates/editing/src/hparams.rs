@@ -54,7 +54,7 @@ string_enum!(Method, "method", Method::Rome => "rome", Method::Memit => "memit",
 string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
 
 /// How context templates are made (spec §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateKind {
     /// Sampled from the model with top-k 5, seeded (the reference's behaviour, made reproducible).

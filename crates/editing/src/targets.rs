@@ -123,8 +123,11 @@ pub fn target_values<B: AutodiffBackend>(
     let mut v_init: Option<Tensor<B::InnerBackend, 2>> = None;
     let mut kl_reference: Option<Tensor<B, 2>> = None;
     let mut losses = vec![0.0; e];
+    let bar = indicatif::ProgressBar::new(h.v_num_grad_steps as u64).with_message(format!("target search, {e} edit(s) at layer {layer}"));
+    bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} step {pos}/{len} [{elapsed}]").expect("valid template"));
 
     for it in 0..h.v_num_grad_steps {
+        bar.set_position(it as u64);
         let delta_ad = Tensor::<B, 2>::from_inner(delta.clone()).require_grad();
         let rows_delta = delta_ad.clone().select(0, row_edit.clone());
         let hooks = Hooks {
@@ -156,6 +159,7 @@ pub fn target_values<B: AutodiffBackend>(
         for (a, &loss) in active.iter_mut().zip(&losses) {
             *a &= loss >= LOSS_TARGET;
         }
+        bar.set_message(format!("target search at layer {layer}: {} of {e} edit(s) still above loss {LOSS_TARGET}", active.iter().filter(|&&a| a).count()));
         if it + 1 == h.v_num_grad_steps || !active.iter().any(|&a| a) {
             break;
         }
@@ -168,6 +172,7 @@ pub fn target_values<B: AutodiffBackend>(
         (delta, m, v) = adam_step(delta, m, v, grad, mask, h.v_lr, it + 1);
         delta = clamp_rows(delta, init.clone(), h.clamp_norm_factor);
     }
+    bar.finish_and_clear();
     let v_init = to_columns(&host(v_init.expect("first pass records v_init"))?, e, d);
     let delta = to_columns(&host(delta)?, e, d);
     Ok(Targets { z: &v_init + &delta, v_init, steps, loss: losses })

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use editbench_datasets::{consistency, load as load_dataset, DatasetSource, Record, Selection};
 use editbench_editing::context::ContextTemplates;
+use editbench_editing::hparams::TemplateKind;
 use editbench_editing::stats::{model_sha256, StatsSource};
 use editbench_editing::targets::TargetCache;
 use editbench_editing::{EditRequest, EditSession, Editor, Method};
@@ -159,17 +160,19 @@ impl BackendTask for SweepTask<'_> {
             seconds.insert("stats".into(), t.elapsed().as_secs_f64());
             write_atomic(&shared_path, serde_json::to_string_pretty(&seconds)?.as_bytes())?;
 
-            let mut templates: HashMap<(bool, u64), ContextTemplates> = HashMap::new();
+            let mut templates: HashMap<(bool, TemplateKind, u64), ContextTemplates> = HashMap::new();
             let requests: Vec<EditRequest> = self.records.iter().map(EditRequest::from).collect();
             let target_cache = Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK)));
             for cell in cells {
                 grid.set_message(format!("{} {} {} B={}", cell.model_name, cell.method, cell.distribution, cell.batch_size));
                 let started = Instant::now();
                 let result = (|| -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
-                    let key = (cell.method == Method::Rome, cell.seed);
+                    // ROME's templates differ from the others'; fixed or sampled per method.
+                    let key = (cell.method == Method::Rome, cell.hparams.templates, cell.seed);
                     if !templates.contains_key(&key) {
                         let t = ContextTemplates::for_method(&model, cell.method, cell.hparams.templates, cell.seed)?;
-                        let path = opts.out.join("templates").join(format!("{label}-{}-seed{}.json", if key.0 { "rome" } else { "memit" }, cell.seed));
+                        let kind = serde_json::to_value(key.1)?.as_str().unwrap_or_default().to_string();
+                        let path = opts.out.join("templates").join(format!("{label}-{}-{kind}-seed{}.json", if key.0 { "rome" } else { "memit" }, cell.seed));
                         write_atomic(&path, serde_json::to_string_pretty(&t)?.as_bytes())?;
                         templates.insert(key, t);
                     }
