@@ -317,22 +317,35 @@ fn cell_id(s: &Sweep, cell: &Cell, sets: &str) -> String {
     hex::encode(Sha256::digest(key.to_string().as_bytes()))[..12].to_string()
 }
 
-/// `dotted.key=value`: sets the key (creating mappings on the way); the value is parsed as YAML.
+/// `dotted.key=value`: sets the key (creating mappings on the way; a number indexes a list, as in
+/// `models.0.path`); the value is parsed as YAML.
 fn apply_set(root: &mut Value, set: &str) -> Result<()> {
     let Some((key, raw)) = set.split_once('=') else { bail!("--set {set}: expected dotted.key=value") };
     let value: Value = serde_norway::from_str(raw).map_err(|e| anyhow::anyhow!("--set {set}: value: {e}"))?;
-    let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let Value::Mapping(map) = node else { bail!("--set {set}: `{}` is not a mapping", parts[..i].join(".")) };
-        let k = Value::String(part.to_string());
-        if i + 1 == parts.len() {
-            map.insert(k, value);
-            return Ok(());
-        }
-        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+    let (last, path) = parts.split_last().expect("split yields at least one part");
+    let mut node = root;
+    for (i, part) in path.iter().enumerate() {
+        node = match node {
+            Value::Mapping(map) => map.entry(Value::String(part.to_string())).or_insert_with(|| Value::Mapping(Default::default())),
+            Value::Sequence(items) => {
+                let len = items.len();
+                part.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| anyhow::anyhow!("--set {set}: `{part}` is not an index of `{}` (0..{len})", parts[..i].join(".")))?
+            }
+            _ => bail!("--set {set}: `{}` is not a mapping", parts[..i].join(".")),
+        };
     }
-    unreachable!("split yields at least one part")
+    match node {
+        Value::Mapping(map) => {
+            map.insert(Value::String(last.to_string()), value);
+        }
+        Value::Sequence(items) => {
+            let len = items.len();
+            *last.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| anyhow::anyhow!("--set {set}: `{last}` is not an index of `{}` (0..{len})", path.join(".")))? = value;
+        }
+        _ => bail!("--set {set}: `{}` is not a mapping", path.join(".")),
+    }
+    Ok(())
 }
 
 /// Line and column (1-based) of a dotted key in the YAML text: each part searched as `part:` below
@@ -380,6 +393,9 @@ mod tests {
         apply_set(&mut v, "c.d=x").unwrap();
         assert_eq!(serde_norway::to_string(&v).unwrap(), "a:\n  b:\n  - 2\n  - 3\nc:\n  d: x\n");
         assert!(apply_set(&mut v, "novalue").is_err());
-        assert!(apply_set(&mut v, "a.b.c=1").unwrap_err().to_string().contains("`a.b` is not a mapping"));
+        apply_set(&mut v, "a.b.1=7").unwrap();
+        assert_eq!(serde_norway::to_string(&v).unwrap(), "a:\n  b:\n  - 2\n  - 7\nc:\n  d: x\n");
+        assert!(apply_set(&mut v, "a.b.5=1").unwrap_err().to_string().contains("`5` is not an index of `a.b` (0..2)"));
+        assert!(apply_set(&mut v, "a.b.c=1").unwrap_err().to_string().contains("`c` is not an index of `a.b` (0..2)"));
     }
 }
