@@ -148,7 +148,8 @@ impl BackendTask for SweepTask<'_> {
             let mut model = LanguageModel::<B::InnerBackend>::load(&spec.path, &device).with_context(|| format!("loading {}", spec.path.display()))?;
             let shared_path = opts.out.join("shared").join(format!("{label}.json"));
             let mut seconds: BTreeMap<String, f64> = std::fs::read_to_string(&shared_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            let pre = pre_rows(&model, plan, &opts.out, &label, &self.model_hashes[m], &self.dataset_sha256, &self.records, &mut seconds)?;
+            let key = format!("{label}-{}-{}-{}", &self.model_hashes[m][..12], &self.dataset_sha256[..12], self.records.len());
+            let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &self.records, &mut seconds)?;
 
             let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
             layers.sort_unstable();
@@ -210,21 +211,10 @@ impl BackendTask for SweepTask<'_> {
     }
 }
 
-/// The unedited model's rows, computed once per model and dataset and kept in `pre/`.
-#[allow(clippy::too_many_arguments)]
-fn pre_rows<B: burn::tensor::backend::Backend>(
-    model: &LanguageModel<B>,
-    plan: &Plan,
-    out: &Path,
-    label: &str,
-    model_sha256: &str,
-    dataset_sha256: &str,
-    records: &[Record],
-    seconds: &mut BTreeMap<String, f64>,
-) -> Result<Vec<MetricRow>> {
-    let key = format!("{}-{}-{}", &model_sha256[..12], &dataset_sha256[..12], records.len());
+/// The unedited model's rows, computed once per model and dataset (`key`) and kept in `dir`.
+fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, dir: &Path, key: &str, records: &[Record], seconds: &mut BTreeMap<String, f64>) -> Result<Vec<MetricRow>> {
     let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: 0, batch: 32, reference: None });
-    let path = out.join("pre").join(format!("{label}-{key}{}.json", if generation.is_some() { "-gen" } else { "" }));
+    let path = dir.join(format!("{key}{}.json", if generation.is_some() { "-gen" } else { "" }));
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(rows) = serde_json::from_str::<Vec<MetricRow>>(&text) {
             return Ok(rows);
@@ -240,7 +230,6 @@ fn pre_rows<B: burn::tensor::backend::Backend>(
 
 /// N edits in rounds of B on `model` (restored before returning), scored after the last round
 /// (sequential) or after each batch (independent); rows of the unedited model included.
-#[allow(clippy::too_many_arguments)]
 fn run_cell<B: AutodiffBackend>(
     model: &mut LanguageModel<B::InnerBackend>,
     plan: &Plan,
