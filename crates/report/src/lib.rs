@@ -6,7 +6,7 @@ mod load;
 mod plot;
 mod table;
 
-pub use load::{load_paper, load_run, Run, RowKey, Summary};
+pub use load::{load_paper, load_run, read_csv, Run, RowKey, Summary};
 pub use plot::{plot_all, Figure};
 pub use table::{latex_table, markdown_table, Table};
 

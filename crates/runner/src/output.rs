@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use editbench_metrics::{summarize, Metric, MetricRow, Stage};
+pub use editbench_report::read_csv;
 use serde::{Deserialize, Serialize};
 
 use crate::sweep::Cell;
@@ -90,11 +91,6 @@ pub fn csv_bytes<T: Serialize>(rows: &[T], columns: Option<&[&str]>) -> Result<V
         w.serialize(r)?;
     }
     Ok(w.into_inner()?)
-}
-
-pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2))).collect()
 }
 
 pub fn cell_rows_path(dir: &Path, id: &str) -> PathBuf {
