@@ -136,12 +136,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
         Command::Run { sweep, out, sets, shard, dry_run, fail_fast } => {
+            let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
                 print!("{}", sweep::describe(&plan));
                 return Ok(());
             }
-            let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
             run::run(plan, &sets, run::RunOptions { out, shard, fail_fast })?;
         }
