@@ -90,6 +90,55 @@ impl<B: Backend> PromptBatch<B> {
         }
     }
 
+    /// The tokens `ranges[r]` of each row (right-padded), to be run after every column of `self`
+    /// (a fresh batch) went into a [`crate::KvCache`]: row `r` attends to its cached tokens before
+    /// `ranges[r].start` and causally to its new ones, never to its cached tokens from
+    /// `ranges[r].start` on, which the new columns replace. Token `i` of the range sits at column
+    /// `i − start`. For passes that recompute only what follows a change at `ranges[r].start`.
+    pub fn suffixes(&self, ranges: &[std::ops::Range<usize>]) -> Result<Self> {
+        let b = self.rows();
+        if self.past != 0 || ranges.len() != b || ranges.iter().zip(&self.lengths).any(|(r, &n)| r.start >= r.end || r.end > n) {
+            return Err(ModelError::Input(format!("suffixes of a fresh batch need one non-empty range within each of its {b} rows, got {ranges:?}")));
+        }
+        let device = self.ids.device();
+        let (width, t) = (self.width(), ranges.iter().map(|r| r.len()).max().unwrap_or(0));
+        let all_ids = self.ids.to_data().convert::<i64>().to_vec::<i64>().map_err(|e| ModelError::Input(format!("reading token ids back: {e:?}")))?;
+        let columns = width + t;
+        let (mut ids, mut positions, mut mask) = (vec![0i64; b * t], vec![0i64; b * t], vec![MASKED; b * t * columns]);
+        for (row, range) in ranges.iter().enumerate() {
+            let cached = self.offsets[row]..self.offsets[row] + range.start;
+            for (i, token) in range.clone().enumerate() {
+                ids[row * t + i] = all_ids[row * width + self.column(row, token)];
+                positions[row * t + i] = token as i64;
+                let keys = &mut mask[(row * t + i) * columns..(row * t + i + 1) * columns];
+                keys[cached.clone()].fill(0.0);
+                keys[width..=width + i].fill(0.0);
+            }
+        }
+        Ok(Self {
+            ids: Tensor::from_data(TensorData::new(ids, [b, t]), &device),
+            positions: Tensor::from_data(TensorData::new(positions, [b, t]), &device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, 1, t, columns]), &device),
+            lengths: ranges.iter().map(|r| r.end).collect(),
+            offsets: vec![0; b],
+            past: width,
+        })
+    }
+
+    /// The vectors of `x: [b, width, d]` (activations over this batch) at the tokens `ranges`,
+    /// laid out as in [`Self::suffixes`]; padding columns repeat the range's first token.
+    pub fn take(&self, x: Tensor<B, 3>, ranges: &[std::ops::Range<usize>]) -> Tensor<B, 3> {
+        let [b, width, d] = x.dims();
+        let t = ranges.iter().map(|r| r.len()).max().unwrap_or(0);
+        let flat: Vec<i64> = ranges
+            .iter()
+            .enumerate()
+            .flat_map(|(row, r)| (0..t).map(move |i| (row * width + self.column(row, r.start + i.min(r.len() - 1))) as i64))
+            .collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * t]), &x.device());
+        x.reshape([b * width, d]).select(0, index).reshape([b, t, d])
+    }
+
     pub fn rows(&self) -> usize {
         self.lengths.len()
     }

@@ -1,7 +1,8 @@
 //! The loop every decoder-only architecture shares: embed, run the blocks with the editing hooks,
 //! stop early if asked.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
 
 use crate::batch::PromptBatch;
 use crate::hooks::{Hooks, Site, Trace};
@@ -29,6 +30,34 @@ pub struct KvCache<B: Backend> {
     layers: Vec<Option<KeyValues<B>>>,
 }
 
+impl<B: AutodiffBackend> KvCache<B> {
+    /// The same keys and values on the autodiff backend, as constants.
+    pub fn from_inner(inner: KvCache<B::InnerBackend>) -> Self {
+        let layers = inner.layers.into_iter().map(|kv| kv.map(|(k, v)| (Tensor::from_inner(k), Tensor::from_inner(v)))).collect();
+        Self { layers }
+    }
+}
+
+/// Where a forward pass begins.
+#[derive(Debug, Clone)]
+pub enum Start<B: Backend> {
+    /// Embed the batch's token ids and run every block.
+    Tokens,
+    /// Run only the blocks above `layer`, on `hidden: [b, t, d_model]` taken as block `layer`'s
+    /// output (the batch's token ids are not read).
+    After { layer: usize, hidden: Tensor<B, 3> },
+}
+
+impl<B: Backend> Start<B> {
+    /// The first block to run and its input; `table` is the `[vocab, d]` embedding matrix.
+    pub(crate) fn input(self, table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> (usize, Tensor<B, 3>) {
+        match self {
+            Self::Tokens => (0, embed(table, ids)),
+            Self::After { layer, hidden } => (layer + 1, hidden),
+        }
+    }
+}
+
 /// `past` followed by the new columns' keys and values.
 pub(crate) fn extend_kv<B: Backend>(past: Option<KeyValues<B>>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> KeyValues<B> {
     match past {
@@ -42,7 +71,7 @@ pub(crate) trait Block<B: Backend> {
 }
 
 /// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
-pub(crate) fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> Tensor<B, 3> {
+fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> Tensor<B, 3> {
     let [b, t] = ids.dims();
     let [_, d] = table.dims();
     table.select(0, ids.clone().reshape([b * t])).reshape([b, t, d])
@@ -56,11 +85,11 @@ pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks<B>) ->
     x.reshape([b * t, d]).select(0, index).reshape([1, at.len(), d])
 }
 
-/// Runs `blocks` on `x`, reading and updating `cache` when given; `None` if the hooks stopped the
-/// pass before the last block.
+/// Runs `blocks[first..]` on `x`, reading and updating `cache` when given; `None` if the hooks
+/// stopped the pass before the last block.
 pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     blocks: &[L],
-    mut x: Tensor<B, 3>,
+    (first, mut x): (usize, Tensor<B, 3>),
     rotary: &Rotary<B>,
     batch: &PromptBatch<B>,
     hooks: &Hooks<B>,
@@ -70,7 +99,7 @@ pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     if let Some(cache) = cache.as_deref_mut() {
         cache.layers.resize(blocks.len(), None);
     }
-    for (layer, block) in blocks.iter().enumerate() {
+    for (layer, block) in blocks.iter().enumerate().skip(first) {
         let past = cache.as_deref_mut().and_then(|c| c.layers[layer].take());
         let out = block.forward(x, rotary, batch, past, layer, hooks);
         if let Some(cache) = cache.as_deref_mut() {

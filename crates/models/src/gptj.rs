@@ -8,7 +8,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
-use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache};
+use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, Rotary, RotaryPairing};
@@ -162,10 +162,10 @@ impl<B: Backend> GptJ<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
-        let x = decoder::embed(self.wte.val(), &batch.ids);
-        if let Some(x) = decoder::run_blocks(&self.layers, x, &self.rotary, batch, hooks, &mut trace, cache) {
+        let input = start.input(self.wte.val(), &batch.ids);
+        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, batch, hooks, &mut trace, cache) {
             trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), hooks)));
         }
         trace

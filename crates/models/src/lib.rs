@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use backend::{BackendKind, BackendTask};
 pub use batch::{Padding, PromptBatch};
-pub use decoder::KvCache;
+pub use decoder::{KvCache, Start};
 pub use error::{ModelError, Result};
 pub use hooks::{Hooks, Intervention, LayerTrace, Site, Trace};
 pub use model::{Architecture, LanguageModel, ModelDims};

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::batch::{Padding, PromptBatch};
-use crate::decoder::KvCache;
+use crate::decoder::{KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
 use crate::gptj::{GptJ, GptJConfig, GptJHfConfig};
@@ -160,9 +160,15 @@ impl<B: Backend> LanguageModel<B> {
 
     /// [`Self::forward`] that attends to the columns held in `cache` and appends this batch's.
     pub fn forward_cached(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+        self.forward_from(Start::Tokens, batch, hooks, cache)
+    }
+
+    /// [`Self::forward_cached`] from `start`: e.g. only the blocks above an edited layer, on its
+    /// output hidden states, when nothing below changes between passes.
+    pub fn forward_from(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         match &self.arch {
-            Architecture::Llama(m) => m.forward(batch, hooks, cache),
-            Architecture::GptJ(m) => m.forward(batch, hooks, cache),
+            Architecture::Llama(m) => m.forward(batch, start, hooks, cache),
+            Architecture::GptJ(m) => m.forward(batch, start, hooks, cache),
         }
     }
 

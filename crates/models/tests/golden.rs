@@ -205,3 +205,39 @@ fn replacing_the_edited_weight_changes_the_output() {
     model.mlp_out_mut(0).set_matrix(w);
     assert_eq!(before, values(model.logits(seq).unwrap()));
 }
+
+/// Recomputing only the tokens from each row's changed column on, above the changed layer, on the
+/// cached keys and values of the tokens before it, gives the full pass's logits (used by the
+/// target search, whose change is a vector added at one column of one layer).
+#[test]
+fn a_pass_above_a_layer_on_cached_prefixes_matches_the_full_pass() {
+    use editbench_models::{KvCache, Start};
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied"] {
+        let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
+        let batch = model.batch(&golden(name).sequences, Padding::Right).unwrap();
+        let (d, v, layer) = (model.dims.hidden_size, model.dims.vocab_size, 0);
+        // Changed column per row, and the end of the recomputed range (row 1 stops early).
+        let ranges = [2..batch.lengths[0], 0..batch.lengths[1] - 1, 4..batch.lengths[2]];
+        let ramp = Tensor::<Cpu, 1, burn::tensor::Int>::arange(0..d as i64, &Default::default()).float().reshape([1, d]) / d as f64;
+        let deltas = ramp.repeat_dim(0, 3) * Tensor::<Cpu, 2>::from_data([[1.0], [-2.0], [0.5]], &Default::default());
+        let starts: Vec<usize> = ranges.iter().map(|r| r.start).collect();
+        let full = Hooks { intervention: Some(Intervention::at_columns(layer, Site::BlockOutput, &batch, &starts, deltas.clone())), ..Hooks::default() };
+        let full = values(model.forward(&batch, &full).logits.unwrap());
+
+        let mut cache = KvCache::default();
+        let prefix = model.forward_cached(&batch, &Hooks::capture(&[layer]), Some(&mut cache));
+        let suffixes = batch.suffixes(&ranges).unwrap();
+        let hidden = batch.take(prefix.layers[&layer].hidden.clone(), &ranges);
+        let add = Intervention::at_columns(layer, Site::BlockOutput, &suffixes, &[0; 3], deltas).add;
+        let start = Start::After { layer, hidden: hidden + add };
+        let part = values(model.forward_from(start, &suffixes, &Hooks::default(), Some(&mut cache)).logits.unwrap());
+        let (t, s) = (batch.width(), suffixes.width());
+        for (row, range) in ranges.iter().enumerate() {
+            for (i, token) in range.clone().enumerate() {
+                let (a, b) = ((row * t + token) * v, (row * s + i) * v);
+                let diff = max_abs_diff(&full[a..a + v], &part[b..b + v]);
+                assert!(diff <= CPU_TOLERANCE, "{name} row {row} token {token}: max |Δlogit| = {diff:e}");
+            }
+        }
+    }
+}
