@@ -4,11 +4,14 @@
 //! All edits of a batch are optimised together: one forward/backward pass over every edit's
 //! prompts per step, each edit with its own `δ` (the reference runs them one at a time). The loss is
 //! the sum of the edits' losses, so each `δ` receives exactly its own gradient, and Adam is
-//! per coordinate: the result equals independent optimisations.
+//! per coordinate: the result equals independent optimisations. Each step recomputes only what `δ`
+//! changes (see [`target_values`]).
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
-use editbench_models::{Hooks, Intervention, LanguageModel, Padding, Site};
+use std::ops::Range;
+
+use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Site, Start};
 use faer::Mat;
 
 use crate::context::ContextTemplates;
@@ -42,8 +45,11 @@ struct Layout {
     edit_of_row: Vec<usize>,
     /// Subject's last token in each row (where δ is added).
     lookup: Vec<usize>,
-    /// Flat positions (`row · t + col`) whose logits are scored: labels first, then KL rows.
+    /// Tokens of each row a step recomputes: from `lookup` to the last scored one.
+    ranges: Vec<Range<usize>>,
+    /// `(row, token, label)` whose next-token log-probability enters the NLL.
     label_positions: Vec<(usize, usize, u32)>,
+    /// `(row, token)` whose next-token distribution enters the KL term (one per edit).
     kl_rows: Vec<(usize, usize)>,
     /// Weight of each label in its edit's NLL: `1 / (T · prompts)`.
     label_weight: Vec<f32>,
@@ -53,7 +59,7 @@ struct Layout {
 
 fn layout<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templates: &ContextTemplates) -> Result<Layout> {
     let tokenizer = model.tokenizer()?;
-    let mut l = Layout { sequences: vec![], edit_of_row: vec![], lookup: vec![], label_positions: vec![], kl_rows: vec![], label_weight: vec![], bare_row: vec![] };
+    let mut l = Layout { sequences: vec![], edit_of_row: vec![], lookup: vec![], ranges: vec![], label_positions: vec![], kl_rows: vec![], label_weight: vec![], bare_row: vec![] };
     let n_templates = templates.count();
     for (e, request) in requests.iter().enumerate() {
         let target = target_ids(tokenizer, &request.prompt_text(), &request.target())?;
@@ -69,6 +75,7 @@ fn layout<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templa
                 l.label_positions.push((row, start + j, token));
                 l.label_weight.push(weight);
             }
+            l.ranges.push(sentence.lookup..ids.len());
             l.sequences.push(ids);
             l.edit_of_row.push(e);
             l.lookup.push(sentence.lookup);
@@ -76,6 +83,7 @@ fn layout<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templa
         let kl_request = EditRequest { prompt: "{} is a".into(), ..request.clone() };
         let kl = locate(tokenizer, "{}", &kl_request, "")?;
         l.kl_rows.push((l.sequences.len(), kl.lookup));
+        l.ranges.push(kl.lookup..kl.lookup + 1);
         l.sequences.push(kl.ids);
         l.edit_of_row.push(e);
         l.lookup.push(kl.lookup);
@@ -88,6 +96,11 @@ fn int_tensor<B: Backend, const D: usize>(values: Vec<i64>, shape: [usize; D], d
 }
 
 /// Finds `z` for every request at `layer`, adding `δ` at `site` (spec §4).
+///
+/// `δ` enters each row at its subject's last token, so nothing below `layer`'s output and nothing
+/// before that token changes between steps: one pass on the unedited model caches those keys,
+/// values and hidden states, and each step recomputes only the blocks above `layer` on the tokens
+/// from the subject's last to the last scored one (a few per row instead of the whole sentence).
 pub fn target_values<B: AutodiffBackend>(
     model: &LanguageModel<B::InnerBackend>,
     requests: &[EditRequest],
@@ -97,15 +110,17 @@ pub fn target_values<B: AutodiffBackend>(
     h: &MethodHparams,
 ) -> Result<Targets> {
     let device = model.device();
-    let grad_model = LanguageModel::<B>::from_inner(model);
     let l = layout(model, requests, templates)?;
     let (e, d) = (requests.len(), model.dims.hidden_size);
-    let batch = grad_model.batch(&l.sequences, Padding::Right)?;
-    let t = batch.width();
     let vocab = model.dims.vocab_size;
-
-    let mut logits_at: Vec<usize> = l.label_positions.iter().map(|&(row, col, _)| row * t + col).collect();
-    logits_at.extend(l.kl_rows.iter().map(|&(row, col)| row * t + col));
+    let grad_model = LanguageModel::<B>::from_inner(model);
+    let groups = group_rows(&l.ranges).into_iter().map(|rows| Group::new(&grad_model, &l, rows, layer, site)).collect::<Result<Vec<_>>>()?;
+    let place = places(&groups, l.ranges.len());
+    let concatenated = |row: usize| groups[..place[row].0].iter().map(|g| g.rows.len()).sum::<usize>() + place[row].1;
+    let bare = int_tensor(l.bare_row.iter().map(|&r| concatenated(r) as i64).collect(), [e], &device);
+    let v_init = Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner();
+    let scored: Vec<(usize, usize)> = l.label_positions.iter().map(|&(row, col, _)| (row, col)).chain(l.kl_rows.iter().copied()).collect();
+    let (hooks, order) = scored_positions(&groups, &place, &l.ranges, &scored);
     let n_labels = l.label_positions.len();
     let labels = int_tensor::<B, 2>(l.label_positions.iter().map(|p| p.2 as i64).collect(), [n_labels, 1], &device);
     // A[e, j] = weight of label j in edit e's NLL.
@@ -120,37 +135,30 @@ pub fn target_values<B: AutodiffBackend>(
     let (mut m, mut v) = (delta.clone(), delta.clone());
     let mut active = vec![true; e];
     let mut steps = vec![0usize; e];
-    let mut v_init: Option<Tensor<B::InnerBackend, 2>> = None;
     let mut kl_reference: Option<Tensor<B, 2>> = None;
     let mut losses = vec![0.0; e];
+    let init_sq = Tensor::<B, 1>::from_inner(v_init.clone().powi_scalar(2).sum_dim(1).reshape([e]));
     let bar = indicatif::ProgressBar::new(h.v_num_grad_steps as u64).with_message(format!("target search, {e} edit(s) at layer {layer}"));
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} step {pos}/{len} [{elapsed}]").expect("valid template"));
 
     for it in 0..h.v_num_grad_steps {
         bar.set_position(it as u64);
         let delta_ad = Tensor::<B, 2>::from_inner(delta.clone()).require_grad();
-        let rows_delta = delta_ad.clone().select(0, row_edit.clone());
-        let hooks = Hooks {
-            capture: if v_init.is_none() { vec![layer] } else { vec![] },
-            intervention: Some(Intervention::at_columns(layer, site, &batch, &l.lookup, rows_delta)),
-            logits_at: Some(logits_at.clone()),
-            ..Hooks::default()
-        };
-        let trace = grad_model.forward(&batch, &hooks);
-        let init = v_init.get_or_insert_with(|| {
-            let activation = if site == Site::MlpOutput { Activation::Value } else { Activation::Hidden };
-            rows_at(&trace, layer, activation, &l.lookup).inner().select(0, int_tensor(l.bare_row.iter().map(|&r| r as i64).collect(), [e], &device))
+        let row_deltas = delta_ad.clone().select(0, row_edit.clone());
+        let logits = groups.iter().zip(&hooks).map(|(g, hooks)| {
+            let start = Start::After { layer, hidden: add_at_first_column(g.hidden.clone(), row_deltas.clone().select(0, g.index.clone())) };
+            let logits = grad_model.forward_from(start, &g.suffixes, hooks, Some(&mut g.cache.clone())).logits.expect("full pass");
+            logits.squeeze_dim::<2>(0)
         });
-        let log_probs = activation::log_softmax(trace.logits.expect("full pass").reshape([logits_at.len(), vocab]), 1);
+        let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0).select(0, order.clone()), 1);
         let label_lp = log_probs.clone().slice([0..n_labels, 0..vocab]).gather(1, labels.clone());
         let nll = assign.clone().matmul(label_lp.neg()).reshape([e]);
         let kl_lp = log_probs.slice([n_labels..n_labels + e, 0..vocab]);
         let reference = kl_reference.get_or_insert_with(|| kl_lp.clone().detach()).clone();
         let kl = (kl_lp.clone().exp() * (kl_lp - reference)).sum_dim(1).reshape([e]) * h.kl_factor;
-        let init_sq = Tensor::<B, 1>::from_inner(init.clone().powi_scalar(2).sum_dim(1).reshape([e]));
         // ‖δ‖, with a tiny offset so its gradient at δ = 0 is 0 rather than NaN (as torch.norm's).
         let delta_norm = (delta_ad.clone().powi_scalar(2).sum_dim(1).reshape([e]) + 1e-24).sqrt();
-        let loss = nll + kl + delta_norm / init_sq * h.v_weight_decay;
+        let loss = nll + kl + delta_norm / init_sq.clone() * h.v_weight_decay;
         losses = host(loss.clone().inner())?.into_iter().map(f64::from).collect();
         tracing::debug!("target search step {it}: losses {losses:.4?}");
         if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
@@ -170,12 +178,121 @@ pub fn target_values<B: AutodiffBackend>(
         }
         let mask = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(active.iter().map(|&a| a as u8 as f32).collect::<Vec<_>>(), [e, 1]), &device).expand([e, d]);
         (delta, m, v) = adam_step(delta, m, v, grad, mask, h.v_lr, it + 1);
-        delta = clamp_rows(delta, init.clone(), h.clamp_norm_factor);
+        delta = clamp_rows(delta, v_init.clone(), h.clamp_norm_factor);
     }
     bar.finish_and_clear();
-    let v_init = to_columns(&host(v_init.expect("first pass records v_init"))?, e, d);
+    let v_init = to_columns(&host(v_init)?, e, d);
     let delta = to_columns(&host(delta)?, e, d);
     Ok(Targets { z: &v_init + &delta, v_init, steps, loss: losses })
+}
+
+/// Rows of the search whose recomputed tokens are run as one padded pass, with what the search
+/// never changes there, from one pass of the unedited model over the whole rows.
+struct Group<B: Backend> {
+    /// Rows of the layout, in this group's order, and as an index tensor.
+    rows: Vec<usize>,
+    index: Tensor<B, 1, Int>,
+    /// Keys and values of every layer and column.
+    cache: KvCache<B>,
+    /// Block `layer`'s output at the recomputed tokens, laid out as `suffixes`.
+    hidden: Tensor<B, 3>,
+    /// The recomputed tokens of each row (`Layout::ranges`).
+    suffixes: PromptBatch<B>,
+    /// `site`'s activation at each row's subject token, `[rows, d]`.
+    at_lookup: Tensor<B, 2>,
+}
+
+impl<B: Backend> Group<B> {
+    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, layer: usize, site: Site) -> Result<Self> {
+        let batch = model.batch(&rows.iter().map(|&r| l.sequences[r].clone()).collect::<Vec<_>>(), Padding::Right)?;
+        let ranges: Vec<Range<usize>> = rows.iter().map(|&r| l.ranges[r].clone()).collect();
+        let mut cache = KvCache::default();
+        // Every block runs (their keys and values are cached); no logits are needed.
+        let hooks = Hooks { capture: vec![layer], stop_after: Some(model.dims.num_layers - 1), ..Hooks::default() };
+        let trace = model.forward_cached(&batch, &hooks, Some(&mut cache));
+        let activation = if site == Site::MlpOutput { Activation::Value } else { Activation::Hidden };
+        let lookup: Vec<usize> = rows.iter().map(|&r| l.lookup[r]).collect();
+        let at_lookup = rows_at(&trace, layer, activation, &lookup);
+        let hidden = batch.take(trace.layers[&layer].hidden.clone(), &ranges);
+        let index = int_tensor(rows.iter().map(|&r| r as i64).collect(), [rows.len()], &model.device());
+        Ok(Self { rows, index, cache, hidden, suffixes: batch.suffixes(&ranges)?, at_lookup })
+    }
+}
+
+/// `(group, index in the group)` of each of the layout's `rows`.
+fn places<B: Backend>(groups: &[Group<B>], rows: usize) -> Vec<(usize, usize)> {
+    let mut place = vec![(0, 0); rows];
+    for (g, group) in groups.iter().enumerate() {
+        for (i, &row) in group.rows.iter().enumerate() {
+            place[row] = (g, i);
+        }
+    }
+    place
+}
+
+/// The extra cost of one more pass, in recomputed token slots (on SmolLM2 on the CPU a step costs
+/// ~0.66 s per pass plus ~5 ms per slot: every pass reads every weight matrix several times).
+const PASS_COST: usize = 128;
+
+/// Rows grouped by the length of their recomputed range so that little padding is computed: the
+/// partition of the sorted distinct lengths into consecutive groups with the least
+/// `Σ rows · longest + PASS_COST · groups`.
+fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
+    let mut lengths: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let count: Vec<usize> = lengths.iter().map(|&n| ranges.iter().filter(|r| r.len() == n).count()).collect();
+    // best[j]: cheapest grouping of the first j lengths, whose last group starts at cut[j].
+    let (mut best, mut cut) = (vec![0usize; lengths.len() + 1], vec![0usize; lengths.len() + 1]);
+    for j in 1..=lengths.len() {
+        best[j] = usize::MAX;
+        for i in 0..j {
+            let cost = best[i] + PASS_COST + count[i..j].iter().sum::<usize>() * lengths[j - 1];
+            if cost < best[j] {
+                (best[j], cut[j]) = (cost, i);
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    let mut j = lengths.len();
+    while j > 0 {
+        let within = lengths[cut[j]]..=lengths[j - 1];
+        groups.push((0..ranges.len()).filter(|&r| within.contains(&ranges[r].len())).collect());
+        j = cut[j];
+    }
+    groups.reverse();
+    groups
+}
+
+/// Per group, the hooks that compute logits at its share of the `scored` `(row, token)` pairs
+/// (rows recomputed from `ranges[row].start`);
+/// and `order`, which picks the scored pairs' logits, in `scored` order, out of the groups'
+/// concatenated logits.
+fn scored_positions<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks<B>>, Tensor<B, 1, Int>) {
+    let mut at: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
+    let mut items: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
+    for (k, &(row, token)) in scored.iter().enumerate() {
+        let (g, i) = place[row];
+        at[g].push(i * groups[g].suffixes.width() + token - ranges[row].start);
+        items[g].push(k);
+    }
+    let mut order = vec![0i64; scored.len()];
+    for (j, &k) in items.iter().flatten().enumerate() {
+        order[k] = j as i64;
+    }
+    let device = groups[0].index.device();
+    let hooks = at.into_iter().map(|at| Hooks { logits_at: Some(at), ..Hooks::default() }).collect();
+    (hooks, int_tensor(order, [scored.len()], &device))
+}
+
+/// `hidden: [rows, t, d]` with row `r` of `deltas: [rows, d]` added at column 0.
+fn add_at_first_column<B: Backend>(hidden: Tensor<B, 3>, deltas: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [rows, t, d] = hidden.dims();
+    let first = hidden.clone().slice([0..rows, 0..1, 0..d]) + deltas.unsqueeze_dim::<3>(1);
+    if t == 1 {
+        return first;
+    }
+    Tensor::cat(vec![first, hidden.slice([0..rows, 1..t, 0..d])], 1)
 }
 
 /// One Adam step (β = (0.9, 0.999), ε = 1e-8, no weight decay) on the rows where `mask` is 1.
@@ -250,5 +367,30 @@ impl TargetCache {
         let cached: Vec<&Found> = indices.iter().map(|&i| &self.found[&(key.clone(), i)]).collect();
         let matrix = |f: fn(&Found) -> &Vec<f64>| Mat::from_fn(model.dims.hidden_size, requests.len(), |r, c| f(cached[c])[r]);
         Ok(Targets { z: matrix(|f| &f.z), v_init: matrix(|f| &f.v_init), steps: cached.iter().map(|f| f.steps).collect(), loss: cached.iter().map(|f| f.loss).collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(lengths: &[usize]) -> Vec<Range<usize>> {
+        lengths.iter().map(|&n| 3..3 + n).collect()
+    }
+
+    #[test]
+    fn rows_are_grouped_only_where_padding_costs_more_than_a_pass() {
+        // Similar lengths: one pass.
+        assert_eq!(group_rows(&ranges(&[2, 1, 2, 3])), vec![vec![0, 1, 2, 3]]);
+        // 100 rows of 1 token and 100 of 20: padding the short ones would cost 1,900 slots > PASS_COST.
+        let mixed: Vec<usize> = (0..200).map(|i| if i % 2 == 0 { 1 } else { 20 }).collect();
+        let groups = group_rows(&ranges(&mixed));
+        assert_eq!(groups.len(), 2);
+        assert!(groups[0].iter().all(|&r| mixed[r] == 1) && groups[1].iter().all(|&r| mixed[r] == 20));
+        // Every row exactly once, whatever the lengths.
+        let lengths: Vec<usize> = (0..300).map(|i| 1 + (i * 7919) % 13).collect();
+        let mut all: Vec<usize> = group_rows(&ranges(&lengths)).concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..300).collect::<Vec<_>>());
     }
 }

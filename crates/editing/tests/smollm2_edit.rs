@@ -118,3 +118,28 @@ fn spread_over_one_layer_equals_single() {
     }
     assert_eq!(edited[0], edited[1]);
 }
+
+/// Each edit's `δ` gets only its own gradient, so searching a batch of edits together gives the
+/// targets of searching each alone (up to float summation order).
+#[test]
+fn a_batched_target_search_equals_searching_each_edit_alone() {
+    use editbench_editing::targets::target_values;
+    use editbench_models::Site;
+    let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
+    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
+    h.v_num_grad_steps = 5;
+    let requests: Vec<EditRequest> = counterfact_cases(3).into_iter().map(|c| c.request).collect();
+    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let search = |requests: &[EditRequest]| target_values::<Autodiff<Cpu>>(&model, requests, &templates, h.layer, Site::BlockOutput, &h).unwrap();
+    let together = search(&requests);
+    for (i, request) in requests.iter().enumerate() {
+        let alone = search(std::slice::from_ref(request));
+        let delta = (0..model.dims.hidden_size).map(|r| (together.z[(r, i)] - alone.z[(r, 0)]).abs()).fold(0.0, f64::max);
+        let moved = (0..model.dims.hidden_size).map(|r| (alone.z[(r, 0)] - alone.v_init[(r, 0)]).abs()).fold(0.0, f64::max);
+        eprintln!("edit {i}: max |Δz| = {delta:e}, max |z − v_init| = {moved:e}, loss {:.4} vs {:.4}", together.loss[i], alone.loss[0]);
+        assert!(moved > 0.1, "the search did not move z");
+        assert!(delta < 1e-3 * moved, "edit {i}: batched z differs by {delta:e}");
+        assert_eq!(together.steps[i], alone.steps[0]);
+        assert!((together.loss[i] - alone.loss[0]).abs() < 1e-3);
+    }
+}

@@ -1,8 +1,7 @@
 //! The loop every decoder-only architecture shares: embed, run the blocks with the editing hooks,
 //! stop early if asked.
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::batch::PromptBatch;
 use crate::hooks::{Hooks, Site, Trace};
@@ -28,14 +27,6 @@ pub type KeyValues<B> = (Tensor<B, 4>, Tensor<B, 4>);
 #[derive(Debug, Clone, Default)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<KeyValues<B>>>,
-}
-
-impl<B: AutodiffBackend> KvCache<B> {
-    /// The same keys and values on the autodiff backend, as constants.
-    pub fn from_inner(inner: KvCache<B::InnerBackend>) -> Self {
-        let layers = inner.layers.into_iter().map(|kv| kv.map(|(k, v)| (Tensor::from_inner(k), Tensor::from_inner(v)))).collect();
-        Self { layers }
-    }
 }
 
 /// Where a forward pass begins.

@@ -65,6 +65,9 @@ pub enum BenchCommand {
         single: usize,
         #[arg(long, default_value = "hparams/smollm2.yaml")]
         hparams: PathBuf,
+        /// The fixed context templates instead of the hparams file's (sampled, as the reference).
+        #[arg(long)]
+        fixed_templates: bool,
         #[command(flatten)]
         out: Out,
     },
@@ -108,8 +111,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             (with_backend(&model, ForwardBench { path: model.model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
         }
         BenchCommand::Stats { model, layers, corpus, samples, out } => (with_backend(&model, StatsBench { path: model.model.clone(), layers, corpus, samples })?, out),
-        BenchCommand::Targets { model, records, edits, single, hparams, out } => {
-            (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams })?, out)
+        BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, out } => {
+            (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams, fixed_templates })?, out)
         }
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, batches, out } => (solve_bench(dim, &batches)?, out),
@@ -248,6 +251,7 @@ struct TargetsBench {
     edits: usize,
     single: usize,
     hparams: PathBuf,
+    fixed_templates: bool,
 }
 
 /// The first `n` records of a CounterFact file (any supported format).
@@ -262,7 +266,8 @@ impl BackendTask for TargetsBench {
         let model = load::<B>(&self.path, &device)?;
         let h = FamilyHparams::load(&self.hparams)?.emmet;
         let requests: Vec<EditRequest> = counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
-        let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0)?;
+        let kind = if self.fixed_templates { TemplateKind::Fixed } else { h.templates };
+        let templates = ContextTemplates::for_method(&model, Method::Emmet, kind, h.template_seed)?;
         let time = |batch: &[EditRequest]| -> Result<(f64, usize)> {
             let t = Instant::now();
             let targets = target_values::<B>(&model, batch, &templates, h.layer, Site::BlockOutput, &h)?;
@@ -277,6 +282,7 @@ impl BackendTask for TargetsBench {
         let n_single = self.single.min(requests.len()).max(1) as f64;
         Ok(json!({
             "edits": requests.len(),
+            "templates": templates.groups,
             "one_at_a_time": { "edits": n_single, "seconds_per_edit": single.0 / n_single, "adam_steps_per_edit": single.1 as f64 / n_single },
             "batched": { "edits": requests.len(), "seconds_per_edit": batched.0 / requests.len() as f64, "adam_steps_per_edit": batched.1 as f64 / requests.len() as f64 },
             "speedup_per_edit": (single.0 / n_single) / (batched.0 / requests.len() as f64),
