@@ -7,10 +7,10 @@
 //! per coordinate: the result equals independent optimisations. Each step recomputes only what `δ`
 //! changes (see [`target_values`]).
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{activation, Int, Tensor, TensorData};
 use std::ops::Range;
 
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{activation, Int, Tensor, TensorData};
 use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Site, Start};
 use faer::Mat;
 
@@ -265,9 +265,8 @@ fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
 }
 
 /// Per group, the hooks that compute logits at its share of the `scored` `(row, token)` pairs
-/// (rows recomputed from `ranges[row].start`);
-/// and `order`, which picks the scored pairs' logits, in `scored` order, out of the groups'
-/// concatenated logits.
+/// (rows recomputed from `ranges[row].start`); and `order`, which picks the scored pairs' logits,
+/// in `scored` order, out of the groups' concatenated logits.
 fn scored_positions<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks<B>>, Tensor<B, 1, Int>) {
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     let mut items: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
