@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use editbench_models::{LanguageModel, Site};
+use editbench_models::LanguageModel;
 use faer::Mat;
 use serde::Serialize;
 
@@ -123,14 +123,14 @@ impl Editor {
         let layers = self.layers();
         let top = *layers.last().expect("at least one layer");
         // ROME's target lives in the MLP output of the edited layer, the others' in the residual stream.
-        let (site, activation) = match self.method {
-            Method::Rome => (Site::MlpOutput, Activation::Value),
-            _ => (Site::BlockOutput, Activation::Hidden),
+        let space = match self.method {
+            Method::Rome => Activation::Value,
+            _ => Activation::Hidden,
         };
         let t = Instant::now();
         let targets = match &self.target_cache {
-            Some(cache) if session.originals.is_empty() => cache.lock().expect("target cache lock").targets::<B>(model, requests, &self.templates, top, site, &self.hparams)?,
-            _ => target_values::<B>(model, requests, &self.templates, top, site, &self.hparams)?,
+            Some(cache) if session.originals.is_empty() => cache.lock().expect("target cache lock").targets::<B>(model, requests, &self.templates, top, space, &self.hparams)?,
+            _ => target_values::<B>(model, requests, &self.templates, top, space, &self.hparams)?,
         };
         outcome.seconds_targets += t.elapsed().as_secs_f64();
         outcome.target_steps.extend(&targets.steps);
@@ -138,7 +138,7 @@ impl Editor {
         for (i, &layer) in layers.iter().enumerate() {
             let t = Instant::now();
             let k = keys(model, requests, &self.templates, layer)?;
-            let current = prompt_activation(model, requests, top, activation)?;
+            let current = prompt_activation(model, requests, top, space)?;
             outcome.seconds_keys += t.elapsed().as_secs_f64();
 
             let t = Instant::now();

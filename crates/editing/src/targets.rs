@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
-use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Site, Start};
+use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start};
 use faer::Mat;
 
 use crate::context::ContextTemplates;
@@ -95,18 +95,45 @@ fn int_tensor<B: Backend, const D: usize>(values: Vec<i64>, shape: [usize; D], d
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Finds `z` for every request at `layer`, adding `δ` at `site` (spec §4).
-///
-/// `δ` enters each row at its subject's last token, so nothing below `layer`'s output and nothing
-/// before that token changes between steps: one pass on the unedited model caches those keys,
-/// values and hidden states, and each step recomputes only the blocks above `layer` on the tokens
-/// from the subject's last to the last scored one (a few per row instead of the whole sentence).
+/// Edits searched together at most: the search keeps every layer's keys and values of every
+/// prompt (GPT-J: ~130 MB per edit), so larger batches are searched in chunks of this size.
+const MAX_EDITS_PER_SEARCH: usize = 32;
+
+/// Finds `z = v_init + δ` for every request at `layer` (spec §4): `δ` is added to the layer's output
+/// at the subject's last token and `z` lives in `space` — the MLP output (`Activation::Value`,
+/// ROME's `v`) or the residual stream (`Activation::Hidden`, MEMIT's `z`). Searched in chunks of
+/// at most [`MAX_EDITS_PER_SEARCH`] edits (the edits' searches are independent).
 pub fn target_values<B: AutodiffBackend>(
     model: &LanguageModel<B::InnerBackend>,
     requests: &[EditRequest],
     templates: &ContextTemplates,
     layer: usize,
-    site: Site,
+    space: Activation,
+    h: &MethodHparams,
+) -> Result<Targets> {
+    if requests.len() <= MAX_EDITS_PER_SEARCH {
+        return search::<B>(model, requests, templates, layer, space, h);
+    }
+    let mut found = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(MAX_EDITS_PER_SEARCH) {
+        let targets = search::<B>(model, chunk, templates, layer, space, h)?;
+        found.extend((0..chunk.len()).map(|j| targets.found(j)));
+    }
+    Ok(Targets::from_found(&found.iter().collect::<Vec<_>>(), model.dims.hidden_size))
+}
+
+/// [`target_values`] of one batch of edits searched together.
+///
+/// `δ` enters each row at its subject's last token, so nothing below `layer`'s output and nothing
+/// before that token changes between steps: one pass on the unedited model caches those keys,
+/// values and hidden states, and each step recomputes only the blocks above `layer` on the tokens
+/// from the subject's last to the last scored one (a few per row instead of the whole sentence).
+fn search<B: AutodiffBackend>(
+    model: &LanguageModel<B::InnerBackend>,
+    requests: &[EditRequest],
+    templates: &ContextTemplates,
+    layer: usize,
+    space: Activation,
     h: &MethodHparams,
 ) -> Result<Targets> {
     let device = model.device();
@@ -114,7 +141,7 @@ pub fn target_values<B: AutodiffBackend>(
     let (e, d) = (requests.len(), model.dims.hidden_size);
     let vocab = model.dims.vocab_size;
     let grad_model = LanguageModel::<B>::from_inner(model);
-    let groups = group_rows(&l.ranges).into_iter().map(|rows| Group::new(&grad_model, &l, rows, layer, site)).collect::<Result<Vec<_>>>()?;
+    let groups = group_rows(&l.ranges).into_iter().map(|rows| Group::new(&grad_model, &l, rows, layer, space)).collect::<Result<Vec<_>>>()?;
     let place = places(&groups, l.ranges.len());
     let concatenated = |row: usize| groups[..place[row].0].iter().map(|g| g.rows.len()).sum::<usize>() + place[row].1;
     let bare = int_tensor(l.bare_row.iter().map(|&r| concatenated(r) as i64).collect(), [e], &device);
@@ -198,21 +225,20 @@ struct Group<B: Backend> {
     hidden: Tensor<B, 3>,
     /// The recomputed tokens of each row (`Layout::ranges`).
     suffixes: PromptBatch<B>,
-    /// `site`'s activation at each row's subject token, `[rows, d]`.
+    /// The `space` activation at each row's subject token, `[rows, d]`.
     at_lookup: Tensor<B, 2>,
 }
 
 impl<B: Backend> Group<B> {
-    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, layer: usize, site: Site) -> Result<Self> {
+    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, layer: usize, space: Activation) -> Result<Self> {
         let batch = model.batch(&rows.iter().map(|&r| l.sequences[r].clone()).collect::<Vec<_>>(), Padding::Right)?;
         let ranges: Vec<Range<usize>> = rows.iter().map(|&r| l.ranges[r].clone()).collect();
         let mut cache = KvCache::default();
         // Every block runs (their keys and values are cached); no logits are needed.
         let hooks = Hooks { capture: vec![layer], stop_after: Some(model.dims.num_layers - 1), ..Hooks::default() };
         let trace = model.forward_cached(&batch, &hooks, Some(&mut cache));
-        let activation = if site == Site::MlpOutput { Activation::Value } else { Activation::Hidden };
         let lookup: Vec<usize> = rows.iter().map(|&r| l.lookup[r]).collect();
-        let at_lookup = rows_at(&trace, layer, activation, &lookup);
+        let at_lookup = rows_at(&trace, layer, space, &lookup);
         let hidden = batch.take(trace.layers[&layer].hidden.clone(), &ranges);
         let index = int_tensor(rows.iter().map(|&r| r as i64).collect(), [rows.len()], &model.device());
         Ok(Self { rows, index, cache, hidden, suffixes: batch.suffixes(&ranges)?, at_lookup })
@@ -267,7 +293,7 @@ fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
 /// Per group, the hooks that compute logits at its share of the `scored` `(row, token)` pairs
 /// (rows recomputed from `ranges[row].start`); and `order`, which picks the scored pairs' logits,
 /// in `scored` order, out of the groups' concatenated logits.
-fn scored_positions<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks<B>>, Tensor<B, 1, Int>) {
+fn scored_positions<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks>, Tensor<B, 1, Int>) {
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     let mut items: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     for (k, &(row, token)) in scored.iter().enumerate() {
@@ -315,7 +341,7 @@ fn clamp_rows<B: Backend>(delta: Tensor<B, 2>, init: Tensor<B, 2>, factor: f64) 
 }
 
 /// Targets found on the unedited model, shared by every editor of a run. A target depends on the
-/// model, the request, the templates, the layer, the site and the search's hyperparameters — not on
+/// model, the request, the templates, the layer, the space and the search's hyperparameters — not on
 /// the batch it is edited in — so cells that differ only in batch size or solver reuse them.
 /// Requests are searched in fixed chunks of a canonical list, so a target's value never depends on
 /// which cell asked first.
@@ -336,6 +362,20 @@ struct Found {
     loss: f64,
 }
 
+impl Targets {
+    /// Edit `j`'s share.
+    fn found(&self, j: usize) -> Found {
+        let column = |m: &Mat<f64>| m.col(j).iter().copied().collect();
+        Found { z: column(&self.z), v_init: column(&self.v_init), steps: self.steps[j], loss: self.loss[j] }
+    }
+
+    /// The targets of the edits `found`, in order (`d = d_model`).
+    fn from_found(found: &[&Found], d: usize) -> Self {
+        let matrix = |f: fn(&Found) -> &Vec<f64>| Mat::from_fn(d, found.len(), |r, c| f(found[c])[r]);
+        Self { z: matrix(|f| &f.z), v_init: matrix(|f| &f.v_init), steps: found.iter().map(|f| f.steps).collect(), loss: found.iter().map(|f| f.loss).collect() }
+    }
+}
+
 impl TargetCache {
     /// Caches targets of `requests` (the canonical order), searched `chunk` at a time.
     pub fn new(requests: Vec<EditRequest>, chunk: usize) -> Self {
@@ -344,12 +384,12 @@ impl TargetCache {
 
     /// [`target_values`] of `requests` on the unedited `model`, from the cache where present.
     /// Requests outside the canonical list are searched directly.
-    pub fn targets<B: AutodiffBackend>(&mut self, model: &LanguageModel<B::InnerBackend>, requests: &[EditRequest], templates: &ContextTemplates, layer: usize, site: Site, h: &MethodHparams) -> Result<Targets> {
+    pub fn targets<B: AutodiffBackend>(&mut self, model: &LanguageModel<B::InnerBackend>, requests: &[EditRequest], templates: &ContextTemplates, layer: usize, space: Activation, h: &MethodHparams) -> Result<Targets> {
         let Some(indices) = requests.iter().map(|r| self.requests.iter().position(|c| c == r)).collect::<Option<Vec<usize>>>() else {
-            return target_values::<B>(model, requests, templates, layer, site, h);
+            return target_values::<B>(model, requests, templates, layer, space, h);
         };
         let key = serde_json::json!({
-            "model": model.path, "layer": layer, "site": format!("{site:?}"), "templates": templates,
+            "model": model.path, "layer": layer, "space": format!("{space:?}"), "templates": templates,
             "search": [h.v_num_grad_steps as f64, h.v_lr, h.v_weight_decay, h.clamp_norm_factor, h.kl_factor],
         })
         .to_string();
@@ -357,15 +397,13 @@ impl TargetCache {
         chunks.dedup();
         for c in chunks {
             let range = c * self.chunk..((c + 1) * self.chunk).min(self.requests.len());
-            let found = target_values::<B>(model, &self.requests[range.clone()], templates, layer, site, h)?;
+            let found = target_values::<B>(model, &self.requests[range.clone()], templates, layer, space, h)?;
             for (j, i) in range.enumerate() {
-                let column = |m: &Mat<f64>| m.col(j).iter().copied().collect();
-                self.found.insert((key.clone(), i), Found { z: column(&found.z), v_init: column(&found.v_init), steps: found.steps[j], loss: found.loss[j] });
+                self.found.insert((key.clone(), i), found.found(j));
             }
         }
         let cached: Vec<&Found> = indices.iter().map(|&i| &self.found[&(key.clone(), i)]).collect();
-        let matrix = |f: fn(&Found) -> &Vec<f64>| Mat::from_fn(model.dims.hidden_size, requests.len(), |r, c| f(cached[c])[r]);
-        Ok(Targets { z: matrix(|f| &f.z), v_init: matrix(|f| &f.v_init), steps: cached.iter().map(|f| f.steps).collect(), loss: cached.iter().map(|f| f.loss).collect() })
+        Ok(Targets::from_found(&cached, model.dims.hidden_size))
     }
 }
 
@@ -375,6 +413,16 @@ mod tests {
 
     fn ranges(lengths: &[usize]) -> Vec<Range<usize>> {
         lengths.iter().map(|&n| 3..3 + n).collect()
+    }
+
+    #[test]
+    fn targets_split_into_edits_and_join_back_in_order() {
+        let t = Targets { z: Mat::from_fn(3, 4, |i, j| (10 * i + j) as f64), v_init: Mat::from_fn(3, 4, |i, j| -((10 * i + j) as f64)), steps: vec![1, 2, 3, 4], loss: vec![0.1, 0.2, 0.3, 0.4] };
+        let found: Vec<Found> = [2, 0].iter().map(|&j| t.found(j)).collect();
+        let joined = Targets::from_found(&found.iter().collect::<Vec<_>>(), 3);
+        assert_eq!(joined.z, Mat::from_fn(3, 2, |i, j| (10 * i + [2, 0][j]) as f64));
+        assert_eq!(joined.v_init, Mat::from_fn(3, 2, |i, j| -((10 * i + [2, 0][j]) as f64)));
+        assert_eq!((joined.steps, joined.loss), (vec![3, 1], vec![0.3, 0.1]));
     }
 
     #[test]

@@ -124,13 +124,13 @@ fn spread_over_one_layer_equals_single() {
 #[test]
 fn a_batched_target_search_equals_searching_each_edit_alone() {
     use editbench_editing::targets::target_values;
-    use editbench_models::Site;
+    use editbench_editing::keys::Activation;
     let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
     let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
     h.v_num_grad_steps = 5;
     let requests: Vec<EditRequest> = counterfact_cases(3).into_iter().map(|c| c.request).collect();
     let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
-    let search = |requests: &[EditRequest]| target_values::<Autodiff<Cpu>>(&model, requests, &templates, h.layer, Site::BlockOutput, &h).unwrap();
+    let search = |requests: &[EditRequest]| target_values::<Autodiff<Cpu>>(&model, requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
     let together = search(&requests);
     for (i, request) in requests.iter().enumerate() {
         let alone = search(std::slice::from_ref(request));

@@ -4,16 +4,16 @@
 use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::batch::PromptBatch;
-use crate::hooks::{Hooks, Site, Trace};
+use crate::hooks::{Hooks, Trace};
 use crate::layers::Rotary;
 
 /// What one transformer block computes for the decoder loop.
 pub(crate) struct BlockOutput<B: Backend> {
     /// Input of the MLP output projection.
     pub key: Tensor<B, 3>,
-    /// Output of the MLP output projection (after any [`Site::MlpOutput`] intervention).
+    /// Output of the MLP output projection.
     pub value: Tensor<B, 3>,
-    /// The block's output hidden state (before any [`Site::BlockOutput`] intervention).
+    /// The block's output hidden state.
     pub hidden: Tensor<B, 3>,
     /// The attention's keys and values over every column so far (cached ones first).
     pub kv: KeyValues<B>,
@@ -58,7 +58,7 @@ pub(crate) fn extend_kv<B: Backend>(past: Option<KeyValues<B>>, k: Tensor<B, 4>,
 }
 
 pub(crate) trait Block<B: Backend> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B>;
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B>;
 }
 
 /// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
@@ -69,7 +69,7 @@ fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> Tensor<B, 
 }
 
 /// The final hidden states `[b, t, d]`, or only those at `hooks.logits_at` as `[1, n, d]`.
-pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks<B>) -> Tensor<B, 3> {
+pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks) -> Tensor<B, 3> {
     let Some(at) = &hooks.logits_at else { return x };
     let [b, t, d] = x.dims();
     let index = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at.iter().map(|&i| i as i64).collect::<Vec<_>>(), [at.len()]), &x.device());
@@ -83,7 +83,7 @@ pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     (first, mut x): (usize, Tensor<B, 3>),
     rotary: &Rotary<B>,
     batch: &PromptBatch<B>,
-    hooks: &Hooks<B>,
+    hooks: &Hooks,
     trace: &mut Trace<B>,
     mut cache: Option<&mut KvCache<B>>,
 ) -> Option<Tensor<B, 3>> {
@@ -92,16 +92,15 @@ pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     }
     for (layer, block) in blocks.iter().enumerate().skip(first) {
         let past = cache.as_deref_mut().and_then(|c| c.layers[layer].take());
-        let out = block.forward(x, rotary, batch, past, layer, hooks);
+        let out = block.forward(x, rotary, batch, past);
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers[layer] = Some(out.kv);
         }
-        let hidden = hooks.apply(layer, Site::BlockOutput, out.hidden);
-        trace.record(hooks, layer, out.key, out.value, &hidden);
+        trace.record(hooks, layer, out.key, out.value, &out.hidden);
         if hooks.stop_after == Some(layer) {
             return None;
         }
-        x = hidden;
+        x = out.hidden;
     }
     Some(x)
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
 use crate::error::{ModelError, Result};
-use crate::hooks::{Hooks, Site, Trace};
+use crate::hooks::{Hooks, Trace};
 use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, Rotary, RotaryPairing};
 use crate::weights::{fetch, TensorSource};
 
@@ -118,7 +118,7 @@ pub struct GptJ<B: Backend> {
 }
 
 impl<B: Backend> Block<B> for GptJBlock<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
         let n = self.ln_1.forward(x.clone());
         let a = &self.attn;
         let q = rotary.apply(split_heads(a.q_proj.forward(n.clone()), a.num_heads), &batch.positions);
@@ -126,7 +126,7 @@ impl<B: Backend> Block<B> for GptJBlock<B> {
         let (k, v) = decoder::extend_kv(past, k, split_heads(a.v_proj.forward(n.clone()), a.num_heads));
         let attended = a.out_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask)));
         let key = activation::gelu_approximate(self.mlp.fc_in.forward(n));
-        let value = hooks.apply(layer, Site::MlpOutput, self.mlp.fc_out.forward(key.clone()));
+        let value = self.mlp.fc_out.forward(key.clone());
         BlockOutput { hidden: x + attended + value.clone(), key, value, kv: (k, v) }
     }
 }
@@ -162,7 +162,7 @@ impl<B: Backend> GptJ<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let input = start.input(self.wte.val(), &batch.ids);
         if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, batch, hooks, &mut trace, cache) {

@@ -1,5 +1,5 @@
 //! GPT-J and LLaMA causal language models on burn, with the hooks knowledge editing needs
-//! (keys and values of the MLP output projection, additive interventions, early stopping, weight
+//! (keys and values of the MLP output projection, passes that start above a layer, early stopping, weight
 //! replacement), loaded from Hugging Face checkpoint directories or GGUF files.
 
 pub mod backend;
@@ -20,6 +20,6 @@ pub use backend::{BackendKind, BackendTask};
 pub use batch::{Padding, PromptBatch};
 pub use decoder::{KvCache, Start};
 pub use error::{ModelError, Result};
-pub use hooks::{Hooks, Intervention, LayerTrace, Site, Trace};
+pub use hooks::{Hooks, LayerTrace, Trace};
 pub use model::{Architecture, LanguageModel, ModelDims};
 pub use tokenizer::TextTokenizer;

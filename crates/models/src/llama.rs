@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
 use crate::error::{ModelError, Result};
-use crate::hooks::{Hooks, Site, Trace};
+use crate::hooks::{Hooks, Trace};
 use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, Rotary, RotaryPairing};
 use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
@@ -158,12 +158,12 @@ impl<B: Backend> LlamaAttention<B> {
 }
 
 impl<B: Backend> Block<B> for LlamaBlock<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, layer: usize, hooks: &Hooks<B>) -> BlockOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
         let (attended, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
         let h = x + attended;
         let n = self.post_attention_layernorm.forward(h.clone());
         let key = activation::silu(self.mlp.gate_proj.forward(n.clone())) * self.mlp.up_proj.forward(n);
-        let value = hooks.apply(layer, Site::MlpOutput, self.mlp.down_proj.forward(key.clone()));
+        let value = self.mlp.down_proj.forward(key.clone());
         BlockOutput { hidden: h + value.clone(), key, value, kv }
     }
 }
@@ -212,7 +212,7 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let input = start.input(self.embed_tokens.val(), &batch.ids);
         if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, batch, hooks, &mut trace, cache) {

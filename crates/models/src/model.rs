@@ -154,18 +154,18 @@ impl<B: Backend> LanguageModel<B> {
         PromptBatch::new(sequences, padding, pad, &self.device())
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>) -> Trace<B> {
+    pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks) -> Trace<B> {
         self.forward_cached(batch, hooks, None)
     }
 
     /// [`Self::forward`] that attends to the columns held in `cache` and appends this batch's.
-    pub fn forward_cached(&self, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward_cached(&self, batch: &PromptBatch<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         self.forward_from(Start::Tokens, batch, hooks, cache)
     }
 
     /// [`Self::forward_cached`] from `start`: e.g. only the blocks above an edited layer, on its
     /// output hidden states, when nothing below changes between passes.
-    pub fn forward_from(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward_from(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         match &self.arch {
             Architecture::Llama(m) => m.forward(batch, start, hooks, cache),
             Architecture::GptJ(m) => m.forward(batch, start, hooks, cache),
@@ -271,7 +271,7 @@ fn from_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T>
 
 impl<B: AutodiffBackend> LanguageModel<B> {
     /// The same model on the autodiff backend, sharing the weights, with no gradient tracked for
-    /// them (gradients flow only to tensors marked with `require_grad`, e.g. an intervention).
+    /// them (gradients flow only to tensors marked with `require_grad`, e.g. a vector added to a hidden state).
     pub fn from_inner(inner: &LanguageModel<B::InnerBackend>) -> Self {
         let arch = match &inner.arch {
             Architecture::Llama(m) => Architecture::Llama(Llama::from_inner(m.clone()).no_grad()),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use editbench_models::{Hooks, Intervention, LanguageModel, Padding, Site};
+use editbench_models::{Hooks, LanguageModel, Padding};
 
 /// f32 on the CPU backend must reproduce transformers to this absolute tolerance.
 const CPU_TOLERANCE: f32 = 1e-4;
@@ -168,32 +168,6 @@ fn stopping_early_gives_the_same_activations_and_no_logits() {
 }
 
 #[test]
-fn an_intervention_changes_only_its_own_row_from_its_column_on() {
-    for (name, site) in [("tiny-gptj", Site::MlpOutput), ("tiny-llama", Site::BlockOutput)] {
-        let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
-        let golden = golden(name);
-        let batch = model.batch(&golden.sequences, Padding::Right).unwrap();
-        let d = model.dims.hidden_size;
-        let (rows, t, v) = (batch.rows(), batch.width(), model.dims.vocab_size);
-        // A non-constant vector: a constant one would vanish in GPT-J's next LayerNorm.
-        let ramp = Tensor::<Cpu, 1, burn::tensor::Int>::arange(0..d as i64, &Default::default()).float().reshape([1, d]) / d as f64;
-        let deltas = ramp.repeat_dim(0, rows) * Tensor::<Cpu, 2>::from_data([[1.0], [0.0], [0.0]], &Default::default());
-        let column = 3;
-        let hooks = Hooks { intervention: Some(Intervention::at_columns(0, site, &batch, &[column, 0, 0], deltas)), ..Hooks::default() };
-        let before = values(model.forward(&batch, &Hooks::default()).logits.unwrap());
-        let after = values(model.forward(&batch, &hooks).logits.unwrap());
-        for row in 0..rows {
-            for pos in 0..t {
-                let at = (row * t + pos) * v;
-                let diff = max_abs_diff(&before[at..at + v], &after[at..at + v]);
-                let should_change = row == 0 && pos >= column;
-                assert_eq!(diff > 1e-4, should_change, "{name} row {row} pos {pos}: diff {diff:e}");
-            }
-        }
-    }
-}
-
-#[test]
 fn replacing_the_edited_weight_changes_the_output() {
     let mut model = LanguageModel::<Cpu>::load(&fixture("tiny-llama"), &Default::default()).unwrap();
     let seq = &golden("tiny-llama").sequences[0];
@@ -207,8 +181,8 @@ fn replacing_the_edited_weight_changes_the_output() {
 }
 
 /// Recomputing only the tokens from each row's changed column on, above the changed layer, on the
-/// cached keys and values of the tokens before it, gives the full pass's logits (used by the
-/// target search, whose change is a vector added at one column of one layer).
+/// cached keys and values of the tokens before it, gives the logits of recomputing every token
+/// (used by the target search, whose change is a vector added at one column of one layer's output).
 #[test]
 fn a_pass_above_a_layer_on_cached_prefixes_matches_the_full_pass() {
     use editbench_models::{KvCache, Start};
@@ -218,19 +192,28 @@ fn a_pass_above_a_layer_on_cached_prefixes_matches_the_full_pass() {
         let (d, v, layer) = (model.dims.hidden_size, model.dims.vocab_size, 0);
         // Changed column per row, and the end of the recomputed range (row 1 stops early).
         let ranges = [2..batch.lengths[0], 0..batch.lengths[1] - 1, 4..batch.lengths[2]];
+        // A non-constant vector per row: a constant one would vanish in GPT-J's next LayerNorm.
         let ramp = Tensor::<Cpu, 1, burn::tensor::Int>::arange(0..d as i64, &Default::default()).float().reshape([1, d]) / d as f64;
         let deltas = ramp.repeat_dim(0, 3) * Tensor::<Cpu, 2>::from_data([[1.0], [-2.0], [0.5]], &Default::default());
-        let starts: Vec<usize> = ranges.iter().map(|r| r.start).collect();
-        let full = Hooks { intervention: Some(Intervention::at_columns(layer, Site::BlockOutput, &batch, &starts, deltas.clone())), ..Hooks::default() };
-        let full = values(model.forward(&batch, &full).logits.unwrap());
+        // `deltas` row r added to `hidden: [3, t, d]` at column `columns[r]`.
+        let add_at = |hidden: Tensor<Cpu, 3>, columns: [usize; 3]| {
+            let t = hidden.dims()[1];
+            let mut one_hot = vec![0.0f32; 3 * t];
+            for (row, col) in columns.into_iter().enumerate() {
+                one_hot[row * t + col] = 1.0;
+            }
+            let one_hot = Tensor::<Cpu, 3>::from_data(burn::tensor::TensorData::new(one_hot, [3, t, 1]), &Default::default());
+            hidden + one_hot.expand([3, t, d]) * deltas.clone().unsqueeze_dim::<3>(1).expand([3, t, d])
+        };
 
         let mut cache = KvCache::default();
-        let prefix = model.forward_cached(&batch, &Hooks::capture(&[layer]), Some(&mut cache));
+        let unchanged = model.forward_cached(&batch, &Hooks::capture(&[layer]), Some(&mut cache)).layers[&layer].hidden.clone();
+        let changed = Start::After { layer, hidden: add_at(unchanged.clone(), [2, 0, 4]) };
+        let full = values(model.forward_from(changed, &batch, &Hooks::default(), None).logits.unwrap());
         let suffixes = batch.suffixes(&ranges).unwrap();
-        let hidden = batch.take(prefix.layers[&layer].hidden.clone(), &ranges);
-        let add = Intervention::at_columns(layer, Site::BlockOutput, &suffixes, &[0; 3], deltas).add;
-        let start = Start::After { layer, hidden: hidden + add };
+        let start = Start::After { layer, hidden: add_at(batch.take(unchanged, &ranges), [0; 3]) };
         let part = values(model.forward_from(start, &suffixes, &Hooks::default(), Some(&mut cache)).logits.unwrap());
+        let plain = values(model.forward(&batch, &Hooks::default()).logits.unwrap());
         let (t, s) = (batch.width(), suffixes.width());
         for (row, range) in ranges.iter().enumerate() {
             for (i, token) in range.clone().enumerate() {
@@ -238,6 +221,26 @@ fn a_pass_above_a_layer_on_cached_prefixes_matches_the_full_pass() {
                 let diff = max_abs_diff(&full[a..a + v], &part[b..b + v]);
                 assert!(diff <= CPU_TOLERANCE, "{name} row {row} token {token}: max |Δlogit| = {diff:e}");
             }
+            // The change reached the logits (the comparison is not between two unchanged passes).
+            let last = (row * t + range.end - 1) * v;
+            assert!(max_abs_diff(&full[last..last + v], &plain[last..last + v]) > 1e-3, "{name} row {row}: δ changed nothing");
         }
+    }
+}
+
+/// Transposed (strided) operands, as every backward pass through a linear map has, multiply like
+/// their row-major copies (the CPU backend reads them in place: vendor/README.md).
+#[test]
+fn matmul_of_transposed_operands_equals_row_major() {
+    use burn::tensor::Int;
+    let device = Default::default();
+    let a = Tensor::<Cpu, 1, Int>::arange(0..35, &device).float().reshape([5, 7]).sin();
+    let b = Tensor::<Cpu, 1, Int>::arange(0..21, &device).float().reshape([7, 3]).cos();
+    // A row-major copy of `t`'s transpose, transposed back: the same matrix, strided.
+    let strided = |t: Tensor<Cpu, 2>| Tensor::<Cpu, 2>::from_data(t.transpose().into_data(), &device).transpose();
+    let expected = values(a.clone().matmul(b.clone()));
+    for (lhs, rhs) in [(strided(a.clone()), b.clone()), (a.clone(), strided(b.clone())), (strided(a), strided(b))] {
+        let got = values(lhs.matmul(rhs));
+        assert!(max_abs_diff(&got, &expected) < 1e-6, "{got:?} vs {expected:?}");
     }
 }

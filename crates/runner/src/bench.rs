@@ -9,6 +9,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use clap::Subcommand;
 use editbench_editing::context::ContextTemplates;
+use editbench_editing::keys::Activation;
 use editbench_editing::hparams::{StatsHparams, TemplateKind};
 use editbench_editing::solver::{preservation_memorization_update, Memorization};
 use editbench_editing::stats::collect_moments;
@@ -16,7 +17,7 @@ use editbench_editing::targets::target_values;
 use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::{EditRequest, FamilyHparams, Method};
 use editbench_metrics::{counterfact_rows, generation_rows, summarize, GenerationOptions, Stage};
-use editbench_models::{BackendTask, Hooks, Padding, Site};
+use editbench_models::{BackendTask, Hooks, Padding};
 use faer::Mat;
 use serde_json::{json, Value};
 
@@ -270,7 +271,7 @@ impl BackendTask for TargetsBench {
         let templates = ContextTemplates::for_method(&model, Method::Emmet, kind, h.template_seed)?;
         let time = |batch: &[EditRequest]| -> Result<(f64, usize)> {
             let t = Instant::now();
-            let targets = target_values::<B>(&model, batch, &templates, h.layer, Site::BlockOutput, &h)?;
+            let targets = target_values::<B>(&model, batch, &templates, h.layer, Activation::Hidden, &h)?;
             Ok((t.elapsed().as_secs_f64(), targets.steps.iter().sum()))
         };
         let mut single = (0.0, 0);
