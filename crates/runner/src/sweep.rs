@@ -323,29 +323,25 @@ fn apply_set(root: &mut Value, set: &str) -> Result<()> {
     let Some((key, raw)) = set.split_once('=') else { bail!("--set {set}: expected dotted.key=value") };
     let value: Value = serde_norway::from_str(raw).map_err(|e| anyhow::anyhow!("--set {set}: value: {e}"))?;
     let parts: Vec<&str> = key.split('.').collect();
-    let (last, path) = parts.split_last().expect("split yields at least one part");
     let mut node = root;
-    for (i, part) in path.iter().enumerate() {
-        node = match node {
-            Value::Mapping(map) => map.entry(Value::String(part.to_string())).or_insert_with(|| Value::Mapping(Default::default())),
-            Value::Sequence(items) => {
-                let len = items.len();
-                part.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| anyhow::anyhow!("--set {set}: `{part}` is not an index of `{}` (0..{len})", parts[..i].join(".")))?
-            }
-            _ => bail!("--set {set}: `{}` is not a mapping", parts[..i].join(".")),
-        };
+    for (i, part) in parts.iter().enumerate() {
+        node = child(node, part, &parts[..i].join("."), set)?;
     }
+    *node = value;
+    Ok(())
+}
+
+/// The entry `part` of `node` (at dotted path `at`): a mapping's key, inserted as an empty mapping
+/// when missing, or a sequence's index.
+fn child<'a>(node: &'a mut Value, part: &str, at: &str, set: &str) -> Result<&'a mut Value> {
     match node {
-        Value::Mapping(map) => {
-            map.insert(Value::String(last.to_string()), value);
-        }
+        Value::Mapping(map) => Ok(map.entry(Value::String(part.to_string())).or_insert_with(|| Value::Mapping(Default::default()))),
         Value::Sequence(items) => {
             let len = items.len();
-            *last.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| anyhow::anyhow!("--set {set}: `{last}` is not an index of `{}` (0..{len})", path.join(".")))? = value;
+            part.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| anyhow::anyhow!("--set {set}: `{part}` is not an index of `{at}` (0..{len})"))
         }
-        _ => bail!("--set {set}: `{}` is not a mapping", path.join(".")),
+        _ => bail!("--set {set}: `{at}` is not a mapping"),
     }
-    Ok(())
 }
 
 /// Line and column (1-based) of a dotted key in the YAML text: each part searched as `part:` below
@@ -397,5 +393,6 @@ mod tests {
         assert_eq!(serde_norway::to_string(&v).unwrap(), "a:\n  b:\n  - 2\n  - 7\nc:\n  d: x\n");
         assert!(apply_set(&mut v, "a.b.5=1").unwrap_err().to_string().contains("`5` is not an index of `a.b` (0..2)"));
         assert!(apply_set(&mut v, "a.b.c=1").unwrap_err().to_string().contains("`c` is not an index of `a.b` (0..2)"));
+        assert!(apply_set(&mut v, "c.d.e=1").unwrap_err().to_string().contains("`c.d` is not a mapping"));
     }
 }
