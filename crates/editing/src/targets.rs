@@ -147,7 +147,7 @@ fn search<B: AutodiffBackend>(
     let bare = int_tensor(l.bare_row.iter().map(|&r| concatenated(r) as i64).collect(), [e], &device);
     let v_init = Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner();
     let scored: Vec<(usize, usize)> = l.label_positions.iter().map(|&(row, col, _)| (row, col)).chain(l.kl_rows.iter().copied()).collect();
-    let (hooks, order) = scored_positions(&groups, &place, &l.ranges, &scored);
+    let (hooks, order) = logits_hooks(&groups, &place, &l.ranges, &scored);
     let n_labels = l.label_positions.len();
     let labels = int_tensor::<B, 2>(l.label_positions.iter().map(|p| p.2 as i64).collect(), [n_labels, 1], &device);
     // A[e, j] = weight of label j in edit e's NLL.
@@ -293,7 +293,7 @@ fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
 /// Per group, the hooks that compute logits at its share of the `scored` `(row, token)` pairs
 /// (rows recomputed from `ranges[row].start`); and `order`, which picks the scored pairs' logits,
 /// in `scored` order, out of the groups' concatenated logits.
-fn scored_positions<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks>, Tensor<B, 1, Int>) {
+fn logits_hooks<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks>, Tensor<B, 1, Int>) {
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     let mut items: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     for (k, &(row, token)) in scored.iter().enumerate() {
