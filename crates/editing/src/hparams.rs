@@ -12,9 +12,15 @@ use crate::error::{EditError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Equality constraint, rank one, one consistent key (spec §5.2, UME's form); edits applied one
-    /// after another.
+    /// ROME as the official code writes it (spec §5.2; ROME-ref and UME `rome/compute_u.py`,
+    /// `compute_v.py`): rank one, direction `C⁻¹k̄` from the template-averaged key, exact on the
+    /// bare prompt's key `k_p` — `ΔW = (v* − W k_p)(C⁻¹k̄)ᵀ / (k_pᵀC⁻¹k̄)`. Reproduces the paper's
+    /// ROME rows; edits applied one after another.
     Rome,
+    /// r-ROME ("Rebuilding ROME", arXiv 2403.07175; rROME `compute_u.py`/`compute_v.py`): the
+    /// averaged key everywhere, `ΔW = (v* − W k̄)(C⁻¹k̄)ᵀ / (k̄ᵀC⁻¹k̄)`, so `Ŵ k̄ = v*` exactly.
+    #[serde(rename = "r-rome")]
+    RRome,
     /// Least-squares memorization (spec §5.3).
     Memit,
     /// Batched equality constraint (spec §5.4).
@@ -50,7 +56,7 @@ macro_rules! string_enum {
         }
     };
 }
-string_enum!(Method, "method", Method::Rome => "rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit");
+string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit");
 string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
 
 /// How context templates are made (spec §3.1).
@@ -104,6 +110,10 @@ pub struct MethodHparams {
     pub templates: TemplateKind,
     #[serde(default)]
     pub template_seed: u64,
+    /// Context templates from this JSON file instead of `templates` (see
+    /// `ContextTemplates::load`; e.g. the official run's `data/reference/context_templates.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<std::path::PathBuf>,
 }
 
 mod d {
@@ -145,6 +155,14 @@ mod d {
     }
 }
 
+impl Method {
+    /// ROME and r-ROME: rank-one edits written one after another, targets in the MLP's output
+    /// space, ROME's 21 context templates.
+    pub fn is_rank_one(self) -> bool {
+        matches!(self, Self::Rome | Self::RRome)
+    }
+}
+
 impl MethodHparams {
     /// The edited layers for `distribution`, ascending.
     pub fn layers(&self, distribution: Distribution) -> Vec<usize> {
@@ -168,15 +186,33 @@ pub struct StatsHparams {
     /// Padded tokens per forward pass.
     #[serde(default = "d::batch_tokens")]
     pub batch_tokens: usize,
+    /// Seed of the `seeded` sampler (the `reference` sampler always uses the official seed, 1).
     #[serde(default)]
     pub seed: u64,
+    /// Which paragraphs are sampled, in which order.
+    #[serde(default)]
+    pub sampler: Sampler,
 }
 
 impl Default for StatsHparams {
     fn default() -> Self {
-        Self { samples: d::samples(), max_length: d::max_length(), batch_tokens: d::batch_tokens(), seed: 0 }
+        Self { samples: d::samples(), max_length: d::max_length(), batch_tokens: d::batch_tokens(), seed: 0, sampler: Sampler::default() }
     }
 }
+
+/// How the statistics' corpus paragraphs (its non-empty texts) are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampler {
+    /// A SplitMix64 shuffle seeded by `seed`: any seed, so the statistics' sampling variance can
+    /// be measured.
+    #[default]
+    Seeded,
+    /// The official code's `FixedRandomSubsetSampler`: CPython's `random.Random(1).shuffle` of the
+    /// paragraph indices, the first `samples` taken (spec §2), reproduced bit for bit.
+    Reference,
+}
+string_enum!(Sampler, "sampler", Sampler::Seeded => "seeded", Sampler::Reference => "reference");
 
 /// Everything for one model family.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +221,9 @@ pub struct FamilyHparams {
     #[serde(default)]
     pub stats: StatsHparams,
     pub rome: MethodHparams,
+    /// r-ROME; ROME's values when absent.
+    #[serde(default, rename = "r-rome", skip_serializing_if = "Option::is_none")]
+    pub r_rome: Option<MethodHparams>,
     pub memit: MethodHparams,
     pub emmet: MethodHparams,
     pub alphaedit: MethodHparams,
@@ -199,6 +238,7 @@ impl FamilyHparams {
     pub fn method(&self, method: Method) -> &MethodHparams {
         match method {
             Method::Rome => &self.rome,
+            Method::RRome => self.r_rome.as_ref().unwrap_or(&self.rome),
             Method::Memit => &self.memit,
             Method::Emmet => &self.emmet,
             Method::Alphaedit => &self.alphaedit,
@@ -207,7 +247,8 @@ impl FamilyHparams {
 
     /// Checks every layer against the model's depth.
     pub fn check_layers(&self, num_layers: usize) -> Result<()> {
-        for (name, h) in [("rome", &self.rome), ("memit", &self.memit), ("emmet", &self.emmet), ("alphaedit", &self.alphaedit)] {
+        for method in [Method::Rome, Method::RRome, Method::Memit, Method::Emmet, Method::Alphaedit] {
+            let (name, h) = (method.to_string(), self.method(method));
             let mut all = h.spread_layers.clone();
             all.push(h.layer);
             if let Some(bad) = all.iter().find(|&&l| l >= num_layers) {

@@ -18,9 +18,9 @@ use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EditError, Result};
-use crate::hparams::StatsHparams;
+use crate::hparams::{Sampler, StatsHparams};
 use crate::keys::host;
-use editbench_datasets::rng::SplitMix64;
+use editbench_datasets::rng::{PythonRandom, SplitMix64};
 
 /// Bump when the statistics' definition changes, so old caches are not used.
 const CACHE_VERSION: u32 = 1;
@@ -114,7 +114,7 @@ impl StatsSource {
                 serde_json::json!({
                     "version": CACHE_VERSION, "model_sha256": model_hash, "layer": layer, "corpus_sha256": corpus_hash,
                     "samples": self.hparams.samples, "max_length": self.hparams.max_length, "seed": self.hparams.seed,
-                    "accumulation": "f64",
+                    "sampler": self.hparams.sampler.to_string(), "accumulation": "f64",
                 })
                 .to_string()
             })
@@ -168,8 +168,6 @@ fn write_cache(path: &Path, key: &str, m: &KeyMoments) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| EditError::file(path, e))
 }
 
-/// The corpus paragraphs (non-empty lines), a seeded sample of `samples` of them, tokenized and
-/// truncated, longest first.
 /// The texts of a corpus file: a `.jsonl` file (what Hugging Face `datasets` writes with
 /// `to_json`) or a `.json` array holds one object per text with a `text` field; any other file one
 /// text per line.
@@ -194,14 +192,34 @@ pub fn corpus_texts(corpus: &Path) -> Result<Vec<String>> {
     }
 }
 
-fn sampled_paragraphs<B: Backend>(model: &LanguageModel<B>, corpus: &Path, h: &StatsHparams) -> Result<Vec<Vec<u32>>> {
-    let texts = corpus_texts(corpus)?;
-    let mut lines: Vec<&str> = texts.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
+/// The corpus's paragraphs: its non-empty texts, in file order.
+pub fn paragraphs(corpus: &Path) -> Result<Vec<String>> {
+    let texts: Vec<String> = corpus_texts(corpus)?.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    if texts.is_empty() {
         return Err(EditError::file(corpus, "no non-empty texts"));
     }
-    SplitMix64::new(h.seed).shuffle(&mut lines);
-    lines.truncate(h.samples);
+    Ok(texts)
+}
+
+/// Indices of the paragraphs the statistics read, in the sampler's order: a shuffle of all
+/// `n` indices, the first `samples` of it.
+pub fn sampled_indices(n: usize, h: &StatsHparams) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    match h.sampler {
+        Sampler::Seeded => SplitMix64::new(h.seed).shuffle(&mut order),
+        Sampler::Reference => PythonRandom::new(REFERENCE_SAMPLER_SEED).shuffle(&mut order),
+    }
+    order.truncate(h.samples);
+    order
+}
+
+/// The seed of the official code's `FixedRandomSubsetSampler`.
+const REFERENCE_SAMPLER_SEED: u64 = 1;
+
+/// The sampled paragraphs, tokenized and truncated, longest first.
+fn sampled_paragraphs<B: Backend>(model: &LanguageModel<B>, corpus: &Path, h: &StatsHparams) -> Result<Vec<Vec<u32>>> {
+    let texts = paragraphs(corpus)?;
+    let lines: Vec<&str> = sampled_indices(texts.len(), h).into_iter().map(|i| texts[i].as_str()).collect();
     let tokenizer = model.tokenizer()?;
     let max_length = h.max_length.min(model.dims.max_positions);
     let mut seqs = lines
@@ -277,6 +295,16 @@ mod tests {
         assert!(err.ends_with("d.jsonl: line 2: no string field `text`"), "{err}");
         let err = corpus_texts(&write("e.jsonl", "{oops\n")).unwrap_err().to_string();
         assert!(err.contains("e.jsonl: line 1: key must be a string"), "{err}");
+    }
+
+    #[test]
+    fn the_reference_sampler_visits_paragraphs_in_the_official_order() {
+        let h = StatsHparams { samples: 2000, sampler: Sampler::Reference, ..StatsHparams::default() };
+        let order = sampled_indices(10_033, &h);
+        assert_eq!(order.len(), 2000);
+        assert_eq!(order[..10], [5820, 5297, 5591, 7577, 9552, 6372, 563, 1527, 4713, 6346]);
+        let seeded = sampled_indices(10_033, &StatsHparams { samples: 2000, ..StatsHparams::default() });
+        assert_ne!(seeded[..10], order[..10]);
     }
 
     #[test]
