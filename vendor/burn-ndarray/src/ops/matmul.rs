@@ -53,13 +53,15 @@ pub(crate) fn matmul<E: NdArrayElement>(
                     .get()
                     .slice_mut(s!(out_batch, .., ..));
 
-                ndarray::linalg::general_mat_mul(
-                    alpha,
-                    &lhs_slice,
-                    &rhs_slice,
-                    beta,
-                    &mut out_slice,
-                )
+                if !gemm_into(&lhs_slice, &rhs_slice, &mut out_slice, num_out_batches == 1) {
+                    ndarray::linalg::general_mat_mul(
+                        alpha,
+                        &lhs_slice,
+                        &rhs_slice,
+                        beta,
+                        &mut out_slice,
+                    )
+                }
             }
         });
 
@@ -67,6 +69,40 @@ pub(crate) fn matmul<E: NdArrayElement>(
     });
 
     NdArrayOps::reshape(out, out_shape)
+}
+
+/// `out = lhs · rhs` for f32 and f64 through the `gemm` crate (kernels chosen at run time:
+/// AVX-512, AVX2+FMA, ...; arbitrary strides; the rayon pool's threads when `parallel`). Returns
+/// false, leaving `out` untouched, for other element types and empty products.
+unsafe fn gemm_into<E: NdArrayElement>(
+    lhs: &ndarray::ArrayView2<E>,
+    rhs: &ndarray::ArrayView2<E>,
+    out: &mut ndarray::ArrayViewMut2<E>,
+    parallel: bool,
+) -> bool {
+    let id = core::any::TypeId::of::<E>();
+    let (m, k) = lhs.dim();
+    let n = rhs.dim().1;
+    if (id != core::any::TypeId::of::<f32>() && id != core::any::TypeId::of::<f64>()) || m * n * k == 0 {
+        return false;
+    }
+    #[cfg(feature = "multi-threads")]
+    let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    #[cfg(not(feature = "multi-threads"))]
+    let parallelism = { let _ = parallel; gemm::Parallelism::None };
+    let (ls, rs, os) = (lhs.strides(), rhs.strides(), [out.strides()[0], out.strides()[1]]);
+    let (zero, one): (E, E) = (0.0.elem(), 1.0.elem());
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            out.as_mut_ptr(), os[1], os[0], false,
+            lhs.as_ptr(), ls[1], ls[0],
+            rhs.as_ptr(), rs[1], rs[0],
+            zero, one, false, false, false,
+            parallelism,
+        );
+    }
+    true
 }
 
 /// `array` as `[batches, rows, cols]`; a 2-D matrix in any layout (e.g. a transposed view) gets a
