@@ -9,7 +9,7 @@ use editbench_models::LanguageModel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
-use crate::hparams::{Method, TemplateKind};
+use crate::hparams::{Method, MethodHparams, TemplateKind};
 use crate::sampling::sample_top_k;
 
 /// The seed words MEMIT-style templates are sampled from.
@@ -23,26 +23,39 @@ pub struct ContextTemplates {
 }
 
 impl ContextTemplates {
+    /// The templates `h` asks for: from its `template_file`, else fixed or sampled ([`Self::for_method`]).
+    pub fn for_hparams<B: Backend>(model: &LanguageModel<B>, method: Method, h: &MethodHparams) -> Result<Self> {
+        match &h.template_file {
+            Some(path) => Self::load(path, method),
+            None => Self::for_method(model, method, h.templates, h.template_seed),
+        }
+    }
+
     /// The templates `method` uses: MEMIT/EMMET/AlphaEdit `[["{}"], 5 × 10 tokens]`; ROME one
     /// group `["{}", 10 × 5 tokens, 10 × 10 tokens]` (a flat mean over 21).
     pub fn for_method<B: Backend>(model: &LanguageModel<B>, method: Method, kind: TemplateKind, seed: u64) -> Result<Self> {
         let bare = vec!["{}".to_string()];
         if kind == TemplateKind::Fixed {
             let fixed: Vec<String> = SEED_WORDS.iter().map(|w| format!("{w}. {{}}")).collect();
-            return Ok(match method {
-                Method::Rome => Self { groups: vec![[bare, fixed].concat()] },
-                _ => Self { groups: vec![bare, fixed] },
+            return Ok(match method.is_rank_one() {
+                true => Self { groups: vec![[bare, fixed].concat()] },
+                false => Self { groups: vec![bare, fixed] },
             });
         }
-        Ok(match method {
-            Method::Rome => {
+        Ok(match method.is_rank_one() {
+            true => {
                 let start = ["<|endoftext|>"; 10];
                 let short = sample(model, &start, 5, seed)?;
                 let long = sample(model, &start, 10, seed.wrapping_add(start.len() as u64))?;
                 Self { groups: vec![[bare, short, long].concat()] }
             }
-            _ => Self { groups: vec![bare, sample(model, &SEED_WORDS, 10, seed)?] },
+            false => Self { groups: vec![bare, sample(model, &SEED_WORDS, 10, seed)?] },
         })
+    }
+
+    /// The bare prompt alone: ROME's `k_p`.
+    pub fn bare() -> Self {
+        Self { groups: vec![vec!["{}".to_string()]] }
     }
 
     pub fn count(&self) -> usize {
@@ -54,13 +67,24 @@ impl ContextTemplates {
         std::fs::write(path, text).map_err(|e| EditError::file(path, e))
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Templates from a JSON file: `{"groups": [[...], ...]}` (what [`Self::save`] writes), or the
+    /// official run's file (`data/reference/context_templates.json`: `memit_emmet` groups and the
+    /// flat `rome` list), from which `method`'s templates are taken.
+    pub fn load(path: &Path, method: Method) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EditError::file(path, e))?;
-        let templates: Self = serde_json::from_str(&text).map_err(|e| EditError::file(path, e))?;
-        if templates.groups.iter().flatten().any(|t| t.matches("{}").count() != 1) {
-            return Err(EditError::file(path, "every template needs exactly one `{}`"));
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| EditError::file(path, e))?;
+        let official = if method.is_rank_one() { "rome" } else { "memit_emmet" };
+        let parsed = match (value.get("groups"), value.get(official)) {
+            (Some(groups), _) => serde_json::from_value(groups.clone()),
+            (None, Some(rome)) if method.is_rank_one() => serde_json::from_value(rome.clone()).map(|flat| vec![flat]),
+            (None, Some(groups)) => serde_json::from_value(groups.clone()),
+            (None, None) => return Err(EditError::file(path, format!("expected a `groups` list (or the official file's `{official}`)"))),
+        };
+        let groups: Vec<Vec<String>> = parsed.map_err(|e| EditError::file(path, e))?;
+        if groups.is_empty() || groups.iter().any(Vec::is_empty) || groups.iter().flatten().any(|t| t.matches("{}").count() != 1) {
+            return Err(EditError::file(path, "every template group needs templates, each with exactly one `{}`"));
         }
-        Ok(templates)
+        Ok(Self { groups })
     }
 }
 
@@ -80,3 +104,25 @@ fn sample<B: Backend>(model: &LanguageModel<B>, starts: &[&str], max_len: usize,
         .collect()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_official_template_file_gives_each_method_its_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, r#"{"source": "x", "memit_emmet": [["{}"], ["A. {}", "B. {}"]], "rome": ["{}", "C. {}"]}"#).unwrap();
+        assert_eq!(ContextTemplates::load(&path, Method::Emmet).unwrap().groups, vec![vec!["{}"], vec!["A. {}", "B. {}"]]);
+        assert_eq!(ContextTemplates::load(&path, Method::Rome).unwrap().groups, vec![vec!["{}", "C. {}"]]);
+        let saved = dir.path().join("s.json");
+        ContextTemplates { groups: vec![vec!["{}".into()]] }.save(&saved).unwrap();
+        assert_eq!(ContextTemplates::load(&saved, Method::Rome).unwrap(), ContextTemplates::bare());
+        for bad in [r#"{"rome": ["no braces"]}"#, r#"{"groups": []}"#, r#"{"other": 1}"#, "[1"] {
+            std::fs::write(&path, bad).unwrap();
+            let err = ContextTemplates::load(&path, Method::Rome).unwrap_err().to_string();
+            assert!(err.contains("t.json"), "{bad}: {err}");
+        }
+    }
+}

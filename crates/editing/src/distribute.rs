@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use editbench_models::LanguageModel;
-use faer::Mat;
+use faer::{Mat, MatRef};
 use serde::Serialize;
 
 use crate::context::ContextTemplates;
@@ -42,6 +42,30 @@ impl<B: Backend> EditSession<B> {
     pub fn edited_layers(&self) -> Vec<usize> {
         self.originals.keys().copied().collect()
     }
+
+    /// Per edited layer `(layer, ‖W − W₀‖_F, ‖W₀‖_F)`: how far the accumulated update has moved
+    /// the weight, in f64.
+    pub fn update_norms(&self, model: &LanguageModel<B>) -> Result<Vec<(usize, f64, f64)>> {
+        self.originals
+            .iter()
+            .map(|(&layer, original)| {
+                let read = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().map_err(|e| EditError::Input(format!("reading weights: {e:?}")));
+                let (now, before) = (read(model.mlp_out(layer).matrix())?, read(original.clone())?);
+                let (change, norm) = frobenius_change(&now, &before);
+                Ok((layer, change, norm))
+            })
+            .collect()
+    }
+}
+
+/// `(‖a − b‖_F, ‖b‖_F)` of two equally shaped matrices, accumulated in f64.
+pub fn frobenius_change(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut change, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        change += (x as f64 - y as f64).powi(2);
+        norm += (y as f64).powi(2);
+    }
+    (change.sqrt(), norm.sqrt())
 }
 
 /// Seconds spent per phase, and what the solves reported.
@@ -109,9 +133,9 @@ impl Editor {
             r.check()?;
         }
         let mut outcome = EditOutcome { layers: self.layers(), ..Default::default() };
-        let batches: Vec<&[EditRequest]> = match self.method {
-            Method::Rome => requests.chunks(1).collect(),
-            _ => vec![requests],
+        let batches: Vec<&[EditRequest]> = match self.method.is_rank_one() {
+            true => requests.chunks(1).collect(),
+            false => vec![requests],
         };
         for batch in batches {
             self.apply_batch::<B>(model, batch, session, &mut outcome)?;
@@ -123,9 +147,9 @@ impl Editor {
         let layers = self.layers();
         let top = *layers.last().expect("at least one layer");
         // ROME's target lives in the MLP output of the edited layer, the others' in the residual stream.
-        let space = match self.method {
-            Method::Rome => Activation::Value,
-            _ => Activation::Hidden,
+        let space = match self.method.is_rank_one() {
+            true => Activation::Value,
+            false => Activation::Hidden,
         };
         let t = Instant::now();
         let targets = match &self.target_cache {
@@ -138,14 +162,22 @@ impl Editor {
         for (i, &layer) in layers.iter().enumerate() {
             let t = Instant::now();
             let k = keys(model, requests, &self.templates, layer)?;
+            let bare_keys = match self.method.is_rank_one() {
+                true => Some(keys(model, requests, &ContextTemplates::bare(), layer)?),
+                false => None,
+            };
             let current = prompt_activation(model, requests, top, space)?;
             outcome.seconds_keys += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
             let remaining = &targets.z - &current;
-            let residual = &remaining * faer::Scale(1.0 / (layers.len() - i) as f64);
+            let mut residual = &remaining * faer::Scale(1.0 / (layers.len() - i) as f64);
+            if let (Method::RRome, Some(k_p), true) = (self.method, &bare_keys, layer == top) {
+                // r-ROME memorises v* on the averaged key: R = v* − W k̄ = (v* − W k_p) + W (k_p − k̄).
+                residual += weight_times(model, layer, &(k_p - &k));
+            }
             tracing::debug!("layer {layer}: ‖K‖ {:.3e}, ‖Z − H‖ {:.3e}, ‖R‖ {:.3e}", k.norm_l2(), remaining.norm_l2(), residual.norm_l2());
-            let update = self.solve(layer, k.as_ref(), residual.as_ref(), requests.len())?;
+            let update = self.solve(layer, k.as_ref(), bare_keys.as_ref(), residual.as_ref(), requests.len())?;
             outcome.max_condition_estimate = match (outcome.max_condition_estimate, update.condition_estimate) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -167,24 +199,26 @@ impl Editor {
         Ok(())
     }
 
-    /// The method's closed-form update for one layer (spec §5).
-    fn solve(&self, layer: usize, k: faer::MatRef<'_, f64>, r: faer::MatRef<'_, f64>, batch: usize) -> Result<crate::solver::Update> {
+    /// The method's closed-form update for one layer (spec §5); `bare_keys` are the rank-one
+    /// methods' bare-prompt keys `k_p`.
+    fn solve(&self, layer: usize, k: MatRef<'_, f64>, bare_keys: Option<&Mat<f64>>, r: MatRef<'_, f64>, batch: usize) -> Result<crate::solver::Update> {
         let h = &self.hparams;
         let c = &self.covariances[&layer];
-        let scaled = |a: f64| {
-            let mut c = c * faer::Scale(a);
-            for i in 0..c.nrows() {
-                c[(i, i)] += h.update_norm_lambda;
-            }
-            c
-        };
         let result = match self.method {
-            Method::Rome => preservation_memorization_update(c.as_ref(), k, r, Memorization::Equality { mu: 0.0 }),
+            Method::Rome => {
+                let constraint_keys = bare_keys.expect("ROME reads the bare-prompt keys").as_ref();
+                preservation_memorization_update(c.as_ref(), k, r, Memorization::Asymmetric { constraint_keys })
+            }
+            Method::RRome => preservation_memorization_update(c.as_ref(), k, r, Memorization::Equality { mu: 0.0 }),
             Method::Emmet => {
                 let mu = if batch > 1 { h.emmet_lambda } else { 0.0 };
-                preservation_memorization_update(scaled(h.mom2_update_weight).as_ref(), k, r, Memorization::Equality { mu })
+                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
+                preservation_memorization_update(preserved.as_ref(), k, r, Memorization::Equality { mu })
             }
-            Method::Memit => preservation_memorization_update(scaled(1.0).as_ref(), k, r, Memorization::LeastSquares { lambda: h.mom2_update_weight }),
+            Method::Memit => {
+                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
+                preservation_memorization_update(preserved.as_ref(), k, r, Memorization::LeastSquares { lambda: 1.0 })
+            }
             Method::Alphaedit => {
                 let (p, previous) = &self.null_space[&layer];
                 preservation_memorization_update(c.as_ref(), k, r, Memorization::NullSpace { projector: p.as_ref(), previous: previous.as_ref(), alpha: h.alphaedit_l2 })
@@ -194,8 +228,59 @@ impl Editor {
     }
 }
 
+/// The preservation term of EMMET and MEMIT as the official code builds it (UME
+/// `emmet_main.py`/`memit_main.py`): `a·C + ν I`, with `a = mom2_update_weight` and
+/// `ν = update_norm_lambda` (MEMIT then solves `(a·C + νI + KKᵀ) X = K`).
+fn preserved_moment(c: &Mat<f64>, weight: f64, nu: f64) -> Mat<f64> {
+    let mut scaled = c * faer::Scale(weight);
+    for i in 0..scaled.nrows() {
+        scaled[(i, i)] += nu;
+    }
+    scaled
+}
+
+/// `W x` for the edited projection `W` of `layer` (`d_out × d_in`) and columns `x` (`d_in × n`).
+fn weight_times<B: Backend>(model: &LanguageModel<B>, layer: usize, x: &Mat<f64>) -> Mat<f64> {
+    let w = model.mlp_out(layer).matrix();
+    let [d_out, _] = w.dims();
+    let product = w.matmul(mat_to_tensor::<B>(x, &model.device()));
+    let values = product.into_data().to_vec::<f32>().expect("f32 weights");
+    Mat::from_fn(d_out, x.ncols(), |i, j| values[i * x.ncols() + j] as f64)
+}
+
 fn mat_to_tensor<B: Backend>(m: &Mat<f64>, device: &B::Device) -> Tensor<B, 2> {
     let (r, c) = (m.nrows(), m.ncols());
     let data: Vec<f32> = (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)] as f32)).collect();
     Tensor::from_data(TensorData::new(data, [r, c]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frobenius_norms_of_known_updates() {
+        // W₀ = [[3, 0], [0, 4]] (‖W₀‖ = 5), ΔW = [[1, 2], [2, 0]] (‖ΔW‖ = 3).
+        let before = [3.0, 0.0, 0.0, 4.0];
+        let after = [4.0, 2.0, 2.0, 4.0];
+        assert_eq!(frobenius_change(&after, &before), (3.0, 5.0));
+        assert_eq!(frobenius_change(&before, &before), (0.0, 5.0));
+    }
+
+    /// MEMIT with a norm term ν solves `(λC + νI + KKᵀ) X = K` as the official code does, not
+    /// `(λ(C + νI) + KKᵀ) X = K`; EMMET's preserved moment is the same `λC + νI`.
+    #[test]
+    fn the_norm_term_is_added_after_scaling_c() {
+        let d = 6;
+        let c = Mat::from_fn(d, d, |i, j| if i == j { 1.0 + i as f64 } else { 0.1 });
+        let k = Mat::from_fn(d, 2, |i, j| ((i + 2 * j) as f64).sin());
+        let r = Mat::from_fn(3, 2, |i, j| (i as f64 - j as f64) * 0.5);
+        let yaml = "layer: 0\nspread_layers: [0]\nmom2_update_weight: 3.0\nupdate_norm_lambda: 2.0\n";
+        let h: MethodHparams = serde_norway::from_str(yaml).unwrap();
+        let editor = Editor::new(Method::Memit, Distribution::Single, h, ContextTemplates::bare(), [(0, c.clone())].into()).unwrap();
+        let update = editor.solve(0, k.as_ref(), None, r.as_ref(), 2).unwrap();
+        let system = &c * faer::Scale(3.0) + Mat::<f64>::identity(d, d) * faer::Scale(2.0) + &k * k.transpose();
+        let lhs = &update.delta * system;
+        assert!((lhs - &r * k.transpose()).norm_l2() < 1e-10);
+    }
 }

@@ -57,10 +57,15 @@ pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, St
         .iter()
         .map(|(prompt, target)| Ok((tokenizer.encode(prompt)?, target_ids(tokenizer, prompt, target)?)))
         .collect::<Result<Vec<_>>>()?;
+    teacher_forced_ids(model, &encoded)
+}
+
+/// [`teacher_forced`] of tokenized `(prompt, target)` pairs (both non-empty).
+pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
     let total_len = |i: usize| encoded[i].0.len() + encoded[i].1.len() - 1;
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.sort_by_key(|&i| total_len(i));
-    let mut out = vec![None; pairs.len()];
+    let mut out = vec![None; encoded.len()];
     let mut start = 0;
     while start < order.len() {
         let mut end = start + 1;
@@ -74,6 +79,41 @@ pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, St
         start = end;
     }
     Ok(out.into_iter().map(|c| c.expect("every pair scored")).collect())
+}
+
+/// Perplexity of `texts` (token ids): `exp` of the mean NLL of every token after each text's
+/// first, predicted from the tokens before it. Texts shorter than two tokens are skipped.
+pub fn perplexity<B: Backend>(model: &LanguageModel<B>, texts: &[Vec<u32>]) -> Result<f64> {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().filter(|t| t.len() > 1).map(|t| (t[..1].to_vec(), t[1..].to_vec())).collect();
+    Ok(perplexity_of(&teacher_forced_ids(model, &pairs)?))
+}
+
+/// `exp(−Σ log p / tokens)` over every token of `scored`: the perplexity of the texts together
+/// (not the mean of per-text perplexities).
+pub fn perplexity_of(scored: &[Continuation]) -> f64 {
+    let tokens: usize = scored.iter().map(|c| c.logprobs.len()).sum();
+    let nll: f64 = -scored.iter().flat_map(|c| &c.logprobs).sum::<f64>();
+    (nll / tokens.max(1) as f64).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(logprobs: &[f64]) -> Continuation {
+        Continuation { logprobs: logprobs.to_vec(), argmax: vec![false; logprobs.len()] }
+    }
+
+    /// A model uniform over 4 tokens has perplexity 4; texts are pooled by token, not averaged.
+    #[test]
+    fn perplexity_of_known_distributions() {
+        let quarter = (0.25f64).ln();
+        assert!((perplexity_of(&[scored(&[quarter; 3]), scored(&[quarter])]) - 4.0).abs() < 1e-12);
+        // p = 1/2 on one token and 1/8 on three: exp(−(ln ½ + 3 ln ⅛)/4) = 2^(10/4).
+        let mixed = [scored(&[(0.5f64).ln()]), scored(&[(0.125f64).ln(); 3])];
+        assert!((perplexity_of(&mixed) - 2f64.powf(2.5)).abs() < 1e-12);
+        assert_eq!(perplexity_of(&[scored(&[0.0, 0.0])]), 1.0);
+    }
 }
 
 /// Mean token NLL of each `(prompt, target)` pair.

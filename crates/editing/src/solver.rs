@@ -13,6 +13,10 @@ pub enum Memorization<'a> {
     /// Equality constraint `Ŵ K = V` (ROME, EMMET), with an optional regulariser `μ` on the `B×B`
     /// system: `ΔW = R (Kᵀ C⁻¹ K + μ I)⁻¹ Kᵀ C⁻¹`.
     Equality { mu: f64 },
+    /// The official ROME's equality on other keys than the direction's (spec §5.2): exact on
+    /// `constraint_keys` `K_p` (`ΔW K_p = R`) with the update in the span of `C⁻¹K`:
+    /// `ΔW = R (K_pᵀ C⁻¹ K)⁻¹ (C⁻¹K)ᵀ`. With `K_p = K` it is `Equality { mu: 0 }`.
+    Asymmetric { constraint_keys: MatRef<'a, f64> },
     /// Least squares `λ‖Ŵ K₀ − W₀ K₀‖² + ‖Ŵ K − V‖²` (MEMIT): `ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`.
     LeastSquares { lambda: f64 },
     /// AlphaEdit: the update is confined to the null space of the preserved keys by the projector
@@ -58,6 +62,7 @@ pub fn preservation_memorization_update(
     }
     let update = match memorization {
         Memorization::Equality { mu } => equality(c, keys, residuals, mu)?,
+        Memorization::Asymmetric { constraint_keys } => asymmetric(c, keys, constraint_keys, residuals)?,
         Memorization::LeastSquares { lambda } => least_squares(c, keys, residuals, lambda)?,
         Memorization::NullSpace { projector, previous, alpha } => null_space(projector, previous, keys, residuals, alpha)?,
     };
@@ -77,6 +82,21 @@ fn equality(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, residuals: MatRef<'_, f64
     }
     let (d_inv_yt, condition_estimate, used_pseudo_inverse) = solve_symmetric(&d, c_inv_k.transpose(), "KᵀC⁻¹K")?;
     Ok(Update { delta: residuals * d_inv_yt, condition_estimate, used_pseudo_inverse })
+}
+
+/// Official ROME (spec §5.2): `Y = C⁻¹K`, `D = K_pᵀY`, `ΔW = R D⁻¹ Yᵀ`. `D` is not symmetric, so
+/// it is solved by LU; a singular `D` is an error (ROME's edit cannot be written then).
+fn asymmetric(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, constraint: MatRef<'_, f64>, residuals: MatRef<'_, f64>) -> Result<Update, SolveError> {
+    if constraint.nrows() != keys.nrows() || constraint.ncols() != keys.ncols() {
+        return Err(SolveError::Shape { c: (c.nrows(), c.ncols()), keys: (constraint.nrows(), constraint.ncols()), residuals: (residuals.nrows(), residuals.ncols()) });
+    }
+    let c_inv_k = c.llt(Side::Lower).map_err(|_| SolveError::NotPositiveDefinite(c.nrows()))?.solve(keys);
+    let d = constraint.transpose() * &c_inv_k;
+    let d_inv_yt = d.partial_piv_lu().solve(c_inv_k.transpose());
+    if d_inv_yt.col_iter().any(|col| col.iter().any(|x| !x.is_finite())) {
+        return Err(SolveError::Singular("K_pᵀC⁻¹K"));
+    }
+    Ok(Update { delta: residuals * d_inv_yt, condition_estimate: None, used_pseudo_inverse: false })
 }
 
 /// MEMIT (spec §5.3): `(λC + KKᵀ) X = K`, `ΔW = R Xᵀ`.
@@ -210,6 +230,23 @@ mod tests {
             let denom = (k.transpose() * &c_inv_k)[(0, 0)];
             let rome = &r * c_inv_k.transpose() * faer::Scale(1.0 / denom);
             prop_assert!(rel_err(emmet.delta.as_ref(), rome.as_ref()) < 1e-8);
+        }
+
+        /// Official ROME: exact on the constraint (bare) key, direction from the averaged key; with
+        /// the constraint key equal to the averaged one it is EMMET at μ = 0 (r-ROME).
+        #[test]
+        fn asymmetric_equality_is_exact_on_the_constraint_keys(seed in any::<u64>(), d_in in 8usize..40, d_out in 4usize..20) {
+            let (c, k, r) = problem(seed, d_in, d_out, 1);
+            let (_, k_p, _) = problem(seed ^ 1, d_in, d_out, 1);
+            let kp = &k + &k_p * faer::Scale(0.3);
+            let u = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), Memorization::Asymmetric { constraint_keys: kp.as_ref() }).unwrap();
+            prop_assert!(rel_err((&u.delta * &kp).as_ref(), r.as_ref()) < 1e-8);
+            let c_inv_k = c.llt(Side::Lower).unwrap().solve(&k);
+            let rome = &r * c_inv_k.transpose() * faer::Scale(1.0 / (kp.transpose() * &c_inv_k)[(0, 0)]);
+            prop_assert!(rel_err(u.delta.as_ref(), rome.as_ref()) < 1e-8);
+            let same = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), Memorization::Asymmetric { constraint_keys: k.as_ref() }).unwrap();
+            let emmet = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), Memorization::Equality { mu: 0.0 }).unwrap();
+            prop_assert!(rel_err(same.delta.as_ref(), emmet.delta.as_ref()) < 1e-8);
         }
 
         /// AlphaEdit's update lives in the projector's range: ΔW (I − P) = 0, so keys in the

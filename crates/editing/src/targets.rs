@@ -8,11 +8,14 @@
 //! changes (see [`target_values`]).
 
 use std::ops::Range;
+use std::path::PathBuf;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start};
 use faer::Mat;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::context::ContextTemplates;
 use crate::error::{EditError, Result};
@@ -351,10 +354,20 @@ pub struct TargetCache {
     chunk: usize,
     /// (settings key, request index) → that request's column of the search's result.
     found: std::collections::HashMap<(String, usize), Found>,
+    /// Where searched chunks are also kept on disk (one JSON file each), so a resumed run reuses them.
+    dir: Option<PathBuf>,
+}
+
+/// A searched chunk on disk: the settings key, the chunk's requests and their targets.
+#[derive(Serialize, Deserialize)]
+struct ChunkFile {
+    key: String,
+    requests: Vec<EditRequest>,
+    found: Vec<Found>,
 }
 
 /// One request's share of a [`Targets`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Found {
     z: Vec<f64>,
     v_init: Vec<f64>,
@@ -379,7 +392,39 @@ impl Targets {
 impl TargetCache {
     /// Caches targets of `requests` (the canonical order), searched `chunk` at a time.
     pub fn new(requests: Vec<EditRequest>, chunk: usize) -> Self {
-        Self { requests, chunk: chunk.max(1), found: Default::default() }
+        Self { requests, chunk: chunk.max(1), found: Default::default(), dir: None }
+    }
+
+    /// Also keeps every searched chunk in `dir`, and reads chunks found there instead of searching
+    /// them (a file whose settings or requests differ is ignored and rewritten).
+    pub fn persisted_in(mut self, dir: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    fn chunk_path(&self, key: &str, chunk: usize) -> Option<PathBuf> {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        self.dir.as_ref().map(|d| d.join(format!("targets-{}-{chunk:05}.json", &digest[..16])))
+    }
+
+    fn load_chunk(&self, key: &str, chunk: usize, requests: &[EditRequest]) -> Option<Vec<Found>> {
+        let path = self.chunk_path(key, chunk)?;
+        let file: ChunkFile = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+        let valid = file.key == key && file.requests == requests && file.found.len() == requests.len();
+        if !valid {
+            tracing::warn!("{}: written for other settings or requests; searching again", path.display());
+        }
+        valid.then_some(file.found)
+    }
+
+    fn save_chunk(&self, key: &str, chunk: usize, requests: &[EditRequest], found: &[Found]) -> Result<()> {
+        let Some(path) = self.chunk_path(key, chunk) else { return Ok(()) };
+        let file = ChunkFile { key: key.to_string(), requests: requests.to_vec(), found: found.to_vec() };
+        let dir = path.parent().expect("a file in the cache directory");
+        std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, serde_json::to_string(&file).expect("targets serialise")).map_err(|e| EditError::file(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| EditError::file(&path, e))
     }
 
     /// [`target_values`] of `requests` on the unedited `model`, from the cache where present.
@@ -397,9 +442,18 @@ impl TargetCache {
         chunks.dedup();
         for c in chunks {
             let range = c * self.chunk..((c + 1) * self.chunk).min(self.requests.len());
-            let found = target_values::<B>(model, &self.requests[range.clone()], templates, layer, space, h)?;
-            for (j, i) in range.enumerate() {
-                self.found.insert((key.clone(), i), found.found(j));
+            let chunk_requests = &self.requests[range.clone()];
+            let found = match self.load_chunk(&key, c, chunk_requests) {
+                Some(found) => found,
+                None => {
+                    let targets = target_values::<B>(model, chunk_requests, templates, layer, space, h)?;
+                    let found: Vec<Found> = (0..chunk_requests.len()).map(|j| targets.found(j)).collect();
+                    self.save_chunk(&key, c, chunk_requests, &found)?;
+                    found
+                }
+            };
+            for (i, f) in range.zip(found) {
+                self.found.insert((key.clone(), i), f);
             }
         }
         let cached: Vec<&Found> = indices.iter().map(|&i| &self.found[&(key.clone(), i)]).collect();

@@ -143,3 +143,70 @@ fn a_batched_target_search_equals_searching_each_edit_alone() {
         assert!((together.loss[i] - alone.loss[0]).abs() < 1e-3);
     }
 }
+
+/// The official ROME is exact on the bare prompt's key, r-ROME on the template-averaged key: from
+/// the same target `v*`, `W_rome k_p = v* = W_r-rome k̄`.
+#[test]
+fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
+    use editbench_editing::keys::keys;
+    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
+    let family = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap();
+    let request = counterfact_cases(1).remove(0).request;
+    let layer = family.rome.layer;
+    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let c = collect_moments(&model, &[layer], &corpus, &StatsHparams { samples: 100, ..StatsHparams::default() }).unwrap()[&layer].covariance();
+    let templates = ContextTemplates::for_method(&model, Method::Rome, TemplateKind::Fixed, 0).unwrap();
+    let averaged = keys(&model, std::slice::from_ref(&request), &templates, layer).unwrap();
+    let bare = keys(&model, std::slice::from_ref(&request), &ContextTemplates::bare(), layer).unwrap();
+    let mut written = Vec::new();
+    for (method, key) in [(Method::Rome, &bare), (Method::RRome, &averaged)] {
+        let mut h = family.method(method).clone();
+        h.v_num_grad_steps = 6;
+        let mut editor = Editor::new(method, Distribution::Single, h, templates.clone(), [(layer, c.clone())].into()).unwrap();
+        let mut session = EditSession::default();
+        editor.apply::<Autodiff<Cpu>>(&mut model, std::slice::from_ref(&request), &mut session).unwrap();
+        let w = model.mlp_out(layer).matrix().into_data().to_vec::<f32>().unwrap();
+        let d_in = key.nrows();
+        written.push((0..w.len() / d_in).map(|i| (0..d_in).map(|j| w[i * d_in + j] as f64 * key[(j, 0)]).sum::<f64>()).collect::<Vec<f64>>());
+        session.revert(&mut model);
+    }
+    let diff = written[0].iter().zip(&written[1]).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let norm = written[0].iter().map(|a| a * a).sum::<f64>().sqrt();
+    let bare_vs_averaged = (0..bare.nrows()).map(|j| (bare[(j, 0)] - averaged[(j, 0)]).powi(2)).sum::<f64>().sqrt();
+    eprintln!("‖W_rome k_p − W_rrome k̄‖ = {diff:e} of {norm:e}; ‖k_p − k̄‖ = {bare_vs_averaged:e}");
+    assert!(bare_vs_averaged > 1e-2, "the templates did not change the key");
+    assert!(diff < 1e-4 * norm, "the two forms do not write the same v*");
+}
+
+/// Searched chunks are kept on disk and read back bit for bit by a new cache (a resumed run);
+/// other search settings do not reuse them.
+#[test]
+fn a_persisted_target_cache_is_read_back_exactly() {
+    use editbench_editing::keys::Activation;
+    use editbench_editing::targets::TargetCache;
+    let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
+    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
+    h.v_num_grad_steps = 3;
+    let requests: Vec<EditRequest> = counterfact_cases(2).into_iter().map(|c| c.request).collect();
+    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let search = |h: &editbench_editing::MethodHparams| {
+        TargetCache::new(requests.clone(), 1).persisted_in(dir.path().to_path_buf()).targets::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, h).unwrap()
+    };
+    let first = search(&h);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "one file per chunk");
+    // Mark the files: a cache that reads them returns the marked values.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        file["found"][0]["loss"] = serde_json::json!(123.0);
+        std::fs::write(&path, file.to_string()).unwrap();
+    }
+    let again = search(&h);
+    assert_eq!(again.z, first.z, "targets changed on the way through the file");
+    assert_eq!(again.v_init, first.v_init);
+    assert_eq!(again.loss, vec![123.0, 123.0], "the files were not read");
+    h.v_lr = 0.25;
+    assert_ne!(search(&h).loss, vec![123.0, 123.0], "other settings reused the files");
+}

@@ -1,4 +1,5 @@
-//! Aggregation of per-record rows: mean ± standard error of each metric ×100 (the papers' scale),
+//! Aggregation of per-record rows: mean ± standard error of each metric ×100 (the papers' scale;
+//! perplexity and update norms as they are, `Metric::scale`),
 //! and the score S, the harmonic mean of the success metrics' means.
 
 use std::collections::BTreeMap;
@@ -32,8 +33,8 @@ pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
         .map(|((stage, metric), values)| {
             let n = values.len();
             let mean = values.iter().sum::<f64>() / n as f64;
-            let stderr = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() / (n as f64).sqrt() * 100.0);
-            Summary { stage, metric, mean: mean * 100.0, stderr, n }
+            let stderr = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() / (n as f64).sqrt() * metric.scale());
+            Summary { stage, metric, mean: mean * metric.scale(), stderr, n }
         })
         .collect();
     for stage in [Stage::Pre, Stage::Post] {
