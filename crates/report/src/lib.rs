@@ -6,7 +6,7 @@ mod load;
 mod plot;
 mod table;
 
-pub use load::{load_paper, load_run, read_csv, Run, RowKey, Summary};
+pub use load::{load_paper, load_run, read_csv, Run, RowKey, SolverNote, Summary};
 pub use plot::{plot_all, Figure};
 pub use table::{latex_table, markdown_table, Table};
 
@@ -26,7 +26,15 @@ pub fn write_report(runs: &[Run], out: &Path) -> Result<String> {
     let mut report = String::from("# editbench report\n\n");
     report += &format!("Runs: {}.\n\n", runs.iter().map(|r| format!("`{}` ({})", r.label, r.source.display())).collect::<Vec<_>>().join(", "));
     report += "Means ± standard error over records, ×100; S is the harmonic mean of ES, PS and NS (zsRE: of the three accuracies). ";
-    report += "The first rows are the unedited models (`pre`).\n\n";
+    report += "The first rows are the unedited models (`pre`). PPL is the perplexity on held-out text, DWNORM the Frobenius norm of ";
+    report += "the accumulated update per edited layer and DWREL its ratio to the original weight's norm (×100), averaged over ";
+    report += "layers and measured batches. Rows that pool several template seeds show the standard deviation of the per-seed means (σ); ";
+    report += "cond. is the largest condition estimate of the systems solved and pinv whether any solve needed a pseudo-inverse.\n\n";
+    for run in runs {
+        if let Some((n, total)) = run.sample {
+            report += &format!("`{}`: the scores rest on a seeded sample of {n} of the {total} records each cell edited (the same records in every cell).\n\n", run.label);
+        }
+    }
     report += &markdown;
     report += "\nAs LaTeX (booktabs): [table.tex](table.tex).\n\n## Figures\n\n";
     for f in &figures {

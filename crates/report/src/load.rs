@@ -2,28 +2,46 @@
 //! and aggregating them: per table row and stage, every metric's mean ± standard error over records
 //! (S derived), through `editbench_metrics::summarize`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use editbench_metrics::{summarize, Metric, MetricRow, Stage};
 use serde::Deserialize;
 
-/// What identifies a row of the paper's tables.
+/// What identifies a row of the paper's tables: every grid axis but the seed (cells that differ
+/// only in their seed are one row, with the spread across seeds).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RowKey {
     pub model: String,
     pub method: String,
     pub distribution: String,
+    /// The edited layers, `-`-separated, where the run has several layer choices for one method
+    /// and distribution; `""` otherwise (and for a paper's numbers).
+    pub layers: String,
     pub batch_size: usize,
 }
 
-/// One metric of one table row (×100).
+/// One metric of one table row (×100, or as measured for PPL and DWNORM).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
+    /// Mean over records (and over seeds, when there are several).
     pub mean: f64,
+    /// Standard error over records (with several seeds: their mean).
     pub stderr: Option<f64>,
+    /// Records (rows) per seed.
     pub n: usize,
+    /// With several seeds: the standard deviation of the per-seed means, and the number of seeds.
+    pub seeds: Option<(f64, usize)>,
+}
+
+/// What the solves reported for the cells of one table row.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SolverNote {
+    /// Largest condition estimate of the systems solved.
+    pub max_condition: Option<f64>,
+    /// Whether any solve fell back to a pseudo-inverse.
+    pub pseudo_inverse: bool,
 }
 
 /// One results directory (or a paper's numbers), aggregated.
@@ -39,6 +57,10 @@ pub struct Run {
     pub curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>>,
     /// Seconds per phase per cell (`cell label`, phase, seconds).
     pub timings: Vec<(String, String, f64)>,
+    /// Condition estimates and pseudo-inverse use per table row (from `cells/*.json`).
+    pub solver: BTreeMap<RowKey, SolverNote>,
+    /// When scores rest on a sample of the edited records: `(scored, edited)` per cell.
+    pub sample: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,8 +69,10 @@ struct ResultLine {
     model: String,
     method: String,
     distribution: String,
+    layers: String,
     batch_size: usize,
     n_edits: usize,
+    seed: u64,
     round: usize,
     case_id: u64,
     stage: Stage,
@@ -69,8 +93,41 @@ pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2))).collect()
 }
 
-fn to_summary(rows: &[MetricRow], stage: Stage) -> BTreeMap<Metric, Summary> {
-    summarize(rows).into_iter().filter(|s| s.stage == stage).map(|s| (s.metric, Summary { mean: s.mean, stderr: s.stderr, n: s.n })).collect()
+/// Per metric of `stage`: the summary of one seed's rows, or the mean over seeds with the spread
+/// of the per-seed means.
+fn to_summary(per_seed: &BTreeMap<u64, Vec<MetricRow>>, stage: Stage) -> BTreeMap<Metric, Summary> {
+    let mut by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>> = BTreeMap::new();
+    for rows in per_seed.values() {
+        for s in summarize(rows).into_iter().filter(|s| s.stage == stage) {
+            by_metric.entry(s.metric).or_default().push(s);
+        }
+    }
+    by_metric
+        .into_iter()
+        .map(|(metric, seeds)| {
+            let k = seeds.len() as f64;
+            let mean = seeds.iter().map(|s| s.mean).sum::<f64>() / k;
+            let stderrs: Vec<f64> = seeds.iter().filter_map(|s| s.stderr).collect();
+            let stderr = (!stderrs.is_empty()).then(|| stderrs.iter().sum::<f64>() / stderrs.len() as f64);
+            let spread = (seeds.len() > 1).then(|| ((seeds.iter().map(|s| (s.mean - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt(), seeds.len()));
+            (metric, Summary { mean, stderr, n: seeds[0].n, seeds: spread })
+        })
+        .collect()
+}
+
+/// Per table row, the largest condition estimate and any pseudo-inverse use of its finished cells.
+fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey, SolverNote> {
+    let mut notes: BTreeMap<RowKey, SolverNote> = BTreeMap::new();
+    for (cell, key) in keys {
+        let Ok(text) = std::fs::read_to_string(dir.join("cells").join(format!("{cell}.json"))) else { continue };
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let note = notes.entry(key.clone()).or_default();
+        if let Some(c) = record["outcome"]["max_condition_estimate"].as_f64() {
+            note.max_condition = Some(note.max_condition.map_or(c, |m| m.max(c)));
+        }
+        note.pseudo_inverse |= record["outcome"]["used_pseudo_inverse"].as_bool() == Some(true);
+    }
+    notes
 }
 
 /// A results directory written by `editbench run` or `editbench merge`.
@@ -81,10 +138,15 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         }
     }
     let lines: Vec<ResultLine> = read_csv(&dir.join("results.csv"))?;
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
+    let sequential = manifest["sweep"]["protocol"] == "sequential";
     let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
-    // Per (cell, case, stage, metric): the latest round's value, and every round's for curves.
-    let mut latest: BTreeMap<(String, u64, Stage, Metric), (usize, f64)> = BTreeMap::new();
+    // Per (cell, batch, case, stage, metric): the latest round's value, and every round's for
+    // curves. In the sequential protocol a record is scored again after later rounds (batch is
+    // then 0: the latest round counts); in the independent one every round is its own batch.
+    let mut latest: BTreeMap<(String, usize, u64, Stage, Metric), (usize, f64)> = BTreeMap::new();
     let mut keys: BTreeMap<String, RowKey> = BTreeMap::new();
+    let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
     let mut rounds: BTreeMap<(String, usize, Metric), Vec<f64>> = BTreeMap::new();
     let mut n_edits: BTreeMap<String, usize> = BTreeMap::new();
     for l in &lines {
@@ -93,8 +155,10 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             continue;
         };
         n_edits.insert(l.cell_id.clone(), l.n_edits);
-        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey { model: l.model.clone(), method: l.method.clone(), distribution: l.distribution.clone(), batch_size: l.batch_size });
-        let slot = latest.entry((l.cell_id.clone(), l.case_id, l.stage, metric)).or_insert((l.round, l.value));
+        seeds.insert(l.cell_id.clone(), l.seed);
+        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey { model: l.model.clone(), method: l.method.clone(), distribution: l.distribution.clone(), layers: l.layers.clone(), batch_size: l.batch_size });
+        let batch = if sequential { 0 } else { l.round };
+        let slot = latest.entry((l.cell_id.clone(), batch, l.case_id, l.stage, metric)).or_insert((l.round, l.value));
         if l.round >= slot.0 {
             *slot = (l.round, l.value);
         }
@@ -105,29 +169,37 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     for (code, n) in &unknown {
         tracing::warn!("{}: skipped {n} rows with unknown metric code `{code}`", dir.display());
     }
-    let mut by_row: BTreeMap<RowKey, Vec<MetricRow>> = BTreeMap::new();
-    let mut pre_rows: BTreeMap<String, Vec<MetricRow>> = BTreeMap::new();
+    // Layers are part of a row only where they are an axis of the run (several choices for one
+    // method and distribution); otherwise rows match other runs' and a paper's by the rest.
+    let mut choices: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
+    for k in keys.values() {
+        choices.entry((k.model.clone(), k.method.clone(), k.distribution.clone())).or_default().insert(k.layers.clone());
+    }
+    if choices.values().all(|c| c.len() == 1) {
+        keys.values_mut().for_each(|k| k.layers.clear());
+    }
+    let mut by_row: BTreeMap<RowKey, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
+    let mut pre_rows: BTreeMap<String, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_seen: BTreeMap<String, String> = BTreeMap::new();
-    for ((cell, case_id, stage, metric), (_, value)) in &latest {
+    for ((cell, _, case_id, stage, metric), (_, value)) in &latest {
         let key = &keys[cell];
         let row = MetricRow { case_id: *case_id, stage: *stage, metric: *metric, value: *value };
         match stage {
-            Stage::Post => by_row.entry(key.clone()).or_default().push(row),
+            Stage::Post => by_row.entry(key.clone()).or_default().entry(seeds[cell]).or_default().push(row),
             // The unedited rows are the same in every cell of a model: take one cell's.
-            Stage::Pre if pre_seen.entry(key.model.clone()).or_insert_with(|| cell.clone()) == cell => pre_rows.entry(key.model.clone()).or_default().push(row),
+            Stage::Pre if pre_seen.entry(key.model.clone()).or_insert_with(|| cell.clone()) == cell => pre_rows.entry(key.model.clone()).or_default().entry(0).or_default().push(row),
             Stage::Pre => {}
         }
     }
     // Sequential curves exist when every round was scored (`eval_every_round`).
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
-    let scored_rounds = manifest["sweep"]["protocol"] == "sequential" && manifest["sweep"]["eval_every_round"] == true;
+    let scored_rounds = sequential && manifest["sweep"]["eval_every_round"] == true;
     let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
     for ((cell, round, metric), values) in rounds.iter().filter(|_| scored_rounds) {
         let key = &keys[cell];
-        let mean = values.iter().sum::<f64>() / values.len() as f64 * 100.0;
+        let mean = values.iter().sum::<f64>() / values.len() as f64 * metric.scale();
         curves.entry(key.clone()).or_default().entry((round * key.batch_size).min(n_edits[cell])).or_default().insert(*metric, mean);
     }
-    let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={}", k.method, k.distribution, k.batch_size)).unwrap_or_else(|| cell.to_string());
+    let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell])).unwrap_or_else(|| cell.to_string());
     let timings = read_csv::<TimingLine>(&dir.join("timings.csv"))?.into_iter().map(|t| (label_of(&t.cell_id), t.phase, t.seconds)).collect();
     Ok(Run {
         label: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string()),
@@ -136,6 +208,8 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         pre: pre_rows.into_iter().map(|(m, rows)| (m, to_summary(&rows, Stage::Pre))).collect(),
         curves,
         timings,
+        solver: solver_notes(dir, &keys),
+        sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)),
     })
 }
 
@@ -154,15 +228,15 @@ struct PaperLine {
 /// Numbers typed from a paper: CSV with columns `model,method,distribution,batch_size,stage,
 /// metric,value` (values on the ×100 scale; `pre` rows give the unedited model).
 pub fn load_paper(path: &Path, label: &str) -> Result<Run> {
-    let mut run = Run { label: label.to_string(), source: path.to_path_buf(), post: BTreeMap::new(), pre: BTreeMap::new(), curves: BTreeMap::new(), timings: Vec::new() };
+    let mut run = Run { label: label.to_string(), source: path.to_path_buf(), post: BTreeMap::new(), pre: BTreeMap::new(), curves: BTreeMap::new(), timings: Vec::new(), solver: BTreeMap::new(), sample: None };
     for (i, l) in read_csv::<PaperLine>(path)?.into_iter().enumerate() {
         let Some(metric) = Metric::from_code(&l.metric) else {
             bail!("{}: line {}: unknown metric code `{}`", path.display(), i + 2, l.metric);
         };
-        let summary = Summary { mean: l.value, stderr: None, n: 0 };
+        let summary = Summary { mean: l.value, stderr: None, n: 0, seeds: None };
         match l.stage {
             Stage::Pre => run.pre.entry(l.model).or_default().insert(metric, summary),
-            Stage::Post => run.post.entry(RowKey { model: l.model, method: l.method, distribution: l.distribution, batch_size: l.batch_size }).or_default().insert(metric, summary),
+            Stage::Post => run.post.entry(RowKey { model: l.model, method: l.method, distribution: l.distribution, layers: String::new(), batch_size: l.batch_size }).or_default().insert(metric, summary),
         };
     }
     Ok(run)

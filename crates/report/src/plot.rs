@@ -7,11 +7,12 @@ use std::sync::Once;
 
 use anyhow::{anyhow, Result};
 use editbench_metrics::Metric;
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
+use plotters::element::ErrorBar;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::load::{RowKey, Run};
+use crate::load::Run;
 
 const FONT: &str = "sans-serif";
 /// Figure size in pixels: readable at a paper's column width once scaled to about 8 cm.
@@ -69,6 +70,7 @@ fn method_color(method: &str) -> RGBColor {
         "memit" => RGBColor(31, 119, 180),
         "emmet" => RGBColor(44, 160, 44),
         "alphaedit" => RGBColor(148, 103, 189),
+        "r-rome" => RGBColor(255, 127, 14),
         _ => RGBColor(90, 90, 90),
     }
 }
@@ -79,12 +81,17 @@ fn models(runs: &[Run]) -> Vec<String> {
     runs.iter().flat_map(|r| r.post.keys().map(|k| k.model.clone())).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// (a) One metric against the batch size (log scale), a line per run × method × distribution,
-/// one panel per model; spread is dashed.
+/// (a) One metric against the batch size (log axis, ticks at the batch sizes run), a line per
+/// run × method × distribution (× layers) with standard-error bars, one panel per model: colour and
+/// marker per method, dashed for spread, lines that coincide offset a little sideways; the
+/// unedited model as a grey horizontal line.
 struct MetricVsBatch<'a> {
     runs: &'a [Run],
     metric: Metric,
 }
+
+/// Sideways offset between lines in log₂(B) units, so coinciding lines stay visible.
+const DODGE: f64 = 0.07;
 
 impl Chart for MetricVsBatch<'_> {
     fn title(&self) -> String {
@@ -96,26 +103,41 @@ impl Chart for MetricVsBatch<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let models = models(self.runs);
         for (panel, model) in area.split_evenly((1, models.len().max(1))).iter().zip(&models) {
-            let lines: Vec<(String, &RowKey, Vec<(f64, f64)>)> = series(self.runs, model, self.metric);
-            let max_b = lines.iter().flat_map(|l| l.2.iter().map(|p| p.0)).fold(2.0, f64::max);
+            let lines = series(self.runs, model, self.metric);
+            let unedited = self.runs.iter().find_map(|r| r.pre.get(model).and_then(|m| m.get(&self.metric))).map(|s| s.mean);
+            let sizes: BTreeSet<usize> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
+            let ticks: Vec<f64> = sizes.iter().map(|&b| (b as f64).log2()).collect();
+            let max_x = ticks.last().copied().unwrap_or(1.0).max(1.0);
+            let values = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1 + p.2.unwrap_or(0.0))).chain(unedited);
             let mut chart = ChartBuilder::on(panel)
-                .caption(format!("{model}: {}", self.metric.code()), (FONT, 20))
+                .caption(format!("{model}: {}{}", self.metric.code(), sample_note(self.runs)), (FONT, 18))
                 .margin(10)
                 .x_label_area_size(40)
-                .y_label_area_size(50)
-                .build_cartesian_2d((0.8f64..max_b * 1.25).log_scale(), y_range(self.metric))
+                .y_label_area_size(55)
+                .build_cartesian_2d(TickedAxis { range: -0.6..max_x + 0.6, ticks }, y_range(self.metric, values))
                 .map_err(err)?;
-            chart.configure_mesh().x_label_formatter(&|x: &f64| format!("{x:.0}")).y_label_formatter(&|y: &f64| format!("{y:.0}"))
-                .x_desc("batch size (edits per batch)").y_desc(format!("{} (%)", self.metric.code())).label_style((FONT, 13)).draw().map_err(err)?;
-            for (label, key, points) in lines {
-                let color = method_color(&key.method);
+            chart.configure_mesh().x_label_formatter(&|x: &f64| format!("{:.0}", x.exp2())).y_label_formatter(&|y: &f64| format!("{y:.4}").trim_end_matches('0').trim_end_matches('.').to_string())
+                .x_desc("batch size (edits per batch, log scale)").y_desc(axis_label(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
+            if let Some(y) = unedited {
+                let grey = RGBColor(120, 120, 120).stroke_width(1);
+                chart.draw_series(DashedLineSeries::new(vec![(-0.6, y), (max_x + 0.6, y)], 3, 4, grey)).map_err(err)?
+                    .label("unedited").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+            }
+            let n = lines.len() as f64;
+            for (i, line) in lines.iter().enumerate() {
+                let offset = (i as f64 - (n - 1.0) / 2.0) * DODGE;
+                let points: Vec<(f64, f64)> = line.points.iter().map(|p| ((p.0 as f64).log2() + offset, p.1)).collect();
+                let color = method_color(&line.method);
                 let style = color.stroke_width(2);
-                if key.distribution == "spread" {
-                    chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
+                let legend = line.label.clone();
+                if line.distribution == "spread" {
+                    chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)).map_err(err)?.label(legend).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
                 } else {
-                    chart.draw_series(LineSeries::new(points.clone(), style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                    chart.draw_series(LineSeries::new(points.clone(), style)).map_err(err)?.label(legend).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
                 }
-                chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+                let bars = line.points.iter().zip(&points).filter_map(|(p, q)| p.2.map(|e| ErrorBar::new_vertical(q.0, q.1 - e, q.1, q.1 + e, color.stroke_width(1), 6)));
+                chart.draw_series(bars).map_err(err)?;
+                markers(&mut chart, &points, method_rank(&line.method), color)?;
             }
             chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
         }
@@ -123,28 +145,98 @@ impl Chart for MetricVsBatch<'_> {
     }
 }
 
-fn y_range(metric: Metric) -> std::ops::Range<f64> {
+/// A linear axis (here log₂ of the batch size) whose ticks are exactly the given values.
+struct TickedAxis {
+    range: std::ops::Range<f64>,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for TickedAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let fraction = (value - self.range.start) / (self.range.end - self.range.start);
+        limit.0 + (fraction * (limit.1 - limit.0) as f64).round() as i32
+    }
+
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        self.ticks.clone()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.clone()
+    }
+}
+
+/// One marker shape per method, so lines of several methods that coincide stay apart.
+fn markers<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(chart: &mut ChartContext<'_, DB, CT>, points: &[(f64, f64)], shape: usize, color: RGBColor) -> Result<()> {
+    match shape % 4 {
+        0 => chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map(|_| ()),
+        1 => chart.draw_series(points.iter().map(|&p| TriangleMarker::new(p, 6, color.filled()))).map(|_| ()),
+        2 => chart.draw_series(points.iter().map(|&p| Cross::new(p, 5, color.stroke_width(2)))).map(|_| ()),
+        _ => chart.draw_series(points.iter().map(|&p| EmptyElement::at(p) + Rectangle::new([(-4, -4), (4, 4)], color.filled()))).map(|_| ()),
+    }
+    .map_err(err)
+}
+
+fn method_rank(method: &str) -> usize {
+    ["memit", "emmet", "rome", "r-rome", "alphaedit"].iter().position(|m| *m == method).unwrap_or(5)
+}
+
+/// ` (scores: a sample of n of N records)` when the runs scored a sample.
+fn sample_note(runs: &[Run]) -> String {
+    runs.iter().find_map(|r| r.sample).map(|(n, total)| format!(" (scores: {n} of {total} records)")).unwrap_or_default()
+}
+
+fn axis_label(metric: Metric) -> String {
+    match metric {
+        Metric::PPL => "perplexity".into(),
+        Metric::DWNORM => "‖ΔW‖ (Frobenius)".into(),
+        Metric::DWREL => "‖ΔW‖ / ‖W‖ (%)".into(),
+        m => format!("{} (%)", m.code()),
+    }
+}
+
+/// The y range: the metric's natural one for scores, from the data for perplexity and norms.
+fn y_range(metric: Metric, values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     match metric {
         Metric::EM | Metric::PM | Metric::NM => -100.0..100.0,
         Metric::GE => 0.0..800.0,
+        Metric::PPL | Metric::DWNORM | Metric::DWREL => 0.0..values.fold(1e-9, f64::max) * 1.15,
         _ => 0.0..105.0,
     }
 }
 
-/// Per run × method × distribution of `model`: (label, key, [(batch size, mean)]).
-fn series<'a>(runs: &'a [Run], model: &str, metric: Metric) -> Vec<(String, &'a RowKey, Vec<(f64, f64)>)> {
-    let mut out: BTreeMap<(String, String, String), (&RowKey, Vec<(f64, f64)>)> = BTreeMap::new();
-    for run in runs {
+/// A line of [`MetricVsBatch`]: its points `(batch size, mean, standard error)`.
+struct Line {
+    label: String,
+    method: String,
+    distribution: String,
+    points: Vec<(usize, f64, Option<f64>)>,
+}
+
+/// Per run × method × distribution × layers of `model`, its points.
+fn series(runs: &[Run], model: &str, metric: Metric) -> Vec<Line> {
+    let mut out: BTreeMap<(usize, String, String, String), Line> = BTreeMap::new();
+    for (r, run) in runs.iter().enumerate() {
         for (key, values) in run.post.iter().filter(|(k, _)| k.model == model) {
             if let Some(s) = values.get(&metric) {
-                let label = if runs.len() > 1 { format!("{} {} {}", run.label, key.method, key.distribution) } else { format!("{} {}", key.method, key.distribution) };
-                out.entry((label, key.method.clone(), key.distribution.clone())).or_insert((key, Vec::new())).1.push((key.batch_size as f64, s.mean));
+                let mut label = format!("{} {}", crate::table::method_name(&key.method), key.distribution);
+                if !key.layers.is_empty() {
+                    label += &format!(" {}", key.layers);
+                }
+                if runs.len() > 1 {
+                    label = format!("{} {label}", run.label);
+                }
+                let line = out.entry((r, key.method.clone(), key.distribution.clone(), key.layers.clone())).or_insert_with(|| Line { label, method: key.method.clone(), distribution: key.distribution.clone(), points: Vec::new() });
+                line.points.push((key.batch_size, s.mean, s.stderr));
             }
         }
     }
-    out.into_iter().map(|((label, _, _), (key, mut points))| {
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        (label, key, points)
+    out.into_values().map(|mut line| {
+        line.points.sort_by_key(|p| p.0);
+        line
     }).collect()
 }
 
@@ -175,12 +267,12 @@ impl Chart for MethodsSideBySide<'_> {
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
-                .build_cartesian_2d(0f64..sizes.len().max(1) as f64, y_range(self.metric))
+                .build_cartesian_2d(0f64..sizes.len().max(1) as f64, y_range(self.metric, bars.values().copied()))
                 .map_err(err)?;
             let labels = sizes.clone();
             chart.configure_mesh().disable_x_mesh().x_labels(sizes.len().max(1) * 2 + 1)
                 .x_label_formatter(&move |x: &f64| { let i = x.floor() as usize; if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() { format!("B={}", labels[i]) } else { String::new() } })
-                .x_desc("batch size").y_desc(format!("{} (%)", self.metric.code())).label_style((FONT, 13)).draw().map_err(err)?;
+                .x_desc("batch size").y_desc(axis_label(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
             let width = 0.8 / methods.len().max(1) as f64;
             for (j, method) in methods.iter().enumerate() {
                 let color = method_color(method);
@@ -223,13 +315,13 @@ impl Chart for SequentialCurve<'_> {
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_edits * 1.02, y_range(self.metric))
+            .build_cartesian_2d(0f64..max_edits * 1.02, y_range(self.metric, self.run.curves.values().flat_map(|c| c.values().filter_map(|m| m.get(&self.metric).copied()))))
             .map_err(err)?;
-        chart.configure_mesh().x_desc("edits applied").y_desc(format!("{} (%) of the edits so far", self.metric.code())).label_style((FONT, 13)).draw().map_err(err)?;
+        chart.configure_mesh().x_desc("edits applied").y_desc(format!("{} of the edits so far", axis_label(self.metric))).label_style((FONT, 13)).draw().map_err(err)?;
         for (key, curve) in &self.run.curves {
             let points: Vec<(f64, f64)> = curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|v| (*n as f64, *v))).collect();
             let style = method_color(&key.method).stroke_width(2);
-            let label = format!("{} {} B={}", key.method, key.distribution, key.batch_size);
+            let label = format!("{} {} B={}{}", key.method, key.distribution, key.batch_size, if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) });
             chart.draw_series(LineSeries::new(points, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
@@ -295,7 +387,10 @@ impl Timings<'_> {
 pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let present = |m: Metric| runs.iter().any(|r| r.post.values().any(|v| v.contains_key(&m)));
-    let headline: Vec<Metric> = [Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc].into_iter().filter(|&m| present(m)).collect();
+    let headline: Vec<Metric> = [Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::PPL, Metric::DWREL]
+        .into_iter()
+        .filter(|&m| present(m))
+        .collect();
     for &metric in &headline {
         figures.push(render(&MetricVsBatch { runs, metric }, dir, &format!("batch-size-{}", metric.code()))?);
     }
@@ -303,7 +398,7 @@ pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
         figures.push(render(&MethodsSideBySide { runs, metric }, dir, &format!("methods-{}", metric.code()))?);
     }
     for run in runs.iter().filter(|r| !r.curves.is_empty()) {
-        for metric in [Metric::ES, Metric::PS, Metric::NS].into_iter().filter(|&m| present(m)) {
+        for metric in [Metric::ES, Metric::PS, Metric::NS, Metric::PPL, Metric::DWREL].into_iter().filter(|&m| present(m)) {
             figures.push(render(&SequentialCurve { run, metric }, dir, &format!("sequential-{}-{}", run.label, metric.code()))?);
         }
     }

@@ -1,24 +1,39 @@
 //! The paper's table layout: the unedited rows first, then method × distribution × batch size per
-//! model; columns ES PS NS S GE RS (+ EM PM NM, accuracies) that have data; one row per run when
-//! several runs are compared, followed by the differences to the first run.
+//! model (and the layers, where they are an axis); columns ES PS NS S GE RS (+ EM PM NM,
+//! accuracies, perplexity and update norms) that have data, then what the solves reported; one row
+//! per run when several runs are compared, followed by the differences to the first run.
 
 use editbench_metrics::Metric;
 
-use crate::load::{RowKey, Run, Summary};
+use crate::load::{RowKey, Run, SolverNote, Summary};
 
 /// The metric columns in the papers' order.
-const ORDER: [Metric; 15] = [
+const ORDER: [Metric; 18] = [
     Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RS, Metric::EM, Metric::PM, Metric::NM, Metric::EA, Metric::PA, Metric::NA,
-    Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc,
+    Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::PPL, Metric::DWREL, Metric::DWNORM,
 ];
+
+/// What identifies a line of the table.
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub run: String,
+    pub model: String,
+    pub method: String,
+    pub distribution: String,
+    pub layers: String,
+    pub batch: String,
+}
 
 /// Cells of the table, ready to format.
 pub struct Table {
     pub columns: Vec<Metric>,
-    /// (run label, model, method, distribution, batch size, values per column).
-    pub rows: Vec<(String, String, String, String, String, Vec<Option<Summary>>)>,
-    /// Differences to the first run: (run label, model, method, distribution, batch size, Δ per column).
-    pub differences: Vec<(String, String, String, String, String, Vec<Option<f64>>)>,
+    /// Whether the layers are an axis (a column) of the table.
+    pub layers: bool,
+    /// Whether the solver's condition estimate and pseudo-inverse use are shown.
+    pub solver: bool,
+    pub rows: Vec<(Label, Vec<Option<Summary>>, Option<SolverNote>)>,
+    /// Differences of the means to the first run.
+    pub differences: Vec<(Label, Vec<Option<f64>>)>,
     pub runs: usize,
 }
 
@@ -30,37 +45,76 @@ impl Table {
         models.sort();
         models.dedup();
         let mut keys: Vec<&RowKey> = runs.iter().flat_map(|r| r.post.keys()).collect();
-        keys.sort_by_key(|k| (&k.model, method_rank(&k.method), &k.method, &k.distribution, k.batch_size));
+        keys.sort_by_key(|k| (&k.model, method_rank(&k.method), &k.method, &k.distribution, &k.layers, k.batch_size));
         keys.dedup();
-        let mut rows = Vec::new();
-        let mut differences = Vec::new();
-        let values = |m: Option<&std::collections::BTreeMap<Metric, Summary>>| columns.iter().map(|c| m.and_then(|m| m.get(c)).copied()).collect::<Vec<_>>();
-        let mut push = |model: &str, method: &str, dist: &str, b: String, per_run: Vec<Vec<Option<Summary>>>| {
-            for (run, v) in runs.iter().zip(&per_run) {
+        let mut table = Table {
+            layers: keys.iter().any(|k| !k.layers.is_empty()),
+            solver: runs.iter().any(|r| !r.solver.is_empty()),
+            columns,
+            rows: Vec::new(),
+            differences: Vec::new(),
+            runs: runs.len(),
+        };
+        let values = |m: Option<&std::collections::BTreeMap<Metric, Summary>>| table.columns.iter().map(|c| m.and_then(|m| m.get(c)).copied()).collect::<Vec<_>>();
+        let mut lines: Vec<(Label, Vec<Vec<Option<Summary>>>, Vec<Option<SolverNote>>)> = Vec::new();
+        for model in &models {
+            let label = Label { run: String::new(), model: model.to_string(), method: "pre".into(), distribution: "—".into(), layers: "—".into(), batch: "—".into() };
+            lines.push((label, runs.iter().map(|r| values(r.pre.get(*model))).collect(), vec![None; runs.len()]));
+        }
+        for k in keys {
+            let label = Label { run: String::new(), model: k.model.clone(), method: k.method.clone(), distribution: k.distribution.clone(), layers: k.layers.clone(), batch: k.batch_size.to_string() };
+            lines.push((label, runs.iter().map(|r| values(r.post.get(k))).collect(), runs.iter().map(|r| r.solver.get(k).copied()).collect()));
+        }
+        for (label, per_run, notes) in lines {
+            for ((run, v), note) in runs.iter().zip(&per_run).zip(notes) {
                 if v.iter().any(Option::is_some) {
-                    rows.push((run.label.clone(), model.to_string(), method.to_string(), dist.to_string(), b.clone(), v.clone()));
+                    table.rows.push((Label { run: run.label.clone(), ..label.clone() }, v.clone(), note));
                 }
             }
             for (run, v) in runs.iter().zip(&per_run).skip(1) {
                 let delta: Vec<Option<f64>> = v.iter().zip(&per_run[0]).map(|(a, b)| Some(a.as_ref()?.mean - b.as_ref()?.mean)).collect();
                 if delta.iter().any(Option::is_some) {
-                    differences.push((format!("{} − {}", run.label, runs[0].label), model.to_string(), method.to_string(), dist.to_string(), b.clone(), delta));
+                    table.differences.push((Label { run: format!("{} − {}", run.label, runs[0].label), ..label.clone() }, delta));
                 }
             }
-        };
-        for model in &models {
-            push(model, "pre", "—", "—".into(), runs.iter().map(|r| values(r.pre.get(*model))).collect());
         }
-        for k in keys {
-            push(&k.model, &k.method, &k.distribution, k.batch_size.to_string(), runs.iter().map(|r| values(r.post.get(k))).collect());
+        table
+    }
+
+    fn key_columns(&self, latex: bool) -> Vec<String> {
+        let mut head: Vec<String> = if self.runs > 1 { vec!["Run".into()] } else { vec![] };
+        head.extend(["Model", "Method", if latex { "Dist." } else { "Distribution" }].map(String::from));
+        if self.layers {
+            head.push("Layers".into());
         }
-        Self { columns, rows, differences, runs: runs.len() }
+        head.push(if latex { "$B$" } else { "B" }.into());
+        head
+    }
+
+    fn key_cells(&self, l: &Label, run_col: bool) -> Vec<String> {
+        let mut cells = if run_col { vec![l.run.clone()] } else { vec![] };
+        cells.extend([l.model.clone(), method_name(&l.method), l.distribution.clone()]);
+        if self.layers {
+            cells.push(l.layers.clone());
+        }
+        cells.push(l.batch.clone());
+        cells
+    }
+
+    fn solver_cells(&self, note: &Option<SolverNote>) -> Vec<String> {
+        if !self.solver {
+            return vec![];
+        }
+        match note {
+            None => vec!["–".into(), "–".into()],
+            Some(n) => vec![n.max_condition.map(|c| format!("{c:.1e}")).unwrap_or_else(|| "–".into()), if n.pseudo_inverse { "yes" } else { "no" }.into()],
+        }
     }
 }
 
 /// Methods in the paper's order.
 fn method_rank(method: &str) -> usize {
-    ["rome", "memit", "emmet", "alphaedit"].iter().position(|m| *m == method).unwrap_or(4)
+    ["rome", "r-rome", "memit", "emmet", "alphaedit"].iter().position(|m| *m == method).unwrap_or(5)
 }
 
 fn header(m: Metric) -> &'static str {
@@ -72,9 +126,10 @@ fn header(m: Metric) -> &'static str {
     }
 }
 
-fn method_name(m: &str) -> String {
+pub(crate) fn method_name(m: &str) -> String {
     match m {
         "rome" => "ROME".into(),
+        "r-rome" => "r-ROME".into(),
         "memit" => "MEMIT".into(),
         "emmet" => "EMMET".into(),
         "alphaedit" => "AlphaEdit".into(),
@@ -83,42 +138,50 @@ fn method_name(m: &str) -> String {
     }
 }
 
-fn cell(s: &Option<Summary>, pm: &str) -> String {
-    match s {
-        None => "–".into(),
-        Some(Summary { mean, stderr: Some(e), .. }) => format!("{mean:.1}{pm}{e:.1}"),
-        Some(Summary { mean, .. }) => format!("{mean:.1}"),
+/// `mean ± s.e.`, and `(σ sd over k seeds)` when the row pools several seeds.
+fn cell(s: &Option<Summary>, pm: &str, sigma: &str) -> String {
+    let Some(s) = s else { return "–".into() };
+    let mut text = match s.stderr {
+        Some(e) => format!("{:.1}{pm}{e:.1}", s.mean),
+        None => format!("{:.1}", s.mean),
+    };
+    if let Some((sd, k)) = s.seeds {
+        text += &format!(" ({sigma} {sd:.1}, {k} seeds)");
     }
+    text
 }
 
 fn delta(d: &Option<f64>) -> String {
     d.map(|d| format!("{d:+.1}")).unwrap_or_else(|| "–".into())
 }
 
+const SOLVER_HEADERS: [&str; 2] = ["cond.", "pinv"];
+
 /// The table in Markdown (also printed to the terminal).
 pub fn markdown_table(t: &Table) -> String {
     let run_col = t.runs > 1;
-    let mut head: Vec<String> = Vec::new();
-    if run_col {
-        head.push("Run".into());
-    }
-    head.extend(["Model", "Method", "Distribution", "B"].map(String::from));
+    let keys = t.key_columns(false);
+    let mut head = keys.clone();
     head.extend(t.columns.iter().map(|&m| header(m).to_string()));
+    if t.solver {
+        head.extend(SOLVER_HEADERS.map(String::from));
+    }
     let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
-    let mut out = line(head.clone());
-    out += &line(head.iter().enumerate().map(|(i, _)| if i < head.len() - t.columns.len() { "---".into() } else { "---:".into() }).collect());
-    for (run, model, method, dist, b, values) in &t.rows {
-        let mut cells = if run_col { vec![run.clone()] } else { vec![] };
-        cells.extend([model.clone(), method_name(method), dist.clone(), b.clone()]);
-        cells.extend(values.iter().map(|v| cell(v, " ± ")));
+    let rule = |n: usize| line((0..n).map(|i| if i < keys.len() { "---".into() } else { "---:".into() }).collect());
+    let mut out = line(head.clone()) + &rule(head.len());
+    for (label, values, note) in &t.rows {
+        let mut cells = t.key_cells(label, run_col);
+        cells.extend(values.iter().map(|v| cell(v, " ± ", "σ")));
+        cells.extend(t.solver_cells(note));
         out += &line(cells);
     }
     if !t.differences.is_empty() {
+        let width = keys.len() + t.columns.len();
         out += "\nDifferences of the means to the first run:\n\n";
-        out += &line(head.clone());
-        out += &line(head.iter().enumerate().map(|(i, _)| if i < head.len() - t.columns.len() { "---".into() } else { "---:".into() }).collect());
-        for (run, model, method, dist, b, values) in &t.differences {
-            let mut cells = vec![run.clone(), model.clone(), method_name(method), dist.clone(), b.clone()];
+        out += &line(head[..width].to_vec());
+        out += &rule(width);
+        for (label, values) in &t.differences {
+            let mut cells = t.key_cells(label, true);
             cells.extend(values.iter().map(delta));
             out += &line(cells);
         }
@@ -129,29 +192,33 @@ pub fn markdown_table(t: &Table) -> String {
 /// The table as a LaTeX `tabular` with booktabs rules.
 pub fn latex_table(t: &Table) -> String {
     let run_col = t.runs > 1;
-    let escape = |s: &str| s.replace('_', "\\_").replace('%', "\\%").replace('&', "\\&");
-    let keys = if run_col { 5 } else { 4 };
-    let mut out = format!("\\begin{{tabular}}{{{}{}}}\n\\toprule\n", "l".repeat(keys - 1) + "r", "r".repeat(t.columns.len()));
-    let mut head: Vec<String> = if run_col { vec!["Run".into()] } else { vec![] };
-    head.extend(["Model", "Method", "Dist.", "$B$"].map(String::from));
+    let escape = |s: &str| s.replace('_', "\\_").replace('%', "\\%").replace('&', "\\&").replace('—', "--");
+    let keys = t.key_columns(true);
+    let solver = if t.solver { SOLVER_HEADERS.len() } else { 0 };
+    let mut out = format!("\\begin{{tabular}}{{{}{}}}\n\\toprule\n", "l".repeat(keys.len() - 1) + "r", "r".repeat(t.columns.len() + solver));
+    let mut head = keys.clone();
     head.extend(t.columns.iter().map(|&m| escape(header(m))));
+    if t.solver {
+        head.extend(SOLVER_HEADERS.map(String::from));
+    }
     out += &format!("{} \\\\\n\\midrule\n", head.join(" & "));
-    let mut previous_model = None;
-    for (run, model, method, dist, b, values) in &t.rows {
-        if previous_model.is_some_and(|p| p != model) {
+    let mut previous_model: Option<&String> = None;
+    for (label, values, note) in &t.rows {
+        if previous_model.is_some_and(|p| *p != label.model) {
             out += "\\midrule\n";
         }
-        previous_model = Some(model);
-        let mut cells: Vec<String> = if run_col { vec![escape(run)] } else { vec![] };
-        cells.extend([escape(model), method_name(method), escape(dist).replace('—', "--"), b.replace('—', "--")]);
-        cells.extend(values.iter().map(|v| cell(v, "$\\pm$")));
+        previous_model = Some(&label.model);
+        let mut cells: Vec<String> = t.key_cells(label, run_col).iter().map(|c| escape(c)).collect();
+        cells.extend(values.iter().map(|v| cell(v, "$\\pm$", "$\\sigma$")));
+        cells.extend(t.solver_cells(note));
         out += &format!("{} \\\\\n", cells.join(" & "));
     }
     if !t.differences.is_empty() {
         out += "\\midrule\n";
-        for (run, model, method, dist, b, values) in &t.differences {
-            let mut cells = vec![escape(&run.replace('−', "$-$")), escape(model), method_name(method), escape(dist), b.clone()];
+        for (label, values) in &t.differences {
+            let mut cells: Vec<String> = t.key_cells(label, true).iter().map(|c| escape(&c.replace('−', "$-$"))).collect();
             cells.extend(values.iter().map(delta));
+            cells.extend(std::iter::repeat_n(String::new(), solver));
             out += &format!("{} \\\\\n", cells.join(" & "));
         }
     }

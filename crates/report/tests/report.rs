@@ -11,7 +11,7 @@ fn fixture() -> PathBuf {
 }
 
 fn key(b: usize) -> RowKey {
-    RowKey { model: "tiny".into(), method: "emmet".into(), distribution: "single".into(), batch_size: b }
+    RowKey { model: "tiny".into(), method: "emmet".into(), distribution: "single".into(), layers: String::new(), batch_size: b }
 }
 
 fn close(a: f64, b: f64) {
@@ -96,4 +96,47 @@ fn bad_input_is_named() {
     std::fs::write(&bad, "model,method\ntiny,emmet\n").unwrap();
     let err = format!("{:#}", load_paper(&bad, "p").unwrap_err());
     assert!(err.contains("paper.csv: line 2"), "{err}");
+}
+
+/// A results directory written by hand: `rows` are `cell,layers,seed,round,case,stage,metric,value`.
+fn write_run(dir: &Path, protocol: &str, rows: &[&str]) {
+    std::fs::write(dir.join("manifest.json"), format!(r#"{{"sweep": {{"protocol": "{protocol}", "dataset": {{"n_edits": 4}}, "eval": {{"sample": {{"n": 2}}}}}}}}"#)).unwrap();
+    let mut csv = String::from("cell_id,model,method,distribution,layers,batch_size,n_edits,seed,round,case_id,stage,metric,value\n");
+    for r in rows {
+        let f: Vec<&str> = r.split(',').collect();
+        csv += &format!("{},tiny,emmet,single,{},1,4,{},{},{},{},{},{}\n", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
+    }
+    std::fs::write(dir.join("results.csv"), csv).unwrap();
+    std::fs::write(dir.join("timings.csv"), "cell_id,phase,seconds\n").unwrap();
+}
+
+/// Cells that differ in their layers are separate rows (a Layers column); cells that differ only
+/// in their seed are one row with the spread across seeds; in the independent protocol every
+/// batch's rows count (PPL of two batches is their mean).
+#[test]
+fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_run(dir.path(), "independent", &[
+        "a,2,0,1,1,post,ES,1", "a,2,0,2,2,post,ES,0",
+        "b,4,0,1,1,post,ES,1", "b,4,0,2,2,post,ES,1", "b,4,0,1,0,post,PPL,10", "b,4,0,2,0,post,PPL,20",
+        "c,4,1,1,1,post,ES,0", "c,4,1,2,2,post,ES,1", "c,4,1,1,0,post,PPL,30",
+    ]);
+    let run = load_run(dir.path()).unwrap();
+    let at = |layers: &str| &run.post[&RowKey { model: "tiny".into(), method: "emmet".into(), distribution: "single".into(), layers: layers.into(), batch_size: 1 }];
+    close(at("2")[&Metric::ES].mean, 50.0);
+    assert_eq!(at("2")[&Metric::ES].seeds, None);
+    // Layer 4: seed 0 has ES 100, seed 1 has 50 → mean 75, σ of the two means 35.36.
+    let es = at("4")[&Metric::ES];
+    close(es.mean, 75.0);
+    let (sd, k) = es.seeds.unwrap();
+    close(sd, 50.0 / 2f64.sqrt());
+    assert_eq!(k, 2);
+    // PPL: seed 0 measured after two batches (mean 15), seed 1 after one (30); not scaled by 100.
+    close(at("4")[&Metric::PPL].mean, 22.5);
+    let markdown = markdown_table(&Table::new(&[run]));
+    assert!(markdown.contains("| Model | Method | Distribution | Layers | B | ES |"), "{markdown}");
+    assert!(markdown.contains("| tiny | EMMET | single | 4 | 1 | 75.0 ± 25.0 (σ 35.4, 2 seeds) |"), "{markdown}");
+    let report = write_report(&[load_run(dir.path()).unwrap()], dir.path()).unwrap();
+    assert!(report.contains("| 2 | 1 |"));
+    assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("a seeded sample of 2 of the 4 records"));
 }

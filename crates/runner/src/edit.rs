@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use editbench_editing::context::ContextTemplates;
-use editbench_editing::hparams::StatsHparams;
+use editbench_editing::hparams::{Sampler, StatsHparams};
 use editbench_editing::score::continuation_nll;
 use editbench_editing::stats::StatsSource;
 use editbench_editing::{Distribution, EditRequest, EditSession, Editor, FamilyHparams, Method};
@@ -60,6 +60,10 @@ pub struct EditSetup {
     /// Cache directory of key statistics.
     #[arg(long, default_value = "results/cache/stats")]
     pub stats_cache: PathBuf,
+    /// Corpus paragraph sampler: seeded, or reference (the official code's order); default: the
+    /// hparams file's `stats.sampler`.
+    #[arg(long)]
+    pub sampler: Option<Sampler>,
     /// Context templates (JSON, as written by --save-templates) instead of sampling them.
     #[arg(long)]
     pub templates: Option<PathBuf>,
@@ -69,7 +73,8 @@ pub struct EditSetup {
 }
 
 impl EditSetup {
-    fn stats(&self, hparams: StatsHparams) -> StatsSource {
+    fn stats(&self, mut hparams: StatsHparams) -> StatsSource {
+        hparams.sampler = self.sampler.unwrap_or(hparams.sampler);
         StatsSource { corpus: self.corpus.clone(), hparams, cache_dir: Some(self.stats_cache.clone()) }
     }
 }
@@ -137,8 +142,8 @@ impl BackendTask for EditTask {
 
 pub fn load_or_sample_templates<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, setup: &EditSetup, method: Method, h: &editbench_editing::MethodHparams) -> Result<ContextTemplates> {
     let templates = match &setup.templates {
-        Some(path) => ContextTemplates::load(path)?,
-        None => ContextTemplates::for_method(model, method, h.templates, h.template_seed)?,
+        Some(path) => ContextTemplates::load(path, method)?,
+        None => ContextTemplates::for_hparams(model, method, h)?,
     };
     tracing::info!("context templates: {:?}", templates.groups);
     if let Some(path) = &setup.save_templates {
@@ -163,6 +168,13 @@ pub struct StatsArgs {
     pub max_length: usize,
     #[arg(long, default_value = "results/cache/stats")]
     pub cache: PathBuf,
+    /// Corpus paragraph sampler: seeded (SplitMix64, --seed) or reference (CPython's
+    /// random.Random(1).shuffle, the official code's order).
+    #[arg(long, default_value = "seeded")]
+    pub sampler: Sampler,
+    /// Seed of the seeded sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 pub struct StatsTask(pub StatsArgs);
@@ -177,7 +189,7 @@ impl BackendTask for StatsTask {
         }
         let source = StatsSource {
             corpus: a.corpus.clone(),
-            hparams: StatsHparams { samples: a.samples, max_length: a.max_length, ..StatsHparams::default() },
+            hparams: StatsHparams { samples: a.samples, max_length: a.max_length, sampler: a.sampler, seed: a.seed, ..StatsHparams::default() },
             cache_dir: Some(a.cache.clone()),
         };
         let started = Instant::now();

@@ -2,7 +2,7 @@
 //! skipped by id), shardable (`--shard I/N`), one failing cell recorded and skipped unless
 //! `--fail-fast`; and `editbench merge`, which combines shard directories.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,17 +12,20 @@ use burn::tensor::backend::AutodiffBackend;
 use editbench_datasets::{consistency, load as load_dataset, DatasetSource, Record, Selection};
 use editbench_editing::context::ContextTemplates;
 use editbench_editing::hparams::TemplateKind;
-use editbench_editing::stats::{model_sha256, StatsSource};
+use editbench_editing::score::perplexity;
+use editbench_editing::stats::{model_sha256, paragraphs, sampled_indices, StatsSource};
 use editbench_editing::targets::TargetCache;
-use editbench_editing::{EditRequest, EditSession, Editor, Method};
-use editbench_metrics::{evaluate, GenerationOptions, MetricRow, Stage, TfIdf};
+use editbench_editing::{EditRequest, EditSession, Editor};
+use editbench_datasets::rng::SplitMix64;
+use editbench_metrics::{evaluate, GenerationOptions, Metric, MetricRow, Stage, TfIdf};
 use editbench_models::{BackendTask, LanguageModel};
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::output::{cell_record_path, cell_rows_path, csv_bytes, RESULT_COLUMNS, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
-use crate::sweep::{Cell, Plan, Protocol};
+use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
 
 /// Edits whose targets are searched together when filling the [`TargetCache`].
 const TARGET_CHUNK: usize = 16;
@@ -104,18 +107,61 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
         .collect();
     let in_shard = (0..plan.cells.len()).filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s)).count();
     eprintln!("{} cells in the grid, {in_shard} in this shard, {} to run ({} already finished)", plan.cells.len(), pending.len(), in_shard - pending.len());
+    let scored = scored_cases(&plan, &records);
     let backend = plan.backend;
-    let failures = backend.run(SweepTask { plan: &plan, opts: &opts, records, pending, sets, dataset_sha256, model_hashes })??;
+    let failures = backend.run(SweepTask { plan: &plan, opts: &opts, records, scored, pending, sets, dataset_sha256, model_hashes })??;
     if failures > 0 {
         bail!("{failures} cell(s) failed; their errors are in {}/cells/*.json (rerun to retry them)", opts.out.display());
     }
     Ok(())
 }
 
+/// The case ids `eval.sample` scores: a seeded sample of the edited records, the same in every
+/// cell; `None` scores all.
+fn scored_cases(plan: &Plan, records: &[Record]) -> Option<BTreeSet<u64>> {
+    let sample = plan.sweep.eval.as_ref()?.sample?;
+    let mut ids: Vec<u64> = records.iter().map(|r| r.case_id).collect();
+    SplitMix64::new(sample.seed).shuffle(&mut ids);
+    Some(ids.into_iter().take(sample.n).collect())
+}
+
+/// The held-out texts of the perplexity measurement, tokenized: `texts` drawn (seeded) from the
+/// given file, or from the statistics corpus without the paragraphs the statistics read. Which
+/// paragraphs were drawn is written to `record` (JSON).
+fn held_out_texts<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, m: usize, spec: &DegradationSpec, record: &Path) -> Result<Vec<Vec<u32>>> {
+    let (path, excluded) = match &spec.path {
+        Some(path) => (path.clone(), BTreeSet::new()),
+        None => {
+            let corpus = &plan.sweep.stats.corpus;
+            let n = paragraphs(corpus)?.len();
+            (corpus.clone(), sampled_indices(n, &plan.stats_hparams(m)).into_iter().collect())
+        }
+    };
+    let texts = paragraphs(&path)?;
+    let mut candidates: Vec<usize> = (0..texts.len()).filter(|i| !excluded.contains(i)).collect();
+    SplitMix64::new(spec.seed).shuffle(&mut candidates);
+    candidates.truncate(spec.texts);
+    let tokenizer = model.tokenizer()?;
+    let tokens = candidates
+        .iter()
+        .map(|&i| {
+            let mut ids = tokenizer.encode(&texts[i])?;
+            ids.truncate(spec.max_length);
+            Ok(ids)
+        })
+        .collect::<Result<Vec<Vec<u32>>>>()?;
+    let count: usize = tokens.iter().map(|t| t.len().saturating_sub(1)).sum();
+    let described = json!({ "path": path.display().to_string(), "paragraph_indices": candidates, "excluded_statistics_paragraphs": excluded.len(), "predicted_tokens": count });
+    write_atomic(record, serde_json::to_string_pretty(&described)?.as_bytes())?;
+    tracing::info!("perplexity on {} held-out texts of {} ({count} tokens)", tokens.len(), path.display());
+    Ok(tokens)
+}
+
 struct SweepTask<'a> {
     plan: &'a Plan,
     opts: &'a RunOptions,
     records: Vec<Record>,
+    scored: Option<BTreeSet<u64>>,
     pending: Vec<usize>,
     sets: &'a [String],
     dataset_sha256: String,
@@ -148,8 +194,14 @@ impl BackendTask for SweepTask<'_> {
             let mut model = LanguageModel::<B::InnerBackend>::load(&spec.path, &device).with_context(|| format!("loading {}", spec.path.display()))?;
             let shared_path = opts.out.join("shared").join(format!("{label}.json"));
             let mut seconds: BTreeMap<String, f64> = std::fs::read_to_string(&shared_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            let key = format!("{label}-{}-{}-{}", &self.model_hashes[m][..12], &self.dataset_sha256[..12], self.records.len());
-            let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &self.records, &mut seconds)?;
+            let mut key = format!("{label}-{}-{}-{}", &self.model_hashes[m][..12], &self.dataset_sha256[..12], self.records.len());
+            if let Some(eval) = &plan.sweep.eval {
+                key += &format!("-eval{}", &hex::encode(Sha256::digest(serde_json::to_string(eval)?.as_bytes()))[..8]);
+            }
+            let degradation = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref());
+            let held_out = degradation.map(|d| held_out_texts(&model, plan, m, d, &opts.out.join("shared").join(format!("{label}-held-out.json")))).transpose()?;
+            let scored_records: Vec<Record> = self.records.iter().filter(|r| self.scored.as_ref().is_none_or(|s| s.contains(&r.case_id))).cloned().collect();
+            let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &scored_records, held_out.as_deref(), &mut seconds)?;
 
             let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
             layers.sort_unstable();
@@ -161,30 +213,36 @@ impl BackendTask for SweepTask<'_> {
             seconds.insert("stats".into(), t.elapsed().as_secs_f64());
             write_atomic(&shared_path, serde_json::to_string_pretty(&seconds)?.as_bytes())?;
 
-            let mut templates: HashMap<(bool, TemplateKind, u64), ContextTemplates> = HashMap::new();
+            let mut templates: HashMap<(bool, TemplateKind, u64, Option<PathBuf>), ContextTemplates> = HashMap::new();
             let requests: Vec<EditRequest> = self.records.iter().map(EditRequest::from).collect();
-            let target_cache = Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK)));
+            let target_cache = Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK).persisted_in(opts.out.join("targets"))));
             for cell in cells {
                 grid.set_message(format!("{} {} {} B={}", cell.model_name, cell.method, cell.distribution, cell.batch_size));
                 let started = Instant::now();
                 let result = (|| -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
-                    // ROME's templates differ from the others'; fixed or sampled per method.
-                    let key = (cell.method == Method::Rome, cell.hparams.templates, cell.seed);
+                    // ROME's templates differ from the others'; from a file, fixed or sampled per method.
+                    let h = &cell.hparams;
+                    let key = (cell.method.is_rank_one(), h.templates, cell.seed, h.template_file.clone());
                     if !templates.contains_key(&key) {
-                        let t = ContextTemplates::for_method(&model, cell.method, cell.hparams.templates, cell.seed)?;
-                        let kind = serde_json::to_value(key.1)?.as_str().unwrap_or_default().to_string();
+                        let t = ContextTemplates::for_hparams(&model, cell.method, h)?;
+                        let kind = match &h.template_file {
+                            Some(file) => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                            None => serde_json::to_value(h.templates)?.as_str().unwrap_or_default().to_string(),
+                        };
                         let path = opts.out.join("templates").join(format!("{label}-{}-{kind}-seed{}.json", if key.0 { "rome" } else { "memit" }, cell.seed));
                         write_atomic(&path, serde_json::to_string_pretty(&t)?.as_bytes())?;
-                        templates.insert(key, t);
+                        templates.insert(key.clone(), t);
                     }
                     let covs: BTreeMap<usize, Mat<f64>> = cell.layers.iter().map(|l| (*l, covariances[l].clone())).collect();
                     let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: cell.seed, batch: 32, reference: reference.clone() });
                     let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates[&key].clone(), covs.clone())?.with_target_cache(target_cache.clone()));
-                    run_cell::<B>(&mut model, plan, cell, editor, &self.records, &pre, generation.as_ref())
+                    let eval = CellEval { pre: &pre, scored: self.scored.as_ref(), held_out: held_out.as_deref(), generation: generation.as_ref() };
+                    run_cell::<B>(&mut model, plan, cell, editor, &self.records, &eval)
                 })();
                 let record = match result {
                     Ok((rows, seconds, outcome)) => {
                         write_atomic(&cell_rows_path(&opts.out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
+                        tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows));
                         CellRecord { cell: cell.clone(), error: None, seconds, outcome }
                     }
                     Err(e) => {
@@ -211,8 +269,22 @@ impl BackendTask for SweepTask<'_> {
     }
 }
 
+/// One log line per finished cell (a batch system's log shows the sweep's progress): id, method,
+/// distribution, B, seconds and the headline post-edit means ×100.
+fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow]) -> String {
+    let mean = |code: &str| {
+        let values: Vec<f64> = rows.iter().filter(|r| r.stage == Stage::Post && r.metric == code).map(|r| r.value).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let scores: Vec<String> = ["ES", "PS", "NS", "rewrite_acc", "PPL"]
+        .iter()
+        .filter_map(|&code| mean(code).map(|m| if code == "PPL" { format!("{code} {m:.2}") } else { format!("{code} {:.1}", m * 100.0) }))
+        .collect();
+    format!("cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}", cell.id, cell.method, cell.distribution, cell.layers, cell.batch_size, scores.join(", "))
+}
+
 /// The unedited model's rows, computed once per model and dataset (`key`) and kept in `dir`.
-fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, dir: &Path, key: &str, records: &[Record], seconds: &mut BTreeMap<String, f64>) -> Result<Vec<MetricRow>> {
+fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, dir: &Path, key: &str, records: &[Record], held_out: Option<&[Vec<u32>]>, seconds: &mut BTreeMap<String, f64>) -> Result<Vec<MetricRow>> {
     let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: 0, batch: 32, reference: None });
     let path = dir.join(format!("{key}{}.json", if generation.is_some() { "-gen" } else { "" }));
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -222,7 +294,10 @@ fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &
         tracing::warn!("{}: unreadable; recomputing the unedited model's scores", path.display());
     }
     let t = Instant::now();
-    let rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Pre, generation.as_ref())?;
+    let mut rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Pre, generation.as_ref())?;
+    if let Some(texts) = held_out {
+        rows.push(MetricRow { case_id: 0, stage: Stage::Pre, metric: Metric::PPL, value: perplexity(model, texts)? });
+    }
     seconds.insert("eval_pre".into(), t.elapsed().as_secs_f64());
     write_atomic(&path, serde_json::to_string(&rows)?.as_bytes())?;
     Ok(rows)
@@ -230,16 +305,50 @@ fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &
 
 /// N edits in rounds of B on `model` (restored before returning), scored after the last round
 /// (sequential) or after each batch (independent); rows of the unedited model included.
+/// What a cell measures besides its edits.
+struct CellEval<'a> {
+    /// The unedited model's rows.
+    pre: &'a [MetricRow],
+    /// Case ids scored (`eval.sample`); all when `None`.
+    scored: Option<&'a BTreeSet<u64>>,
+    /// Tokenized held-out texts: perplexity and update norms are measured when given.
+    held_out: Option<&'a [Vec<u32>]>,
+    generation: Option<&'a GenerationOptions>,
+}
+
+/// The rounds after which degradation is measured: a seeded sample of `batches` of them in the
+/// independent protocol (each batch is its own edited model), the scored rounds in the sequential one.
+fn degradation_rounds(plan: &Plan, cell: &Cell, rounds: usize) -> BTreeSet<usize> {
+    let Some(spec) = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref()) else { return BTreeSet::new() };
+    match plan.sweep.protocol {
+        Protocol::Independent => {
+            let mut order: Vec<usize> = (0..rounds).collect();
+            SplitMix64::new(spec.seed ^ cell.seed).shuffle(&mut order);
+            order.into_iter().take(spec.batches).collect()
+        }
+        Protocol::Sequential => (0..rounds).filter(|&r| r + 1 == rounds || plan.sweep.eval_every_round).collect(),
+    }
+}
+
+/// PPL and, per edited layer, DWNORM and DWREL of the model as `session` has edited it.
+fn degradation_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, session: &EditSession<B>, texts: &[Vec<u32>]) -> Result<Vec<MetricRow>> {
+    let mut rows = vec![MetricRow { case_id: 0, stage: Stage::Post, metric: Metric::PPL, value: perplexity(model, texts)? }];
+    for (layer, change, norm) in session.update_norms(model)? {
+        rows.push(MetricRow { case_id: layer as u64, stage: Stage::Post, metric: Metric::DWNORM, value: change });
+        rows.push(MetricRow { case_id: layer as u64, stage: Stage::Post, metric: Metric::DWREL, value: change / norm });
+    }
+    Ok(rows)
+}
+
 fn run_cell<B: AutodiffBackend>(
     model: &mut LanguageModel<B::InnerBackend>,
     plan: &Plan,
     cell: &Cell,
     new_editor: impl Fn() -> Result<Editor>,
     records: &[Record],
-    pre: &[MetricRow],
-    generation: Option<&GenerationOptions>,
+    eval: &CellEval,
 ) -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
-    let mut rows: Vec<ResultRow> = pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect();
+    let mut rows: Vec<ResultRow> = eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect();
     let mut seconds: BTreeMap<String, f64> = ["keys", "targets", "solve", "eval"].into_iter().map(|p| (p.to_string(), 0.0)).collect();
     let mut steps = Vec::new();
     let mut condition = None::<f64>;
@@ -248,6 +357,7 @@ fn run_cell<B: AutodiffBackend>(
     let mut session = EditSession::default();
     let mut editor = new_editor()?;
     let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
+    let measured = degradation_rounds(plan, cell, rounds.len());
     let result = (|| -> Result<()> {
         for (r, batch) in rounds.iter().enumerate() {
             let requests: Vec<EditRequest> = batch.iter().map(EditRequest::from).collect();
@@ -267,11 +377,17 @@ fn run_cell<B: AutodiffBackend>(
                 Protocol::Sequential if plan.sweep.eval_every_round => Some(&records[..(r + 1) * cell.batch_size]),
                 Protocol::Sequential => None,
             };
+            let t = Instant::now();
             if let Some(scored) = scored {
-                let t = Instant::now();
-                rows.extend(evaluate(&*model, kind, scored, Stage::Post, generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
-                *seconds.get_mut("eval").expect("phase") += t.elapsed().as_secs_f64();
+                let sampled: Vec<Record> = scored.iter().filter(|x| eval.scored.is_none_or(|s| s.contains(&x.case_id))).cloned().collect();
+                if !sampled.is_empty() {
+                    rows.extend(evaluate(&*model, kind, &sampled, Stage::Post, eval.generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                }
             }
+            if let (Some(texts), true) = (eval.held_out, measured.contains(&r)) {
+                rows.extend(degradation_rows(model, &session, texts)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+            }
+            *seconds.get_mut("eval").expect("phase") += t.elapsed().as_secs_f64();
             if plan.sweep.protocol == Protocol::Independent {
                 session.revert(model);
                 editor = new_editor()?;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use editbench_datasets::{DatasetKind, Format, Selection};
-use editbench_editing::hparams::StatsHparams;
+use editbench_editing::context::ContextTemplates;
+use editbench_editing::hparams::{Sampler, StatsHparams};
 use editbench_editing::{Distribution, FamilyHparams, Method, MethodHparams};
 use editbench_models::{BackendKind, ModelDims};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,61 @@ pub struct Sweep {
     /// Per-method hyperparameter overrides (fields of the hparams file's method section).
     #[serde(default)]
     pub overrides: BTreeMap<Method, Value>,
+    /// Which records are scored, and the model-degradation measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Score a seeded subset of `n` of each cell's edited records — the same records in every
+    /// cell — instead of all of them (all records are still edited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<EvalSample>,
+    /// Perplexity on held-out text (PPL) and the norms of the accumulated updates (DWNORM,
+    /// DWREL), measured after the edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degradation: Option<DegradationSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSample {
+    pub n: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradationSpec {
+    /// Held-out text: one text per line, or `.jsonl` / `.json` records with a `text` field (e.g.
+    /// WikiText-2). Default: the statistics corpus without the paragraphs the statistics sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Texts drawn (seeded) from the held-out text.
+    #[serde(default = "default_ppl_texts")]
+    pub texts: usize,
+    /// Each text is truncated to this many tokens.
+    #[serde(default = "default_ppl_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Independent protocol: measured after this many batches per cell at most (a seeded
+    /// sample of the batches); sequential protocol: after every scored round.
+    #[serde(default = "default_ppl_batches")]
+    pub batches: usize,
+}
+
+fn default_ppl_texts() -> usize {
+    100
+}
+fn default_ppl_max_length() -> usize {
+    256
+}
+fn default_ppl_batches() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +146,9 @@ pub struct StatsSpec {
     pub samples: Option<usize>,
     #[serde(default)]
     pub max_length: Option<usize>,
+    /// seeded | reference (the official code's paragraph order); the hparams file's if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<Sampler>,
     #[serde(default = "default_stats_cache")]
     pub cache: PathBuf,
 }
@@ -180,6 +239,7 @@ impl Plan {
         let mut h = self.families[model].stats.clone();
         h.samples = self.sweep.stats.samples.unwrap_or(h.samples);
         h.max_length = self.sweep.stats.max_length.unwrap_or(h.max_length);
+        h.sampler = self.sweep.stats.sampler.unwrap_or(h.sampler);
         h
     }
 }
@@ -255,6 +315,19 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     if s.eval_every_round && s.protocol == Protocol::Independent {
         bail!("{}: eval_every_round needs protocol: sequential", at("eval_every_round"));
     }
+    if let Some(sample) = s.eval.as_ref().and_then(|e| e.sample) {
+        if sample.n == 0 || sample.n > s.dataset.n_edits {
+            bail!("{}: eval.sample.n = {} is impossible with dataset.n_edits = {} (allowed: 1..={})", at("eval.sample"), sample.n, s.dataset.n_edits, s.dataset.n_edits);
+        }
+    }
+    if let Some(d) = s.eval.as_ref().and_then(|e| e.degradation.as_ref()) {
+        if d.texts == 0 || d.max_length < 2 || d.batches == 0 {
+            bail!("{}: eval.degradation needs texts ≥ 1, max_length ≥ 2 and batches ≥ 1", at("eval.degradation"));
+        }
+        if let Some(path) = d.path.as_ref().filter(|p| !p.is_file()) {
+            bail!("{}: eval.degradation.path: no such file {}", at("eval.degradation"), path.display());
+        }
+    }
     if s.generation.is_some() && s.dataset.kind == DatasetKind::Zsre {
         bail!("{}: generation tests are CounterFact's; zsRE has no generation prompts", at("generation"));
     }
@@ -269,6 +342,9 @@ fn expand(s: &Sweep, families: &[FamilyHparams], sets: &str, at: &dyn Fn(&str) -
             let mut base = family.method(method).clone();
             if let Some(over) = s.overrides.get(&method) {
                 base = merge(&base, over).map_err(|e| anyhow::anyhow!("{}: overrides.{method}: {e}", at("overrides")))?;
+            }
+            if let Some(file) = &base.template_file {
+                ContextTemplates::load(file, method).map_err(|e| anyhow::anyhow!("{}: {method}: template_file: {e}", at("overrides")))?;
             }
             for &distribution in &s.distribution {
                 let choices: Vec<Vec<usize>> = match distribution {
@@ -309,11 +385,15 @@ fn merge(base: &MethodHparams, over: &Value) -> Result<MethodHparams> {
 /// A short hash of everything a cell's results depend on: the cell, the dataset, statistics,
 /// protocol and generation settings, the models' paths and the `--set` overrides.
 fn cell_id(s: &Sweep, cell: &Cell, sets: &str) -> String {
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "model": s.models[cell.model], "method": cell.method, "distribution": cell.distribution, "layers": cell.layers,
         "batch_size": cell.batch_size, "seed": cell.seed, "hparams": cell.hparams, "dataset": s.dataset, "stats": s.stats,
         "protocol": s.protocol, "eval_every_round": s.eval_every_round, "generation": s.generation, "backend": s.backend, "sets": sets,
     });
+    // Only when given, so the ids of sweeps written before `eval` existed stay valid.
+    if let Some(eval) = &s.eval {
+        key["eval"] = serde_json::json!(eval);
+    }
     hex::encode(Sha256::digest(key.to_string().as_bytes()))[..12].to_string()
 }
 

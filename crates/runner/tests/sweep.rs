@@ -194,3 +194,33 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     assert!(stderr(&o).contains("failed (--fail-fast)"), "{}", stderr(&o));
     assert_eq!(records(&out).len(), 1, "stopped after the first failure");
 }
+
+/// `eval.sample` scores the same seeded subset in every cell; `eval.degradation` adds the unedited
+/// and edited perplexity (PPL) and per edited layer the update norms (DWNORM, DWREL), measured
+/// after at most `batches` sampled batches in the independent protocol.
+#[test]
+fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = tiny_sweep(dir.path());
+    let out = dir.path().join("sampled");
+    let sets = [
+        "--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent",
+        "--set", "eval={sample: {n: 1, seed: 3}, degradation: {texts: 3, max_length: 16, batches: 1}}",
+    ];
+    tiny_run(&sweep, &out, &sets, None);
+    let results = read(&out.join("results.csv"));
+    let rows: Vec<Vec<&str>> = results.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let cases: std::collections::BTreeSet<&str> = rows.iter().filter(|r| r[11] != "PPL" && !r[11].starts_with("DW")).map(|r| r[9]).collect();
+    assert_eq!(cases.len(), 1, "one sampled record scored: {cases:?}");
+    let metric = |stage: &str, code: &str| rows.iter().filter(|r| r[10] == stage && r[11] == code).map(|r| r[12].parse::<f64>().unwrap()).collect::<Vec<f64>>();
+    let (pre, post) = (metric("pre", "PPL"), metric("post", "PPL"));
+    assert_eq!((pre.len(), post.len()), (1, 1), "PPL once unedited, once after the one sampled batch");
+    assert!(pre[0] > 1.0 && post[0] > 1.0 && post[0] != pre[0], "pre {pre:?} post {post:?}");
+    let (norm, rel) = (metric("post", "DWNORM"), metric("post", "DWREL"));
+    assert_eq!((norm.len(), rel.len()), (1, 1), "one edited layer");
+    assert!(norm[0] > 0.0 && rel[0] > 0.0 && rel[0] < 1.0, "{norm:?} {rel:?}");
+    assert!(rows.iter().filter(|r| r[11] == "DWNORM").all(|r| r[9] == "4"), "the layer is the case_id");
+    let held_out: serde_json::Value = serde_json::from_str(&read(&out.join("shared/smollm2-held-out.json"))).unwrap();
+    assert_eq!(held_out["paragraph_indices"].as_array().unwrap().len(), 3);
+    assert_eq!(held_out["excluded_statistics_paragraphs"], 40);
+}
