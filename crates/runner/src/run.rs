@@ -199,7 +199,7 @@ impl BackendTask for SweepTask<'_> {
                 key += &format!("-eval{}", &hex::encode(Sha256::digest(serde_json::to_string(eval)?.as_bytes()))[..8]);
             }
             let degradation = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref());
-            let held_out = degradation.map(|d| held_out_texts(&model, plan, m, d, &opts.out.join("shared").join(format!("{label}-held-out.json")))).transpose()?;
+            let held_out = degradation.map(|d| held_out_texts(&model, plan, m, d, &opts.out.join("held-out").join(format!("{label}.json")))).transpose()?;
             let scored_records: Vec<Record> = self.records.iter().filter(|r| self.scored.as_ref().is_none_or(|s| s.contains(&r.case_id))).cloned().collect();
             let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &scored_records, held_out.as_deref(), &mut seconds)?;
 
@@ -428,8 +428,10 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
     merged["stats_cache_keys"] = json!(keys);
     merged["merged_from"] = json!(dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>());
     for d in dirs {
-        for entry in std::fs::read_dir(d.join("shared")).into_iter().flatten().flatten() {
-            write_atomic(&out.join("shared").join(entry.file_name()), &std::fs::read(entry.path())?)?;
+        for sub in ["shared", "held-out"] {
+            for entry in std::fs::read_dir(d.join(sub)).into_iter().flatten().flatten() {
+                write_atomic(&out.join(sub).join(entry.file_name()), &std::fs::read(entry.path())?)?;
+            }
         }
     }
     for cell in &cells {

@@ -220,7 +220,7 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     assert_eq!((norm.len(), rel.len()), (1, 1), "one edited layer");
     assert!(norm[0] > 0.0 && rel[0] > 0.0 && rel[0] < 1.0, "{norm:?} {rel:?}");
     assert!(rows.iter().filter(|r| r[11] == "DWNORM").all(|r| r[9] == "4"), "the layer is the case_id");
-    let held_out: serde_json::Value = serde_json::from_str(&read(&out.join("shared/smollm2-held-out.json"))).unwrap();
+    let held_out: serde_json::Value = serde_json::from_str(&read(&out.join("held-out/smollm2.json"))).unwrap();
     assert_eq!(held_out["paragraph_indices"].as_array().unwrap().len(), 3);
     assert_eq!(held_out["excluded_statistics_paragraphs"], 40);
 }
