@@ -115,6 +115,27 @@ fn to_summary(per_seed: &BTreeMap<u64, Vec<MetricRow>>, stage: Stage) -> BTreeMa
         .collect()
 }
 
+/// Warns, naming them, about cells the manifest lists that have no rows in results.csv (a sweep
+/// still running, failed cells) or fewer rows than their own `cells/<id>.csv` (a cut file).
+fn warn_missing_cells(dir: &Path, manifest: &serde_json::Value, lines: &[ResultLine]) {
+    let mut rows: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in lines {
+        *rows.entry(l.cell_id.as_str()).or_default() += 1;
+    }
+    let cells = manifest["cells"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<String> = cells.iter().filter_map(|c| c["id"].as_str().map(str::to_string)).collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !rows.contains_key(id.as_str())).collect();
+    if !missing.is_empty() {
+        tracing::warn!("{}: {} of the {} cells in manifest.json have no results in results.csv (still running or failed): {}", dir.display(), missing.len(), ids.len(), missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    for (id, n) in &rows {
+        let own = std::fs::read_to_string(dir.join("cells").join(format!("{id}.csv"))).ok().map(|t| t.lines().count().saturating_sub(1));
+        if let Some(own) = own.filter(|own| own != n) {
+            tracing::warn!("{}: results.csv has {n} rows of cell {id} but cells/{id}.csv has {own}: the file is cut; rerun `editbench run` to rebuild it", dir.display());
+        }
+    }
+}
+
 /// Per table row, the largest condition estimate and any pseudo-inverse use of its finished cells.
 fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey, SolverNote> {
     let mut notes: BTreeMap<RowKey, SolverNote> = BTreeMap::new();
@@ -138,7 +159,11 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         }
     }
     let lines: Vec<ResultLine> = read_csv(&dir.join("results.csv"))?;
+    if lines.is_empty() {
+        bail!("{}: results.csv holds no results (empty or header only); run the sweep first", dir.display());
+    }
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
+    warn_missing_cells(dir, &manifest, &lines);
     let sequential = manifest["sweep"]["protocol"] == "sequential";
     let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
     // Per (cell, batch, case, stage, metric): the latest round's value, and every round's for

@@ -93,6 +93,12 @@ fn bad_input_is_named() {
     std::fs::write(&bad, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,QQ,60\n").unwrap();
     let err = load_paper(&bad, "p").unwrap_err().to_string();
     assert!(err.contains("line 2: unknown metric code `QQ`"), "{err}");
+    // A header-only results.csv is an error, not an empty table.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    write_run(&empty, "independent", &[]);
+    let err = load_run(&empty).unwrap_err().to_string();
+    assert!(err.contains("results.csv holds no results (empty or header only)"), "{err}");
     std::fs::write(&bad, "model,method\ntiny,emmet\n").unwrap();
     let err = format!("{:#}", load_paper(&bad, "p").unwrap_err());
     assert!(err.contains("paper.csv: line 2"), "{err}");

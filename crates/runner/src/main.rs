@@ -141,7 +141,9 @@ fn run(cli: Cli) -> Result<()> {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
-                print!("{}", sweep::describe(&plan));
+                // Everything the real run reads before its first write is read here too.
+                run::records(&plan)?;
+                print!("{}", sweep::describe(&plan, shard));
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));

@@ -72,8 +72,9 @@ fn identity(m: &serde_json::Value) -> serde_json::Value {
     json!({ "sweep_sha256": m["sweep_sha256"], "sets": m["sets"], "cells": m["cells"], "models": m["models"].as_array().map(|a| a.iter().map(|x| x["sha256"].clone()).collect::<Vec<_>>()), "dataset": m["dataset"]["sha256"] })
 }
 
-/// The records a cell edits: the selection's first `n_edits`.
-fn records(plan: &Plan) -> Result<(Vec<Record>, String)> {
+/// The records a cell edits: the selection's first `n_edits`; refused when a `case_id` (a results
+/// key) repeats.
+pub fn records(plan: &Plan) -> Result<(Vec<Record>, String)> {
     let d = &plan.sweep.dataset;
     let data = load_dataset(&DatasetSource { kind: d.kind, path: d.path.clone(), format: d.format, sha256: d.sha256.clone() })?;
     let selected = d.selection.apply(&data.records)?;
@@ -81,7 +82,11 @@ fn records(plan: &Plan) -> Result<(Vec<Record>, String)> {
         bail!("dataset: the selection holds {} records but n_edits is {}", selected.len(), d.n_edits);
     }
     let records = Selection::First(d.n_edits).apply(&selected)?;
-    for line in consistency(&records).describe() {
+    let found = consistency(&records);
+    if let Some(id) = found.duplicate_case_ids.first() {
+        bail!("dataset {}: case_id {id} occurs more than once among the edited records; results are keyed by case_id, so make them unique", d.path.display());
+    }
+    for line in found.describe() {
         tracing::warn!("dataset {}: {line}", d.path.display());
     }
     Ok((records, data.sha256))
@@ -401,6 +406,20 @@ fn run_cell<B: AutodiffBackend>(
     Ok((rows, seconds, outcome))
 }
 
+/// Refuses an output directory that holds anything but results of the sweep `manifest` describes.
+fn refuse_other_results(out: &Path, manifest: &serde_json::Value) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(out) else { return Ok(()) };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let path = out.join("manifest.json");
+    let same = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|m| identity(&m) == identity(manifest));
+    if !same {
+        bail!("{} is not empty and holds no results of this sweep; merge into a new or empty --out", out.display());
+    }
+    Ok(())
+}
+
 /// `editbench merge`: copies the cells of shard directories into `out` and rebuilds the
 /// aggregates; the shards must come from the same sweep.
 pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
@@ -420,6 +439,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
             bail!("merge: {} is from another sweep than {} (sweep file, --set, cells, models or dataset differ)", d.display(), dirs[0].display());
         }
     }
+    refuse_other_results(out, &manifests[0])?;
     let cells: Vec<Cell> = serde_json::from_value(manifests[0]["cells"].clone()).context("manifest cells")?;
     let mut merged = manifests[0].clone();
     merged["shard"] = json!(null);

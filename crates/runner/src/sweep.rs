@@ -289,6 +289,25 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     if let Some((key, _)) = nonempty.iter().find(|(_, empty)| *empty) {
         bail!("{}: {key} must list at least one value", at(key));
     }
+    let duplicated = |values: Vec<String>| values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)).map(|(_, v)| v.clone());
+    let axes = [
+        ("methods", s.methods.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+        ("distribution", s.distribution.iter().map(|d| d.to_string()).collect()),
+        ("batch_sizes", s.batch_sizes.iter().map(|b| b.to_string()).collect()),
+        ("seeds", s.seeds.iter().map(|b| b.to_string()).collect()),
+        ("layers.single", s.layers.single.iter().flatten().map(|l| l.to_string()).collect()),
+        ("layers.spread", s.layers.spread.iter().flatten().map(|l| format!("{l:?}")).collect()),
+    ];
+    for (key, values) in axes {
+        if let Some(v) = duplicated(values) {
+            bail!("{}: {key} lists {v} twice (each value makes cells; list it once)", at(key.split('.').next().unwrap_or(key)));
+        }
+    }
+    for (key, empty) in [("layers.single", s.layers.single.as_ref().is_some_and(Vec::is_empty)), ("layers.spread", s.layers.spread.as_ref().is_some_and(Vec::is_empty))] {
+        if empty {
+            bail!("{}: {key} must list at least one value (or be left out for the hparams file's)", at("layers"));
+        }
+    }
     if s.dataset.n_edits == 0 {
         bail!("{}: dataset.n_edits must be at least 1", at("dataset.n_edits"));
     }
@@ -441,10 +460,15 @@ fn locate(text: &str, dotted: &str) -> Option<(usize, usize)> {
     found
 }
 
-/// The grid as a table for `--dry-run`.
-pub fn describe(plan: &Plan) -> String {
-    let mut out = format!("{} cells ({}):\n", plan.cells.len(), plan.path.display());
-    for (i, c) in plan.cells.iter().enumerate() {
+/// The grid as a table for `--dry-run`: the cells `shard` runs (all without one).
+pub fn describe(plan: &Plan, shard: Option<(usize, usize)>) -> String {
+    let in_shard = |i: &usize| shard.is_none_or(|(s, n)| i % n == s);
+    let count = (0..plan.cells.len()).filter(in_shard).count();
+    let mut out = match shard {
+        Some((s, n)) => format!("{count} of {} cells in shard {s}/{n} ({}):\n", plan.cells.len(), plan.path.display()),
+        None => format!("{count} cells ({}):\n", plan.path.display()),
+    };
+    for (i, c) in plan.cells.iter().enumerate().filter(|(i, _)| in_shard(i)) {
         let _ = writeln!(out, "{i:>4} {} {:<12} {:<9} {:<6} layers {:<14} B={:<5} N={} seed {}", c.id, c.model_name, c.method.to_string(), c.distribution.to_string(), format!("{:?}", c.layers), c.batch_size, c.n_edits, c.seed);
     }
     out

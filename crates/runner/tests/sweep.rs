@@ -39,12 +39,12 @@ fn read(path: &Path) -> String {
 }
 
 #[test]
-fn the_quick_experiment_expands_to_twelve_cells() {
+fn the_quick_experiment_expands_to_sixteen_cells() {
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.starts_with("12 cells"), "{text}");
-    for method in ["rome", "memit", "emmet"] {
+    assert!(text.starts_with("16 cells"), "{text}");
+    for method in ["rome", "r-rome", "memit", "emmet"] {
         assert_eq!(text.matches(&format!(" {method} ")).count(), 4, "{text}");
     }
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "batch_sizes=[1, 2, 4]", "--set", "methods=[emmet]"]);
@@ -55,15 +55,18 @@ fn the_quick_experiment_expands_to_twelve_cells() {
 fn sweep_files_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let base = read(&root().join("experiments/smollm2-quick.yaml")).replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
-    let cases: [(&str, &str, &str); 8] = [
-        ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:32:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `generation`, `overrides`\n"),
-        ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:30:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
-        ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:30:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
-        ("methods: [rome, memit, emmet]", "methods: [rome, memitt]", "bad.yaml:28:17: methods[1]: unknown variant `memitt`, expected one of `rome`, `memit`, `emmet`, `alphaedit`\n"),
-        ("seeds: [0]", "seeds: [0]\nlayers: {single: [30]}", "bad.yaml:32:1: layer 30 is out of range for models[0] (allowed: 0..=29)\n"),
-        ("data/counterfact/counterfact_dev_sample.json", "data/counterfact/missing.json", "bad.yaml:21:3: dataset.path: no such file data/counterfact/missing.json\n"),
+    let cases: [(&str, &str, &str); 11] = [
+        ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:33:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `generation`, `overrides`, `eval`\n"),
+        ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:31:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
+        ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:31:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
+        ("methods: [rome, r-rome, memit, emmet]", "methods: [rome, memitt]", "bad.yaml:29:17: methods[1]: unknown variant `memitt`, expected one of `rome`, `r-rome`, `memit`, `emmet`, `alphaedit`\n"),
+        ("seeds: [0]", "seeds: [0]\nlayers: {single: [30]}", "bad.yaml:33:1: layer 30 is out of range for models[0] (allowed: 0..=29)\n"),
+        ("data/counterfact/counterfact_dev_sample.json", "data/counterfact/missing.json", "bad.yaml:22:3: dataset.path: no such file data/counterfact/missing.json\n"),
         ("{first: 16}", "{first: 16, last: 2}", "dataset: selection must be `all`, {first: N}, {sample: {n: N, seed: S}} or {ids: [ID, ...]}, found {\"first\":16,\"last\":2}\n"),
-        ("backend: cpu", "backend: tpu", "bad.yaml:18:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
+        ("methods: [rome, r-rome, memit, emmet]", "methods: [rome, emmet, rome]", "bad.yaml:29:1: methods lists rome twice (each value makes cells; list it once)\n"),
+        ("seeds: [0]", "seeds: [0]\nlayers: {single: []}", "bad.yaml:33:1: layers.single must list at least one value (or be left out for the hparams file's)\n"),
+        ("{first: 16}", "{first: 8}", "dataset: the selection holds 8 records but n_edits is 16\n"),
+        ("backend: cpu", "backend: tpu", "bad.yaml:19:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
     ];
     for (from, to, expected) in cases {
         assert!(base.contains(from), "{from}");
@@ -80,6 +83,18 @@ fn sweep_files_are_checked_before_any_work() {
     assert!(stderr(&o).contains("--set nonsense: expected dotted.key=value"), "{}", stderr(&o));
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--shard", "2/2"]);
     assert!(stderr(&o).contains("--shard 2/2: expected I/N with 0 ≤ I < N"), "{}", stderr(&o));
+    // The dry run lists exactly the cells of its shard.
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--shard", "1/4"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("4 of 16 cells in shard 1/4"), "{text}");
+    assert_eq!(text.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect::<Vec<_>>(), ["1", "5", "9", "13"]);
+    // A case_id that repeats among the edited records is refused (it keys the results).
+    let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json"))).unwrap();
+    records[1]["case_id"] = records[0]["case_id"].clone();
+    let data = dir.path().join("dup.json");
+    std::fs::write(&data, serde_json::to_string(&records).unwrap()).unwrap();
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", &format!("dataset.path={}", data.display())]);
+    assert!(stderr(&o).contains("case_id 13 occurs more than once among the edited records"), "{}", stderr(&o));
 }
 
 /// Runs the tiny sweep into `out`; the process is killed once `kill_after` cells have finished.
@@ -164,6 +179,11 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     std::fs::write(foreign.join("manifest.json"), m.to_string()).unwrap();
     let o = run(&["merge", "--out", dir.path().join("m2").to_str().unwrap(), full.to_str().unwrap(), foreign.to_str().unwrap()]);
     assert!(stderr(&o).contains("is from another sweep"), "{}", stderr(&o));
+    // Merging into a directory that holds another sweep's results is refused, and changes nothing.
+    let before = read(&foreign.join("manifest.json"));
+    let o = run(&["merge", "--out", foreign.to_str().unwrap(), shards[0].to_str().unwrap(), shards[1].to_str().unwrap()]);
+    assert!(stderr(&o).contains("is not empty and holds no results of this sweep"), "{}", stderr(&o));
+    assert_eq!(read(&foreign.join("manifest.json")), before);
 }
 
 #[test]
