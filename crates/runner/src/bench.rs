@@ -29,8 +29,10 @@ pub enum BenchCommand {
     Forward {
         #[command(flatten)]
         model: ModelArgs,
+        /// Prompts per forward pass.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// Tokens per prompt.
         #[arg(long, default_value_t = 128)]
         seq_len: usize,
         /// Timed repetitions (after one warm-up).
@@ -43,10 +45,13 @@ pub enum BenchCommand {
     Stats {
         #[command(flatten)]
         model: ModelArgs,
+        /// Layers whose statistics are collected (one pass), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "4")]
         layers: Vec<usize>,
+        /// Text corpus, one paragraph per line (`scripts/fetch_corpus.sh`).
         #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
         corpus: PathBuf,
+        /// Paragraphs read.
         #[arg(long, default_value_t = 500)]
         samples: usize,
         #[command(flatten)]
@@ -57,13 +62,15 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: ModelArgs,
         /// CounterFact records (ROME JSON format); the first `--edits` are used.
-        #[arg(long, default_value = "../shared/data/counterfact/counterfact_dev.json")]
+        #[arg(long, default_value = "data/counterfact/counterfact_dev_sample.json")]
         records: PathBuf,
+        /// Edits searched together.
         #[arg(long, default_value_t = 16)]
         edits: usize,
         /// How many of them to also run one at a time.
         #[arg(long, default_value_t = 4)]
         single: usize,
+        /// Hyperparameters of the model family (YAML): EMMET's search settings are used.
         #[arg(long, default_value = "hparams/smollm2.yaml")]
         hparams: PathBuf,
         /// The fixed context templates instead of the hparams file's (sampled, as the reference).
@@ -77,9 +84,11 @@ pub enum BenchCommand {
     Eval {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, default_value = "../shared/data/counterfact/counterfact_dev.json")]
+        /// CounterFact records (ROME JSON format); the first `--n` are scored.
+        #[arg(long, default_value = "data/counterfact/counterfact_dev_sample.json")]
         records: PathBuf,
-        #[arg(long, default_value_t = 1000)]
+        /// Records scored.
+        #[arg(long, default_value_t = 256)]
         n: usize,
         /// Records whose generation prompts are also sampled (0: none).
         #[arg(long, default_value_t = 2)]
@@ -92,6 +101,7 @@ pub enum BenchCommand {
         /// Key dimension d_in (= d_out).
         #[arg(long, default_value_t = 4096)]
         dim: usize,
+        /// Batch sizes B (edits per solve), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024,4096,10000")]
         batches: Vec<usize>,
         #[command(flatten)]

@@ -20,13 +20,16 @@ use crate::{load, ModelArgs};
 pub struct EditArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// rome (the official update), r-rome, memit, emmet or alphaedit.
     #[arg(long, default_value = "emmet")]
     pub method: Method,
+    /// single (the method's layer) or spread (its spread_layers, MEMIT's distribution).
     #[arg(long, default_value = "single")]
     pub distribution: Distribution,
     /// Prompt template with `{}` for the subject.
     #[arg(long)]
     pub prompt: String,
+    /// The subject, as it appears in the filled prompt (e.g. "Danielle Darrieux").
     #[arg(long)]
     pub subject: String,
     /// The new target (a leading space is added if missing).
@@ -37,6 +40,7 @@ pub struct EditArgs {
     pub true_target: Option<String>,
     #[command(flatten)]
     pub setup: EditSetup,
+    /// Tokens of the greedy continuation printed after the edit.
     #[arg(long, default_value_t = 20)]
     pub max_new_tokens: usize,
     /// Print one JSON object instead of text.
@@ -159,13 +163,17 @@ pub struct StatsArgs {
     /// Layers, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub layers: Vec<usize>,
+    /// Text corpus: one paragraph per line (`scripts/fetch_corpus.sh`), or `.jsonl` / `.json`
+    /// records with a `text` field.
     #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
     pub corpus: PathBuf,
     /// Paragraphs sampled from the corpus.
     #[arg(long, default_value_t = 2000)]
     pub samples: usize,
+    /// Each paragraph is truncated to this many tokens.
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
+    /// Cache directory of key statistics.
     #[arg(long, default_value = "results/cache/stats")]
     pub cache: PathBuf,
     /// Corpus paragraph sampler: seeded (SplitMix64, --seed) or reference (CPython's

@@ -59,6 +59,8 @@ enum Command {
     Run {
         /// The sweep file (YAML; see experiments/).
         sweep: PathBuf,
+        /// Results directory (default: results/<the sweep's name>/); a rerun with the same --out
+        /// resumes, another sweep's directory is refused.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Override a field of the sweep file: dotted.key=value (value in YAML), repeatable.
