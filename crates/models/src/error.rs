@@ -5,18 +5,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    // The cause is part of the message and not also a `source`, so an error chain prints it once.
+    #[error("{path}: {}", io_message(cause))]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{path}: invalid JSON: {cause}")]
+    Json { path: PathBuf, cause: serde_json::Error },
     #[error("{path}: field `{field}`: {message}")]
     Config {
         path: PathBuf,
@@ -57,9 +50,18 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+/// An I/O error in words a user acts on ("no such file or directory", not "entity not found").
+fn io_message(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), cause: source }
     }
     pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Format { path: path.into(), message: message.into() }

@@ -34,7 +34,7 @@ impl HfConfig {
     fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: config_path.clone(), source })?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|cause| ModelError::Json { path: config_path.clone(), cause })?;
         match json.get("model_type").and_then(|v| v.as_str()).unwrap_or("<none>") {
             "llama" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
             "gptj" => Ok(Self::GptJ(from_json::<GptJHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
@@ -98,10 +98,12 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     fn load_hf_dir(dir: &Path, device: &B::Device) -> Result<Self> {
+        // The config first: a directory without one is not a checkpoint, whatever else is missing.
+        let config = HfConfig::read(dir)?;
         let source = SafetensorsSource::open(dir)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = tokenizer_path.exists().then(|| TextTokenizer::from_file(&tokenizer_path)).transpose()?;
-        let (arch, dims, family) = match HfConfig::read(dir)? {
+        let (arch, dims, family) = match config {
             HfConfig::Llama(c) => (Architecture::Llama(Llama::load(&c, &source, device)?), c.dims(), "llama"),
             HfConfig::GptJ(c) => (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj"),
         };
@@ -266,7 +268,7 @@ impl GptJConfig {
 
 /// Parses `text` (the contents of `path`); serde's message names the field, line and column.
 fn from_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T> {
-    serde_json::from_str(text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(text).map_err(|cause| ModelError::Json { path: path.to_path_buf(), cause })
 }
 
 impl<B: AutodiffBackend> LanguageModel<B> {

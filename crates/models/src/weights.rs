@@ -136,7 +136,7 @@ fn read_weight_map(index_path: &Path) -> Result<HashMap<String, String>> {
     }
     let text = std::fs::read_to_string(index_path).map_err(|e| ModelError::io(index_path, e))?;
     let index: Index = serde_json::from_str(&text)
-        .map_err(|source| ModelError::Json { path: index_path.to_path_buf(), source })?;
+        .map_err(|cause| ModelError::Json { path: index_path.to_path_buf(), cause })?;
     Ok(index.weight_map)
 }
 

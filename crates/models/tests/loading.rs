@@ -127,3 +127,25 @@ fn bad_token_ids_are_an_error_not_a_panic() {
     assert!(model.logits(&too_long).unwrap_err().to_string().contains("context length"));
     assert!(model.logits(&[]).is_err());
 }
+
+/// A missing path, or a directory without config.json, is named once, in plain words (not "entity
+/// not found", not the same cause twice, not a missing model.safetensors).
+#[test]
+fn missing_files_are_named_once_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    // The message with its chain of causes, as `editbench` prints it.
+    let chain = |path: &Path| {
+        let e = LanguageModel::<Cpu>::load(path, &Default::default()).err().expect("a broken path loaded");
+        let (mut text, mut cause) = (e.to_string(), std::error::Error::source(&e));
+        while let Some(c) = cause {
+            text += &format!(": {c}");
+            cause = c.source();
+        }
+        text
+    };
+    let err = chain(&dir.path().join("nope"));
+    assert!(err.ends_with("nope: no such file or directory"), "{err}");
+    let err = chain(dir.path());
+    assert!(err.ends_with("config.json: no such file or directory"), "{err}");
+    assert_eq!(err.matches("no such file").count(), 1, "{err}");
+}

@@ -97,10 +97,15 @@ impl BackendTask for EditTask {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
         let a = self.0;
         let started = Instant::now();
-        let mut model = load::<B>(&a.model.model, &device)?;
+        // Every file given is read, and --save checked, before the model is loaded.
         let family = FamilyHparams::load(&a.setup.hparams)?;
-        family.check_layers(model.dims.num_layers)?;
         let hparams = family.method(a.method).clone();
+        let given_templates = a.setup.templates.as_ref().map(|path| ContextTemplates::load(path, a.method)).transpose()?;
+        if let Some(dir) = a.save.as_ref().filter(|d| d.exists() && std::fs::read_dir(d).map_or(true, |mut e| e.next().is_some())) {
+            anyhow::bail!("--save {}: the directory exists and is not empty; give a new one", dir.display());
+        }
+        let mut model = load::<B>(&a.model.model, &device)?;
+        family.check_layers(model.dims.num_layers)?;
         let request = EditRequest { case_id: None, prompt: a.prompt.clone(), subject: a.subject.clone(), target_new: a.target.clone(), target_true: a.true_target.clone() };
         request.check()?;
         let prompt = request.prompt_text();
@@ -114,7 +119,7 @@ impl BackendTask for EditTask {
         let layers = hparams.layers(a.distribution);
         let moments = a.setup.stats(family.stats.clone()).moments(&model, &layers)?;
         let covariances = moments.iter().map(|(&l, m)| (l, m.covariance())).collect();
-        let templates = load_or_sample_templates(&model, &a.setup, a.method, &hparams)?;
+        let templates = load_or_sample_templates(&model, &a.setup, given_templates, a.method, &hparams)?;
         let mut editor = Editor::new(a.method, a.distribution, hparams, templates, covariances)?;
         let mut session = EditSession::default();
         let outcome = editor.apply::<B>(&mut model, std::slice::from_ref(&request), &mut session)?;
@@ -144,9 +149,10 @@ impl BackendTask for EditTask {
     }
 }
 
-pub fn load_or_sample_templates<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, setup: &EditSetup, method: Method, h: &editbench_editing::MethodHparams) -> Result<ContextTemplates> {
-    let templates = match &setup.templates {
-        Some(path) => ContextTemplates::load(path, method)?,
+/// `given` (read from `--templates`), or the templates `h` asks for; saved with `--save-templates`.
+pub fn load_or_sample_templates<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, setup: &EditSetup, given: Option<ContextTemplates>, method: Method, h: &editbench_editing::MethodHparams) -> Result<ContextTemplates> {
+    let templates = match given {
+        Some(templates) => templates,
         None => ContextTemplates::for_hparams(model, method, h)?,
     };
     tracing::info!("context templates: {:?}", templates.groups);

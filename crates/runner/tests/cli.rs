@@ -33,8 +33,24 @@ fn logits_prints_shape_and_row_major_values_matching_transformers() {
 fn user_errors_exit_nonzero_with_a_message_and_no_panic() {
     let llama = fixture("tiny-llama");
     let llama = llama.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
-        (&["logits", "--model", "/nonexistent/model", "--ids", "1"], "/nonexistent/model"),
+    let dir = tempfile::tempdir().unwrap();
+    let taken = dir.path().join("taken");
+    std::fs::create_dir_all(taken.join("x")).unwrap();
+    let (taken, bad_templates) = (taken.to_str().unwrap().to_string(), dir.path().join("t.json"));
+    std::fs::write(&bad_templates, r#"{"groups": [["no braces"]]}"#).unwrap();
+    let bad_templates = bad_templates.to_str().unwrap().to_string();
+    // `edit` checks its files before loading the model: the model path here does not exist, so a
+    // message about it would mean the check came too late.
+    let edit = ["edit", "--model", "/nonexistent/model", "--prompt", "{} is in", "--subject", "Paris", "--target", "Rome"];
+    let e1 = [&edit[..], &["--hparams", "/nonexistent/h.yaml"]].concat();
+    let hparams = concat!(env!("CARGO_MANIFEST_DIR"), "/../../hparams/smollm2.yaml");
+    let e2 = [&edit[..], &["--hparams", hparams, "--templates", &bad_templates]].concat();
+    let e3 = [&edit[..], &["--hparams", hparams, "--save", &taken]].concat();
+    let cases: [(&[&str], &str); 7] = [
+        (&["logits", "--model", "/nonexistent/model", "--ids", "1"], "/nonexistent/model: no such file or directory"),
+        (&e1[..], "/nonexistent/h.yaml: No such file or directory"),
+        (&e2[..], "every template group needs templates, each with exactly one `{}`"),
+        (&e3[..], "the directory exists and is not empty; give a new one"),
         (&["logits", "--model", llama, "--ids", "1,999"], "outside the vocabulary"),
         (&["logits", "--model", llama, "--ids", "1", "--backend", "tpu"], "unknown backend `tpu`"),
         (&["generate", "--model", llama, "--prompt", "hi"], "no tokenizer.json"),
