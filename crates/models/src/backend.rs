@@ -60,10 +60,18 @@ impl BackendKind {
             #[cfg(feature = "cuda")]
             Self::Cuda => Ok(task.run::<Autodiff<burn::backend::Cuda<f32>>>(Default::default())),
             #[allow(unreachable_patterns)]
-            other => Err(ModelError::BackendNotCompiled(match other {
-                Self::Wgpu => "wgpu",
-                _ => "cuda",
-            })),
+            other => Err(other.compiled().expect_err("the backends compiled in are matched above")),
+        }
+    }
+
+    /// Whether this build has the backend: an error naming the cargo feature to build with if not.
+    pub fn compiled(self) -> Result<()> {
+        match self {
+            Self::Cpu => Ok(()),
+            Self::Wgpu if cfg!(feature = "wgpu") => Ok(()),
+            Self::Cuda if cfg!(feature = "cuda") => Ok(()),
+            Self::Wgpu => Err(ModelError::BackendNotCompiled("wgpu")),
+            Self::Cuda => Err(ModelError::BackendNotCompiled("cuda")),
         }
     }
 }

@@ -56,11 +56,14 @@ pub struct ModelDims {
 }
 
 impl ModelDims {
-    /// The sizes of the model at `path` from its configuration alone (no weights are read), so that
-    /// settings can be checked before any work.
+    /// The sizes of the model at `path` from its configuration (no weights are read, but the
+    /// weight files must be there and their headers whole), so that settings can be checked before
+    /// any work.
     pub fn read(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            Ok(match HfConfig::read(path)? {
+            let config = HfConfig::read(path)?;
+            SafetensorsSource::open(path)?;
+            Ok(match config {
                 HfConfig::Llama(c) => c.dims(),
                 HfConfig::GptJ(c) => c.dims(),
             })

@@ -249,11 +249,11 @@ pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let located = |e: serde_norway::Error| match e.location() {
         Some(l) => {
-            let message = e.to_string();
+            let message = plain(&e.to_string());
             let message = message.strip_suffix(&format!(" at line {} column {}", l.line(), l.column())).unwrap_or(&message);
             anyhow::anyhow!("{}:{}:{}: {message}", path.display(), l.line(), l.column())
         }
-        None => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::anyhow!("{}: {}", path.display(), plain(&e.to_string())),
     };
     let mut sweep: Sweep = serde_norway::from_str(&text).map_err(located)?;
     if !sets.is_empty() {
@@ -261,10 +261,14 @@ pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
         for set in sets {
             apply_set(&mut value, set)?;
         }
-        sweep = serde_norway::from_value(value).map_err(|e| anyhow::anyhow!("{} with {}: {e}", path.display(), sets.join(" ")))?;
+        sweep = serde_norway::from_value(value).map_err(|e| anyhow::anyhow!("{} with --set {}: {}", path.display(), sets.join(" --set "), plain(&e.to_string())))?;
     }
-    let at = |key: &str| format!("{}:{}", path.display(), locate(&text, key).map(|(l, c)| format!("{l}:{c}")).unwrap_or_else(|| "1:1".into()));
+    let at = |key: &str| match set_of(sets, key) {
+        Some(set) => format!("{} (--set {set})", path.display()),
+        None => format!("{}:{}", path.display(), locate(&text, key).map(|(l, c)| format!("{l}:{c}")).unwrap_or_else(|| "1:1".into())),
+    };
     let backend: BackendKind = sweep.backend.parse().map_err(|e| anyhow::anyhow!("{}: backend: {e}", at("backend")))?;
+    backend.compiled().map_err(|e| anyhow::anyhow!("{}: backend: {e}", at("backend")))?;
     check(&sweep, &at)?;
     let mut families = Vec::new();
     for (i, m) in sweep.models.iter().enumerate() {
@@ -281,6 +285,20 @@ pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
     let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
     let cells = expand(&sweep, &families, &sets.join("\n"), &at)?;
     Ok(Plan { sweep, path: path.to_path_buf(), text, sha256, backend, families, cells })
+}
+
+/// The `--set` that gave `key` (or a field inside it, or the mapping holding it) its value.
+fn set_of<'a>(sets: &'a [String], key: &str) -> Option<&'a String> {
+    sets.iter().rev().find(|set| {
+        set.split_once('=').is_some_and(|(k, _)| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}.")))
+    })
+}
+
+/// A serde message in a user's words: Rust type names become what they mean.
+fn plain(message: &str) -> String {
+    [("usize", "a whole number ≥ 0"), ("u64", "a whole number ≥ 0"), ("u32", "a whole number ≥ 0"), ("u128", "a whole number ≥ 0"), ("f64", "a number"), ("f32", "a number")]
+        .iter()
+        .fold(message.to_string(), |m, (rust, words)| m.replace(&format!("expected {rust}"), &format!("expected {words}")).replace(&format!("as {rust}"), &format!("as {words}")))
 }
 
 /// Value checks serde cannot do.

@@ -78,7 +78,11 @@ fn sweep_files_are_checked_before_any_work() {
         assert!(err.contains(expected), "expected `{expected}` in:\n{err}");
     }
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "dataset.n_edits=0"]);
-    assert!(stderr(&o).contains("dataset.n_edits must be at least 1"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("experiments/smollm2-quick.yaml (--set dataset.n_edits=0): dataset.n_edits must be at least 1"), "{}", stderr(&o));
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "batch_sizes=[1, 64]"]);
+    assert!(stderr(&o).contains("(--set batch_sizes=[1, 64]): batch size 64 is impossible"), "{}", stderr(&o));
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "dataset.n_edits=-3"]);
+    assert!(stderr(&o).contains("expected a whole number ≥ 0") && !stderr(&o).contains("usize"), "{}", stderr(&o));
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--set", "nonsense"]);
     assert!(stderr(&o).contains("--set nonsense: expected dotted.key=value"), "{}", stderr(&o));
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--shard", "2/2"]);
@@ -88,6 +92,12 @@ fn sweep_files_are_checked_before_any_work() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.starts_with("4 of 16 cells in shard 1/4"), "{text}");
     assert_eq!(text.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect::<Vec<_>>(), ["1", "5", "9", "13"]);
+    // A checkpoint directory without its weights is refused before any work.
+    let no_weights = dir.path().join("no-weights");
+    std::fs::create_dir_all(&no_weights).unwrap();
+    std::fs::copy(root().join("crates/models/tests/fixtures/tiny-llama/config.json"), no_weights.join("config.json")).unwrap();
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", &format!("models.0.path={}", no_weights.display())]);
+    assert!(stderr(&o).contains("model.safetensors: no such file or directory"), "{}", stderr(&o));
     // A case_id that repeats among the edited records is refused (it keys the results).
     let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json"))).unwrap();
     records[1]["case_id"] = records[0]["case_id"].clone();
