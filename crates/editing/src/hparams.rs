@@ -110,6 +110,11 @@ pub struct MethodHparams {
     pub templates: TemplateKind,
     #[serde(default)]
     pub template_seed: u64,
+    /// Most-probable early stopping (MPES, arXiv 2502.01636) of the target search: an edit stops
+    /// once every rewriting prompt ranks each target token first, after this many further steps.
+    /// Off when absent (the reference runs every step until the loss falls below 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpes_patience: Option<usize>,
     /// Context templates from this JSON file instead of `templates` (see
     /// `ContextTemplates::load`; e.g. the official run's `data/reference/context_templates.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -167,6 +167,8 @@ fn search<B: AutodiffBackend>(
     let mut steps = vec![0usize; e];
     let mut kl_reference: Option<Tensor<B, 2>> = None;
     let mut losses = vec![0.0; e];
+    // MPES: per edit, consecutive evaluations at which the target was the most probable everywhere.
+    let mut most_probable_for = vec![0usize; e];
     let init_sq = Tensor::<B, 1>::from_inner(v_init.clone().powi_scalar(2).sum_dim(1).reshape([e]));
     let bar = indicatif::ProgressBar::new(h.v_num_grad_steps as u64).with_message(format!("target search, {e} edit(s) at layer {layer}"));
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} step {pos}/{len} [{elapsed}]").expect("valid template"));
@@ -181,6 +183,7 @@ fn search<B: AutodiffBackend>(
             logits.squeeze_dim::<2>(0)
         });
         let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0).select(0, order.clone()), 1);
+        let top = h.mpes_patience.map(|_| label_top(log_probs.clone().inner(), n_labels));
         let label_lp = log_probs.clone().slice([0..n_labels, 0..vocab]).gather(1, labels.clone());
         let nll = assign.clone().matmul(label_lp.neg()).reshape([e]);
         let kl_lp = log_probs.slice([n_labels..n_labels + e, 0..vocab]);
@@ -196,6 +199,13 @@ fn search<B: AutodiffBackend>(
         }
         for (a, &loss) in active.iter_mut().zip(&losses) {
             *a &= loss >= LOSS_TARGET;
+        }
+        if let (Some(patience), Some(top)) = (h.mpes_patience, top) {
+            let correct: Vec<bool> = top.iter().zip(&l.label_positions).map(|(&t, p)| t == p.2 as i64).collect();
+            let label_edit: Vec<usize> = l.label_positions.iter().map(|p| l.edit_of_row[p.0]).collect();
+            for (a, stop) in active.iter_mut().zip(mpes_stop(&correct, &label_edit, &mut most_probable_for, patience)) {
+                *a &= !stop;
+            }
         }
         bar.set_message(format!("target search at layer {layer}: {} of {e} edit(s) still above loss {LOSS_TARGET}", active.iter().filter(|&&a| a).count()));
         if it + 1 == h.v_num_grad_steps || !active.iter().any(|&a| a) {
@@ -214,6 +224,26 @@ fn search<B: AutodiffBackend>(
     let v_init = to_columns(&host(v_init)?, e, d);
     let delta = to_columns(&host(delta)?, e, d);
     Ok(Targets { z: &v_init + &delta, v_init, steps, loss: losses })
+}
+
+/// The most probable token at each of the first `n_labels` rows of `log_probs` (the label rows).
+fn label_top<B: Backend>(log_probs: Tensor<B, 2>, n_labels: usize) -> Vec<i64> {
+    let [_, vocab] = log_probs.dims();
+    log_probs.slice([0..n_labels, 0..vocab]).argmax(1).into_data().iter::<i64>().collect()
+}
+
+/// MPES (arXiv 2502.01636): an edit's search stops once its target was the most probable token at
+/// every label position (`correct`, with `label_edit` the edit of each label) for more than
+/// `patience` consecutive evaluations; `counts` carries those runs between steps.
+fn mpes_stop(correct: &[bool], label_edit: &[usize], counts: &mut [usize], patience: usize) -> Vec<bool> {
+    let mut all = vec![true; counts.len()];
+    for (&c, &e) in correct.iter().zip(label_edit) {
+        all[e] &= c;
+    }
+    counts.iter_mut().zip(&all).map(|(n, &ok)| {
+        *n = if ok { *n + 1 } else { 0 };
+        *n > patience
+    }).collect()
 }
 
 /// Rows of the search whose recomputed tokens are run as one padded pass, with what the search
@@ -436,8 +466,13 @@ impl TargetCache {
         let key = serde_json::json!({
             "model": model.path, "layer": layer, "space": format!("{space:?}"), "templates": templates,
             "search": [h.v_num_grad_steps as f64, h.v_lr, h.v_weight_decay, h.clamp_norm_factor, h.kl_factor],
-        })
-        .to_string();
+        });
+        // Only when on, so the keys (and files) of searches without MPES stay as they were.
+        let mut key = key;
+        if let Some(patience) = h.mpes_patience {
+            key["mpes_patience"] = serde_json::json!(patience);
+        }
+        let key = key.to_string();
         let mut chunks: Vec<usize> = indices.iter().filter(|&&i| !self.found.contains_key(&(key.clone(), i))).map(|i| i / self.chunk).collect();
         chunks.dedup();
         for c in chunks {
@@ -477,6 +512,21 @@ mod tests {
         assert_eq!(joined.z, Mat::from_fn(3, 2, |i, j| (10 * i + [2, 0][j]) as f64));
         assert_eq!(joined.v_init, Mat::from_fn(3, 2, |i, j| -((10 * i + [2, 0][j]) as f64)));
         assert_eq!((joined.steps, joined.loss), (vec![3, 1], vec![0.3, 0.1]));
+    }
+
+    #[test]
+    fn mpes_stops_an_edit_after_patience_steps_of_its_target_ranking_first_everywhere() {
+        // Edit 0 has labels 0 and 1, edit 1 has label 2.
+        let edits = [0, 0, 1];
+        let mut counts = vec![0, 0];
+        assert_eq!(mpes_stop(&[true, false, true], &edits, &mut counts, 1), [false, false]);
+        assert_eq!(counts, [0, 1]);
+        assert_eq!(mpes_stop(&[true, true, true], &edits, &mut counts, 1), [false, true]);
+        // A label that falls back resets the run.
+        assert_eq!(mpes_stop(&[true, true, false], &edits, &mut counts, 1), [true, false]);
+        assert_eq!(counts, [2, 0]);
+        let mut counts = vec![0, 0];
+        assert_eq!(mpes_stop(&[true, true, true], &edits, &mut counts, 0), [true, true]);
     }
 
     #[test]

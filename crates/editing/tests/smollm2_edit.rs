@@ -210,3 +210,21 @@ fn a_persisted_target_cache_is_read_back_exactly() {
     h.v_lr = 0.25;
     assert_ne!(search(&h).loss, vec![123.0, 123.0], "other settings reused the files");
 }
+
+/// Most-probable early stopping ends an edit's search once its target ranks first on every
+/// rewriting prompt: fewer Adam steps than the full search, and the target is then the most probable.
+#[test]
+fn mpes_stops_the_search_once_the_target_ranks_first() {
+    use editbench_editing::keys::Activation;
+    use editbench_editing::targets::target_values;
+    let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
+    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
+    let requests: Vec<EditRequest> = counterfact_cases(2).into_iter().map(|c| c.request).collect();
+    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let full = target_values::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
+    h.mpes_patience = Some(0);
+    let early = target_values::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
+    eprintln!("Adam steps: full {:?}, MPES {:?}; loss {:?} vs {:?}", full.steps, early.steps, full.loss, early.loss);
+    assert!(early.steps.iter().zip(&full.steps).all(|(e, f)| e <= f));
+    assert!(early.steps.iter().sum::<usize>() < full.steps.iter().sum::<usize>(), "MPES saved no step");
+}

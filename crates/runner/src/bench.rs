@@ -76,6 +76,9 @@ pub enum BenchCommand {
         /// The fixed context templates instead of the hparams file's (sampled, as the reference).
         #[arg(long)]
         fixed_templates: bool,
+        /// Most-probable early stopping with this patience (off by default).
+        #[arg(long)]
+        mpes: Option<usize>,
         #[command(flatten)]
         out: Out,
     },
@@ -122,8 +125,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             (with_backend(&model, ForwardBench { path: model.model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
         }
         BenchCommand::Stats { model, layers, corpus, samples, out } => (with_backend(&model, StatsBench { path: model.model.clone(), layers, corpus, samples })?, out),
-        BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, out } => {
-            (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams, fixed_templates })?, out)
+        BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, mpes, out } => {
+            (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
         }
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, batches, out } => (solve_bench(dim, &batches)?, out),
@@ -263,6 +266,7 @@ struct TargetsBench {
     single: usize,
     hparams: PathBuf,
     fixed_templates: bool,
+    mpes: Option<usize>,
 }
 
 /// The first `n` records of a CounterFact file (any supported format).
@@ -275,7 +279,8 @@ impl BackendTask for TargetsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = load::<B>(&self.path, &device)?;
-        let h = FamilyHparams::load(&self.hparams)?.emmet;
+        let mut h = FamilyHparams::load(&self.hparams)?.emmet;
+        h.mpes_patience = self.mpes.or(h.mpes_patience);
         let requests: Vec<EditRequest> = counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
         let kind = if self.fixed_templates { TemplateKind::Fixed } else { h.templates };
         let templates = ContextTemplates::for_method(&model, Method::Emmet, kind, h.template_seed)?;
@@ -293,6 +298,7 @@ impl BackendTask for TargetsBench {
         let n_single = self.single.min(requests.len()).max(1) as f64;
         Ok(json!({
             "edits": requests.len(),
+            "mpes_patience": h.mpes_patience,
             "templates": templates.groups,
             "one_at_a_time": { "edits": n_single, "seconds_per_edit": single.0 / n_single, "adam_steps_per_edit": single.1 as f64 / n_single },
             "batched": { "edits": requests.len(), "seconds_per_edit": batched.0 / requests.len() as f64, "adam_steps_per_edit": batched.1 as f64 / requests.len() as f64 },
