@@ -37,20 +37,16 @@ impl ContextTemplates {
         let bare = vec!["{}".to_string()];
         if kind == TemplateKind::Fixed {
             let fixed: Vec<String> = SEED_WORDS.iter().map(|w| format!("{w}. {{}}")).collect();
-            return Ok(match method.is_rank_one() {
-                true => Self { groups: vec![[bare, fixed].concat()] },
-                false => Self { groups: vec![bare, fixed] },
-            });
+            let groups = if method.is_rank_one() { vec![[bare, fixed].concat()] } else { vec![bare, fixed] };
+            return Ok(Self { groups });
         }
-        Ok(match method.is_rank_one() {
-            true => {
-                let start = ["<|endoftext|>"; 10];
-                let short = sample(model, &start, 5, seed)?;
-                let long = sample(model, &start, 10, seed.wrapping_add(start.len() as u64))?;
-                Self { groups: vec![[bare, short, long].concat()] }
-            }
-            false => Self { groups: vec![bare, sample(model, &SEED_WORDS, 10, seed)?] },
-        })
+        if !method.is_rank_one() {
+            return Ok(Self { groups: vec![bare, sample(model, &SEED_WORDS, 10, seed)?] });
+        }
+        let start = ["<|endoftext|>"; 10];
+        let short = sample(model, &start, 5, seed)?;
+        let long = sample(model, &start, 10, seed.wrapping_add(start.len() as u64))?;
+        Ok(Self { groups: vec![[bare, short, long].concat()] })
     }
 
     /// The bare prompt alone: ROME's `k_p`.

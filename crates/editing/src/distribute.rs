@@ -133,10 +133,7 @@ impl Editor {
             r.check()?;
         }
         let mut outcome = EditOutcome { layers: self.layers(), ..Default::default() };
-        let batches: Vec<&[EditRequest]> = match self.method.is_rank_one() {
-            true => requests.chunks(1).collect(),
-            false => vec![requests],
-        };
+        let batches: Vec<&[EditRequest]> = if self.method.is_rank_one() { requests.chunks(1).collect() } else { vec![requests] };
         for batch in batches {
             self.apply_batch::<B>(model, batch, session, &mut outcome)?;
         }
@@ -147,10 +144,7 @@ impl Editor {
         let layers = self.layers();
         let top = *layers.last().expect("at least one layer");
         // ROME's target lives in the MLP output of the edited layer, the others' in the residual stream.
-        let space = match self.method.is_rank_one() {
-            true => Activation::Value,
-            false => Activation::Hidden,
-        };
+        let space = if self.method.is_rank_one() { Activation::Value } else { Activation::Hidden };
         let t = Instant::now();
         let targets = match &self.target_cache {
             Some(cache) if session.originals.is_empty() => cache.lock().expect("target cache lock").targets::<B>(model, requests, &self.templates, top, space, &self.hparams)?,
@@ -162,10 +156,7 @@ impl Editor {
         for (i, &layer) in layers.iter().enumerate() {
             let t = Instant::now();
             let k = keys(model, requests, &self.templates, layer)?;
-            let bare_keys = match self.method.is_rank_one() {
-                true => Some(keys(model, requests, &ContextTemplates::bare(), layer)?),
-                false => None,
-            };
+            let bare_keys = if self.method.is_rank_one() { Some(keys(model, requests, &ContextTemplates::bare(), layer)?) } else { None };
             let current = prompt_activation(model, requests, top, space)?;
             outcome.seconds_keys += t.elapsed().as_secs_f64();
 

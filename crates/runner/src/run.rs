@@ -130,6 +130,11 @@ fn scored_cases(plan: &Plan, records: &[Record]) -> Option<BTreeSet<u64>> {
     Some(ids.into_iter().take(sample.n).collect())
 }
 
+/// The records of `records` that `scored` (the `eval.sample` case ids) keeps; all without one.
+fn sampled(records: &[Record], scored: Option<&BTreeSet<u64>>) -> Vec<Record> {
+    records.iter().filter(|r| scored.is_none_or(|s| s.contains(&r.case_id))).cloned().collect()
+}
+
 /// The held-out texts of the perplexity measurement, tokenized: `texts` drawn (seeded) from the
 /// given file, or from the statistics corpus without the paragraphs the statistics read. Which
 /// paragraphs were drawn is written to `record` (JSON).
@@ -205,8 +210,7 @@ impl BackendTask for SweepTask<'_> {
             }
             let degradation = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref());
             let held_out = degradation.map(|d| held_out_texts(&model, plan, m, d, &opts.out.join("held-out").join(format!("{label}.json")))).transpose()?;
-            let scored_records: Vec<Record> = self.records.iter().filter(|r| self.scored.as_ref().is_none_or(|s| s.contains(&r.case_id))).cloned().collect();
-            let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &scored_records, held_out.as_deref(), &mut seconds)?;
+            let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &sampled(&self.records, self.scored.as_ref()), held_out.as_deref(), &mut seconds)?;
 
             let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
             layers.sort_unstable();
@@ -384,7 +388,7 @@ fn run_cell<B: AutodiffBackend>(
             };
             let t = Instant::now();
             if let Some(scored) = scored {
-                let sampled: Vec<Record> = scored.iter().filter(|x| eval.scored.is_none_or(|s| s.contains(&x.case_id))).cloned().collect();
+                let sampled = sampled(scored, eval.scored);
                 if !sampled.is_empty() {
                     rows.extend(evaluate(&*model, kind, &sampled, Stage::Post, eval.generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
                 }
