@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the default model, SmolLM2-135M-Instruct on the CPU (README's first set-up command):
 # fetch the model and the statistics corpus, build editbench, rewrite one fact with EMMET (a quick
-# look), then run the experiments/smollm2-quick.yaml sweep (ROME, MEMIT, EMMET × single/spread ×
+# look), then run the experiments/smollm2-quick.yaml sweep (ROME, r-ROME, MEMIT, EMMET × single/spread ×
 # batch size 1/16 on 16 CounterFact records) and write its report. Rerunning resumes the sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
