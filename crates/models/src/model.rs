@@ -53,6 +53,9 @@ pub struct ModelDims {
     pub intermediate_size: usize,
     pub vocab_size: usize,
     pub max_positions: usize,
+    /// Number of parameters (weights and biases) editbench holds in memory, from the configuration
+    /// (a tied output head is held as its own copy).
+    pub parameters: u64,
 }
 
 impl ModelDims {
@@ -259,13 +262,24 @@ impl<B: Backend> LanguageModel<B> {
 
 impl LlamaConfig {
     fn dims(&self) -> ModelDims {
-        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings }
+        let (d, ff, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (q, kv) = ((self.num_heads * self.head_dim) as u64, (self.num_kv_heads * self.head_dim) as u64);
+        let attention = d * q + 2 * d * kv + q * d + if self.attention_bias { q + 2 * kv + d } else { 0 };
+        let mlp = 3 * d * ff + if self.mlp_bias { 2 * ff + d } else { 0 };
+        let layer = attention + mlp + 2 * d;
+        // A tied output head is loaded as a copy of the embeddings, so it counts here too.
+        let parameters = 2 * v * d + self.num_layers as u64 * layer + d;
+        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
     }
 }
 
 impl GptJConfig {
     fn dims(&self) -> ModelDims {
-        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings }
+        let (d, ff, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        // q, k, v, out (no biases); fc_in, fc_out with biases; ln_1 weight and bias.
+        let layer = 4 * d * d + 2 * d * ff + ff + d + 2 * d;
+        let parameters = v * d + (v * d + v) + self.num_layers as u64 * layer + 2 * d;
+        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
     }
 }
 

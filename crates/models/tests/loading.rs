@@ -149,3 +149,18 @@ fn missing_files_are_named_once_in_plain_words() {
     assert!(err.ends_with("config.json: no such file or directory"), "{err}");
     assert_eq!(err.matches("no such file").count(), 1, "{err}");
 }
+
+/// The parameter count read from a configuration (for memory plans) equals the loaded model's.
+#[test]
+fn parameters_from_the_config_equal_the_loaded_weights() {
+    use burn::module::Module;
+    use editbench_models::{Architecture, ModelDims};
+    for name in ["tiny-llama", "tiny-gptj", "tiny-llama-gqa-tied"] {
+        let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
+        let loaded = match &model.arch {
+            Architecture::Llama(m) => m.num_params(),
+            Architecture::GptJ(m) => m.num_params(),
+        };
+        assert_eq!(ModelDims::read(&fixture(name)).unwrap().parameters, loaded as u64, "{name}");
+    }
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod edit;
+mod memory;
 mod output;
 mod run;
 mod sweep;
@@ -69,9 +70,12 @@ enum Command {
         /// Run only the cells with grid index ≡ I (mod N), e.g. 0/4.
         #[arg(long)]
         shard: Option<String>,
-        /// Print the grid and stop.
+        /// Print the grid and each model's memory plan, and stop.
         #[arg(long)]
         dry_run: bool,
+        /// Memory available in GB (device and host): the dry run warns about phases that need more.
+        #[arg(long)]
+        memory: Option<f64>,
         /// Stop at the first failing cell instead of recording it and going on.
         #[arg(long)]
         fail_fast: bool,
@@ -139,13 +143,14 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
-        Command::Run { sweep, out, sets, shard, dry_run, fail_fast } => {
+        Command::Run { sweep, out, sets, shard, dry_run, memory, fail_fast } => {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
                 // Everything the real run reads before its first write is read here too.
                 run::records(&plan)?;
                 print!("{}", sweep::describe(&plan, shard));
+                print!("{}", memory_plans(&plan, memory)?);
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
@@ -167,6 +172,27 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Loads the inference (non-autodiff) model of a task's backend.
+/// The memory plan of every model of a sweep, for the dry run.
+fn memory_plans(plan: &sweep::Plan, limit_gb: Option<f64>) -> Result<String> {
+    let on_cpu = plan.backend == BackendKind::Cpu;
+    let mut out = String::new();
+    for (m, spec) in plan.sweep.models.iter().enumerate() {
+        let cells: Vec<&sweep::Cell> = plan.cells.iter().filter(|c| c.model == m).collect();
+        let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
+        layers.sort_unstable();
+        layers.dedup();
+        let workload = memory::Workload {
+            dims: editbench_models::ModelDims::read(&spec.path)?,
+            edited_layers: layers.len() as u64,
+            max_batch: cells.iter().map(|c| c.batch_size).max().unwrap_or(1) as u64,
+            stats_tokens: plan.stats_hparams(m).batch_tokens as u64,
+            on_cpu,
+        };
+        out += &memory::describe(&spec.label(), &memory::plan(&workload), on_cpu, limit_gb);
+    }
+    Ok(out)
+}
+
 fn load<B: AutodiffBackend>(path: &std::path::Path, device: &B::Device) -> Result<LanguageModel<B::InnerBackend>> {
     LanguageModel::load(path, device).with_context(|| format!("loading {}", path.display()))
 }

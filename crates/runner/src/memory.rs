@@ -1,0 +1,128 @@
+//! The memory plan `editbench run --dry-run` prints: per model and phase, an estimate of the peak
+//! device and host memory of the largest objects (weights in f32, a statistics pass, the target
+//! search's caches, the solves in f64, scoring's logits), and a warning past a given limit.
+//!
+//! Estimates, not measurements: they count the large buffers named below and nothing else.
+
+use editbench_models::ModelDims;
+
+const GB: f64 = 1e9;
+/// Bytes of an f32 and an f64.
+const F32: u64 = 4;
+const F64: u64 = 8;
+/// Tokens per scoring pass (editing::score), of which logits are computed at the scored ones: about
+/// a quarter for CounterFact (a 1–3-token target after a ~12-token prompt).
+const SCORED_TOKENS: u64 = 4096 / 4;
+/// Edits whose target searches share a pass, prompts per edit, tokens per prompt and scored
+/// positions per prompt (target tokens, the KL position) assumed.
+const SEARCH_EDITS: u64 = 16;
+const SEARCH_PROMPTS: u64 = 7;
+const SEARCH_TOKENS: u64 = 32;
+const SEARCH_SCORED: u64 = 3;
+
+/// What a plan is made for.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub dims: ModelDims,
+    /// Layers edited by any cell (each needs C in f64).
+    pub edited_layers: u64,
+    /// The largest batch of edits solved at once.
+    pub max_batch: u64,
+    /// Padded tokens per statistics pass.
+    pub stats_tokens: u64,
+    /// On the CPU backend device memory is host memory.
+    pub on_cpu: bool,
+}
+
+/// One phase's estimate, in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub name: &'static str,
+    pub device: u64,
+    pub host: u64,
+}
+
+/// Per phase: device memory (weights plus the phase's buffers) and host memory (the f64 objects of
+/// the solves and statistics; on the CPU backend the device's too).
+pub fn plan(w: &Workload) -> Vec<Phase> {
+    let d = &w.dims;
+    let (dm, ff, v, layers) = (d.hidden_size as u64, d.intermediate_size as u64, d.vocab_size as u64, d.num_layers as u64);
+    let weights = d.parameters * F32;
+    // A statistics pass: per token the residual stream (3 × d) and the MLP's gate/up/act (3 × d_ff),
+    // the captured keys of each edited layer, and the d_ff × d_ff Gram of a batch per layer.
+    let stats_device = w.stats_tokens * (3 * dm + 3 * ff) * F32 + w.edited_layers * (w.stats_tokens * ff + ff * ff) * F32;
+    let covariances = w.edited_layers * ff * ff * F64;
+    // The search keeps every layer's keys and values of its prompts, and one vocabulary row per
+    // scored position for the loss (with its gradient).
+    let search_tokens = SEARCH_EDITS * SEARCH_PROMPTS * SEARCH_TOKENS;
+    let search_device = search_tokens * layers * 2 * dm * F32 + 2 * SEARCH_EDITS * SEARCH_PROMPTS * SEARCH_SCORED * v * F32;
+    // The solves: C of every edited layer, a d_ff × d_ff system and its factor, keys and residuals,
+    // EMMET's C⁻¹K and the B × B system with its factor.
+    let b = w.max_batch;
+    let solve_host = covariances + 2 * ff * ff * F64 + (2 * ff + dm) * b * F64 + 2 * b * b * F64;
+    let score_device = 2 * SCORED_TOKENS * v * F32;
+    let host = |device: u64, own: u64| if w.on_cpu { device + own } else { own };
+    let largest_tensor = v * dm * F32;
+    vec![
+        Phase { name: "weights", device: weights, host: if w.on_cpu { weights } else { largest_tensor } },
+        Phase { name: "statistics", device: weights + stats_device, host: host(weights + stats_device, covariances) },
+        Phase { name: "target search", device: weights + search_device, host: host(weights + search_device, 0) },
+        Phase { name: "solve (f64, host)", device: weights, host: host(weights, solve_host) },
+        Phase { name: "scoring", device: weights + score_device, host: host(weights + score_device, 0) },
+    ]
+}
+
+/// The plan as text, with a warning for every phase past `limit_gb` (device and host alike).
+pub fn describe(label: &str, phases: &[Phase], on_cpu: bool, limit_gb: Option<f64>) -> String {
+    let mut out = format!("memory plan for {label} (estimates, f32 weights{}):\n", if on_cpu { "; cpu: device memory is host memory" } else { "" });
+    for p in phases {
+        out += &format!("  {:<18} device {:>8.2} GB   host {:>8.2} GB\n", p.name, p.device as f64 / GB, p.host as f64 / GB);
+    }
+    let peak = phases.iter().map(|p| p.device.max(p.host)).max().unwrap_or(0) as f64 / GB;
+    out += &format!("  peak {peak:.2} GB\n");
+    if let Some(limit) = limit_gb {
+        for p in phases.iter().filter(|p| p.device.max(p.host) as f64 / GB > limit) {
+            out += &format!("  warning: {} needs about {:.2} GB, more than --memory {limit} GB\n", p.name, p.device.max(p.host) as f64 / GB);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> ModelDims {
+        ModelDims { num_layers: 2, hidden_size: 4, intermediate_size: 8, vocab_size: 10, max_positions: 16, parameters: 1000 }
+    }
+
+    /// Every phase against numbers worked out by hand for d = 4, d_ff = 8, V = 10, 2 layers.
+    #[test]
+    fn the_arithmetic_matches_hand_computed_cases() {
+        let w = Workload { dims: dims(), edited_layers: 1, max_batch: 3, stats_tokens: 5, on_cpu: false };
+        let p = plan(&w);
+        // Weights: 1,000 parameters × 4 B; host: the largest tensor, 10 × 4 × 4 B.
+        assert_eq!(p[0], Phase { name: "weights", device: 4000, host: 160 });
+        // Statistics: 5 × (12 + 24) × 4 = 720, keys 5 × 8 × 4 = 160, Gram 64 × 4 = 256; C: 64 × 8.
+        assert_eq!(p[1], Phase { name: "statistics", device: 4000 + 720 + 160 + 256, host: 512 });
+        // Search: 16 × 7 × 32 = 3,584 tokens; K/V 3,584 × 2 × 2 × 4 × 4 = 229,376; logits at
+        // 16 × 7 × 3 = 336 positions, 2 × 336 × 10 × 4 = 26,880.
+        assert_eq!(p[2].device, 4000 + 229_376 + 26_880);
+        // Solve: C 512 + system and factor 1,024 + keys/C⁻¹K/residuals (16 + 4) × 3 × 8 = 480 + B² 2 × 9 × 8 = 144.
+        assert_eq!(p[3].host, 512 + 1024 + 480 + 144);
+        // Scoring: logits at 1,024 positions, 2 × 1,024 × 10 × 4.
+        assert_eq!(p[4].device, 4000 + 81_920);
+        // On the CPU the host holds the device's buffers too.
+        let cpu = plan(&Workload { on_cpu: true, ..w });
+        assert_eq!(cpu[3].host, 4000 + 2160);
+    }
+
+    #[test]
+    fn a_limit_is_warned_about_per_phase() {
+        let big = ModelDims { parameters: 7_000_000_000, intermediate_size: 11008, hidden_size: 4096, vocab_size: 32000, num_layers: 32, max_positions: 4096 };
+        let w = Workload { dims: big, edited_layers: 5, max_batch: 10_000, stats_tokens: 4096, on_cpu: true };
+        let text = describe("llama", &plan(&w), true, Some(24.0));
+        assert!(text.contains("warning: weights needs about 28.00 GB, more than --memory 24 GB"), "{text}");
+        assert!(!describe("llama", &plan(&w), true, Some(100.0)).contains("warning"));
+    }
+}
