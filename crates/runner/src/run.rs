@@ -139,15 +139,12 @@ fn sampled(records: &[Record], scored: Option<&BTreeSet<u64>>) -> Vec<Record> {
 /// given file, or from the statistics corpus without the paragraphs the statistics read. Which
 /// paragraphs were drawn is written to `record` (JSON).
 fn held_out_texts<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, m: usize, spec: &DegradationSpec, record: &Path) -> Result<Vec<Vec<u32>>> {
-    let (path, excluded) = match &spec.path {
-        Some(path) => (path.clone(), BTreeSet::new()),
-        None => {
-            let corpus = &plan.sweep.stats.corpus;
-            let n = paragraphs(corpus)?.len();
-            (corpus.clone(), sampled_indices(n, &plan.stats_hparams(m)).into_iter().collect())
-        }
-    };
+    let path = spec.path.clone().unwrap_or_else(|| plan.sweep.stats.corpus.clone());
     let texts = paragraphs(&path)?;
+    let excluded: BTreeSet<usize> = match spec.path {
+        Some(_) => BTreeSet::new(),
+        None => sampled_indices(texts.len(), &plan.stats_hparams(m)).into_iter().collect(),
+    };
     let mut candidates: Vec<usize> = (0..texts.len()).filter(|i| !excluded.contains(i)).collect();
     SplitMix64::new(spec.seed).shuffle(&mut candidates);
     candidates.truncate(spec.texts);
