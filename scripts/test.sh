@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README's second set-up command; .ci/run runs exactly this).
-# Installs what the tests need (Mesa's lavapipe Vulkan driver for the wgpu tests, the SmolLM2 model),
+# Installs what the tests need (Mesa's lavapipe Vulkan driver for the wgpu tests, Chromium for the
+# results page, the SmolLM2 model),
 # then builds once with every backend compiled in (cpu, wgpu, cuda) and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,18 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
   else
     echo "error: the wgpu tests need Mesa's lavapipe: install mesa-vulkan-drivers and libvulkan1" >&2
+    exit 1
+  fi
+fi
+
+# The results page (report.html) is checked in headless Chromium.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (headless) for the results-page test..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "error: the results-page test needs Chromium: install Debian's chromium or set CHROMIUM" >&2
     exit 1
   fi
 fi

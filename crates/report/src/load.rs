@@ -61,6 +61,8 @@ pub struct Run {
     pub solver: BTreeMap<RowKey, SolverNote>,
     /// When scores rest on a sample of the edited records: `(scored, edited)` per cell.
     pub sample: Option<(usize, usize)>,
+    /// The run's `manifest.json` (none for a paper's numbers).
+    pub manifest: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +237,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         timings,
         solver: solver_notes(dir, &keys),
         sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)),
+        manifest: Some(manifest),
     })
 }
 
@@ -253,7 +256,7 @@ struct PaperLine {
 /// Numbers typed from a paper: CSV with columns `model,method,distribution,batch_size,stage,
 /// metric,value` (values on the ×100 scale; `pre` rows give the unedited model).
 pub fn load_paper(path: &Path, label: &str) -> Result<Run> {
-    let mut run = Run { label: label.to_string(), source: path.to_path_buf(), post: BTreeMap::new(), pre: BTreeMap::new(), curves: BTreeMap::new(), timings: Vec::new(), solver: BTreeMap::new(), sample: None };
+    let mut run = Run { label: label.to_string(), source: path.to_path_buf(), post: BTreeMap::new(), pre: BTreeMap::new(), curves: BTreeMap::new(), timings: Vec::new(), solver: BTreeMap::new(), sample: None, manifest: None };
     for (i, l) in read_csv::<PaperLine>(path)?.into_iter().enumerate() {
         let Some(metric) = Metric::from_code(&l.metric) else {
             bail!("{}: line {}: unknown metric code `{}`", path.display(), i + 2, l.metric);

@@ -84,18 +84,56 @@ fn models(runs: &[Run]) -> Vec<String> {
 /// (a) One metric against the batch size (log axis, ticks at the batch sizes run), a line per
 /// run × method × distribution (× layers) with standard-error bars, one panel per model: colour and
 /// marker per method, dashed for spread, lines that coincide offset a little sideways; the
-/// unedited model as a grey horizontal line.
-struct MetricVsBatch<'a> {
+/// unedited model as a grey horizontal line. Against the edited layer instead where the layer is
+/// an axis of the run (a line per run × method × batch size).
+struct MetricVs<'a> {
     runs: &'a [Run],
     metric: Metric,
+    axis: XAxis,
 }
 
-/// Sideways offset between lines in log₂(B) units, so coinciding lines stay visible.
+/// The x axis of [`MetricVs`].
+#[derive(Clone, Copy, PartialEq)]
+enum XAxis {
+    /// Batch size, log₂ scale.
+    Batch,
+    /// The one edited layer of single-layer cells.
+    Layer,
+}
+
+impl XAxis {
+    fn position(self, x: usize) -> f64 {
+        match self {
+            XAxis::Batch => (x as f64).log2(),
+            XAxis::Layer => x as f64,
+        }
+    }
+    fn tick_label(self, position: f64) -> String {
+        match self {
+            XAxis::Batch => format!("{:.0}", position.exp2()),
+            XAxis::Layer => format!("{position:.0}"),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            XAxis::Batch => "batch size",
+            XAxis::Layer => "edited layer",
+        }
+    }
+    fn description(self) -> &'static str {
+        match self {
+            XAxis::Batch => "batch size (edits per batch, log scale)",
+            XAxis::Layer => "edited layer",
+        }
+    }
+}
+
+/// Sideways offset between lines in x units (log₂ B, layers), so coinciding lines stay visible.
 const DODGE: f64 = 0.07;
 
-impl Chart for MetricVsBatch<'_> {
+impl Chart for MetricVs<'_> {
     fn title(&self) -> String {
-        format!("{} vs batch size", self.metric.code())
+        format!("{} vs {}", self.metric.code(), self.axis.name())
     }
     fn size(&self) -> (u32, u32) {
         (PANEL.0 * models(self.runs).len().max(1) as u32, PANEL.1)
@@ -103,10 +141,11 @@ impl Chart for MetricVsBatch<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let models = models(self.runs);
         for (panel, model) in area.split_evenly((1, models.len().max(1))).iter().zip(&models) {
-            let lines = series(self.runs, model, self.metric);
+            let lines = series(self.runs, model, self.metric, self.axis);
             let unedited = self.runs.iter().find_map(|r| r.pre.get(model).and_then(|m| m.get(&self.metric))).map(|s| s.mean);
             let sizes: BTreeSet<usize> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
-            let ticks: Vec<f64> = sizes.iter().map(|&b| (b as f64).log2()).collect();
+            let ticks: Vec<f64> = sizes.iter().map(|&b| self.axis.position(b)).collect();
+            let min_x = ticks.first().copied().unwrap_or(0.0).min(0.0);
             let max_x = ticks.last().copied().unwrap_or(1.0).max(1.0);
             let values = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1 + p.2.unwrap_or(0.0))).chain(unedited);
             let mut chart = ChartBuilder::on(panel)
@@ -114,19 +153,20 @@ impl Chart for MetricVsBatch<'_> {
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
-                .build_cartesian_2d(TickedAxis { range: -0.6..max_x + 0.6, ticks }, y_range(self.metric, values))
+                .build_cartesian_2d(TickedAxis { range: min_x - 0.6..max_x + 0.6, ticks }, y_range(self.metric, values))
                 .map_err(err)?;
-            chart.configure_mesh().x_label_formatter(&|x: &f64| format!("{:.0}", x.exp2())).y_label_formatter(&|y: &f64| format!("{y:.4}").trim_end_matches('0').trim_end_matches('.').to_string())
-                .x_desc("batch size (edits per batch, log scale)").y_desc(axis_label(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
+            let axis = self.axis;
+            chart.configure_mesh().x_label_formatter(&|x: &f64| axis.tick_label(*x)).y_label_formatter(&|y: &f64| format!("{y:.4}").trim_end_matches('0').trim_end_matches('.').to_string())
+                .x_desc(self.axis.description()).y_desc(axis_label(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
             if let Some(y) = unedited {
                 let grey = RGBColor(120, 120, 120).stroke_width(1);
-                chart.draw_series(DashedLineSeries::new(vec![(-0.6, y), (max_x + 0.6, y)], 3, 4, grey)).map_err(err)?
+                chart.draw_series(DashedLineSeries::new(vec![(min_x - 0.6, y), (max_x + 0.6, y)], 3, 4, grey)).map_err(err)?
                     .label("unedited").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
             }
             let n = lines.len() as f64;
             for (i, line) in lines.iter().enumerate() {
                 let offset = (i as f64 - (n - 1.0) / 2.0) * DODGE;
-                let points: Vec<(f64, f64)> = line.points.iter().map(|p| ((p.0 as f64).log2() + offset, p.1)).collect();
+                let points: Vec<(f64, f64)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, p.1)).collect();
                 let color = method_color(&line.method);
                 let style = color.stroke_width(2);
                 let legend = line.label.clone();
@@ -208,7 +248,7 @@ fn y_range(metric: Metric, values: impl Iterator<Item = f64>) -> std::ops::Range
     }
 }
 
-/// A line of [`MetricVsBatch`]: its points `(batch size, mean, standard error)`.
+/// A line of [`MetricVs`]: its points `(x, mean, standard error)`.
 struct Line {
     label: String,
     method: String,
@@ -216,22 +256,29 @@ struct Line {
     points: Vec<(usize, f64, Option<f64>)>,
 }
 
-/// Per run × method × distribution × layers of `model`, its points.
-fn series(runs: &[Run], model: &str, metric: Metric) -> Vec<Line> {
+/// Per run × method × distribution × layers (against the batch size) or × batch size (against
+/// the layer, single-layer rows only) of `model`, its points.
+fn series(runs: &[Run], model: &str, metric: Metric, axis: XAxis) -> Vec<Line> {
     let mut out: BTreeMap<(usize, String, String, String), Line> = BTreeMap::new();
     for (r, run) in runs.iter().enumerate() {
         for (key, values) in run.post.iter().filter(|(k, _)| k.model == model) {
-            if let Some(s) = values.get(&metric) {
-                let mut label = format!("{} {}", crate::table::method_name(&key.method), key.distribution);
-                if !key.layers.is_empty() {
-                    label += &format!(" {}", key.layers);
-                }
-                if runs.len() > 1 {
-                    label = format!("{} {label}", run.label);
-                }
-                let line = out.entry((r, key.method.clone(), key.distribution.clone(), key.layers.clone())).or_insert_with(|| Line { label, method: key.method.clone(), distribution: key.distribution.clone(), points: Vec::new() });
-                line.points.push((key.batch_size, s.mean, s.stderr));
+            let Some(s) = values.get(&metric) else { continue };
+            let (x, other) = match axis {
+                XAxis::Batch => (key.batch_size, key.layers.clone()),
+                XAxis::Layer => match key.layers.parse::<usize>() {
+                    Ok(layer) => (layer, format!("B={}", key.batch_size)),
+                    Err(_) => continue,
+                },
+            };
+            let mut label = format!("{} {}", crate::table::method_name(&key.method), key.distribution);
+            if !other.is_empty() {
+                label += &format!(" {other}");
             }
+            if runs.len() > 1 {
+                label = format!("{} {label}", run.label);
+            }
+            let line = out.entry((r, key.method.clone(), key.distribution.clone(), other)).or_insert_with(|| Line { label, method: key.method.clone(), distribution: key.distribution.clone(), points: Vec::new() });
+            line.points.push((x, s.mean, s.stderr));
         }
     }
     out.into_values().map(|mut line| {
@@ -392,7 +439,12 @@ pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
         .filter(|&m| present(m))
         .collect();
     for &metric in &headline {
-        figures.push(render(&MetricVsBatch { runs, metric }, dir, &format!("batch-size-{}", metric.code()))?);
+        figures.push(render(&MetricVs { runs, metric, axis: XAxis::Batch }, dir, &format!("batch-size-{}", metric.code()))?);
+    }
+    // A layer sweep: each metric against the edited layer.
+    let layered = runs.iter().flat_map(|r| r.post.keys()).filter(|k| k.layers.parse::<usize>().is_ok()).map(|k| &k.layers).collect::<BTreeSet<_>>();
+    for &metric in headline.iter().filter(|_| layered.len() > 1) {
+        figures.push(render(&MetricVs { runs, metric, axis: XAxis::Layer }, dir, &format!("layer-{}", metric.code()))?);
     }
     if let Some(&metric) = headline.iter().find(|&&m| m == Metric::S).or(headline.first()) {
         figures.push(render(&MethodsSideBySide { runs, metric }, dir, &format!("methods-{}", metric.code()))?);

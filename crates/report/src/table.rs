@@ -81,7 +81,7 @@ impl Table {
         table
     }
 
-    fn key_columns(&self, latex: bool) -> Vec<String> {
+    pub(crate) fn key_columns(&self, latex: bool) -> Vec<String> {
         let mut head: Vec<String> = if self.runs > 1 { vec!["Run".into()] } else { vec![] };
         head.extend(["Model", "Method", if latex { "Dist." } else { "Distribution" }].map(String::from));
         if self.layers {
@@ -91,7 +91,7 @@ impl Table {
         head
     }
 
-    fn key_cells(&self, l: &Label, run_col: bool) -> Vec<String> {
+    pub(crate) fn key_cells(&self, l: &Label, run_col: bool) -> Vec<String> {
         let mut cells = if run_col { vec![l.run.clone()] } else { vec![] };
         cells.extend([l.model.clone(), method_name(&l.method), l.distribution.clone()]);
         if self.layers {
@@ -101,7 +101,7 @@ impl Table {
         cells
     }
 
-    fn solver_cells(&self, note: &Option<SolverNote>) -> Vec<String> {
+    pub(crate) fn solver_cells(&self, note: &Option<SolverNote>) -> Vec<String> {
         if !self.solver {
             return vec![];
         }
@@ -117,7 +117,7 @@ fn method_rank(method: &str) -> usize {
     ["rome", "r-rome", "memit", "emmet", "alphaedit"].iter().position(|m| *m == method).unwrap_or(5)
 }
 
-fn header(m: Metric) -> &'static str {
+pub(crate) fn header(m: Metric) -> &'static str {
     match m {
         Metric::RewriteAcc => "Rewrite acc.",
         Metric::ParaphraseAcc => "Paraphrase acc.",
@@ -139,7 +139,7 @@ pub(crate) fn method_name(m: &str) -> String {
 }
 
 /// `mean ± s.e.`, and `(σ sd over k seeds)` when the row pools several seeds.
-fn cell(s: &Option<Summary>, pm: &str, sigma: &str) -> String {
+pub(crate) fn cell(s: &Option<Summary>, pm: &str, sigma: &str) -> String {
     let Some(s) = s else { return "–".into() };
     let mut text = match s.stderr {
         Some(e) => format!("{:.1}{pm}{e:.1}", s.mean),
@@ -151,11 +151,11 @@ fn cell(s: &Option<Summary>, pm: &str, sigma: &str) -> String {
     text
 }
 
-fn delta(d: &Option<f64>) -> String {
+pub(crate) fn delta(d: &Option<f64>) -> String {
     d.map(|d| format!("{d:+.1}")).unwrap_or_else(|| "–".into())
 }
 
-const SOLVER_HEADERS: [&str; 2] = ["cond.", "pinv"];
+pub(crate) const SOLVER_HEADERS: [&str; 2] = ["cond.", "pinv"];
 
 /// The table in Markdown (also printed to the terminal).
 pub fn markdown_table(t: &Table) -> String {

@@ -118,7 +118,7 @@ fn write_run(dir: &Path, protocol: &str, rows: &[&str]) {
 
 /// Cells that differ in their layers are separate rows (a Layers column); cells that differ only
 /// in their seed are one row with the spread across seeds; in the independent protocol every
-/// batch's rows count (PPL of two batches is their mean).
+/// batch's rows count (PPL of two batches is their mean); the layers get figures of their own.
 #[test]
 fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,4 +145,8 @@ fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
     let report = write_report(&[load_run(dir.path()).unwrap()], dir.path()).unwrap();
     assert!(report.contains("| 2 | 1 |"));
     assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("a seeded sample of 2 of the 4 records"));
+    // The layer is an axis: each metric also against the layer (ES and PPL here).
+    for stem in ["layer-ES", "layer-PPL"] {
+        assert!(dir.path().join("figures").join(format!("{stem}.svg")).is_file(), "no {stem} figure");
+    }
 }

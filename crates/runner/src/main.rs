@@ -89,7 +89,7 @@ enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
-    /// Tables (Markdown, LaTeX) and figures (PNG, SVG) from results directories, with report.md.
+    /// Tables (Markdown, LaTeX), figures (PNG, SVG), report.md and the results page report.html.
     Report {
         /// Results directories of `editbench run` (several are compared side by side).
         #[arg(required = true)]
