@@ -110,18 +110,22 @@ fn sweep_files_are_checked_before_any_work() {
     assert!(stderr(&o).contains("case_id 13 occurs more than once among the edited records"), "{}", stderr(&o));
 }
 
-/// Runs the tiny sweep into `out`; the process is killed once `kill_after` cells have finished.
-fn tiny_run(sweep: &Path, out: &Path, extra: &[&str], kill_after: Option<usize>) {
+/// Files with extension `ext` in `dir` (0 when it does not exist).
+fn count(dir: &Path, ext: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count()).unwrap_or(0)
+}
+
+/// Runs the tiny sweep into `out` to its end, or kills it (SIGKILL) as soon as `kill_when(out)`.
+fn tiny_run(sweep: &Path, out: &Path, extra: &[&str], kill_when: Option<&dyn Fn(&Path) -> bool>) {
     let mut args = vec!["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend(extra);
     let mut child = editbench(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    if let Some(n) = kill_after {
+    if let Some(kill_when) = kill_when {
         let started = Instant::now();
-        let finished = || std::fs::read_dir(out.join("cells")).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0);
-        while finished() < n {
+        while !kill_when(out) {
             assert!(child.try_wait().unwrap().is_none(), "the sweep ended before it could be killed");
-            assert!(started.elapsed() < Duration::from_secs(900), "no cell finished");
-            std::thread::sleep(Duration::from_millis(100));
+            assert!(started.elapsed() < Duration::from_secs(900), "the kill point was never reached");
+            std::thread::sleep(Duration::from_millis(20));
         }
         child.kill().unwrap();
         child.wait().unwrap();
@@ -160,12 +164,22 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     assert_eq!(manifest["stats_cache_keys"].as_array().unwrap().len(), 1);
     assert!(manifest["git_revision"].as_str().is_some());
 
-    // Killed after the first cell, then rerun: nothing lost, nothing duplicated, same bytes.
+    // Killed right after the unedited scores were written, then after the first target vectors,
+    // then after the first cell, each time rerun: nothing lost, nothing duplicated, same bytes.
     let resumed = dir.path().join("resumed");
-    tiny_run(&sweep, &resumed, &[], Some(1));
-    assert!(!resumed.join("cells").read_dir().unwrap().flatten().all(|e| e.file_name().to_string_lossy().ends_with(".tmp")));
+    let kill_points: [(&str, &dyn Fn(&Path) -> bool); 3] = [
+        ("unedited scores", &|o: &Path| count(&o.join("pre"), "json") > 0),
+        ("target vectors", &|o: &Path| count(&o.join("targets"), "json") > 0),
+        ("first cell", &|o: &Path| count(&o.join("cells"), "json") > 0),
+    ];
+    for (point, kill_when) in kill_points {
+        assert!(!kill_when(&resumed), "{point}: already reached before the run");
+        tiny_run(&sweep, &resumed, &[], Some(kill_when));
+        assert!(count(&resumed.join("cells"), "json") < 4, "{point}: the sweep had finished");
+    }
     tiny_run(&sweep, &resumed, &[], None);
     assert_eq!(read(&resumed.join("results.csv")), results, "resumed run differs");
+    assert_eq!(read(&resumed.join("summary.csv")), summary, "resumed summary differs");
     // A rerun of a finished sweep does no work and changes nothing.
     tiny_run(&sweep, &resumed, &[], None);
     assert_eq!(read(&resumed.join("results.csv")), results);
