@@ -100,10 +100,13 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
     if let Ok(text) = std::fs::read_to_string(&manifest_path) {
         let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {}", manifest_path.display()))?;
         let new = manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &[]);
-        if identity(&old) != identity(&new) {
+        if identity(&old) == identity(&new) {
+            stats_keys = serde_json::from_value(old["stats_cache_keys"].clone()).unwrap_or_default();
+        } else if holds_results(&opts.out) {
             bail!("{} holds results of another sweep (different sweep file, --set, models or dataset); choose another --out", opts.out.display());
+        } else {
+            tracing::warn!("{}: replacing the manifest of a run that finished no cell", opts.out.display());
         }
-        stats_keys = serde_json::from_value(old["stats_cache_keys"].clone()).unwrap_or_default();
     }
     write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &stats_keys))?.as_bytes())?;
     let pending: Vec<usize> = (0..plan.cells.len())
@@ -405,6 +408,12 @@ fn run_cell<B: AutodiffBackend>(
     result?;
     let outcome = json!({ "adam_steps": steps, "max_condition_estimate": condition, "used_pseudo_inverse": pinv });
     Ok((rows, seconds, outcome))
+}
+
+/// Whether `out` holds anything a run produced: a finished cell or the unedited model's scores.
+fn holds_results(out: &Path) -> bool {
+    let any = |dir: &str| std::fs::read_dir(out.join(dir)).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))));
+    any("cells") || any("pre")
 }
 
 /// Refuses an output directory that holds anything but results of the sweep `manifest` describes.

@@ -139,7 +139,11 @@ fn tiny_run(sweep: &Path, out: &Path, extra: &[&str], kill_when: Option<&dyn Fn(
 fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     let dir = tempfile::tempdir().unwrap();
     let sweep = tiny_sweep(dir.path());
+    // The manifest of a run that failed before finishing anything (e.g. a wrong model path, then
+    // corrected) does not block the directory.
     let full = dir.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("manifest.json"), r#"{"sweep_sha256": "0", "cells": []}"#).unwrap();
     tiny_run(&sweep, &full, &[], None);
 
     let results = read(&full.join("results.csv"));
