@@ -5,7 +5,7 @@ Uses Hugging Face transformers as the reference implementation. Run once by a de
 (a few hundred KB) are committed under crates/models/tests/fixtures so CI needs no Python:
 
     python3 -m venv .venv && .venv/bin/pip install torch transformers safetensors gguf numpy
-    .venv/bin/python scripts/make_fixtures.py
+    .venv/bin/python scripts/make_fixtures.py [NAME ...]     # default: every fixture
 
 Fixtures
   tiny-gptj/             GPT-J, partial rotary (rotary_dim 8 of head size 16), f32 safetensors
@@ -14,6 +14,11 @@ Fixtures
   tiny-llama-gqa-tied/   LLaMA with grouped-query attention (4 query / 2 key-value heads) and tied
                          embeddings, bf16, sharded (model.safetensors.index.json), 5.x config spelling
   tiny-llama.gguf        tiny-llama's weights as GGUF (F32, q/k rows permuted as llama.cpp's converter does)
+  tiny-gpt2/             GPT-2 (Conv1D weights, learned positions, tied head), f32, tensor names without the
+                         `transformer.` prefix as in the hub's openai-community checkpoints
+  tiny-llama3/           LLaMA with LLaMA-3 rotary scaling (`rope_scaling.rope_type: llama3`, 4.x spelling), f32
+  tiny-mistral/          Mistral with a sliding window of 16 tokens (longer than every golden sequence), f32
+  tiny-qwen2/            Qwen2 (biases on q/k/v only, tied embeddings, grouped-query attention), f32
   quant.gguf + quant.json  random tensors quantised to Q8_0 / Q4_0 / Q4_1 by gguf-py, with gguf-py's
                          dequantised values
 Each checkpoint directory has golden.json: {"sequences": [[ids]], "logits": [[T*V floats]]}, the logits
@@ -21,14 +26,17 @@ of each sequence run alone (no padding), computed in f32 by transformers from th
 """
 import json
 import pathlib
+import sys
 
 import numpy as np
 import torch
 import transformers
 import gguf
+import safetensors.torch
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates" / "models" / "tests" / "fixtures"
 VOCAB = 128
+COMMON = dict(vocab_size=VOCAB, initializer_range=0.3)
 SEQUENCES = [[1, 5, 9, 77, 3, 100, 42], [7, 2], [120, 64, 8, 8, 19, 31, 2, 90, 111, 6, 45]]
 
 
@@ -136,35 +144,103 @@ def write_quant_fixture():
     (OUT / "quant.json").write_text(json.dumps(expected))
 
 
-def main():
-    OUT.mkdir(parents=True, exist_ok=True)
-    common = dict(vocab_size=VOCAB, initializer_range=0.3)
-
+def make_gptj():
     torch.manual_seed(0)
-    gptj = transformers.GPTJForCausalLM(transformers.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=64, **common))
+    gptj = transformers.GPTJForCausalLM(transformers.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=64, **COMMON))
     randomise(gptj, 1)
     save(gptj, "tiny-gptj", torch.float32)
 
+
+def make_llama():
     torch.manual_seed(0)
     llama_cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=4, max_position_embeddings=64, rms_norm_eps=1e-5,
-                                         tie_word_embeddings=False, **common)
+                                         tie_word_embeddings=False, **COMMON)
     llama = transformers.LlamaForCausalLM(llama_cfg)
     randomise(llama, 2)
     out, reference = save(llama, "tiny-llama", torch.float16)
     config_v4(out / "config.json")
     write_llama_gguf(reference, llama_cfg, OUT / "tiny-llama.gguf")
 
+
+def make_llama_gqa_tied():
     torch.manual_seed(0)
     gqa = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        tie_word_embeddings=True, **common))
+        tie_word_embeddings=True, **COMMON))
     randomise(gqa, 3)
     save(gqa, "tiny-llama-gqa-tied", torch.bfloat16, max_shard_size="40KB")
 
-    write_quant_fixture()
-    print("fixtures written to", OUT, "with transformers", transformers.__version__)
+
+def make_gpt2():
+    """GPT-2 as the hub's openai-community checkpoints store it: no `transformer.` prefix."""
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **COMMON))
+    randomise(gpt2, 4)
+    out = OUT / "tiny-gpt2"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        f.unlink()
+    gpt2.save_pretrained(out)
+    tensors = safetensors.torch.load_file(out / "model.safetensors")
+    stripped = {k.removeprefix("transformer."): v for k, v in tensors.items() if k != "lm_head.weight"}
+    safetensors.torch.save_file(stripped, out / "model.safetensors", metadata={"format": "pt"})
+    reference = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    (out / "golden.json").write_text(json.dumps(golden(reference)))
+
+
+def make_llama3():
+    """LLaMA-3 frequency scaling, config in the 4.x spelling real LLaMA-3.1 checkpoints use. With
+    head size 16, θ = 10,000 and an original context of 32, the 8 frequencies fall in all three
+    bands (kept, interpolated, divided by the factor)."""
+    torch.manual_seed(0)
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    llama3 = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, rope_parameters=rope, tie_word_embeddings=False, **COMMON))
+    randomise(llama3, 5)
+    out, _ = save(llama3, "tiny-llama3", torch.float32)
+    cfg = json.loads((out / "config.json").read_text())
+    params = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = params.pop("rope_theta")
+    cfg["rope_scaling"] = params
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def make_mistral():
+    torch.manual_seed(0)
+    mistral = transformers.MistralForCausalLM(transformers.MistralConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, sliding_window=16, tie_word_embeddings=False, **COMMON))
+    randomise(mistral, 6)
+    save(mistral, "tiny-mistral", torch.float32)
+
+
+def make_qwen2():
+    torch.manual_seed(0)
+    qwen2 = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, tie_word_embeddings=True, **COMMON))
+    randomise(qwen2, 7)
+    save(qwen2, "tiny-qwen2", torch.float32)
+
+
+FIXTURES = {
+    "tiny-gptj": make_gptj, "tiny-llama": make_llama, "tiny-llama-gqa-tied": make_llama_gqa_tied,
+    "tiny-gpt2": make_gpt2, "tiny-llama3": make_llama3, "tiny-mistral": make_mistral, "tiny-qwen2": make_qwen2,
+    "quant": write_quant_fixture,
+}
+
+
+def main():
+    """Writes the fixtures named on the command line (default: all)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    names = sys.argv[1:] or list(FIXTURES)
+    for name in names:
+        FIXTURES[name]()
+    print("fixtures", ", ".join(names), "written to", OUT, "with transformers", transformers.__version__)
 
 
 if __name__ == "__main__":

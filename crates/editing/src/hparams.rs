@@ -266,3 +266,21 @@ impl FamilyHparams {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every hyperparameter file the project ships parses, and its layers fit its model's depth.
+    #[test]
+    fn every_shipped_hparams_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hparams");
+        let depth = [("smollm2.yaml", 30), ("gpt-j-6b.yaml", 28), ("llama-2-7b.yaml", 32), ("gpt2-xl.yaml", 48)];
+        for (file, layers) in depth {
+            let family = FamilyHparams::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            family.check_layers(layers).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let shipped = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml")).count();
+        assert_eq!(shipped, depth.len(), "a new hparams file needs a line here");
+    }
+}

@@ -5,7 +5,6 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::batch::PromptBatch;
 use crate::hooks::{Hooks, Trace};
-use crate::layers::Rotary;
 
 /// What one transformer block computes for the decoder loop.
 pub(crate) struct BlockOutput<B: Backend> {
@@ -58,7 +57,9 @@ pub(crate) fn extend_kv<B: Backend>(past: Option<KeyValues<B>>, k: Tensor<B, 4>,
 }
 
 pub(crate) trait Block<B: Backend> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B>;
+    /// What every block reads besides its input (the rotary tables; nothing for GPT-2).
+    type Shared;
+    fn forward(&self, x: Tensor<B, 3>, shared: &Self::Shared, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B>;
 }
 
 /// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
@@ -81,7 +82,7 @@ pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks) -> Te
 pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     blocks: &[L],
     (first, mut x): (usize, Tensor<B, 3>),
-    rotary: &Rotary<B>,
+    shared: &L::Shared,
     batch: &PromptBatch<B>,
     hooks: &Hooks,
     trace: &mut Trace<B>,
@@ -92,7 +93,7 @@ pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     }
     for (layer, block) in blocks.iter().enumerate().skip(first) {
         let past = cache.as_deref_mut().and_then(|c| c.layers[layer].take());
-        let out = block.forward(x, rotary, batch, past);
+        let out = block.forward(x, shared, batch, past);
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers[layer] = Some(out.kv);
         }

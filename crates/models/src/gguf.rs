@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 
 use crate::error::{ModelError, Result};
+use crate::layers::RopeScaling;
 use crate::llama::LlamaConfig;
 use crate::weights::{HostTensor, TensorSource};
 
@@ -254,6 +255,14 @@ impl GgufFile {
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(ModelError::config(&self.path, "llama.attention.head_count_kv", format!("{num_kv_heads} does not divide {num_heads}")));
         }
+        // Rescaled rotary frequencies (a scaling type, or LLaMA-3's `rope_freqs` factors) would
+        // change the math; they are refused rather than ignored.
+        if let Some(kind) = self.string("llama.rope.scaling.type").ok().filter(|k| *k != "none") {
+            return Err(ModelError::config(&self.path, "llama.rope.scaling.type", format!("`{kind}` is not supported in GGUF files (use the Hugging Face checkpoint)")));
+        }
+        if self.tensors.contains_key("rope_freqs.weight") {
+            return Err(ModelError::config(&self.path, "rope_freqs.weight", "LLaMA-3 frequency scaling is not supported in GGUF files (use the Hugging Face checkpoint)"));
+        }
         let embed = self.tensors.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: "token_embd.weight".into() })?;
         Ok(LlamaConfig {
             vocab_size: embed.shape[0],
@@ -265,10 +274,13 @@ impl GgufFile {
             head_dim: u("rope.dimension_count").unwrap_or(hidden_size / num_heads),
             rms_norm_eps: self.float("llama.attention.layer_norm_rms_epsilon")?,
             rope_theta: self.float("llama.rope.freq_base").unwrap_or(10_000.0),
+            rope_scaling: RopeScaling::None,
             max_position_embeddings: u("context_length")?,
             tie_word_embeddings: !self.tensors.contains_key("output.weight"),
             attention_bias: self.tensors.contains_key("blk.0.attn_q.bias"),
+            output_bias: self.tensors.contains_key("blk.0.attn_output.bias"),
             mlp_bias: self.tensors.contains_key("blk.0.ffn_down.bias"),
+            sliding_window: None,
         })
     }
 }

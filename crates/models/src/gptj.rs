@@ -11,7 +11,7 @@ use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Trace};
-use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, Rotary, RotaryPairing};
+use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: gptj`) that matter here.
@@ -118,6 +118,7 @@ pub struct GptJ<B: Backend> {
 }
 
 impl<B: Backend> Block<B> for GptJBlock<B> {
+    type Shared = Rotary<B>;
     fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
         let n = self.ln_1.forward(x.clone());
         let a = &self.attn;
@@ -158,7 +159,7 @@ impl<B: Backend> GptJ<B> {
             layers,
             ln_f: LayerNorm::load(source, "transformer.ln_f", d, c.layer_norm_eps, device)?,
             lm_head: Linear::load(source, "lm_head", [c.vocab_size, d], true, device)?,
-            rotary: Rotary::new(c.rotary_dim, 10_000.0, c.max_position_embeddings, RotaryPairing::Interleaved, device),
+            rotary: Rotary::new(c.rotary_dim, 10_000.0, &RopeScaling::None, c.max_position_embeddings, RotaryPairing::Interleaved, device),
         })
     }
 

@@ -28,6 +28,14 @@ impl<B: Backend> Linear<B> {
         Ok(Self::from_host(&weight, bias, device))
     }
 
+    /// Loads a Hugging Face `Conv1D` (GPT-2): `{prefix}.weight` stored as `[d_in, d_out]`, and
+    /// `{prefix}.bias`.
+    pub fn load_conv1d(source: &dyn TensorSource, prefix: &str, [d_in, d_out]: [usize; 2], device: &B::Device) -> Result<Self> {
+        let weight = fetch(source, &format!("{prefix}.weight"), &[d_in, d_out])?;
+        let bias = fetch(source, &format!("{prefix}.bias"), &[d_out])?;
+        Ok(Self { weight: Param::from_tensor(weight.into_tensor(device)), bias: Some(Param::from_tensor(bias.into_tensor(device))) })
+    }
+
     /// From a Hugging Face `[d_out, d_in]` weight.
     pub fn from_host(weight: &HostTensor, bias: Option<HostTensor>, device: &B::Device) -> Self {
         Self {
@@ -80,7 +88,7 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
-/// Layer norm (GPT-J): `(x − mean) / sqrt(var + ε) · g + b`.
+/// Layer norm (GPT-J, GPT-2): `(x − mean) / sqrt(var + ε) · g + b`.
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
@@ -123,11 +131,52 @@ pub struct Rotary<B: Backend> {
     pairing: RotaryPairing,
 }
 
+/// How a checkpoint rescales its rotary frequencies for a longer context (`rope_scaling` in
+/// transformers 4.x configs, `rope_parameters` in 5.x).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// `rope_type: default`: `θ_j = base^(−2j/dim)`.
+    None,
+    /// `rope_type: linear`: every frequency divided by `factor` (positions interpolated).
+    Linear { factor: f64 },
+    /// `rope_type: llama3` (LLaMA-3.1 and later): wavelengths longer than
+    /// `original_max_positions / low_freq_factor` divided by `factor`, shorter than
+    /// `original_max_positions / high_freq_factor` kept, those between interpolated smoothly.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: f64 },
+}
+
+impl RopeScaling {
+    /// The rotary inverse frequencies `θ_j` of `dim` dimensions, as transformers'
+    /// `modeling_rope_utils` computes them (f32 results).
+    pub fn inverse_frequencies(&self, dim: usize, base: f64) -> Vec<f32> {
+        let plain = (0..dim / 2).map(|j| (1.0 / base.powf(2.0 * j as f64 / dim as f64)) as f32);
+        match *self {
+            RopeScaling::None => plain.collect(),
+            RopeScaling::Linear { factor } => plain.map(|f| (f as f64 / factor) as f32).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => plain
+                .map(|f| {
+                    let f = f as f64;
+                    let wavelength = 2.0 * std::f64::consts::PI / f;
+                    if wavelength < original_max_positions / high_freq_factor {
+                        f as f32
+                    } else if wavelength > original_max_positions / low_freq_factor {
+                        (f / factor) as f32
+                    } else {
+                        let smooth = (original_max_positions / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        ((1.0 - smooth) * f / factor + smooth * f) as f32
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 impl<B: Backend> Rotary<B> {
-    /// Frequencies `θ_j = base^(−2j/dim)`, computed in f32 like the reference implementations.
-    pub fn new(dim: usize, base: f64, max_positions: usize, pairing: RotaryPairing, device: &B::Device) -> Self {
+    /// Frequencies `θ_j = base^(−2j/dim)`, rescaled by `scaling`, computed in f32 like the
+    /// reference implementations.
+    pub fn new(dim: usize, base: f64, scaling: &RopeScaling, max_positions: usize, pairing: RotaryPairing, device: &B::Device) -> Self {
         let half = dim / 2;
-        let inv_freq: Vec<f32> = (0..half).map(|j| (1.0 / base.powf(2.0 * j as f64 / dim as f64)) as f32).collect();
+        let inv_freq = scaling.inverse_frequencies(dim, base);
         let mut cos = Vec::with_capacity(max_positions * dim);
         let mut sin = Vec::with_capacity(max_positions * dim);
         for p in 0..max_positions {

@@ -1,4 +1,4 @@
-//! GPT-J and LLaMA causal language models on burn, with the hooks knowledge editing needs
+//! GPT-J, GPT-2 and LLaMA-family causal language models on burn, with the hooks knowledge editing needs
 //! (keys and values of the MLP output projection, passes that start above a layer, early stopping, weight
 //! replacement), loaded from Hugging Face checkpoint directories or GGUF files.
 
@@ -7,6 +7,7 @@ pub mod batch;
 mod decoder;
 pub mod error;
 pub mod gguf;
+pub mod gpt2;
 pub mod gptj;
 pub mod hooks;
 pub mod layers;

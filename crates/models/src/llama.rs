@@ -1,5 +1,7 @@
-//! LLaMA / LLaMA-2 (and SmolLM2): RMSNorm, SwiGLU MLP, rotate-half rotary embeddings,
-//! grouped-query attention, optionally tied input/output embeddings.
+//! LLaMA / LLaMA-2 / LLaMA-3 (and SmolLM2), Mistral and Qwen2: RMSNorm, SwiGLU MLP, rotate-half
+//! rotary embeddings (LLaMA-3's frequency scaling included), grouped-query attention, optionally
+//! tied input/output embeddings; Qwen2 adds biases to the query, key and value projections, Mistral
+//! a sliding attention window (exact for sequences within it, refused beyond).
 
 use std::path::Path;
 
@@ -11,11 +13,12 @@ use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Trace};
-use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, Rotary, RotaryPairing};
+use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
-/// The fields of a Hugging Face `config.json` (`model_type: llama`) that matter here, in both the
-/// transformers 4.x (`rope_theta`, `torch_dtype`) and 5.x (`rope_parameters`, `dtype`) spellings.
+/// The fields of a Hugging Face `config.json` (`model_type: llama`, `mistral` or `qwen2`) that
+/// matter here, in both the transformers 4.x (`rope_theta`, `rope_scaling`, `torch_dtype`) and 5.x
+/// (`rope_parameters`, `dtype`) spellings.
 #[derive(Debug, Deserialize)]
 pub struct LlamaHfConfig {
     pub vocab_size: usize,
@@ -28,7 +31,7 @@ pub struct LlamaHfConfig {
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
     pub rope_theta: Option<f64>,
-    pub rope_parameters: Option<RopeParameters>,
+    pub rope_parameters: Option<serde_json::Value>,
     pub rope_scaling: Option<serde_json::Value>,
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
@@ -38,12 +41,9 @@ pub struct LlamaHfConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RopeParameters {
-    pub rope_theta: Option<f64>,
-    pub rope_type: Option<String>,
+    /// Mistral (and Qwen2 with `use_sliding_window`): each token attends to at most this many.
+    pub sliding_window: Option<usize>,
+    pub use_sliding_window: Option<bool>,
 }
 
 fn default_rms_eps() -> f64 {
@@ -53,7 +53,15 @@ fn default_max_positions() -> usize {
     2048
 }
 
-/// Runtime configuration of a LLaMA model.
+/// Which member of the LLaMA family a `config.json` describes (its `model_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlamaFamily {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// Runtime configuration of a LLaMA-family model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
@@ -65,25 +73,50 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Biases on the query, key and value projections (LLaMA `attention_bias`, always for Qwen2).
     pub attention_bias: bool,
+    /// A bias on the attention's output projection (LLaMA `attention_bias`; never for Qwen2).
+    pub output_bias: bool,
     pub mlp_bias: bool,
+    /// The sliding attention window, where the model has one: sequences must fit in it.
+    pub sliding_window: Option<usize>,
+}
+
+/// A number of a rope-scaling object, or an error naming `field.key`.
+fn rope_number(params: &serde_json::Value, field: &str, key: &str, path: &Path) -> Result<f64> {
+    params.get(key).and_then(|v| v.as_f64()).ok_or_else(|| ModelError::config(path, &format!("{field}.{key}"), "a number is required"))
+}
+
+/// The frequency scaling described by `params` (the object under `field`).
+fn rope_scaling(params: Option<&serde_json::Value>, field: &str, path: &Path) -> Result<RopeScaling> {
+    let Some(params) = params.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
+    let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+    let number = |key: &str| rope_number(params, field, key, path);
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: number("factor")? }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_positions: number("original_max_position_embeddings")?,
+        }),
+        other => Err(ModelError::config(path, &format!("{field}.rope_type"), format!("`{other}` is not supported (default, linear, llama3)"))),
+    }
 }
 
 impl LlamaHfConfig {
-    pub fn into_config(self, path: &Path) -> Result<LlamaConfig> {
-        let rope_type = self.rope_parameters.as_ref().and_then(|r| r.rope_type.clone());
-        let scaling = self.rope_scaling.as_ref().filter(|v| !v.is_null());
-        if let Some(kind) = rope_type.filter(|t| t != "default") {
-            return Err(ModelError::config(path, "rope_parameters.rope_type", format!("`{kind}` is not supported (only `default`)")));
-        }
-        if let Some(s) = scaling {
-            return Err(ModelError::config(path, "rope_scaling", format!("{s} is not supported (only none)")));
-        }
+    pub fn into_config(self, path: &Path, family: LlamaFamily) -> Result<LlamaConfig> {
+        let scaling = match (&self.rope_scaling, &self.rope_parameters) {
+            (Some(s), _) if !s.is_null() => rope_scaling(Some(s), "rope_scaling", path)?,
+            (_, p) => rope_scaling(p.as_ref(), "rope_parameters", path)?,
+        };
         let rope_theta = self
             .rope_theta
-            .or(self.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .or(self.rope_parameters.as_ref().and_then(|r| r.get("rope_theta")).and_then(|v| v.as_f64()))
             .unwrap_or(10_000.0);
         let num_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
         if self.num_attention_heads == 0 || num_kv_heads == 0 || self.num_attention_heads % num_kv_heads != 0 {
@@ -93,6 +126,15 @@ impl LlamaHfConfig {
         if head_dim % 2 != 0 {
             return Err(ModelError::config(path, "head_dim", format!("{head_dim} must be even for rotary embeddings")));
         }
+        let (attention_bias, output_bias) = match family {
+            LlamaFamily::Qwen2 => (true, false),
+            _ => (self.attention_bias, self.attention_bias),
+        };
+        let sliding_window = match family {
+            LlamaFamily::Mistral => self.sliding_window,
+            LlamaFamily::Qwen2 if self.use_sliding_window == Some(true) => self.sliding_window,
+            _ => None,
+        };
         Ok(LlamaConfig {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
@@ -103,10 +145,13 @@ impl LlamaHfConfig {
             head_dim,
             rms_norm_eps: self.rms_norm_eps,
             rope_theta,
+            rope_scaling: scaling,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
-            attention_bias: self.attention_bias,
+            attention_bias,
+            output_bias,
             mlp_bias: self.mlp_bias,
+            sliding_window,
         })
     }
 }
@@ -158,6 +203,7 @@ impl<B: Backend> LlamaAttention<B> {
 }
 
 impl<B: Backend> Block<B> for LlamaBlock<B> {
+    type Shared = Rotary<B>;
     fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
         let (attended, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
         let h = x + attended;
@@ -183,7 +229,7 @@ impl<B: Backend> Llama<B> {
                         q_proj: linear("self_attn.q_proj", [q_dim, d], c.attention_bias)?,
                         k_proj: linear("self_attn.k_proj", [kv_dim, d], c.attention_bias)?,
                         v_proj: linear("self_attn.v_proj", [kv_dim, d], c.attention_bias)?,
-                        o_proj: linear("self_attn.o_proj", [d, q_dim], c.attention_bias)?,
+                        o_proj: linear("self_attn.o_proj", [d, q_dim], c.output_bias)?,
                         num_heads: c.num_heads,
                         num_kv_heads: c.num_kv_heads,
                     },
@@ -207,7 +253,7 @@ impl<B: Backend> Llama<B> {
             embed_tokens: Param::from_tensor(embed.into_tensor(device)),
             layers,
             norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
-            rotary: Rotary::new(c.head_dim, c.rope_theta, c.max_position_embeddings, RotaryPairing::Half, device),
+            rotary: Rotary::new(c.head_dim, c.rope_theta, &c.rope_scaling, c.max_position_embeddings, RotaryPairing::Half, device),
             config: c.clone(),
         })
     }
@@ -223,6 +269,10 @@ impl<B: Backend> Llama<B> {
 
     pub fn max_positions(&self) -> usize {
         self.rotary.max_positions()
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
     }
 
     /// Every weight under its Hugging Face name and layout (`[d_out, d_in]` for projections).
@@ -257,6 +307,14 @@ impl<B: Backend> Llama<B> {
             "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
             "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": c.tie_word_embeddings,
             "attention_bias": c.attention_bias, "mlp_bias": c.mlp_bias, "hidden_act": "silu",
+            "rope_scaling": match c.rope_scaling {
+                RopeScaling::None => serde_json::Value::Null,
+                RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => serde_json::json!({
+                    "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_positions,
+                }),
+            },
         })
     }
 }

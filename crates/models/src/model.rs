@@ -12,22 +12,25 @@ use crate::batch::{Padding, PromptBatch};
 use crate::decoder::{KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
+use crate::gpt2::{Gpt2, Gpt2Config, Gpt2HfConfig};
 use crate::gptj::{GptJ, GptJConfig, GptJHfConfig};
 use crate::hooks::{Hooks, Trace};
 use crate::layers::Linear;
-use crate::llama::{Llama, LlamaConfig, LlamaHfConfig};
+use crate::llama::{Llama, LlamaConfig, LlamaFamily, LlamaHfConfig};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::SafetensorsSource;
 
 pub enum Architecture<B: Backend> {
     Llama(Llama<B>),
     GptJ(GptJ<B>),
+    Gpt2(Gpt2<B>),
 }
 
 /// A checkpoint directory's `config.json`, by `model_type`.
 enum HfConfig {
     Llama(LlamaConfig),
     GptJ(GptJConfig),
+    Gpt2(Gpt2Config),
 }
 
 impl HfConfig {
@@ -36,9 +39,12 @@ impl HfConfig {
         let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|cause| ModelError::Json { path: config_path.clone(), cause })?;
         match json.get("model_type").and_then(|v| v.as_str()).unwrap_or("<none>") {
-            "llama" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
+            "llama" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path, LlamaFamily::Llama)?)),
+            "mistral" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path, LlamaFamily::Mistral)?)),
+            "qwen2" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path, LlamaFamily::Qwen2)?)),
             "gptj" => Ok(Self::GptJ(from_json::<GptJHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
-            other => Err(ModelError::UnknownArchitecture { path: config_path, found: other.to_string(), supported: "llama, gptj" }),
+            "gpt2" => Ok(Self::Gpt2(from_json::<Gpt2HfConfig>(&text, &config_path)?.into_config(&config_path)?)),
+            other => Err(ModelError::UnknownArchitecture { path: config_path, found: other.to_string(), supported: "llama, mistral, qwen2, gptj, gpt2" }),
         }
     }
 }
@@ -69,6 +75,7 @@ impl ModelDims {
             Ok(match config {
                 HfConfig::Llama(c) => c.dims(),
                 HfConfig::GptJ(c) => c.dims(),
+                HfConfig::Gpt2(c) => c.dims(),
             })
         } else if path.extension().is_some_and(|e| e == "gguf") {
             Ok(GgufFile::open(path)?.llama_config()?.dims())
@@ -83,7 +90,7 @@ impl ModelDims {
 pub struct LanguageModel<B: Backend> {
     pub arch: Architecture<B>,
     pub dims: ModelDims,
-    /// `llama` or `gptj`.
+    /// `llama`, `gptj` or `gpt2`.
     pub family: &'static str,
     pub path: PathBuf,
     tokenizer: Option<Arc<TextTokenizer>>,
@@ -112,6 +119,7 @@ impl<B: Backend> LanguageModel<B> {
         let (arch, dims, family) = match config {
             HfConfig::Llama(c) => (Architecture::Llama(Llama::load(&c, &source, device)?), c.dims(), "llama"),
             HfConfig::GptJ(c) => (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj"),
+            HfConfig::Gpt2(c) => (Architecture::Gpt2(Gpt2::load(&c, &source, device)?), c.dims(), "gpt2"),
         };
         Ok(Self { arch, dims, family, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new) })
     }
@@ -154,12 +162,23 @@ impl<B: Backend> LanguageModel<B> {
             if let Some(&bad) = seq.iter().find(|&&id| id as usize >= self.dims.vocab_size) {
                 return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (size {})", self.dims.vocab_size)));
             }
+            if let Some(window) = self.sliding_window().filter(|&w| seq.len() > w) {
+                return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the sliding attention window of {window} tokens (config.json `sliding_window`): editbench computes sliding-window attention only within one window", seq.len())));
+            }
             if seq.len() > self.dims.max_positions {
                 return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the context length {}", seq.len(), self.dims.max_positions)));
             }
         }
         let pad = self.tokenizer.as_ref().and_then(|t| t.eos).unwrap_or(0);
         PromptBatch::new(sequences, padding, pad, &self.device())
+    }
+
+    /// The sliding attention window of a Mistral or Qwen2 model that has one.
+    fn sliding_window(&self) -> Option<usize> {
+        match &self.arch {
+            Architecture::Llama(m) => m.config().sliding_window,
+            _ => None,
+        }
     }
 
     pub fn forward(&self, batch: &PromptBatch<B>, hooks: &Hooks) -> Trace<B> {
@@ -177,6 +196,7 @@ impl<B: Backend> LanguageModel<B> {
         match &self.arch {
             Architecture::Llama(m) => m.forward(batch, start, hooks, cache),
             Architecture::GptJ(m) => m.forward(batch, start, hooks, cache),
+            Architecture::Gpt2(m) => m.forward(batch, start, hooks, cache),
         }
     }
 
@@ -238,17 +258,20 @@ impl<B: Backend> LanguageModel<B> {
         let params = match &self.arch {
             Architecture::Llama(m) => m.num_params(),
             Architecture::GptJ(m) => m.num_params(),
+            Architecture::Gpt2(m) => m.num_params(),
         };
         let d = &self.dims;
         let weights = params - d.vocab_size * d.hidden_size;
         2.0 * weights as f64 + (d.num_layers * 4 * t * d.hidden_size) as f64
     }
 
-    /// The edited projection of `layer` (LLaMA `mlp.down_proj`, GPT-J `mlp.fc_out`).
+    /// The edited projection of `layer` (LLaMA `mlp.down_proj`, GPT-J `mlp.fc_out`, GPT-2
+    /// `mlp.c_proj`).
     pub fn mlp_out(&self, layer: usize) -> &Linear<B> {
         match &self.arch {
             Architecture::Llama(m) => &m.layers[layer].mlp.down_proj,
             Architecture::GptJ(m) => &m.layers[layer].mlp.fc_out,
+            Architecture::Gpt2(m) => &m.layers[layer].mlp.c_proj,
         }
     }
 
@@ -256,6 +279,7 @@ impl<B: Backend> LanguageModel<B> {
         match &mut self.arch {
             Architecture::Llama(m) => &mut m.layers[layer].mlp.down_proj,
             Architecture::GptJ(m) => &mut m.layers[layer].mlp.fc_out,
+            Architecture::Gpt2(m) => &mut m.layers[layer].mlp.c_proj,
         }
     }
 }
@@ -264,12 +288,14 @@ impl LlamaConfig {
     fn dims(&self) -> ModelDims {
         let (d, ff, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
         let (q, kv) = ((self.num_heads * self.head_dim) as u64, (self.num_kv_heads * self.head_dim) as u64);
-        let attention = d * q + 2 * d * kv + q * d + if self.attention_bias { q + 2 * kv + d } else { 0 };
+        let attention = d * q + 2 * d * kv + q * d + if self.attention_bias { q + 2 * kv } else { 0 } + if self.output_bias { d } else { 0 };
         let mlp = 3 * d * ff + if self.mlp_bias { 2 * ff + d } else { 0 };
         let layer = attention + mlp + 2 * d;
         // A tied output head is loaded as a copy of the embeddings, so it counts here too.
         let parameters = 2 * v * d + self.num_layers as u64 * layer + d;
-        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
+        // Within a sliding window attention is exact; longer sequences are refused.
+        let max_positions = self.sliding_window.map_or(self.max_position_embeddings, |w| w.min(self.max_position_embeddings));
+        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions, parameters }
     }
 }
 
@@ -279,6 +305,17 @@ impl GptJConfig {
         // q, k, v, out (no biases); fc_in, fc_out with biases; ln_1 weight and bias.
         let layer = 4 * d * d + 2 * d * ff + ff + d + 2 * d;
         let parameters = v * d + (v * d + v) + self.num_layers as u64 * layer + 2 * d;
+        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
+    }
+}
+
+impl Gpt2Config {
+    fn dims(&self) -> ModelDims {
+        let (d, ff, v, p) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64, self.max_position_embeddings as u64);
+        // ln_1, ln_2 (weight and bias); c_attn, attn.c_proj, c_fc, mlp.c_proj with biases.
+        let layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d);
+        // Token and position embeddings, the head (a copy when tied), ln_f.
+        let parameters = v * d + p * d + v * d + self.num_layers as u64 * layer + 2 * d;
         ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
     }
 }
@@ -295,6 +332,7 @@ impl<B: AutodiffBackend> LanguageModel<B> {
         let arch = match &inner.arch {
             Architecture::Llama(m) => Architecture::Llama(Llama::from_inner(m.clone()).no_grad()),
             Architecture::GptJ(m) => Architecture::GptJ(GptJ::from_inner(m.clone()).no_grad()),
+            Architecture::Gpt2(m) => Architecture::Gpt2(Gpt2::from_inner(m.clone()).no_grad()),
         };
         Self { arch, dims: inner.dims, family: inner.family, path: inner.path.clone(), tokenizer: inner.tokenizer.clone() }
     }

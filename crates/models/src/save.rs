@@ -24,6 +24,7 @@ impl<B: Backend> LanguageModel<B> {
         match self.arch {
             Architecture::Llama(_) => format!("model.layers.{layer}.mlp.down_proj.weight"),
             Architecture::GptJ(_) => format!("transformer.h.{layer}.mlp.fc_out.weight"),
+            Architecture::Gpt2(ref m) => format!("{}h.{layer}.mlp.c_proj.weight", m.prefix),
         }
     }
 
@@ -39,8 +40,11 @@ impl<B: Backend> LanguageModel<B> {
         }
         fs::create_dir_all(&partial).map_err(|e| ModelError::io(&partial, e))?;
         let mut edited = HashMap::new();
+        // GPT-2's Conv1D stores `[d_in, d_out]`, the transpose of the paper's W.
+        let conv1d = matches!(self.arch, Architecture::Gpt2(_));
         for &layer in edited_layers {
             let w = self.mlp_out(layer).matrix();
+            let w = if conv1d { w.transpose() } else { w };
             let shape = w.dims().to_vec();
             let data = w.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))?;
             edited.insert(self.mlp_out_name(layer), HostTensor { shape, data });

@@ -96,9 +96,12 @@ fn assert_cached_extension_matches<B: Backend>(model_path: &Path, golden_dir: &s
     }
 }
 
+/// The newer architectures and configurations, each against its transformers golden.
+const FAMILIES: [&str; 4] = ["tiny-gpt2", "tiny-llama3", "tiny-mistral", "tiny-qwen2"];
+
 #[test]
 fn kv_cached_extension_matches_full_passes() {
-    for name in ["tiny-gptj", "tiny-llama-gqa-tied"] {
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"] {
         assert_cached_extension_matches::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
     }
 }
@@ -124,8 +127,71 @@ fn llama_gguf_matches_the_same_weights_in_safetensors() {
 }
 
 #[test]
+fn gpt2_llama3_mistral_and_qwen2_match_transformers() {
+    for name in FAMILIES {
+        assert_matches_golden::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
+    }
+}
+
+/// The golden tests above can fail: without LLaMA-3's frequency scaling, or with Qwen2's biases
+/// ignored (read as a plain LLaMA), the logits are far from transformers'.
+#[test]
+fn rope_scaling_and_qwen2_biases_change_the_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, from, to) in [("tiny-llama3", "\"rope_type\": \"llama3\"", "\"rope_type\": \"default\""), ("tiny-qwen2", "\"model_type\": \"qwen2\"", "\"model_type\": \"llama\"")] {
+        let copy = dir.path().join(name);
+        std::fs::create_dir_all(&copy).unwrap();
+        for file in ["model.safetensors", "config.json"] {
+            std::fs::copy(fixture(name).join(file), copy.join(file)).unwrap();
+        }
+        let config = std::fs::read_to_string(copy.join("config.json")).unwrap();
+        assert!(config.contains(from), "{name}: {from}");
+        std::fs::write(copy.join("config.json"), config.replace(from, to)).unwrap();
+        let model = LanguageModel::<Cpu>::load(&copy, &Default::default()).unwrap();
+        let golden = golden(name);
+        let diff = max_abs_diff(&values(model.logits(&golden.sequences[2]).unwrap()), &golden.logits[2]);
+        assert!(diff > 100.0 * CPU_TOLERANCE, "{name} with {to}: max |Δlogit| only {diff:e}");
+    }
+}
+
+/// Mistral's sliding window: exact within it (the golden test), refused beyond it.
+#[test]
+fn sequences_longer_than_a_sliding_window_are_refused() {
+    let model = LanguageModel::<Cpu>::load(&fixture("tiny-mistral"), &Default::default()).unwrap();
+    assert_eq!(model.dims.max_positions, 16);
+    assert!(model.logits(&[3; 16]).is_ok());
+    let err = model.logits(&[3; 17]).unwrap_err().to_string();
+    assert!(err.contains("exceeds the sliding attention window of 16 tokens (config.json `sliding_window`)"), "{err}");
+}
+
+/// An unknown rotary scaling is refused by name, not ignored.
+#[test]
+fn an_unknown_rope_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("tiny-llama3").join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(fixture("tiny-llama3").join("config.json")).unwrap();
+    std::fs::write(dir.path().join("config.json"), config.replace("\"llama3\"", "\"yarn\"")).unwrap();
+    let err = LanguageModel::<Cpu>::load(dir.path(), &Default::default()).err().unwrap().to_string();
+    assert!(err.contains("rope_scaling.rope_type") && err.contains("`yarn` is not supported (default, linear, llama3)"), "{err}");
+}
+
+/// GPT-2 saved from `GPT2LMHeadModel` (names under `transformer.`) loads like the hub's layout.
+#[test]
+fn gpt2_loads_with_or_without_the_transformer_prefix() {
+    use safetensors::SafeTensors;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("tiny-gpt2").join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().iter().map(|n| format!("transformer.{n}")).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st.names().iter().zip(&names).map(|(n, p)| (p.clone(), st.tensor(n).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    std::fs::copy(fixture("tiny-gpt2").join("config.json"), dir.path().join("config.json")).unwrap();
+    assert_matches_golden::<Cpu>(dir.path(), "tiny-gpt2", CPU_TOLERANCE, &Default::default());
+}
+
+#[test]
 fn padded_batches_match_one_by_one_runs() {
-    for name in ["tiny-gptj", "tiny-llama-gqa-tied"] {
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"] {
         assert_padded_batches_match::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
     }
 }
@@ -135,7 +201,7 @@ fn padded_batches_match_one_by_one_runs() {
 fn wgpu_matches_transformers() {
     type Wgpu = burn::backend::Wgpu<f32>;
     let device = Default::default();
-    for name in ["tiny-gptj", "tiny-llama", "tiny-llama-gqa-tied"] {
+    for name in ["tiny-gptj", "tiny-llama", "tiny-llama-gqa-tied"].into_iter().chain(FAMILIES) {
         assert_matches_golden::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
         assert_padded_batches_match::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
         assert_cached_extension_matches::<Wgpu>(&fixture(name), name, WGPU_TOLERANCE, &device);
@@ -144,7 +210,7 @@ fn wgpu_matches_transformers() {
 
 #[test]
 fn captured_values_are_the_projection_of_captured_keys() {
-    for name in ["tiny-gptj", "tiny-llama"] {
+    for name in ["tiny-gptj", "tiny-llama", "tiny-gpt2"] {
         let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
         let batch = model.batch(&golden(name).sequences, Padding::Right).unwrap();
         let trace = model.forward(&batch, &Hooks::capture(&[1]));
@@ -186,7 +252,7 @@ fn replacing_the_edited_weight_changes_the_output() {
 #[test]
 fn a_pass_above_a_layer_on_cached_prefixes_matches_the_full_pass() {
     use editbench_models::{KvCache, Start};
-    for name in ["tiny-gptj", "tiny-llama-gqa-tied"] {
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2"] {
         let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
         let batch = model.batch(&golden(name).sequences, Padding::Right).unwrap();
         let (d, v, layer) = (model.dims.hidden_size, model.dims.vocab_size, 0);

@@ -155,11 +155,12 @@ fn missing_files_are_named_once_in_plain_words() {
 fn parameters_from_the_config_equal_the_loaded_weights() {
     use burn::module::Module;
     use editbench_models::{Architecture, ModelDims};
-    for name in ["tiny-llama", "tiny-gptj", "tiny-llama-gqa-tied"] {
+    for name in ["tiny-llama", "tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-llama3", "tiny-mistral", "tiny-qwen2"] {
         let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
         let loaded = match &model.arch {
             Architecture::Llama(m) => m.num_params(),
             Architecture::GptJ(m) => m.num_params(),
+            Architecture::Gpt2(m) => m.num_params(),
         };
         assert_eq!(ModelDims::read(&fixture(name)).unwrap().parameters, loaded as u64, "{name}");
     }

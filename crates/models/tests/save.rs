@@ -42,6 +42,13 @@ fn sharded_checkpoint_rewrites_only_the_edited_shard() {
     }
 }
 
+/// GPT-2 stores the edited `mlp.c_proj` as a `Conv1D` (`[d_in, d_out]`): written back in that
+/// orientation (the paper's `[64, 256]` would not fit the file's `[256, 64]`).
+#[test]
+fn gpt2_saves_its_conv1d_projection_back() {
+    edited_round_trip(&fixture("tiny-gpt2"), 1);
+}
+
 #[test]
 fn gguf_model_saves_as_a_full_hf_directory() {
     let (_tmp, out) = edited_round_trip(&fixture("tiny-llama.gguf"), 0);
