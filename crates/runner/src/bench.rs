@@ -101,9 +101,12 @@ pub enum BenchCommand {
     },
     /// Closed-form solves in f64 on synthetic data: seconds vs batch size.
     Solve {
-        /// Key dimension d_in (= d_out).
+        /// Key dimension d_in.
         #[arg(long, default_value_t = 4096)]
         dim: usize,
+        /// Output dimension d_out (rows of the update; default: d_in).
+        #[arg(long)]
+        d_out: Option<usize>,
         /// Batch sizes B (edits per solve), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024,4096,10000")]
         batches: Vec<usize>,
@@ -129,7 +132,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
         }
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
-        BenchCommand::Solve { dim, batches, out } => (solve_bench(dim, &batches)?, out),
+        BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
     };
     let text = serde_json::to_string_pretty(&json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }))?;
     println!("{text}");
@@ -188,7 +191,9 @@ struct ForwardBench {
 impl BackendTask for ForwardBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
+        let started = Instant::now();
         let model = load::<B>(&self.path, &device)?;
+        let load_seconds = started.elapsed().as_secs_f64();
         let dims = model.dims;
         // A fixed pseudo-random prompt batch (LCG, seed 0): the timing does not depend on content.
         let mut state = 0u64;
@@ -214,6 +219,8 @@ impl BackendTask for ForwardBench {
         Ok(json!({
             "model": self.path.display().to_string(),
             "device": <B::InnerBackend as Backend>::name(&device),
+            "parameters": dims.parameters,
+            "load_seconds": load_seconds,
             "batch": self.batch,
             "seq_len": self.seq_len,
             "seconds_per_forward": forward,
@@ -340,8 +347,9 @@ impl BackendTask for EvalBench {
 }
 
 /// EMMET (equality, μ = 0.1) and MEMIT (least squares, λ = 1) solves on a random SPD `C` with
-/// random keys and residuals, `d_in = d_out = dim`.
-fn solve_bench(dim: usize, batches: &[usize]) -> Result<Value> {
+/// random keys and residuals, `d_in = dim`: `C = X Xᵀ / m + 10⁻³ I` with `X` of `m = min(2 dim,
+/// 1024)` random columns (building `C` is not what is timed).
+fn solve_bench(dim: usize, d_out: usize, batches: &[usize]) -> Result<Value> {
     let mut state = 1u64;
     let mut next = move || {
         state ^= state << 13;
@@ -349,15 +357,16 @@ fn solve_bench(dim: usize, batches: &[usize]) -> Result<Value> {
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
     };
-    let x = Mat::from_fn(dim, 2 * dim, |_, _| next());
-    let mut c = &x * x.transpose() * faer::Scale(1.0 / (2 * dim) as f64);
+    let m = (2 * dim).min(1024);
+    let x = Mat::from_fn(dim, m, |_, _| next());
+    let mut c = &x * x.transpose() * faer::Scale(1.0 / m as f64);
     for i in 0..dim {
         c[(i, i)] += 1e-3;
     }
     let mut rows = Vec::new();
     for &b in batches {
         let k = Mat::from_fn(dim, b, |_, _| next());
-        let r = Mat::from_fn(dim, b, |_, _| next());
+        let r = Mat::from_fn(d_out, b, |_, _| next());
         let mut row = json!({ "batch": b });
         for (name, memorization) in [("emmet", Memorization::Equality { mu: 0.1 }), ("memit", Memorization::LeastSquares { lambda: 1.0 })] {
             let t = Instant::now();
@@ -367,5 +376,5 @@ fn solve_bench(dim: usize, batches: &[usize]) -> Result<Value> {
         eprintln!("{row}");
         rows.push(row);
     }
-    Ok(json!({ "dim": dim, "dtype": "f64", "solves": rows }))
+    Ok(json!({ "dim": dim, "d_out": d_out, "dtype": "f64", "solves": rows }))
 }
