@@ -90,8 +90,10 @@ pub struct Editor {
     pub templates: ContextTemplates,
     /// `C` per edited layer (normalised second moment).
     covariances: BTreeMap<usize, Mat<f64>>,
-    /// AlphaEdit: per layer the null-space projector and `Σ K_p K_pᵀ` of edits already written.
-    null_space: BTreeMap<usize, (Mat<f64>, Mat<f64>)>,
+    /// AlphaEdit: the null-space projector per layer.
+    projectors: BTreeMap<usize, Mat<f64>>,
+    /// AlphaEdit and ENCORE: per layer `Σ K_p K_pᵀ` of the keys this editor already wrote.
+    previous: BTreeMap<usize, Mat<f64>>,
     /// Targets on the unedited model shared with other editors, when given.
     target_cache: Option<Arc<Mutex<TargetCache>>>,
 }
@@ -102,7 +104,7 @@ impl Editor {
         if let Some(l) = layers.iter().find(|l| !covariances.contains_key(l)) {
             return Err(EditError::Input(format!("no key statistics for layer {l}")));
         }
-        let mut null_space = BTreeMap::new();
+        let mut projectors = BTreeMap::new();
         if method == Method::Alphaedit {
             for &l in &layers {
                 let (p, dim) = null_space_projector(covariances[&l].as_ref(), hparams.nullspace_threshold).map_err(|error| EditError::Solve { layer: l, error })?;
@@ -110,11 +112,12 @@ impl Editor {
                     return Err(EditError::Input(format!("AlphaEdit: no eigenvalue of C at layer {l} is below nullspace_threshold {}; raise it", hparams.nullspace_threshold)));
                 }
                 tracing::info!("layer {l}: null space of dimension {dim} (eigenvalues of C below {})", hparams.nullspace_threshold);
-                let d = p.nrows();
-                null_space.insert(l, (p, Mat::zeros(d, d)));
+                projectors.insert(l, p);
             }
         }
-        Ok(Self { method, distribution, hparams, templates, covariances, null_space, target_cache: None })
+        let zeros = |l: usize| Mat::zeros(covariances[&l].nrows(), covariances[&l].nrows());
+        let previous = if method.keeps_previous_keys() { layers.iter().map(|&l| (l, zeros(l))).collect() } else { BTreeMap::new() };
+        Ok(Self { method, distribution, hparams, templates, covariances, projectors, previous, target_cache: None })
     }
 
     /// Takes targets from (and adds them to) `cache` while the model is unedited.
@@ -180,11 +183,10 @@ impl Editor {
             model.mlp_out_mut(layer).set_matrix(w + delta);
             outcome.seconds_solve += t.elapsed().as_secs_f64();
         }
-        if self.method == Method::Alphaedit {
+        if self.method.keeps_previous_keys() {
             for &layer in &layers {
                 let k = keys(model, requests, &self.templates, layer)?;
-                let previous = &mut self.null_space.get_mut(&layer).expect("projector per layer").1;
-                *previous += &k * k.transpose();
+                *self.previous.get_mut(&layer).expect("previous keys per layer") += &k * k.transpose();
             }
         }
         Ok(())
@@ -210,8 +212,12 @@ impl Editor {
                 let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
                 preservation_memorization_update(preserved.as_ref(), k, r, Memorization::LeastSquares { lambda: 1.0 })
             }
+            Method::Encore => {
+                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda) + &self.previous[&layer];
+                preservation_memorization_update(preserved.as_ref(), k, r, Memorization::LeastSquares { lambda: 1.0 })
+            }
             Method::Alphaedit => {
-                let (p, previous) = &self.null_space[&layer];
+                let (p, previous) = (&self.projectors[&layer], &self.previous[&layer]);
                 preservation_memorization_update(c.as_ref(), k, r, Memorization::NullSpace { projector: p.as_ref(), previous: previous.as_ref(), alpha: h.alphaedit_l2 })
             }
         };
@@ -273,5 +279,57 @@ mod tests {
         let system = &c * faer::Scale(3.0) + Mat::<f64>::identity(d, d) * faer::Scale(2.0) + &k * k.transpose();
         let lhs = &update.delta * system;
         assert!((lhs - &r * k.transpose()).norm_l2() < 1e-10);
+    }
+
+    /// An editor of `method` on one layer with `C`, mass `weight` and norm term `nu`.
+    fn editor(method: Method, c: &Mat<f64>, weight: f64, nu: f64) -> Editor {
+        let yaml = format!("layer: 0\nspread_layers: [0]\nmom2_update_weight: {weight}\nupdate_norm_lambda: {nu}\n");
+        let h: MethodHparams = serde_norway::from_str(&yaml).unwrap();
+        Editor::new(method, Distribution::Single, h, ContextTemplates::bare(), [(0, c.clone())].into()).unwrap()
+    }
+
+    /// A seeded random `C` (SPD), keys and residuals.
+    fn problem(d: usize, b: usize, seed: u64) -> (Mat<f64>, Mat<f64>, Mat<f64>) {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let x = Mat::from_fn(d, 3 * d, |_, _| next());
+        let c = &x * x.transpose() * faer::Scale(1.0 / (3 * d) as f64);
+        (c, Mat::from_fn(d, b, |_, _| next()), Mat::from_fn(4, b, |_, _| next()))
+    }
+
+    /// ENCORE without the norm term and without earlier rounds is MEMIT; its update shrinks as
+    /// the norm term ν grows.
+    #[test]
+    fn encore_is_memit_at_nu_zero_and_its_update_shrinks_with_nu() {
+        for seed in 0..5 {
+            let (c, k, r) = problem(8, 3, seed);
+            let memit = editor(Method::Memit, &c, 2.0, 0.0).solve(0, k.as_ref(), None, r.as_ref(), 3).unwrap().delta;
+            let encore = editor(Method::Encore, &c, 2.0, 0.0).solve(0, k.as_ref(), None, r.as_ref(), 3).unwrap().delta;
+            assert!((&memit - &encore).norm_l2() < 1e-12 * memit.norm_l2(), "seed {seed}");
+            let norms: Vec<f64> = [0.0, 0.1, 1.0, 10.0, 100.0].iter().map(|&nu| editor(Method::Encore, &c, 2.0, nu).solve(0, k.as_ref(), None, r.as_ref(), 3).unwrap().delta.norm_l2()).collect();
+            assert!(norms.windows(2).all(|w| w[1] < w[0]), "seed {seed}: {norms:?}");
+        }
+    }
+
+    /// ENCORE keeps earlier rounds' keys among the preserved ones: after one round, a second
+    /// round's update moves the first round's keys less than MEMIT's does (which forgets them).
+    #[test]
+    fn encore_preserves_the_keys_of_earlier_rounds() {
+        for seed in 0..5 {
+            let (c, k1, _) = problem(8, 3, seed);
+            let (_, k2, r2) = problem(8, 3, seed + 100);
+            let mut encore = editor(Method::Encore, &c, 1.0, 0.0);
+            *encore.previous.get_mut(&0).unwrap() += &k1 * k1.transpose();
+            let with = encore.solve(0, k2.as_ref(), None, r2.as_ref(), 3).unwrap().delta;
+            let without = editor(Method::Memit, &c, 1.0, 0.0).solve(0, k2.as_ref(), None, r2.as_ref(), 3).unwrap().delta;
+            let (moved_with, moved_without) = ((&with * &k1).norm_l2(), (&without * &k1).norm_l2());
+            assert!(moved_with < moved_without, "seed {seed}: ‖ΔW K₁‖ {moved_with:e} vs MEMIT {moved_without:e}");
+            // The system solved is (C + K₁K₁ᵀ + K₂K₂ᵀ) as in encore_main.py.
+            let system = &c + &k1 * k1.transpose() + &k2 * k2.transpose();
+            assert!((&with * system - &r2 * k2.transpose()).norm_l2() < 1e-9, "seed {seed}");
+        }
     }
 }

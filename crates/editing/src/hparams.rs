@@ -27,6 +27,11 @@ pub enum Method {
     Emmet,
     /// Null-space-projected least squares (spec §5.5).
     Alphaedit,
+    /// ENCORE (arXiv 2502.01636; knowledge-editing-regularization `encore/encore_main.py`): MEMIT's
+    /// least squares with a norm term and the keys of earlier rounds among the preserved ones,
+    /// `ΔW = R Kᵀ (λ C + ν I + Σ K_p K_pᵀ + K Kᵀ)⁻¹`, and most-probable early stopping of the
+    /// target search.
+    Encore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,7 +61,7 @@ macro_rules! string_enum {
         }
     };
 }
-string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit");
+string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit", Method::Encore => "encore");
 string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
 
 /// How context templates are made (spec §3.1).
@@ -97,7 +102,7 @@ pub struct MethodHparams {
     /// EMMET's regulariser μ on `KᵀC⁻¹K`, added for batches larger than one.
     #[serde(default = "d::emmet_lambda")]
     pub emmet_lambda: f64,
-    /// Added to the diagonal of C (`C' + ν I`), EMMET and MEMIT.
+    /// Added to the diagonal of C (`C' + ν I`), EMMET, MEMIT and ENCORE (its `λ_n`).
     #[serde(default)]
     pub update_norm_lambda: f64,
     /// AlphaEdit's L2 weight α.
@@ -166,6 +171,11 @@ impl Method {
     pub fn is_rank_one(self) -> bool {
         matches!(self, Self::Rome | Self::RRome)
     }
+
+    /// Whether the method keeps the keys of its earlier rounds among the preserved ones.
+    pub fn keeps_previous_keys(self) -> bool {
+        matches!(self, Self::Alphaedit | Self::Encore)
+    }
 }
 
 impl MethodHparams {
@@ -232,12 +242,20 @@ pub struct FamilyHparams {
     pub memit: MethodHparams,
     pub emmet: MethodHparams,
     pub alphaedit: MethodHparams,
+    /// ENCORE; when absent, MEMIT's values with the reference's ENCORE additions (ν = 10, MPES
+    /// patience 2: `update_norm_lambda: 10`, `prob_cutoff: -3` in every ENCORE hparams file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encore: Option<MethodHparams>,
 }
 
 impl FamilyHparams {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EditError::file(path, e))?;
-        serde_norway::from_str(&text).map_err(|e| EditError::file(path, e))
+        let mut family: Self = serde_norway::from_str(&text).map_err(|e| EditError::file(path, e))?;
+        if family.encore.is_none() {
+            family.encore = Some(MethodHparams { update_norm_lambda: 10.0, mpes_patience: Some(2), ..family.memit.clone() });
+        }
+        Ok(family)
     }
 
     pub fn method(&self, method: Method) -> &MethodHparams {
@@ -247,12 +265,13 @@ impl FamilyHparams {
             Method::Memit => &self.memit,
             Method::Emmet => &self.emmet,
             Method::Alphaedit => &self.alphaedit,
+            Method::Encore => self.encore.as_ref().unwrap_or(&self.memit),
         }
     }
 
     /// Checks every layer against the model's depth.
     pub fn check_layers(&self, num_layers: usize) -> Result<()> {
-        for method in [Method::Rome, Method::RRome, Method::Memit, Method::Emmet, Method::Alphaedit] {
+        for method in [Method::Rome, Method::RRome, Method::Memit, Method::Emmet, Method::Alphaedit, Method::Encore] {
             let (name, h) = (method.to_string(), self.method(method));
             let mut all = h.spread_layers.clone();
             all.push(h.layer);

@@ -70,6 +70,7 @@ fn method_color(method: &str) -> RGBColor {
         "memit" => RGBColor(31, 119, 180),
         "emmet" => RGBColor(44, 160, 44),
         "alphaedit" => RGBColor(148, 103, 189),
+        "encore" => RGBColor(140, 86, 75),
         "r-rome" => RGBColor(255, 127, 14),
         _ => RGBColor(90, 90, 90),
     }
@@ -221,7 +222,7 @@ fn markers<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(chart: &mu
 }
 
 fn method_rank(method: &str) -> usize {
-    ["memit", "emmet", "rome", "r-rome", "alphaedit"].iter().position(|m| *m == method).unwrap_or(5)
+    ["memit", "emmet", "rome", "r-rome", "alphaedit", "encore"].iter().position(|m| *m == method).unwrap_or(6)
 }
 
 /// ` (scores: a sample of n of N records)` when the runs scored a sample.

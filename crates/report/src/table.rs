@@ -114,7 +114,7 @@ impl Table {
 
 /// Methods in the paper's order.
 fn method_rank(method: &str) -> usize {
-    ["rome", "r-rome", "memit", "emmet", "alphaedit"].iter().position(|m| *m == method).unwrap_or(5)
+    ["rome", "r-rome", "memit", "emmet", "alphaedit", "encore"].iter().position(|m| *m == method).unwrap_or(6)
 }
 
 pub(crate) fn header(m: Metric) -> &'static str {
@@ -133,6 +133,7 @@ pub(crate) fn method_name(m: &str) -> String {
         "memit" => "MEMIT".into(),
         "emmet" => "EMMET".into(),
         "alphaedit" => "AlphaEdit".into(),
+        "encore" => "ENCORE".into(),
         "pre" => "unedited".into(),
         other => other.into(),
     }
