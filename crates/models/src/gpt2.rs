@@ -27,9 +27,9 @@ pub struct Gpt2HfConfig {
     pub n_inner: Option<usize>,
     #[serde(default = "default_positions")]
     pub n_positions: usize,
-    #[serde(default = "default_eps")]
+    #[serde(default = "crate::gptj::default_eps")]
     pub layer_norm_epsilon: f64,
-    #[serde(default = "default_activation")]
+    #[serde(default = "crate::gptj::default_activation")]
     pub activation_function: String,
     #[serde(default = "yes")]
     pub tie_word_embeddings: bool,
@@ -43,12 +43,6 @@ pub struct Gpt2HfConfig {
 
 fn default_positions() -> usize {
     1024
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_activation() -> String {
-    "gelu_new".into()
 }
 fn yes() -> bool {
     true

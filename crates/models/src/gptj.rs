@@ -36,10 +36,10 @@ pub struct GptJHfConfig {
 fn default_positions() -> usize {
     2048
 }
-fn default_eps() -> f64 {
+pub(crate) fn default_eps() -> f64 {
     1e-5
 }
-fn default_activation() -> String {
+pub(crate) fn default_activation() -> String {
     "gelu_new".into()
 }
 
