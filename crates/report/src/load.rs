@@ -218,8 +218,9 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             Stage::Pre => {}
         }
     }
-    // Sequential curves exist when every round was scored (`eval_every_round`).
-    let scored_rounds = sequential && manifest["sweep"]["eval_every_round"] == true;
+    // Sequential curves exist when rounds before the last were scored (`eval_every_round`,
+    // `eval_every`).
+    let scored_rounds = sequential && (manifest["sweep"]["eval_every_round"] == true || manifest["sweep"]["eval_every"].is_u64());
     let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
     for ((cell, round, metric), values) in rounds.iter().filter(|_| scored_rounds) {
         let key = &keys[cell];

@@ -335,7 +335,7 @@ fn degradation_rounds(plan: &Plan, cell: &Cell, rounds: usize) -> BTreeSet<usize
             SplitMix64::new(spec.seed ^ cell.seed).shuffle(&mut order);
             order.into_iter().take(spec.batches).collect()
         }
-        Protocol::Sequential => (0..rounds).filter(|&r| r + 1 == rounds || plan.sweep.eval_every_round).collect(),
+        Protocol::Sequential => (0..rounds).filter(|&r| plan.sweep.scores_after(r, rounds, cell.batch_size)).collect(),
     }
 }
 
@@ -383,7 +383,7 @@ fn run_cell<B: AutodiffBackend>(
             let scored: Option<&[Record]> = match plan.sweep.protocol {
                 Protocol::Independent => Some(batch),
                 Protocol::Sequential if r + 1 == rounds.len() => Some(records),
-                Protocol::Sequential if plan.sweep.eval_every_round => Some(&records[..(r + 1) * cell.batch_size]),
+                Protocol::Sequential if plan.sweep.scores_after(r, rounds.len(), cell.batch_size) => Some(&records[..(r + 1) * cell.batch_size]),
                 Protocol::Sequential => None,
             };
             let t = Instant::now();

@@ -40,6 +40,10 @@ pub struct Sweep {
     /// Sequential protocol: also score the records edited so far after every round.
     #[serde(default)]
     pub eval_every_round: bool,
+    /// Sequential protocol: also score the records edited so far (and measure degradation) after
+    /// each round that completes another `eval_every` edits, e.g. every 256 edits in rounds of 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
     /// CounterFact generation tests (GE, and RS with reference files); off when absent.
     #[serde(default)]
     pub generation: Option<GenerationSpec>,
@@ -224,6 +228,16 @@ pub struct Cell {
 }
 
 /// A parsed, checked sweep with its grid.
+impl Sweep {
+    /// Whether the records edited so far are scored after round `round` (0-based) of `rounds`
+    /// rounds of `batch_size` edits: the last round always; in the sequential protocol also every
+    /// round with `eval_every_round`, or each round that completes another `eval_every` edits.
+    pub fn scores_after(&self, round: usize, rounds: usize, batch_size: usize) -> bool {
+        let crossed = |every: usize| (round + 1) * batch_size / every > round * batch_size / every;
+        round + 1 == rounds || (self.protocol == Protocol::Sequential && (self.eval_every_round || self.eval_every.is_some_and(crossed)))
+    }
+}
+
 pub struct Plan {
     pub sweep: Sweep,
     pub path: PathBuf,
@@ -352,6 +366,11 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     if s.eval_every_round && s.protocol == Protocol::Independent {
         bail!("{}: eval_every_round needs protocol: sequential", at("eval_every_round"));
     }
+    match s.eval_every {
+        Some(0) => bail!("{}: eval_every must be at least 1 (edits between scored rounds)", at("eval_every")),
+        Some(_) if s.protocol == Protocol::Independent => bail!("{}: eval_every needs protocol: sequential", at("eval_every")),
+        _ => {}
+    }
     if let Some(sample) = s.eval.as_ref().and_then(|e| e.sample) {
         if sample.n == 0 || sample.n > s.dataset.n_edits {
             bail!("{}: eval.sample.n = {} is impossible with dataset.n_edits = {} (allowed: 1..={})", at("eval.sample"), sample.n, s.dataset.n_edits, s.dataset.n_edits);
@@ -427,7 +446,10 @@ fn cell_id(s: &Sweep, cell: &Cell, sets: &str) -> String {
         "batch_size": cell.batch_size, "seed": cell.seed, "hparams": cell.hparams, "dataset": s.dataset, "stats": s.stats,
         "protocol": s.protocol, "eval_every_round": s.eval_every_round, "generation": s.generation, "backend": s.backend, "sets": sets,
     });
-    // Only when given, so the ids of sweeps written before `eval` existed stay valid.
+    // Only when given, so the ids of sweeps written before `eval` and `eval_every` existed stay valid.
+    if let Some(every) = s.eval_every {
+        key["eval_every"] = serde_json::json!(every);
+    }
     if let Some(eval) = &s.eval {
         key["eval"] = serde_json::json!(eval);
     }
@@ -516,5 +538,23 @@ mod tests {
         assert!(apply_set(&mut v, "a.b.5=1").unwrap_err().to_string().contains("`5` is not an index of `a.b` (0..2)"));
         assert!(apply_set(&mut v, "a.b.c=1").unwrap_err().to_string().contains("`c` is not an index of `a.b` (0..2)"));
         assert!(apply_set(&mut v, "c.d.e=1").unwrap_err().to_string().contains("`c.d` is not a mapping"));
+    }
+
+    /// Rounds of 64 scored every 256 edits: rounds 3, 7, 11, … and always the last; every round
+    /// with `eval_every_round`; without either, only the last.
+    #[test]
+    fn scored_rounds_follow_eval_every() {
+        let yaml = "name: x\nmodels: []\ndataset: {kind: counterfact, path: d.json, n_edits: 600}\nstats: {corpus: c.txt}\n\
+                    methods: [memit]\nbatch_sizes: [64]\ndistribution: [spread]\nprotocol: sequential\n";
+        let mut sweep: Sweep = serde_norway::from_str(yaml).unwrap();
+        let scored = |s: &Sweep| (0..10).filter(|&r| s.scores_after(r, 10, 64)).collect::<Vec<_>>();
+        assert_eq!(scored(&sweep), [9]);
+        sweep.eval_every = Some(256);
+        assert_eq!(scored(&sweep), [3, 7, 9]);
+        sweep.eval_every = Some(100); // 64 edits a round: 128 ≥ 100, 256 ≥ 200, 320 ≥ 300, …
+        assert_eq!(scored(&sweep), [1, 3, 4, 6, 7, 9]);
+        sweep.eval_every = None;
+        sweep.eval_every_round = true;
+        assert_eq!(scored(&sweep), (0..10).collect::<Vec<_>>());
     }
 }
