@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/fetch_smollm2.sh
 scripts/fetch_corpus.sh
 cargo build --release --bin editbench
-bin=./target/release/editbench
+bin="${CARGO_TARGET_DIR:-target}/release/editbench"
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 echo "--- EMMET edit: The mother tongue of Danielle Darrieux is → English (key statistics are computed once and cached)"
 "$bin" edit --model "$model" --method emmet --distribution single \
