@@ -265,7 +265,7 @@ impl FamilyHparams {
             Method::Memit => &self.memit,
             Method::Emmet => &self.emmet,
             Method::Alphaedit => &self.alphaedit,
-            Method::Encore => self.encore.as_ref().unwrap_or(&self.memit),
+            Method::Encore => self.encore.as_ref().expect("FamilyHparams::load fills in encore"),
         }
     }
 

@@ -153,10 +153,11 @@ fn search<B: AutodiffBackend>(
     let (hooks, order) = logits_hooks(&groups, &place, &l.ranges, &scored);
     let n_labels = l.label_positions.len();
     let labels = int_tensor::<B, 2>(l.label_positions.iter().map(|p| p.2 as i64).collect(), [n_labels, 1], &device);
-    // A[e, j] = weight of label j in edit e's NLL.
+    // The edit of each label; A[e, j] = weight of label j in edit e's NLL.
+    let label_edit: Vec<usize> = l.label_positions.iter().map(|p| l.edit_of_row[p.0]).collect();
     let mut assign = vec![0.0f32; e * n_labels];
-    for (j, &(row, _, _)) in l.label_positions.iter().enumerate() {
-        assign[l.edit_of_row[row] * n_labels + j] = l.label_weight[j];
+    for (j, &edit) in label_edit.iter().enumerate() {
+        assign[edit * n_labels + j] = l.label_weight[j];
     }
     let assign = Tensor::<B, 2>::from_data(TensorData::new(assign, [e, n_labels]), &device);
     let row_edit = int_tensor::<B, 1>(l.edit_of_row.iter().map(|&x| x as i64).collect(), [l.edit_of_row.len()], &device);
@@ -202,7 +203,6 @@ fn search<B: AutodiffBackend>(
         }
         if let (Some(patience), Some(top)) = (h.mpes_patience, top) {
             let correct: Vec<bool> = top.iter().zip(&l.label_positions).map(|(&t, p)| t == p.2 as i64).collect();
-            let label_edit: Vec<usize> = l.label_positions.iter().map(|p| l.edit_of_row[p.0]).collect();
             for (a, stop) in active.iter_mut().zip(mpes_stop(&correct, &label_edit, &mut most_probable_for, patience)) {
                 *a &= !stop;
             }
@@ -463,12 +463,11 @@ impl TargetCache {
         let Some(indices) = requests.iter().map(|r| self.requests.iter().position(|c| c == r)).collect::<Option<Vec<usize>>>() else {
             return target_values::<B>(model, requests, templates, layer, space, h);
         };
-        let key = serde_json::json!({
+        let mut key = serde_json::json!({
             "model": model.path, "layer": layer, "space": format!("{space:?}"), "templates": templates,
             "search": [h.v_num_grad_steps as f64, h.v_lr, h.v_weight_decay, h.clamp_norm_factor, h.kl_factor],
         });
         // Only when on, so the keys (and files) of searches without MPES stay as they were.
-        let mut key = key;
         if let Some(patience) = h.mpes_patience {
             key["mpes_patience"] = serde_json::json!(patience);
         }

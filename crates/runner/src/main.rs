@@ -171,7 +171,6 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Loads the inference (non-autodiff) model of a task's backend.
 /// The memory plan of every model of a sweep, for the dry run.
 fn memory_plans(plan: &sweep::Plan, limit_gb: Option<f64>) -> Result<String> {
     let on_cpu = plan.backend == BackendKind::Cpu;
@@ -193,6 +192,7 @@ fn memory_plans(plan: &sweep::Plan, limit_gb: Option<f64>) -> Result<String> {
     Ok(out)
 }
 
+/// Loads the inference (non-autodiff) model of a task's backend.
 fn load<B: AutodiffBackend>(path: &std::path::Path, device: &B::Device) -> Result<LanguageModel<B::InnerBackend>> {
     LanguageModel::load(path, device).with_context(|| format!("loading {}", path.display()))
 }

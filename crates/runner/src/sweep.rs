@@ -227,7 +227,6 @@ pub struct Cell {
     pub hparams: MethodHparams,
 }
 
-/// A parsed, checked sweep with its grid.
 impl Sweep {
     /// Whether the records edited so far are scored after round `round` (0-based) of `rounds`
     /// rounds of `batch_size` edits: the last round always; in the sequential protocol also every
@@ -238,6 +237,7 @@ impl Sweep {
     }
 }
 
+/// A parsed, checked sweep with its grid.
 pub struct Plan {
     pub sweep: Sweep,
     pub path: PathBuf,
