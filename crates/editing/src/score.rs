@@ -2,9 +2,12 @@
 //! after the prompt and the tokens before it, and whether it was the model's top prediction.
 //! `P(target) = exp(−mean NLL)`.
 
+use std::collections::HashMap;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
-use editbench_models::{Hooks, LanguageModel, Padding, TextTokenizer};
+
+use editbench_models::{Hooks, LanguageModel, PromptTree, TextTokenizer};
 
 use crate::error::Result;
 use crate::keys::host;
@@ -60,20 +63,36 @@ pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, St
     teacher_forced_ids(model, &encoded)
 }
 
-/// [`teacher_forced`] of tokenized `(prompt, target)` pairs (both non-empty).
+/// [`teacher_forced`] of tokenized `(prompt, target)` pairs (both non-empty). Pairs with the same
+/// prompt share one row when the targets are no longer than it: the prompt is computed once and
+/// each target continues it on its own branch ([`PromptTree`]). Rows are sorted by length and packed into passes of about
+/// [`TOKENS_PER_PASS`] tokens; results come back in input order.
 pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
-    let total_len = |i: usize| encoded[i].0.len() + encoded[i].1.len() - 1;
-    let mut order: Vec<usize> = (0..encoded.len()).collect();
-    order.sort_by_key(|&i| total_len(i));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
+    for (i, (prompt, target)) in encoded.iter().enumerate() {
+        // Sharing saves a prompt's columns and widens its row by the branch: worth it for short
+        // targets after a prompt (CounterFact, zsRE), not for long texts after one token.
+        if target.len() > prompt.len() {
+            groups.push(vec![i]);
+            continue;
+        }
+        let group = *by_prompt.entry(prompt.as_slice()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(i);
+    }
+    let columns = |group: &[usize]| encoded[group[0]].0.len() + group.iter().map(|&i| encoded[i].1.len() - 1).sum::<usize>();
+    groups.sort_by_key(|g| columns(g));
     let mut out = vec![None; encoded.len()];
     let mut start = 0;
-    while start < order.len() {
+    while start < groups.len() {
         let mut end = start + 1;
-        while end < order.len() && (end + 1 - start) * total_len(order[end]) <= TOKENS_PER_PASS {
+        while end < groups.len() && (end + 1 - start) * columns(&groups[end]) <= TOKENS_PER_PASS {
             end += 1;
         }
-        let chunk: Vec<&(Vec<u32>, Vec<u32>)> = order[start..end].iter().map(|&i| &encoded[i]).collect();
-        for (&i, scored) in order[start..end].iter().zip(score_pass(model, &chunk)?) {
+        for (i, scored) in score_pass(model, encoded, &groups[start..end])? {
             out[i] = Some(scored);
         }
         start = end;
@@ -121,27 +140,37 @@ pub fn continuation_nll<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, 
     Ok(teacher_forced(model, pairs)?.iter().map(Continuation::mean_nll).collect())
 }
 
-/// One forward pass over `(prompt ids, target ids)` sequences.
-fn score_pass<B: Backend>(model: &LanguageModel<B>, chunk: &[&(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
-    let mut seqs = Vec::with_capacity(chunk.len());
-    let mut labels = Vec::new();
-    for (row, (prompt, target)) in chunk.iter().enumerate() {
-        let start = prompt.len() - 1;
-        labels.extend(target.iter().enumerate().map(|(j, &tok)| (row, start + j, tok)));
-        seqs.push([prompt.as_slice(), &target[..target.len() - 1]].concat());
-    }
-    let batch = model.batch(&seqs, Padding::Right)?;
+/// One forward pass over the pairs of `groups` (indices into `encoded`; one prompt per group):
+/// each pair's index and scores.
+fn score_pass<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)], groups: &[Vec<usize>]) -> Result<Vec<(usize, Continuation)>> {
+    let trees: Vec<PromptTree> = groups
+        .iter()
+        .map(|g| PromptTree { prompt: &encoded[g[0]].0, branches: g.iter().map(|&i| &encoded[i].1[..encoded[i].1.len() - 1]).collect() })
+        .collect();
+    let batch = model.tree_batch(&trees)?;
     let t = batch.width();
-    let at: Vec<usize> = labels.iter().map(|&(row, col, _)| row * t + col).collect();
+    // (pair, column whose logits predict the token, token): a target's first token is predicted at
+    // the prompt's last column, its later ones at the branch's previous token.
+    let mut labels = Vec::new();
+    for (row, (tree, group)) in trees.iter().zip(groups).enumerate() {
+        for (b, &pair) in group.iter().enumerate() {
+            let start = tree.branch_start(b);
+            let before = |j: usize| if j == 0 { tree.prompt.len() - 1 } else { start + j - 1 };
+            labels.extend(encoded[pair].1.iter().enumerate().map(|(j, &tok)| (pair, row * t + before(j), tok)));
+        }
+    }
+    let at: Vec<usize> = labels.iter().map(|l| l.1).collect();
     let logits = model.forward(&batch, &Hooks { logits_at: Some(at), ..Hooks::default() }).logits.expect("full pass");
     let logits = logits.reshape([labels.len(), model.dims.vocab_size]);
     let index = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]), &model.device());
     let best: Vec<i64> = logits.clone().argmax(1).into_data().iter::<i64>().collect();
     let logprobs = host(activation::log_softmax(logits, 1).gather(1, index))?;
-    let mut out = vec![Continuation { logprobs: Vec::new(), argmax: Vec::new() }; chunk.len()];
-    for (((row, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
-        out[*row].logprobs.push(lp as f64);
-        out[*row].argmax.push(best == *tok as i64);
+    let mut out: Vec<(usize, Continuation)> = groups.iter().flatten().map(|&i| (i, Continuation { logprobs: Vec::new(), argmax: Vec::new() })).collect();
+    let slot: HashMap<usize, usize> = out.iter().enumerate().map(|(s, (i, _))| (*i, s)).collect();
+    for (((pair, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
+        let scored = &mut out[slot[pair]].1;
+        scored.logprobs.push(lp as f64);
+        scored.argmax.push(best == *tok as i64);
     }
     Ok(out)
 }

@@ -19,6 +19,30 @@ pub enum Padding {
 /// to (a padding query) gives a uniform distribution instead of NaN.
 const MASKED: f32 = -1e30;
 
+/// A prompt and the continuations ("branches") that share it, for [`PromptBatch::trees`].
+#[derive(Debug, Clone)]
+pub struct PromptTree<'a> {
+    pub prompt: &'a [u32],
+    pub branches: Vec<&'a [u32]>,
+}
+
+impl PromptTree<'_> {
+    /// Columns the tree fills: the prompt and every branch, one after the other.
+    pub fn columns(&self) -> usize {
+        self.prompt.len() + self.branches.iter().map(|b| b.len()).sum::<usize>()
+    }
+
+    /// Column of the first token of branch `i`.
+    pub fn branch_start(&self, i: usize) -> usize {
+        self.prompt.len() + self.branches[..i].iter().map(|b| b.len()).sum::<usize>()
+    }
+
+    /// The sequences the tree stands for: the prompt followed by each branch.
+    pub fn paths(&self) -> impl Iterator<Item = Vec<u32>> + '_ {
+        self.branches.iter().map(|branch| [self.prompt, branch].concat())
+    }
+}
+
 /// A rectangular batch of token ids plus what the models need to ignore the padding.
 #[derive(Debug, Clone)]
 pub struct PromptBatch<B: Backend> {
@@ -69,6 +93,45 @@ impl<B: Backend> PromptBatch<B> {
             mask,
             lengths,
             offsets,
+            past: 0,
+        })
+    }
+
+    /// One row per [`PromptTree`]: its prompt, then each branch's tokens, which sit at the positions
+    /// right after the prompt and attend to the prompt and to their own earlier tokens only. A
+    /// forward pass gives every token the logits it would get in `prompt ++ branch` alone, so the
+    /// prompt is computed once for all its branches. Rows are right-padded.
+    pub fn trees(trees: &[PromptTree], pad_id: u32, device: &B::Device) -> Result<Self> {
+        if trees.is_empty() || trees.iter().any(|tree| tree.prompt.is_empty()) {
+            return Err(ModelError::Input("a batch needs at least one prompt and no empty prompt".into()));
+        }
+        let (b, t) = (trees.len(), trees.iter().map(PromptTree::columns).max().unwrap_or(0));
+        let (mut ids, mut positions, mut mask) = (vec![pad_id as i64; b * t], vec![0i64; b * t], vec![MASKED; b * t * t]);
+        for (row, tree) in trees.iter().enumerate() {
+            let n = tree.prompt.len();
+            let branches = tree.branches.iter().enumerate().map(|(i, branch)| (tree.branch_start(i), *branch));
+            for (start, tokens) in std::iter::once((0, tree.prompt)).chain(branches) {
+                let first = if start == 0 { 0 } else { n };
+                for (j, &id) in tokens.iter().enumerate() {
+                    let col = start + j;
+                    ids[row * t + col] = id as i64;
+                    positions[row * t + col] = (first + j) as i64;
+                    let keys = &mut mask[(row * t + col) * t..(row * t + col + 1) * t];
+                    keys[..n.min(col + 1)].fill(0.0);
+                    keys[start..=col].fill(0.0);
+                }
+            }
+            // Padding queries attend to themselves only (their outputs are never read).
+            for col in tree.columns()..t {
+                mask[(row * t + col) * t + col] = 0.0;
+            }
+        }
+        Ok(Self {
+            ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
+            positions: Tensor::from_data(TensorData::new(positions, [b, t]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, 1, t, t]), device),
+            lengths: trees.iter().map(PromptTree::columns).collect(),
+            offsets: vec![0; b],
             past: 0,
         })
     }
@@ -155,5 +218,37 @@ impl<B: Backend> PromptBatch<B> {
     /// Column of the last token of `row`.
     pub fn last_column(&self, row: usize) -> usize {
         self.offsets[row] + self.lengths[row] - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Cpu = crate::backend::Cpu;
+
+    /// Which columns each column of `row` may attend to.
+    fn allowed(batch: &PromptBatch<Cpu>, row: usize) -> Vec<Vec<usize>> {
+        let t = batch.width();
+        let mask = batch.mask.to_data().to_vec::<f32>().unwrap();
+        (0..t).map(|q| (0..t).filter(|&k| mask[(row * t + q) * t + k] == 0.0).collect()).collect()
+    }
+
+    #[test]
+    fn tree_rows_attend_to_the_prompt_and_their_own_branch() {
+        let trees = [PromptTree { prompt: &[1, 2], branches: vec![&[3, 4], &[], &[5]] }, PromptTree { prompt: &[6], branches: vec![] }];
+        let batch = PromptBatch::<Cpu>::trees(&trees, 0, &Default::default()).unwrap();
+        assert_eq!(batch.ids.to_data().to_vec::<i64>().unwrap(), [1, 2, 3, 4, 5, 6, 0, 0, 0, 0]);
+        assert_eq!(batch.positions.to_data().to_vec::<i64>().unwrap(), [0, 1, 2, 3, 2, 0, 0, 0, 0, 0]);
+        assert_eq!(allowed(&batch, 0), [vec![0], vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3], vec![0, 1, 4]]);
+        assert_eq!(allowed(&batch, 1), [vec![0], vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!((batch.lengths.clone(), trees[0].branch_start(2)), (vec![5, 1], 4));
+    }
+
+    #[test]
+    fn a_tree_without_a_prompt_is_refused() {
+        let empty = PromptTree { prompt: &[], branches: vec![&[1]] };
+        assert!(PromptBatch::<Cpu>::trees(&[empty], 0, &Default::default()).is_err());
+        assert!(PromptBatch::<Cpu>::trees(&[], 0, &Default::default()).is_err());
     }
 }

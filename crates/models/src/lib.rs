@@ -18,7 +18,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{BackendKind, BackendTask};
-pub use batch::{Padding, PromptBatch};
+pub use batch::{Padding, PromptBatch, PromptTree};
 pub use decoder::{KvCache, Start};
 pub use error::{ModelError, Result};
 pub use hooks::{Hooks, LayerTrace, Trace};

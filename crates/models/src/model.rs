@@ -8,7 +8,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
-use crate::batch::{Padding, PromptBatch};
+use crate::batch::{Padding, PromptBatch, PromptTree};
 use crate::decoder::{KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
@@ -158,19 +158,37 @@ impl<B: Backend> LanguageModel<B> {
 
     /// A padded batch of `sequences`, checked against the vocabulary and context length.
     pub fn batch(&self, sequences: &[Vec<u32>], padding: Padding) -> Result<PromptBatch<B>> {
-        for seq in sequences {
-            if let Some(&bad) = seq.iter().find(|&&id| id as usize >= self.dims.vocab_size) {
-                return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (size {})", self.dims.vocab_size)));
-            }
-            if let Some(window) = self.sliding_window().filter(|&w| seq.len() > w) {
-                return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the sliding attention window of {window} tokens (config.json `sliding_window`): editbench computes sliding-window attention only within one window", seq.len())));
-            }
-            if seq.len() > self.dims.max_positions {
-                return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the context length {}", seq.len(), self.dims.max_positions)));
-            }
+        sequences.iter().try_for_each(|seq| self.check(seq))?;
+        PromptBatch::new(sequences, padding, self.pad_id(), &self.device())
+    }
+
+    /// A batch of prompts, each with the continuations that share it ([`PromptBatch::trees`]),
+    /// every prompt + continuation checked as [`Self::batch`] checks a sequence.
+    pub fn tree_batch(&self, trees: &[PromptTree]) -> Result<PromptBatch<B>> {
+        for tree in trees {
+            self.check(tree.prompt)?;
+            tree.paths().try_for_each(|path| self.check(&path))?;
         }
-        let pad = self.tokenizer.as_ref().and_then(|t| t.eos).unwrap_or(0);
-        PromptBatch::new(sequences, padding, pad, &self.device())
+        PromptBatch::trees(trees, self.pad_id(), &self.device())
+    }
+
+    /// Refuses a sequence with a token outside the vocabulary or longer than the model reads.
+    fn check(&self, seq: &[u32]) -> Result<()> {
+        if let Some(&bad) = seq.iter().find(|&&id| id as usize >= self.dims.vocab_size) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (size {})", self.dims.vocab_size)));
+        }
+        if let Some(window) = self.sliding_window().filter(|&w| seq.len() > w) {
+            return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the sliding attention window of {window} tokens (config.json `sliding_window`): editbench computes sliding-window attention only within one window", seq.len())));
+        }
+        if seq.len() > self.dims.max_positions {
+            return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the context length {}", seq.len(), self.dims.max_positions)));
+        }
+        Ok(())
+    }
+
+    /// The token padding is filled with: end-of-sequence where the tokenizer has one.
+    fn pad_id(&self) -> u32 {
+        self.tokenizer.as_ref().and_then(|t| t.eos).unwrap_or(0)
     }
 
     /// The sliding attention window of a Mistral or Qwen2 model that has one.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use editbench_models::{Hooks, LanguageModel, Padding};
+use editbench_models::{Hooks, LanguageModel, Padding, PromptTree};
 
 /// f32 on the CPU backend must reproduce transformers to this absolute tolerance.
 const CPU_TOLERANCE: f32 = 1e-4;
@@ -66,6 +66,43 @@ fn assert_padded_batches_match<B: Backend>(model_path: &Path, golden_dir: &str, 
             let got = values(logits.clone().slice([row..row + 1, start..start + len, 0..vocab]));
             let diff = max_abs_diff(&got, expected);
             assert!(diff <= tolerance, "{padding:?} padding, row {row}: max |Δlogit| = {diff:e}");
+        }
+    }
+}
+
+/// Each golden sequence split into a prompt and a branch, several branches per prompt (the other
+/// sequences' tails, an empty one, the sequence's own tail): every branch token gets the golden
+/// logits of `prompt ++ branch` at its position, and every prompt token those of the prompt alone.
+fn assert_tree_batches_match<B: Backend>(model_path: &Path, golden_dir: &str, tolerance: f32, device: &B::Device) {
+    let model = LanguageModel::<B>::load(model_path, device).unwrap();
+    let golden = golden(golden_dir);
+    let v = model.dims.vocab_size;
+    let cut = |seq: &[u32]| seq.len() / 2;
+    let trees: Vec<PromptTree> = golden
+        .sequences
+        .iter()
+        .map(|seq| {
+            let (prompt, own) = seq.split_at(cut(seq));
+            let others = golden.sequences.iter().filter(|s| s.as_slice() != seq.as_slice()).map(|s| &s[cut(s)..]);
+            PromptTree { prompt, branches: others.chain([&own[..0], own]).collect() }
+        })
+        .collect();
+    let logits = model.forward(&model.tree_batch(&trees).unwrap(), &Hooks::default()).logits.unwrap();
+    for (row, tree) in trees.iter().enumerate() {
+        let at = |col: usize| values(logits.clone().slice([row..row + 1, col..col + 1, 0..v]));
+        let alone = |path: &[u32]| values(model.logits(path).unwrap());
+        let prompt = alone(tree.prompt);
+        for col in 0..tree.prompt.len() {
+            let diff = max_abs_diff(&at(col), &prompt[col * v..(col + 1) * v]);
+            assert!(diff <= tolerance, "{golden_dir} row {row} prompt column {col}: max |Δlogit| = {diff:e}");
+        }
+        for (b, path) in tree.paths().enumerate() {
+            let expected = alone(&path);
+            for j in 0..tree.branches[b].len() {
+                let pos = tree.prompt.len() + j;
+                let diff = max_abs_diff(&at(tree.branch_start(b) + j), &expected[pos * v..(pos + 1) * v]);
+                assert!(diff <= tolerance, "{golden_dir} row {row} branch {b} token {j}: max |Δlogit| = {diff:e}");
+            }
         }
     }
 }
@@ -193,6 +230,13 @@ fn gpt2_loads_with_or_without_the_transformer_prefix() {
 fn padded_batches_match_one_by_one_runs() {
     for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"] {
         assert_padded_batches_match::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
+    }
+}
+
+#[test]
+fn prompt_trees_match_one_by_one_runs() {
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"] {
+        assert_tree_batches_match::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
     }
 }
 

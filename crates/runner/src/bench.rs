@@ -12,7 +12,7 @@ use editbench_editing::context::ContextTemplates;
 use editbench_editing::keys::Activation;
 use editbench_editing::hparams::{StatsHparams, TemplateKind};
 use editbench_editing::solver::{preservation_memorization_update, Memorization};
-use editbench_editing::stats::collect_moments;
+use editbench_editing::stats::{collect_moments, gram_flops_per_key};
 use editbench_editing::targets::target_values;
 use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::{EditRequest, FamilyHparams, Method};
@@ -99,6 +99,9 @@ pub enum BenchCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Every phase (forward, statistics, target search, scoring), each in its own process, in one
+    /// JSON beside the official code's figures for the same work (BASELINE.md) and the goals.
+    All(crate::bench_all::AllArgs),
     /// Closed-form solves in f64 on synthetic data: seconds vs batch size.
     Solve {
         /// Key dimension d_in.
@@ -133,6 +136,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         }
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
+        BenchCommand::All(args) => return crate::bench_all::run(args),
     };
     let text = serde_json::to_string_pretty(&json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }))?;
     println!("{text}");
@@ -250,11 +254,11 @@ impl BackendTask for StatsBench {
         let tokens = moments.values().next().map_or(0, |m| m.count) as f64;
         let d = model.dims;
         let top = self.layers.iter().max().copied().unwrap_or(0) + 1;
-        // Blocks up to the highest layer (typical paragraph length ~128 tokens), plus one Gram
-        // product 2·d_mlp² per token and layer.
+        // Blocks up to the highest layer (typical paragraph length ~128 tokens), plus the Gram
+        // products' FLOPs per token and layer.
         let head = 2.0 * (d.hidden_size * d.vocab_size) as f64;
         let per_block = (model.matmul_flops_per_token(128) - head) / d.num_layers as f64;
-        let flops = tokens * (top as f64 * per_block + self.layers.len() as f64 * 2.0 * (d.intermediate_size * d.intermediate_size) as f64);
+        let flops = tokens * (top as f64 * per_block + self.layers.len() as f64 * gram_flops_per_key(d.intermediate_size));
         let gemm = gemm_gflops::<B::InnerBackend>(4096, d.hidden_size, d.intermediate_size, &device);
         let gflops = flops / seconds / 1e9;
         Ok(json!({

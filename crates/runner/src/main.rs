@@ -1,6 +1,8 @@
 //! `editbench`: the command line of the knowledge-editing benchmark.
 
+mod allocator;
 mod bench;
+mod bench_all;
 mod edit;
 mod memory;
 mod output;
@@ -110,6 +112,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -1,0 +1,131 @@
+//! `editbench bench all`: every phase benchmark in one command, each in its own process (so each
+//! reports its own peak memory), summarised in one JSON next to the official code's figure for the
+//! same work (`../shared/reference/BASELINE.md`, SmolLM2-135M on 2 CPU cores) and the performance
+//! issue's goal.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// What `bench all` runs and where it writes.
+#[derive(clap::Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub model: crate::ModelArgs,
+    /// CounterFact records (ROME JSON format) for the target-search and scoring phases.
+    #[arg(long, default_value = "data/counterfact/counterfact_dev_sample.json")]
+    pub records: PathBuf,
+    /// Text corpus for the statistics phase.
+    #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
+    pub corpus: PathBuf,
+    /// Paragraphs the statistics phase reads (the reference's figure is for 2,000).
+    #[arg(long, default_value_t = 2000)]
+    pub stats_samples: usize,
+    /// Directory for `all.json` and each phase's own JSON.
+    #[arg(long, default_value = "results/bench/all")]
+    pub out: PathBuf,
+}
+
+/// One phase: the `bench` subcommand and arguments it runs, and how its figure is read.
+struct Phase {
+    name: &'static str,
+    args: Vec<String>,
+    /// (what is compared, unit, JSON pointer into the phase's result, the reference's figure (same
+    /// work, BASELINE.md), goal: at most this many units).
+    measures: Vec<(&'static str, &'static str, &'static str, Option<f64>, Option<f64>)>,
+}
+
+/// The official code's statistics for layers 2–6 over 2,000 paragraphs: 70.7 s (layer 4) + 292.0 s.
+const REFERENCE_STATS_SECONDS: f64 = 362.7;
+/// The official code's target search, per edit (one at a time; it has no batched search).
+const REFERENCE_SECONDS_PER_EDIT: f64 = 12.6;
+/// The official code's scoring per CounterFact record: the mean of its five 16-record runs.
+const REFERENCE_SECONDS_PER_RECORD: f64 = 1.72;
+
+fn phases(a: &AllArgs) -> Vec<Phase> {
+    let model = vec!["--model".into(), a.model.model.display().to_string(), "--backend".into(), a.model.backend.to_string()];
+    let with = |extra: &[&str]| model.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect::<Vec<_>>();
+    let samples = a.stats_samples.to_string();
+    let (corpus, records) = (a.corpus.display().to_string(), a.records.display().to_string());
+    let stats_goal = (a.stats_samples == 2000).then_some(REFERENCE_STATS_SECONDS / 3.0);
+    let stats_reference = (a.stats_samples == 2000).then_some(REFERENCE_STATS_SECONDS);
+    vec![
+        Phase { name: "forward", args: with(&["--batch", "8", "--seq-len", "128"]), measures: vec![("forward pass, 8 × 128 tokens", "s", "/seconds_per_forward", None, None)] },
+        Phase {
+            name: "stats",
+            args: with(&["--layers", "2,3,4,5,6", "--samples", &samples, "--corpus", &corpus]),
+            measures: vec![("key statistics, layers 2–6", "s", "/seconds", stats_reference, stats_goal)],
+        },
+        Phase {
+            name: "targets",
+            args: with(&["--edits", "16", "--single", "4", "--records", &records]),
+            measures: vec![
+                ("target search, 16 edits batched", "s/edit", "/batched/seconds_per_edit", Some(REFERENCE_SECONDS_PER_EDIT), Some(3.5)),
+                ("target search, one edit at a time", "s/edit", "/one_at_a_time/seconds_per_edit", Some(REFERENCE_SECONDS_PER_EDIT), Some(5.0)),
+            ],
+        },
+        Phase {
+            name: "eval",
+            args: with(&["--n", "16", "--generation", "0", "--records", &records]),
+            measures: vec![("scoring, 16 CounterFact records", "s/record", "/scoring/seconds_per_record", Some(REFERENCE_SECONDS_PER_RECORD), Some(0.45))],
+        },
+    ]
+}
+
+/// Runs every phase and writes `all.json` (and `<phase>.json`) under `--out`.
+pub fn run(a: AllArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let exe = std::env::current_exe().context("locating the editbench executable")?;
+    let mut rows = Vec::new();
+    let mut reports = serde_json::Map::new();
+    for phase in phases(&a) {
+        eprintln!("bench all: {} …", phase.name);
+        let report = run_phase(&exe, &phase, &a.out.join(format!("{}.json", phase.name)))?;
+        let result = &report["report"]["result"];
+        for (what, unit, pointer, reference, goal) in &phase.measures {
+            let value = result.pointer(pointer).and_then(Value::as_f64).with_context(|| format!("{}: no {pointer} in its report", phase.name))?;
+            rows.push(json!({
+                "phase": phase.name, "measure": what, "value": value, "unit": unit,
+                "reference": reference, "speedup_over_reference": reference.map(|r| r / value),
+                "goal_at_most": goal, "goal_met": goal.map(|g| value <= g),
+                "gflops_per_second": result.get("gflops_per_second").or(result.get("model_gflops_per_second")),
+                "fraction_of_gemm_peak": result.get("fraction_of_gemm_peak"),
+                "peak_memory_mb": report["peak_memory_mb"],
+            }));
+        }
+        reports.insert(phase.name.into(), report);
+    }
+    let all = json!({ "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "machine": machine(), "phases": rows, "reports": reports });
+    let text = serde_json::to_string_pretty(&all)? + "\n";
+    crate::output::write_atomic(&a.out.join("all.json"), text.as_bytes())?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `editbench bench <phase> …` in a child process; its JSON report.
+fn run_phase(exe: &Path, phase: &Phase, out: &Path) -> Result<Value> {
+    let status = Command::new(exe)
+        .arg("bench")
+        .arg(phase.name)
+        .args(&phase.args)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running bench {}", phase.name))?;
+    if !status.success() {
+        bail!("bench {} failed ({status})", phase.name);
+    }
+    let text = std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", out.display()))
+}
+
+/// The CPU model and thread count, so that numbers from different machines are not compared.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()));
+    let avx512 = cpuinfo.lines().any(|l| l.starts_with("flags") && l.contains(" avx512f"));
+    json!({ "cpu": model, "avx512": avx512, "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) })
+}
