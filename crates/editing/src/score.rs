@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 
+use editbench_models::backend::concurrent_passes;
 use editbench_models::{Hooks, LanguageModel, PromptTree, TextTokenizer};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::keys::host;
@@ -66,7 +68,8 @@ pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, St
 /// [`teacher_forced`] of tokenized `(prompt, target)` pairs (both non-empty). Pairs with the same
 /// prompt share one row when the targets are no longer than it: the prompt is computed once and
 /// each target continues it on its own branch ([`PromptTree`]). Rows are sorted by length and packed into passes of about
-/// [`TOKENS_PER_PASS`] tokens; results come back in input order.
+/// [`TOKENS_PER_PASS`] tokens, run side by side on the CPU ([`concurrent_passes`]); results come
+/// back in input order.
 pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
@@ -85,17 +88,25 @@ pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<
     }
     let columns = |group: &[usize]| encoded[group[0]].0.len() + group.iter().map(|&i| encoded[i].1.len() - 1).sum::<usize>();
     groups.sort_by_key(|g| columns(g));
-    let mut out = vec![None; encoded.len()];
+    // Small jobs are split so that every concurrent pass has work.
+    let concurrent = concurrent_passes::<B>(&model.device());
+    let budget = TOKENS_PER_PASS.min(groups.iter().map(|g| columns(g)).sum::<usize>().div_ceil(concurrent));
+    let mut passes = Vec::new();
     let mut start = 0;
     while start < groups.len() {
         let mut end = start + 1;
-        while end < groups.len() && (end + 1 - start) * columns(&groups[end]) <= TOKENS_PER_PASS {
+        while end < groups.len() && (end + 1 - start) * columns(&groups[end]) <= budget {
             end += 1;
         }
-        for (i, scored) in score_pass(model, encoded, &groups[start..end])? {
+        passes.push(&groups[start..end]);
+        start = end;
+    }
+    let mut out = vec![None; encoded.len()];
+    for side_by_side in passes.chunks(concurrent) {
+        let scored: Vec<_> = side_by_side.par_iter().map(|pass| score_pass(model, encoded, pass)).collect::<Result<_>>()?;
+        for (i, scored) in scored.into_iter().flatten() {
             out[i] = Some(scored);
         }
-        start = end;
     }
     Ok(out.into_iter().map(|c| c.expect("every pair scored")).collect())
 }

@@ -2,7 +2,8 @@
 //! from a text corpus: one pass collects every requested layer and stops at the highest; batches
 //! are length-sorted so little padding is computed, and padded positions never enter `C`. Per
 //! batch the lower block triangle of `KᵀK` is computed by GEMMs on the backend; the running sum is
-//! kept in f64 on the host.
+//! kept in f64 on the host, added in batch order. On the CPU backend batches run side by side
+//! ([`concurrent_passes`]).
 //!
 //! Results are cached as safetensors keyed by the model's weights, layer, corpus, sample count and
 //! maximum length; a cache whose key or checksum does not match is recomputed, never used.
@@ -12,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use editbench_models::backend::concurrent_passes;
 use editbench_models::{Hooks, LanguageModel, Padding};
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
@@ -257,17 +260,15 @@ pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], c
     let bar = ProgressBar::new(total).with_message(format!("key statistics, layers {layers:?}"));
     bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}").expect("valid template"));
     let started = Instant::now();
-    for range in pack(&seqs, h.batch_tokens) {
-        let batch = model.batch(&seqs[range.clone()], Padding::Right)?;
-        let trace = model.forward(&batch, &Hooks::capture_only(layers));
-        let [b, t] = batch.ids.dims();
-        let real: Vec<i64> = (0..b * t).filter(|i| (i % t) < batch.lengths[i / t]).map(|i| i as i64).collect();
-        let real = Tensor::<B, 1, Int>::from_data(TensorData::new(real.clone(), [real.len()]), &model.device());
-        for (&layer, sum) in sums.iter_mut() {
-            let keys = trace.layers[&layer].key.clone().reshape([b * t, d]).select(0, real.clone());
-            add_lower_gram(keys, sum)?;
+    let batches = pack(&seqs, h.batch_tokens);
+    for group in batches.chunks(concurrent_passes::<B>(&model.device())) {
+        let grams: Vec<_> = group.par_iter().map(|range| batch_grams(model, &seqs[range.clone()], layers)).collect::<Result<_>>()?;
+        for (range, grams) in group.iter().zip(grams) {
+            for (layer, blocks) in grams {
+                add_lower_gram(&blocks, sums.get_mut(&layer).expect("a requested layer"));
+            }
+            bar.inc(seqs[range.clone()].iter().map(Vec::len).sum::<usize>() as u64);
         }
-        bar.inc(batch.lengths.iter().sum::<usize>() as u64);
     }
     bar.finish_and_clear();
     tracing::info!("key statistics for layers {layers:?}: {total} tokens in {:.1} s ({:.0} tokens/s)", started.elapsed().as_secs_f64(), total as f64 / started.elapsed().as_secs_f64());
@@ -279,27 +280,56 @@ pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], c
 /// FLOPs for 4 blocks. The upper triangle is the mirror image.
 const GRAM_BLOCKS: usize = 4;
 
-/// FLOPs [`add_lower_gram`] spends per key of dimension `d`.
+/// FLOPs [`lower_gram`] spends per key of dimension `d`.
 pub fn gram_flops_per_key(d: usize) -> f64 {
     let bound = |i: usize| i * d / GRAM_BLOCKS;
     (0..GRAM_BLOCKS).map(|i| 2.0 * ((bound(i + 1) - bound(i)) * bound(i + 1)) as f64).sum()
 }
 
-/// Adds the lower block triangle of `keysᵀ keys` (`keys: [n, d]`) to `sum` (`d × d`, row-major,
-/// f64); entries above the block diagonal are left alone and must be read from below.
-fn add_lower_gram<B: Backend>(keys: Tensor<B, 2>, sum: &mut [f64]) -> Result<()> {
+/// One forward pass over `seqs`: for each of `layers`, [`lower_gram`] of its keys at the real
+/// (not padding) tokens.
+fn batch_grams<B: Backend>(model: &LanguageModel<B>, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Vec<(usize, LowerGram)>> {
+    let batch = model.batch(seqs, Padding::Right)?;
+    let trace = model.forward(&batch, &Hooks::capture_only(layers));
+    let ([b, t], d) = (batch.ids.dims(), model.dims.intermediate_size);
+    let real: Vec<i64> = (0..b * t).filter(|i| (i % t) < batch.lengths[i / t]).map(|i| i as i64).collect();
+    let real = Tensor::<B, 1, Int>::from_data(TensorData::new(real.clone(), [real.len()]), &model.device());
+    layers.iter().map(|&layer| Ok((layer, lower_gram(trace.layers[&layer].key.clone().reshape([b * t, d]).select(0, real.clone()))?))).collect()
+}
+
+/// The lower block triangle of `KᵀK` (`K: [n, d]`), as `(rows, values)` per row block: rows
+/// `rows` against columns `0..rows.end`, row-major.
+struct LowerGram {
+    d: usize,
+    blocks: Vec<(std::ops::Range<usize>, Vec<f32>)>,
+}
+
+/// [`LowerGram`] of `keys: [n, d]`, computed on the backend, read back to the host.
+fn lower_gram<B: Backend>(keys: Tensor<B, 2>) -> Result<LowerGram> {
     let [n, d] = keys.dims();
     let bound = |i: usize| i * d / GRAM_BLOCKS;
-    for rows in (0..GRAM_BLOCKS).map(|i| bound(i)..bound(i + 1)).filter(|rows| !rows.is_empty()) {
-        let left = keys.clone().slice([0..n, rows.clone()]).transpose();
-        let block = host(left.matmul(keys.clone().slice([0..n, 0..rows.end])))?;
+    let blocks = (0..GRAM_BLOCKS)
+        .map(|i| bound(i)..bound(i + 1))
+        .filter(|rows| !rows.is_empty())
+        .map(|rows| {
+            let left = keys.clone().slice([0..n, rows.clone()]).transpose();
+            Ok((rows.clone(), host(left.matmul(keys.clone().slice([0..n, 0..rows.end])))?))
+        })
+        .collect::<Result<_>>()?;
+    Ok(LowerGram { d, blocks })
+}
+
+/// Adds `gram` to `sum` (`d × d`, row-major, f64); entries above the block diagonal are left
+/// alone and must be read from below.
+fn add_lower_gram(gram: &LowerGram, sum: &mut [f64]) {
+    let d = gram.d;
+    for (rows, block) in &gram.blocks {
         for (r, values) in rows.clone().zip(block.chunks(rows.end)) {
             for (s, &g) in sum[r * d..r * d + rows.end].iter_mut().zip(values) {
                 *s += g as f64;
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -316,7 +346,7 @@ mod tests {
             let mut sum = vec![0.0; d * d];
             for keys in &batches {
                 let keys = Tensor::<editbench_models::backend::Cpu, 2>::from_data(TensorData::new(keys.clone(), [n, d]), &Default::default());
-                add_lower_gram(keys, &mut sum).unwrap();
+                add_lower_gram(&lower_gram(keys).unwrap(), &mut sum);
             }
             for (i, j) in (0..d).flat_map(|i| (0..d).map(move |j| (i, j))) {
                 let exact: f64 = batches.iter().flat_map(|k| (0..n).map(move |r| k[r * d + i] as f64 * k[r * d + j] as f64)).sum();

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
+use editbench_models::backend::concurrent_passes;
 use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start};
 use faer::Mat;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -104,8 +106,9 @@ const MAX_EDITS_PER_SEARCH: usize = 32;
 
 /// Finds `z = v_init + δ` for every request at `layer` (spec §4): `δ` is added to the layer's output
 /// at the subject's last token and `z` lives in `space` — the MLP output (`Activation::Value`,
-/// ROME's `v`) or the residual stream (`Activation::Hidden`, MEMIT's `z`). Searched in chunks of
-/// at most [`MAX_EDITS_PER_SEARCH`] edits (the edits' searches are independent).
+/// ROME's `v`) or the residual stream (`Activation::Hidden`, MEMIT's `z`). The edits' searches are
+/// independent, so they are searched in chunks of at most [`MAX_EDITS_PER_SEARCH`] edits, and on
+/// the CPU backend in as many chunks as [`concurrent_passes`], side by side.
 pub fn target_values<B: AutodiffBackend>(
     model: &LanguageModel<B::InnerBackend>,
     requests: &[EditRequest],
@@ -114,13 +117,18 @@ pub fn target_values<B: AutodiffBackend>(
     space: Activation,
     h: &MethodHparams,
 ) -> Result<Targets> {
-    if requests.len() <= MAX_EDITS_PER_SEARCH {
+    let concurrent = concurrent_passes::<B::InnerBackend>(&model.device());
+    let size = MAX_EDITS_PER_SEARCH.min(requests.len().div_ceil(concurrent)).max(1);
+    if requests.len() <= size {
         return search::<B>(model, requests, templates, layer, space, h);
     }
+    let chunks: Vec<&[EditRequest]> = requests.chunks(size).collect();
     let mut found = Vec::with_capacity(requests.len());
-    for chunk in requests.chunks(MAX_EDITS_PER_SEARCH) {
-        let targets = search::<B>(model, chunk, templates, layer, space, h)?;
-        found.extend((0..chunk.len()).map(|j| targets.found(j)));
+    for side_by_side in chunks.chunks(concurrent) {
+        let searched: Vec<Targets> = side_by_side.par_iter().map(|chunk| search::<B>(model, chunk, templates, layer, space, h)).collect::<Result<_>>()?;
+        for (chunk, targets) in side_by_side.iter().zip(searched) {
+            found.extend((0..chunk.len()).map(|j| targets.found(j)));
+        }
     }
     Ok(Targets::from_found(&found.iter().collect::<Vec<_>>(), model.dims.hidden_size))
 }

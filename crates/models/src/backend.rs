@@ -14,6 +14,19 @@ use crate::error::{ModelError, Result};
 /// The CPU backend: burn's ndarray backend in f32.
 pub type Cpu = burn::backend::NdArray<f32>;
 
+/// How many independent forward passes (statistics batches, scoring passes) to run side by side.
+/// On the CPU backend one per rayon thread: a pass runs its element-wise operations on one thread
+/// and only its GEMMs on all, so with one pass at a time about half the cores' time is idle; side
+/// by side, work stealing hands each pass's GEMM work to whichever thread is free. Elsewhere 1 (a
+/// GPU runs each pass's operations in parallel already).
+pub fn concurrent_passes<B: burn::tensor::backend::Backend>(device: &B::Device) -> usize {
+    if B::name(device).contains("ndarray") {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
     #[default]

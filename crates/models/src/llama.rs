@@ -6,14 +6,14 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, Trace};
-use crate::layers::{attention, merge_heads, split_heads, Linear, RmsNorm, RopeScaling, Rotary, RotaryPairing};
+use crate::layers::{attention, merge_heads, silu, split_heads, Linear, RmsNorm, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: llama`, `mistral` or `qwen2`) that
@@ -208,7 +208,7 @@ impl<B: Backend> Block<B> for LlamaBlock<B> {
         let (attended, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
         let h = x + attended;
         let n = self.post_attention_layernorm.forward(h.clone());
-        let key = activation::silu(self.mlp.gate_proj.forward(n.clone())) * self.mlp.up_proj.forward(n);
+        let key = silu(self.mlp.gate_proj.forward(n.clone())) * self.mlp.up_proj.forward(n);
         let value = self.mlp.down_proj.forward(key.clone());
         BlockOutput { hidden: h + value.clone(), key, value, kv }
     }
