@@ -23,7 +23,7 @@ pub struct AllArgs {
     /// Paragraphs the statistics phase reads (the reference's figure is for 2,000).
     #[arg(long, default_value_t = 2000)]
     pub stats_samples: usize,
-    /// Directory for `all.json` and each phase's own JSON.
+    /// Directory for `all.json`, `all.md` (the table) and each phase's own JSON.
     #[arg(long, default_value = "results/bench/all")]
     pub out: PathBuf,
 }
@@ -100,8 +100,33 @@ pub fn run(a: AllArgs) -> Result<()> {
     let all = json!({ "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "machine": machine(), "phases": rows, "reports": reports });
     let text = serde_json::to_string_pretty(&all)? + "\n";
     crate::output::write_atomic(&a.out.join("all.json"), text.as_bytes())?;
+    crate::output::write_atomic(&a.out.join("all.md"), markdown(&rows).as_bytes())?;
     print!("{text}");
     Ok(())
+}
+
+/// The phases as a Markdown table (the README's performance table).
+fn markdown(rows: &[Value]) -> String {
+    let mut out = String::from("| phase | editbench | reference | speed-up | goal | met | GFLOP/s (fraction of GEMM peak) | peak memory |\n|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let unit = r["unit"].as_str().unwrap_or("");
+        let show = |v: &Value, prefix: &str, suffix: &str| v.as_f64().map_or("—".into(), |x| format!("{prefix}{x:.2}{suffix}"));
+        let rate = match (r["gflops_per_second"].as_f64(), r["fraction_of_gemm_peak"].as_f64()) {
+            (Some(g), Some(f)) => format!("{g:.0} ({:.0} %)", f * 100.0),
+            _ => "—".into(),
+        };
+        let met = r["goal_met"].as_bool().map_or("—", |m| if m { "yes" } else { "no" });
+        let memory = r["peak_memory_mb"].as_f64().map_or("—".into(), |m| format!("{m:.0} MB"));
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {met} | {rate} | {memory} |\n",
+            r["measure"].as_str().unwrap_or(""),
+            show(&r["value"], "", &format!(" {unit}")),
+            show(&r["reference"], "", &format!(" {unit}")),
+            show(&r["speedup_over_reference"], "", "×"),
+            show(&r["goal_at_most"], "≤ ", &format!(" {unit}")),
+        );
+    }
+    out
 }
 
 /// `editbench bench <phase> …` in a child process; its JSON report.
@@ -128,4 +153,23 @@ fn machine() -> Value {
     let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()));
     let avx512 = cpuinfo.lines().any(|l| l.starts_with("flags") && l.contains(" avx512f"));
     json!({ "cpu": model, "avx512": avx512, "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_missing_figures_as_dashes() {
+        let rows = [
+            json!({ "measure": "scoring", "value": 0.5, "unit": "s/record", "reference": 1.72, "speedup_over_reference": 3.44,
+                    "goal_at_most": 0.45, "goal_met": false, "gflops_per_second": null, "fraction_of_gemm_peak": null, "peak_memory_mb": 1015.2 }),
+            json!({ "measure": "forward", "value": 3.5, "unit": "s", "reference": null, "speedup_over_reference": null,
+                    "goal_at_most": null, "goal_met": null, "gflops_per_second": 80.4, "fraction_of_gemm_peak": 0.467, "peak_memory_mb": 1097.0 }),
+        ];
+        let table = markdown(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[2], "| scoring | 0.50 s/record | 1.72 s/record | 3.44× | ≤ 0.45 s/record | no | — | 1015 MB |");
+        assert_eq!(lines[3], "| forward | 3.50 s | — | — | — | — | 80 (47 %) | 1097 MB |");
+    }
 }
