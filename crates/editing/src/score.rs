@@ -67,9 +67,9 @@ pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, St
 
 /// [`teacher_forced`] of tokenized `(prompt, target)` pairs (both non-empty). Pairs with the same
 /// prompt share one row when the targets are no longer than it: the prompt is computed once and
-/// each target continues it on its own branch ([`PromptTree`]). Rows are sorted by length and packed into passes of about
-/// [`TOKENS_PER_PASS`] tokens, run side by side on the CPU ([`concurrent_passes`]); results come
-/// back in input order.
+/// each target continues it on its own branch ([`PromptTree`]). Rows are sorted by length and
+/// packed into passes of about [`TOKENS_PER_PASS`] tokens, run side by side on the CPU
+/// ([`concurrent_passes`]); results come back in input order.
 pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
@@ -153,10 +153,17 @@ pub fn continuation_nll<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, 
 
 /// One forward pass over the pairs of `groups` (indices into `encoded`; one prompt per group):
 /// each pair's index and scores.
-fn score_pass<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)], groups: &[Vec<usize>]) -> Result<Vec<(usize, Continuation)>> {
+fn score_pass<B: Backend>(
+    model: &LanguageModel<B>,
+    encoded: &[(Vec<u32>, Vec<u32>)],
+    groups: &[Vec<usize>],
+) -> Result<Vec<(usize, Continuation)>> {
     let trees: Vec<PromptTree> = groups
         .iter()
-        .map(|g| PromptTree { prompt: &encoded[g[0]].0, branches: g.iter().map(|&i| &encoded[i].1[..encoded[i].1.len() - 1]).collect() })
+        .map(|g| {
+            let branches = g.iter().map(|&i| &encoded[i].1[..encoded[i].1.len() - 1]).collect();
+            PromptTree { prompt: &encoded[g[0]].0, branches }
+        })
         .collect();
     let batch = model.tree_batch(&trees)?;
     let t = batch.width();
@@ -176,7 +183,8 @@ fn score_pass<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u3
     let index = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]), &model.device());
     let best: Vec<i64> = logits.clone().argmax(1).into_data().iter::<i64>().collect();
     let logprobs = host(activation::log_softmax(logits, 1).gather(1, index))?;
-    let mut out: Vec<(usize, Continuation)> = groups.iter().flatten().map(|&i| (i, Continuation { logprobs: Vec::new(), argmax: Vec::new() })).collect();
+    let empty = || Continuation { logprobs: Vec::new(), argmax: Vec::new() };
+    let mut out: Vec<(usize, Continuation)> = groups.iter().flatten().map(|&i| (i, empty())).collect();
     let slot: HashMap<usize, usize> = out.iter().enumerate().map(|(s, (i, _))| (*i, s)).collect();
     for (((pair, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
         let scored = &mut out[slot[pair]].1;

@@ -14,7 +14,8 @@ use crate::error::{ModelError, Result};
 /// The CPU backend: burn's ndarray backend in f32.
 pub type Cpu = burn::backend::NdArray<f32>;
 
-/// How many independent forward passes (statistics batches, scoring passes) to run side by side.
+/// How many independent passes (statistics batches, scoring passes, target-search chunks) to run
+/// side by side.
 /// On the CPU backend one per rayon thread: a pass runs its element-wise operations on one thread
 /// and only its GEMMs on all, so with one pass at a time about half the cores' time is idle; side
 /// by side, work stealing hands each pass's GEMM work to whichever thread is free. Elsewhere 1 (a

@@ -106,7 +106,8 @@ impl<B: Backend> PromptBatch<B> {
             return Err(ModelError::Input("a batch needs at least one prompt and no empty prompt".into()));
         }
         let (b, t) = (trees.len(), trees.iter().map(PromptTree::columns).max().unwrap_or(0));
-        let (mut ids, mut positions, mut mask) = (vec![pad_id as i64; b * t], vec![0i64; b * t], vec![MASKED; b * t * t]);
+        let (mut ids, mut positions) = (vec![pad_id as i64; b * t], vec![0i64; b * t]);
+        let mut mask = vec![MASKED; b * t * t];
         for (row, tree) in trees.iter().enumerate() {
             let n = tree.prompt.len();
             let branches = tree.branches.iter().enumerate().map(|(i, branch)| (tree.branch_start(i), *branch));
