@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 
-use editbench_models::backend::concurrent_passes;
+use editbench_models::backend::{concurrent_passes, side_by_side};
 use editbench_models::{Hooks, LanguageModel, PromptTree, TextTokenizer};
-use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::keys::host;
@@ -102,12 +101,11 @@ pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<
         start = end;
     }
     let mut out = vec![None; encoded.len()];
-    for side_by_side in passes.chunks(concurrent) {
-        let scored: Vec<_> = side_by_side.par_iter().map(|pass| score_pass(model, encoded, pass)).collect::<Result<_>>()?;
-        for (i, scored) in scored.into_iter().flatten() {
+    side_by_side(&passes, concurrent, |pass| score_pass(model, encoded, pass), |_, scored| {
+        for (i, scored) in scored {
             out[i] = Some(scored);
         }
-    }
+    })?;
     Ok(out.into_iter().map(|c| c.expect("every pair scored")).collect())
 }
 
@@ -167,14 +165,16 @@ fn score_pass<B: Backend>(
         .collect();
     let batch = model.tree_batch(&trees)?;
     let t = batch.width();
-    // (pair, column whose logits predict the token, token): a target's first token is predicted at
-    // the prompt's last column, its later ones at the branch's previous token.
+    // (slot of the pair in `groups` flattened, column whose logits predict the token, token): a
+    // target's first token is predicted at the prompt's last column, its later ones at the
+    // branch's previous token.
     let mut labels = Vec::new();
-    for (row, (tree, group)) in trees.iter().zip(groups).enumerate() {
+    let slots = groups.iter().scan(0, |first, g| Some(std::mem::replace(first, *first + g.len())));
+    for (row, ((tree, group), first)) in trees.iter().zip(groups).zip(slots).enumerate() {
         for (b, &pair) in group.iter().enumerate() {
             let start = tree.branch_start(b);
             let before = |j: usize| if j == 0 { tree.prompt.len() - 1 } else { start + j - 1 };
-            labels.extend(encoded[pair].1.iter().enumerate().map(|(j, &tok)| (pair, row * t + before(j), tok)));
+            labels.extend(encoded[pair].1.iter().enumerate().map(|(j, &tok)| (first + b, row * t + before(j), tok)));
         }
     }
     let at: Vec<usize> = labels.iter().map(|l| l.1).collect();
@@ -185,9 +185,8 @@ fn score_pass<B: Backend>(
     let logprobs = host(activation::log_softmax(logits, 1).gather(1, index))?;
     let empty = || Continuation { logprobs: Vec::new(), argmax: Vec::new() };
     let mut out: Vec<(usize, Continuation)> = groups.iter().flatten().map(|&i| (i, empty())).collect();
-    let slot: HashMap<usize, usize> = out.iter().enumerate().map(|(s, (i, _))| (*i, s)).collect();
-    for (((pair, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
-        let scored = &mut out[slot[pair]].1;
+    for (((slot, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
+        let scored = &mut out[*slot].1;
         scored.logprobs.push(lp as f64);
         scored.argmax.push(best == *tok as i64);
     }

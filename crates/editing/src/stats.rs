@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use editbench_models::backend::concurrent_passes;
+use editbench_models::backend::{concurrent_passes, side_by_side};
 use editbench_models::{Hooks, LanguageModel, Padding};
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
@@ -260,16 +259,13 @@ pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], c
     let bar = ProgressBar::new(total).with_message(format!("key statistics, layers {layers:?}"));
     bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}").expect("valid template"));
     let started = Instant::now();
-    let batches = pack(&seqs, h.batch_tokens);
-    for group in batches.chunks(concurrent_passes::<B>(&model.device())) {
-        let grams: Vec<_> = group.par_iter().map(|range| batch_grams(model, &seqs[range.clone()], layers)).collect::<Result<_>>()?;
-        for (range, grams) in group.iter().zip(grams) {
-            for (layer, blocks) in grams {
-                add_lower_gram(&blocks, sums.get_mut(&layer).expect("a requested layer"));
-            }
-            bar.inc(seqs[range.clone()].iter().map(Vec::len).sum::<usize>() as u64);
+    let grams_of = |range: &std::ops::Range<usize>| batch_grams(model, &seqs[range.clone()], layers);
+    side_by_side(&pack(&seqs, h.batch_tokens), concurrent_passes::<B>(&model.device()), grams_of, |range, grams| {
+        for (layer, blocks) in grams {
+            add_lower_gram(&blocks, sums.get_mut(&layer).expect("a requested layer"));
         }
-    }
+        bar.inc(seqs[range.clone()].iter().map(Vec::len).sum::<usize>() as u64);
+    })?;
     bar.finish_and_clear();
     tracing::info!("key statistics for layers {layers:?}: {total} tokens in {:.1} s ({:.0} tokens/s)", started.elapsed().as_secs_f64(), total as f64 / started.elapsed().as_secs_f64());
     Ok(sums.into_iter().map(|(l, s)| (l, KeyMoments { sum: Mat::from_fn(d, d, |i, j| s[i.max(j) * d + i.min(j)]), count: total })).collect())
@@ -280,10 +276,15 @@ pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], c
 /// FLOPs for 4 blocks. The upper triangle is the mirror image.
 const GRAM_BLOCKS: usize = 4;
 
+/// The non-empty row blocks of a `d × d` Gram matrix.
+fn gram_blocks(d: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let bound = move |i: usize| i * d / GRAM_BLOCKS;
+    (0..GRAM_BLOCKS).map(move |i| bound(i)..bound(i + 1)).filter(|rows| !rows.is_empty())
+}
+
 /// FLOPs [`lower_gram`] spends per key of dimension `d`.
 pub fn gram_flops_per_key(d: usize) -> f64 {
-    let bound = |i: usize| i * d / GRAM_BLOCKS;
-    (0..GRAM_BLOCKS).map(|i| 2.0 * ((bound(i + 1) - bound(i)) * bound(i + 1)) as f64).sum()
+    gram_blocks(d).map(|rows| 2.0 * (rows.len() * rows.end) as f64).sum()
 }
 
 /// One forward pass over `seqs`: for each of `layers`, [`lower_gram`] of its keys at the real
@@ -293,7 +294,8 @@ fn batch_grams<B: Backend>(model: &LanguageModel<B>, seqs: &[Vec<u32>], layers: 
     let trace = model.forward(&batch, &Hooks::capture_only(layers));
     let ([b, t], d) = (batch.ids.dims(), model.dims.intermediate_size);
     let real: Vec<i64> = (0..b * t).filter(|i| (i % t) < batch.lengths[i / t]).map(|i| i as i64).collect();
-    let real = Tensor::<B, 1, Int>::from_data(TensorData::new(real.clone(), [real.len()]), &model.device());
+    let count = real.len();
+    let real = Tensor::<B, 1, Int>::from_data(TensorData::new(real, [count]), &model.device());
     layers.iter().map(|&layer| Ok((layer, lower_gram(trace.layers[&layer].key.clone().reshape([b * t, d]).select(0, real.clone()))?))).collect()
 }
 
@@ -307,10 +309,7 @@ struct LowerGram {
 /// [`LowerGram`] of `keys: [n, d]`, computed on the backend, read back to the host.
 fn lower_gram<B: Backend>(keys: Tensor<B, 2>) -> Result<LowerGram> {
     let [n, d] = keys.dims();
-    let bound = |i: usize| i * d / GRAM_BLOCKS;
-    let blocks = (0..GRAM_BLOCKS)
-        .map(|i| bound(i)..bound(i + 1))
-        .filter(|rows| !rows.is_empty())
+    let blocks = gram_blocks(d)
         .map(|rows| {
             let left = keys.clone().slice([0..n, rows.clone()]).transpose();
             Ok((rows.clone(), host(left.matmul(keys.clone().slice([0..n, 0..rows.end])))?))

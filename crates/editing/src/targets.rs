@@ -12,10 +12,9 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
-use editbench_models::backend::concurrent_passes;
+use editbench_models::backend::{concurrent_passes, side_by_side};
 use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start};
 use faer::Mat;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -124,12 +123,8 @@ pub fn target_values<B: AutodiffBackend>(
     }
     let chunks: Vec<&[EditRequest]> = requests.chunks(size).collect();
     let mut found = Vec::with_capacity(requests.len());
-    for side_by_side in chunks.chunks(concurrent) {
-        let searched: Vec<Targets> = side_by_side.par_iter().map(|chunk| search::<B>(model, chunk, templates, layer, space, h)).collect::<Result<_>>()?;
-        for (chunk, targets) in side_by_side.iter().zip(searched) {
-            found.extend((0..chunk.len()).map(|j| targets.found(j)));
-        }
-    }
+    let search_chunk = |chunk: &&[EditRequest]| search::<B>(model, chunk, templates, layer, space, h);
+    side_by_side(&chunks, concurrent, search_chunk, |chunk, targets| found.extend((0..chunk.len()).map(|j| targets.found(j))))?;
     Ok(Targets::from_found(&found.iter().collect::<Vec<_>>(), model.dims.hidden_size))
 }
 

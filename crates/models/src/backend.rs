@@ -28,6 +28,23 @@ pub fn concurrent_passes<B: burn::tensor::backend::Backend>(device: &B::Device) 
     }
 }
 
+/// Runs `pass` on every item, `concurrent` items at a time side by side (rayon), and hands each
+/// result to `take` in the items' order, so what `take` accumulates does not depend on which
+/// pass finished first. Stops at the first error.
+pub fn side_by_side<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    concurrent: usize,
+    pass: impl Fn(&T) -> std::result::Result<R, E> + Sync,
+    mut take: impl FnMut(&T, R),
+) -> std::result::Result<(), E> {
+    use rayon::prelude::*;
+    for group in items.chunks(concurrent.max(1)) {
+        let results: Vec<R> = group.par_iter().map(&pass).collect::<std::result::Result<_, E>>()?;
+        group.iter().zip(results).for_each(|(item, result)| take(item, result));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
     #[default]
