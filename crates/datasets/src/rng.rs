@@ -20,6 +20,13 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Standard normal (Box–Muller; one draw of the pair is used).
+    pub fn next_gaussian(&mut self) -> f64 {
+        // 1 − u lies in (0, 1], so the logarithm is finite.
+        let (u, v) = (1.0 - self.next_f64(), self.next_f64());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -135,5 +142,21 @@ impl PythonRandom {
             let j = self.randbelow(i as u32 + 1) as usize;
             items.swap(i, j);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SplitMix64;
+
+    #[test]
+    fn gaussian_draws_have_mean_zero_and_variance_one() {
+        let mut rng = SplitMix64::new(7);
+        let draws: Vec<f64> = (0..200_000).map(|_| rng.next_gaussian()).collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / draws.len() as f64;
+        let tail = draws.iter().filter(|x| x.abs() > 1.96).count() as f64 / draws.len() as f64;
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean}, variance {var}");
+        assert!((tail - 0.05).abs() < 0.003, "P(|z| > 1.96) = {tail}");
     }
 }

@@ -2,6 +2,7 @@
 //! Editing", Gupta et al. 2024): key statistics, keys, target values, the closed-form solver core,
 //! ROME / MEMIT / EMMET / AlphaEdit, and the distribution of edits over layers.
 
+pub mod causal_trace;
 pub mod context;
 pub mod distribute;
 pub mod error;

@@ -4,7 +4,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::batch::PromptBatch;
-use crate::hooks::{Hooks, Trace};
+use crate::hooks::{Hooks, LayerPatches, Patch, Site, Trace};
 
 /// What one transformer block computes for the decoder loop.
 pub(crate) struct BlockOutput<B: Backend> {
@@ -14,6 +14,8 @@ pub(crate) struct BlockOutput<B: Backend> {
     pub value: Tensor<B, 3>,
     /// The block's output hidden state.
     pub hidden: Tensor<B, 3>,
+    /// The attention's output (as it joins the residual stream).
+    pub attention: Tensor<B, 3>,
     /// The attention's keys and values over every column so far (cached ones first).
     pub kv: KeyValues<B>,
 }
@@ -39,10 +41,11 @@ pub enum Start<B: Backend> {
 }
 
 impl<B: Backend> Start<B> {
-    /// The first block to run and its input; `table` is the `[vocab, d]` embedding matrix.
-    pub(crate) fn input(self, table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> (usize, Tensor<B, 3>) {
+    /// The first block to run and its input; `table` is the `[vocab, d]` embedding matrix, whose
+    /// rows are patched by the [`Site::Embedding`] patches.
+    pub(crate) fn input(self, table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>, patches: &[Patch<B>]) -> (usize, Tensor<B, 3>) {
         match self {
-            Self::Tokens => (0, embed(table, ids)),
+            Self::Tokens => (0, LayerPatches { patches, layer: 0 }.apply(Site::Embedding, embed(table, ids))),
             Self::After { layer, hidden } => (layer + 1, hidden),
         }
     }
@@ -59,7 +62,8 @@ pub(crate) fn extend_kv<B: Backend>(past: Option<KeyValues<B>>, k: Tensor<B, 4>,
 pub(crate) trait Block<B: Backend> {
     /// What every block reads besides its input (the rotary tables; nothing for GPT-2).
     type Shared;
-    fn forward(&self, x: Tensor<B, 3>, shared: &Self::Shared, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B>;
+    /// One block on `x`, with `patches` applied to its attention and MLP outputs.
+    fn forward(&self, x: Tensor<B, 3>, shared: &Self::Shared, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B>;
 }
 
 /// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
@@ -77,27 +81,36 @@ pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks) -> Te
     x.reshape([b * t, d]).select(0, index).reshape([1, at.len(), d])
 }
 
+/// What one pass reads besides its input: the batch, the hooks, the patches.
+pub(crate) struct Pass<'a, B: Backend> {
+    pub batch: &'a PromptBatch<B>,
+    pub hooks: &'a Hooks,
+    pub patches: &'a [Patch<B>],
+}
+
 /// Runs `blocks[first..]` on `x`, reading and updating `cache` when given; `None` if the hooks
 /// stopped the pass before the last block.
 pub(crate) fn run_blocks<B: Backend, L: Block<B>>(
     blocks: &[L],
     (first, mut x): (usize, Tensor<B, 3>),
     shared: &L::Shared,
-    batch: &PromptBatch<B>,
-    hooks: &Hooks,
+    pass: &Pass<'_, B>,
     trace: &mut Trace<B>,
     mut cache: Option<&mut KvCache<B>>,
 ) -> Option<Tensor<B, 3>> {
+    let (batch, hooks, patches) = (pass.batch, pass.hooks, pass.patches);
     if let Some(cache) = cache.as_deref_mut() {
         cache.layers.resize(blocks.len(), None);
     }
     for (layer, block) in blocks.iter().enumerate().skip(first) {
         let past = cache.as_deref_mut().and_then(|c| c.layers[layer].take());
-        let out = block.forward(x, shared, batch, past);
+        let patches = LayerPatches { patches, layer };
+        let mut out = block.forward(x, shared, batch, past, patches);
+        out.hidden = patches.apply(Site::Hidden, out.hidden);
+        trace.record(hooks, layer, &out);
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers[layer] = Some(out.kv);
         }
-        trace.record(hooks, layer, out.key, out.value, &out.hidden);
         if hooks.stop_after == Some(layer) {
             return None;
         }

@@ -10,9 +10,9 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
-use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
+use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
-use crate::hooks::{Hooks, Trace};
+use crate::hooks::{LayerPatches, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear};
 use crate::weights::{fetch, fetch_optional, TensorSource};
 
@@ -146,13 +146,14 @@ impl<B: Backend> Gpt2Attention<B> {
 
 impl<B: Backend> Block<B> for Gpt2Block<B> {
     type Shared = ();
-    fn forward(&self, x: Tensor<B, 3>, _: &(), batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, _: &(), batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B> {
         let (attended, kv) = self.attn.forward(self.ln_1.forward(x.clone()), batch, past);
-        let h = x + attended;
+        let attention = patches.apply(Site::Attention, attended);
+        let h = x + attention.clone();
         let up = self.mlp.c_fc.forward(self.ln_2.forward(h.clone()));
         let key = if self.mlp.exact_gelu { activation::gelu(up) } else { activation::gelu_approximate(up) };
-        let value = self.mlp.c_proj.forward(key.clone());
-        BlockOutput { hidden: h + value.clone(), key, value, kv }
+        let value = patches.apply(Site::Mlp, self.mlp.c_proj.forward(key.clone()));
+        BlockOutput { hidden: h + value.clone(), key, value, attention, kv }
     }
 }
 
@@ -192,17 +193,23 @@ impl<B: Backend> Gpt2<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub(crate) fn forward(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
-        let (first, mut x) = start.input(self.wte.val(), &batch.ids);
+        let batch = pass.batch;
+        let (first, mut x) = start.input(self.wte.val(), &batch.ids, pass.patches);
         if first == 0 {
             let [b, t, d] = x.dims();
             x = x + self.wpe.val().select(0, batch.positions.clone().reshape([b * t])).reshape([b, t, d]);
         }
-        if let Some(x) = decoder::run_blocks(&self.layers, (first, x), &(), batch, hooks, &mut trace, cache) {
-            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), hooks)));
+        if let Some(x) = decoder::run_blocks(&self.layers, (first, x), &(), pass, &mut trace, cache) {
+            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), pass.hooks)));
         }
         trace
+    }
+
+    /// The `[vocab, d_model]` token embedding matrix.
+    pub fn embedding_table(&self) -> Tensor<B, 2> {
+        self.wte.val()
     }
 
     pub fn max_positions(&self) -> usize {

@@ -8,9 +8,9 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
-use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
+use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
-use crate::hooks::{Hooks, Trace};
+use crate::hooks::{LayerPatches, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, TensorSource};
 
@@ -119,16 +119,16 @@ pub struct GptJ<B: Backend> {
 
 impl<B: Backend> Block<B> for GptJBlock<B> {
     type Shared = Rotary<B>;
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B> {
         let n = self.ln_1.forward(x.clone());
         let a = &self.attn;
         let q = rotary.apply(split_heads(a.q_proj.forward(n.clone()), a.num_heads), &batch.positions);
         let k = rotary.apply(split_heads(a.k_proj.forward(n.clone()), a.num_heads), &batch.positions);
         let (k, v) = decoder::extend_kv(past, k, split_heads(a.v_proj.forward(n.clone()), a.num_heads));
-        let attended = a.out_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask)));
+        let attended = patches.apply(Site::Attention, a.out_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask))));
         let key = activation::gelu_approximate(self.mlp.fc_in.forward(n));
-        let value = self.mlp.fc_out.forward(key.clone());
-        BlockOutput { hidden: x + attended + value.clone(), key, value, kv: (k, v) }
+        let value = patches.apply(Site::Mlp, self.mlp.fc_out.forward(key.clone()));
+        BlockOutput { hidden: x + attended.clone() + value.clone(), key, value, attention: attended, kv: (k, v) }
     }
 }
 
@@ -163,13 +163,18 @@ impl<B: Backend> GptJ<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub(crate) fn forward(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
-        let input = start.input(self.wte.val(), &batch.ids);
-        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, batch, hooks, &mut trace, cache) {
-            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), hooks)));
+        let input = start.input(self.wte.val(), &pass.batch.ids, pass.patches);
+        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, pass, &mut trace, cache) {
+            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), pass.hooks)));
         }
         trace
+    }
+
+    /// The `[vocab, d_model]` token embedding matrix.
+    pub fn embedding_table(&self) -> Tensor<B, 2> {
+        self.wte.val()
     }
 
     pub fn max_positions(&self) -> usize {

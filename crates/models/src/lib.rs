@@ -21,6 +21,6 @@ pub use backend::{BackendKind, BackendTask};
 pub use batch::{Padding, PromptBatch, PromptTree};
 pub use decoder::{KvCache, Start};
 pub use error::{ModelError, Result};
-pub use hooks::{Hooks, LayerTrace, Trace};
+pub use hooks::{Hooks, LayerTrace, Patch, Site, Trace};
 pub use model::{Architecture, LanguageModel, ModelDims};
 pub use tokenizer::TextTokenizer;

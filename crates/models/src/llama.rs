@@ -10,9 +10,9 @@ use burn::tensor::{backend::Backend, Tensor};
 use serde::Deserialize;
 
 use crate::batch::PromptBatch;
-use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Start};
+use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
-use crate::hooks::{Hooks, Trace};
+use crate::hooks::{LayerPatches, Site, Trace};
 use crate::layers::{attention, merge_heads, silu, split_heads, Linear, RmsNorm, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
@@ -204,13 +204,14 @@ impl<B: Backend> LlamaAttention<B> {
 
 impl<B: Backend> Block<B> for LlamaBlock<B> {
     type Shared = Rotary<B>;
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> BlockOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B> {
         let (attended, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
-        let h = x + attended;
+        let attention = patches.apply(Site::Attention, attended);
+        let h = x + attention.clone();
         let n = self.post_attention_layernorm.forward(h.clone());
         let key = silu(self.mlp.gate_proj.forward(n.clone())) * self.mlp.up_proj.forward(n);
-        let value = self.mlp.down_proj.forward(key.clone());
-        BlockOutput { hidden: h + value.clone(), key, value, kv }
+        let value = patches.apply(Site::Mlp, self.mlp.down_proj.forward(key.clone()));
+        BlockOutput { hidden: h + value.clone(), key, value, attention, kv }
     }
 }
 
@@ -258,13 +259,18 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    pub fn forward(&self, batch: &PromptBatch<B>, start: Start<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub(crate) fn forward(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
-        let input = start.input(self.embed_tokens.val(), &batch.ids);
-        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, batch, hooks, &mut trace, cache) {
-            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.norm.forward(x), hooks)));
+        let input = start.input(self.embed_tokens.val(), &pass.batch.ids, pass.patches);
+        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, pass, &mut trace, cache) {
+            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.norm.forward(x), pass.hooks)));
         }
         trace
+    }
+
+    /// The `[vocab, d_model]` token embedding matrix.
+    pub fn embedding_table(&self) -> Tensor<B, 2> {
+        self.embed_tokens.val()
     }
 
     pub fn max_positions(&self) -> usize {

@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::batch::{Padding, PromptBatch, PromptTree};
-use crate::decoder::{KvCache, Start};
+use crate::decoder::{KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
 use crate::gpt2::{Gpt2, Gpt2Config, Gpt2HfConfig};
 use crate::gptj::{GptJ, GptJConfig, GptJHfConfig};
-use crate::hooks::{Hooks, Trace};
+use crate::hooks::{Hooks, Patch, Trace};
 use crate::layers::Linear;
 use crate::llama::{Llama, LlamaConfig, LlamaFamily, LlamaHfConfig};
 use crate::tokenizer::TextTokenizer;
@@ -211,11 +211,31 @@ impl<B: Backend> LanguageModel<B> {
     /// [`Self::forward_cached`] from `start`: e.g. only the blocks above an edited layer, on its
     /// output hidden states, when nothing below changes between passes.
     pub fn forward_from(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+        self.pass(&Pass { batch, hooks, patches: &[] }, start, cache)
+    }
+
+    /// [`Self::forward_from`] with `patches` replacing activations on the way (causal tracing).
+    pub fn forward_patched(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks, patches: &[Patch<B>]) -> Trace<B> {
+        self.pass(&Pass { batch, hooks, patches }, start, None)
+    }
+
+    fn pass(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
         match &self.arch {
-            Architecture::Llama(m) => m.forward(batch, start, hooks, cache),
-            Architecture::GptJ(m) => m.forward(batch, start, hooks, cache),
-            Architecture::Gpt2(m) => m.forward(batch, start, hooks, cache),
+            Architecture::Llama(m) => m.forward(pass, start, cache),
+            Architecture::GptJ(m) => m.forward(pass, start, cache),
+            Architecture::Gpt2(m) => m.forward(pass, start, cache),
         }
+    }
+
+    /// The token embeddings of `ids`, `[t, d_model]` (GPT-2's position embeddings not added).
+    pub fn token_embeddings(&self, ids: &[u32]) -> Tensor<B, 2> {
+        let table = match &self.arch {
+            Architecture::Llama(m) => m.embedding_table(),
+            Architecture::GptJ(m) => m.embedding_table(),
+            Architecture::Gpt2(m) => m.embedding_table(),
+        };
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &self.device());
+        table.select(0, index)
     }
 
     /// Extends every sequence token by token (one KV-cached column per step, shorter prompts
