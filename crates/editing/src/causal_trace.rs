@@ -1,4 +1,4 @@
-//! Causal tracing (ROME, Meng et al. 2022, §2; spec §9): which hidden states carry a fact. The
+//! Causal tracing (ROME, Meng et al. 2022, §2.1; its `experiments/causal_trace.py`): which states carry a fact. The
 //! subject's token embeddings are corrupted with Gaussian noise; one clean state — a block output,
 //! or the MLP or attention outputs of a window of layers around it — is restored at one token, and
 //! the probability of the answer that comes back is that state's effect. Layers whose MLPs restore
@@ -223,14 +223,16 @@ impl<'m, B: Backend> Tracer<'m, B> {
 
     /// `restored[token][layer]`: the answer's probability with the `kind` state of (token, layer)
     /// restored (for MLP and attention outputs, the `window` of layers centred on it). One pass
-    /// per layer over every token; passes run side by side where the backend gains from it.
+    /// per layer over the tokens from the subject on; passes run side by side where the backend
+    /// gains from it. States before the subject are the same in the clean and corrupted runs
+    /// (attention is causal), so restoring them gives the corrupted probability without a pass.
     pub fn grid(&self, kind: TraceKind, window: usize) -> Result<Vec<Vec<f64>>> {
-        let (t, num_layers) = (self.prompt.ids.len(), self.model.dims.num_layers);
-        let mut restored = vec![vec![0.0; num_layers]; t];
+        let (t, num_layers, first) = (self.prompt.ids.len(), self.model.dims.num_layers, self.prompt.subject.start);
+        let mut restored = vec![vec![self.corrupted_probability; num_layers]; t];
         let layers: Vec<usize> = (0..num_layers).collect();
-        let sets = |layer: usize| -> Vec<Vec<(usize, usize)>> { (0..t).map(|token| kind.layers(layer, window, num_layers).map(|l| (token, l)).collect()).collect() };
+        let sets = |layer: usize| -> Vec<Vec<(usize, usize)>> { (first..t).map(|token| kind.layers(layer, window, num_layers).map(|l| (token, l)).collect()).collect() };
         side_by_side(&layers, concurrent_passes::<B>(&self.model.device()), |&layer| self.restored(kind, &sets(layer)), |&layer, column| {
-            column.into_iter().enumerate().for_each(|(token, p)| restored[token][layer] = p);
+            column.into_iter().enumerate().for_each(|(i, p)| restored[first + i][layer] = p);
         })?;
         Ok(restored)
     }

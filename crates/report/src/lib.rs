@@ -2,11 +2,13 @@
 //! booktabs, terminal) and comparison plots (PNG and SVG), from one or several results
 //! directories and optionally numbers typed from a paper, and a self-contained results page.
 
+mod heatmap;
 mod html;
 mod load;
 mod plot;
 mod table;
 
+pub use heatmap::{write_heatmap, HeatMap};
 pub use load::{load_paper, load_run, read_csv, Run, RowKey, SolverNote, Summary};
 pub use plot::{plot_all, Figure};
 pub use table::{latex_table, markdown_table, Table};

@@ -14,7 +14,7 @@ use plotters::style::FontStyle;
 
 use crate::load::Run;
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 /// Figure size in pixels: readable at a paper's column width once scaled to about 8 cm.
 const PANEL: (u32, u32) = (560, 420);
 
@@ -34,13 +34,13 @@ fn register_font() {
 }
 
 /// Something drawn on any plotters backend.
-trait Chart {
+pub(crate) trait Chart {
     fn title(&self) -> String;
     fn size(&self) -> (u32, u32);
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>;
 }
 
-fn render(chart: &impl Chart, dir: &Path, stem: &str) -> Result<Figure> {
+pub(crate) fn render(chart: &impl Chart, dir: &Path, stem: &str) -> Result<Figure> {
     register_font();
     std::fs::create_dir_all(dir)?;
     let (png, svg) = (dir.join(format!("{stem}.png")), dir.join(format!("{stem}.svg")));
@@ -60,7 +60,7 @@ fn render(chart: &impl Chart, dir: &Path, stem: &str) -> Result<Figure> {
     Ok(Figure { title: chart.title(), png, svg })
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing: {e:?}")
 }
 

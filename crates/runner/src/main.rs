@@ -8,6 +8,7 @@ mod memory;
 mod output;
 mod run;
 mod sweep;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +107,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Causal tracing (ROME): which layers' states carry the facts of a CounterFact file, as
+    /// heat maps, a CSV of effects per token class and layer, and the edit layers they suggest.
+    Trace(trace::TraceArgs),
     /// Benchmarks (JSON on stdout).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -168,6 +172,10 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.unwrap_or_else(|| dirs[0].clone());
             print!("{}", editbench_report::write_report(&runs, &out)?);
             eprintln!("report: {}", out.join("report.md").display());
+        }
+        Command::Trace(args) => {
+            let backend = args.model.backend;
+            print!("{}", backend.run(trace::TraceTask(args))??);
         }
         Command::Bench(cmd) => bench::run(cmd)?,
     }

@@ -80,3 +80,47 @@ fn generate_completes_with_smollm2() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(" Paris"));
 }
+
+#[test]
+fn trace_on_smollm2_writes_effects_heat_maps_and_a_suggestion_and_resumes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "{} is missing: run scripts/fetch_smollm2.sh", model.display());
+    let data = root.join("../shared/data/counterfact/counterfact_dev.json");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("trace");
+    let (model, data, out_s) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["trace", "--model", model, "--dataset", data, "--n", "1", "--kind", "mlp,hidden", "--samples", "2", "--window", "4", "--out", out_s];
+    let first = editbench(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    assert_eq!(read("records.jsonl").lines().count(), 2, "1 record × 2 kinds");
+    let effects = read("effects.csv");
+    assert!(effects.starts_with("kind,subset,class,layer,n,mean_restored,mean_effect,sem_effect\n"), "{effects}");
+    // Every kind has the last subject token's row at each of the 30 layers over all records.
+    for kind in ["mlp", "hidden"] {
+        let rows = effects.lines().filter(|l| l.starts_with(&format!("{kind},all,last subject token,"))).count();
+        assert_eq!(rows, 30, "{kind}");
+    }
+    for stem in ["trace-mlp", "trace-hidden"] {
+        assert!(std::fs::metadata(out.join(format!("{stem}.png"))).unwrap().len() > 5_000);
+        assert!(read(&format!("{stem}.svg")).contains("last subject token"));
+    }
+    let suggestion: serde_json::Value = serde_norway::from_str(&read("suggested-hparams.yaml")).unwrap();
+    let layer = suggestion["memit"]["layer"].as_u64().unwrap();
+    let spread: Vec<u64> = serde_json::from_value(suggestion["memit"]["spread_layers"].clone()).unwrap();
+    assert!(spread.len() == 5 && spread.contains(&layer) && spread.windows(2).all(|w| w[1] == w[0] + 1), "{spread:?} around {layer}");
+
+    // A rerun resumes (nothing traced again, the same effects); other settings are refused.
+    let again = editbench(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(read("records.jsonl").lines().count(), 2);
+    assert_eq!(read("effects.csv"), effects);
+    let other_seed = [&args[..], &["--seed", "2"]].concat();
+    let refused = editbench(&other_seed);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("holds another trace (seed: 1 there, 2 now)"), "{}", stderr(&refused));
+    let zero = editbench(&["trace", "--model", model, "--dataset", data, "--n", "0", "--out", out_s]);
+    assert_eq!(zero.status.code(), Some(1));
+    assert!(stderr(&zero).contains("--n, --samples and --window must be at least 1"), "{}", stderr(&zero));
+}
