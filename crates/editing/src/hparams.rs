@@ -154,8 +154,8 @@ mod d {
     pub fn nullspace() -> f64 {
         2e-2
     }
-    pub fn samples() -> usize {
-        2000
+    pub fn keys_per_dim() -> f64 {
+        10.0
     }
     pub fn max_length() -> usize {
         1024
@@ -192,9 +192,12 @@ impl MethodHparams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsHparams {
-    /// Corpus paragraphs (lines) sampled.
-    #[serde(default = "d::samples")]
-    pub samples: usize,
+    /// Corpus paragraphs (lines) sampled, or `auto`.
+    #[serde(default)]
+    pub samples: Samples,
+    /// With `samples: auto`, keys collected per key dimension `d_in` (`m`).
+    #[serde(default = "d::keys_per_dim")]
+    pub keys_per_dim: f64,
     /// Each paragraph is truncated to this many tokens.
     #[serde(default = "d::max_length")]
     pub max_length: usize,
@@ -211,7 +214,50 @@ pub struct StatsHparams {
 
 impl Default for StatsHparams {
     fn default() -> Self {
-        Self { samples: d::samples(), max_length: d::max_length(), batch_tokens: d::batch_tokens(), seed: 0, sampler: Sampler::default() }
+        Self { samples: Samples::default(), keys_per_dim: d::keys_per_dim(), max_length: d::max_length(), batch_tokens: d::batch_tokens(), seed: 0, sampler: Sampler::default() }
+    }
+}
+
+/// How much of the corpus the key statistics read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Samples {
+    /// The first `n` paragraphs of the sampler's order (the reference: 2,000, spec §2).
+    Count(usize),
+    /// "Minimal precomputation" (arXiv 2506.04226): paragraphs in the sampler's order until the
+    /// statistics hold `keys_per_dim × d_in` keys (tokens), every layer the same.
+    Auto(AutoKeyword),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoKeyword {
+    Auto,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self::Count(2000)
+    }
+}
+
+impl FromStr for Samples {
+    type Err = EditError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto(AutoKeyword::Auto)),
+            n => n.parse().map(Self::Count).map_err(|_| EditError::Input(format!("samples `{n}`: expected a number of paragraphs or `auto`"))),
+        }
+    }
+}
+
+impl fmt::Display for Samples {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Auto(_) => f.write_str("auto"),
+        }
     }
 }
 
@@ -289,6 +335,21 @@ impl FamilyHparams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_a_count_or_auto_and_a_count_keeps_its_old_spelling() {
+        // A count serialises as the bare number it always was, so existing statistics caches stay valid.
+        assert_eq!(serde_json::to_value(Samples::Count(2000)).unwrap(), serde_json::json!(2000));
+        assert_eq!(serde_json::to_value(Samples::Auto(AutoKeyword::Auto)).unwrap(), serde_json::json!("auto"));
+        let h: StatsHparams = serde_norway::from_str("samples: auto\nkeys_per_dim: 4").unwrap();
+        assert_eq!((h.samples, h.keys_per_dim), (Samples::Auto(AutoKeyword::Auto), 4.0));
+        let h: StatsHparams = serde_norway::from_str("samples: 300").unwrap();
+        assert_eq!((h.samples, h.keys_per_dim), (Samples::Count(300), 10.0));
+        assert!(serde_norway::from_str::<StatsHparams>("samples: all").is_err());
+        assert_eq!("auto".parse::<Samples>().unwrap().to_string(), "auto");
+        assert_eq!("64".parse::<Samples>().unwrap(), Samples::Count(64));
+        assert!("-3".parse::<Samples>().unwrap_err().to_string().contains("expected a number of paragraphs or `auto`"));
+    }
 
     /// Every hyperparameter file the project ships parses, and its layers fit its model's depth.
     #[test]

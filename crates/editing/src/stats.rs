@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EditError, Result};
-use crate::hparams::{Sampler, StatsHparams};
+use crate::hparams::{Sampler, Samples, StatsHparams};
 use crate::keys::host;
 use editbench_datasets::rng::{PythonRandom, SplitMix64};
 
@@ -114,12 +114,15 @@ impl StatsSource {
         Ok(layers
             .iter()
             .map(|layer| {
-                serde_json::json!({
+                let mut key = serde_json::json!({
                     "version": CACHE_VERSION, "model_sha256": model_hash, "layer": layer, "corpus_sha256": corpus_hash,
                     "samples": self.hparams.samples, "max_length": self.hparams.max_length, "seed": self.hparams.seed,
                     "sampler": self.hparams.sampler.to_string(), "accumulation": "f64",
-                })
-                .to_string()
+                });
+                if matches!(self.hparams.samples, Samples::Auto(_)) {
+                    key["keys_per_dim"] = self.hparams.keys_per_dim.into();
+                }
+                key.to_string()
             })
             .collect())
     }
@@ -204,15 +207,17 @@ pub fn paragraphs(corpus: &Path) -> Result<Vec<String>> {
     Ok(texts)
 }
 
-/// Indices of the paragraphs the statistics read, in the sampler's order: a shuffle of all
-/// `n` indices, the first `samples` of it.
+/// Indices of the paragraphs the statistics may read, in the sampler's order: a shuffle of all
+/// `n` indices, the first `samples` of it (all of it with `samples: auto`, which stops on its own).
 pub fn sampled_indices(n: usize, h: &StatsHparams) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     match h.sampler {
         Sampler::Seeded => SplitMix64::new(h.seed).shuffle(&mut order),
         Sampler::Reference => PythonRandom::new(REFERENCE_SAMPLER_SEED).shuffle(&mut order),
     }
-    order.truncate(h.samples);
+    if let Samples::Count(samples) = h.samples {
+        order.truncate(samples);
+    }
     order
 }
 
@@ -225,13 +230,24 @@ fn sampled_paragraphs<B: Backend>(model: &LanguageModel<B>, corpus: &Path, h: &S
     let lines: Vec<&str> = sampled_indices(texts.len(), h).into_iter().map(|i| texts[i].as_str()).collect();
     let tokenizer = model.tokenizer()?;
     let max_length = h.max_length.min(model.dims.max_positions);
-    let mut seqs = lines
-        .iter()
-        .map(|l| tokenizer.encode(l).map(|mut ids| {
-            ids.truncate(max_length);
-            ids
-        }))
-        .collect::<editbench_models::Result<Vec<_>>>()?;
+    // With `auto`, paragraphs are taken in order until the keys wanted are there.
+    let wanted = match h.samples {
+        Samples::Count(_) => usize::MAX,
+        Samples::Auto(_) => (h.keys_per_dim * model.dims.intermediate_size as f64).ceil() as usize,
+    };
+    let (mut seqs, mut tokens) = (Vec::new(), 0);
+    for line in &lines {
+        if tokens >= wanted {
+            break;
+        }
+        let mut ids = tokenizer.encode(line)?;
+        ids.truncate(max_length);
+        tokens += ids.len();
+        seqs.push(ids);
+    }
+    if tokens < wanted && wanted != usize::MAX {
+        tracing::warn!("{}: the whole corpus gives {tokens} keys, fewer than the {wanted} `samples: auto` wants", corpus.display());
+    }
     seqs.sort_by_key(|s| std::cmp::Reverse(s.len()));
     Ok(seqs)
 }
@@ -373,11 +389,11 @@ mod tests {
 
     #[test]
     fn the_reference_sampler_visits_paragraphs_in_the_official_order() {
-        let h = StatsHparams { samples: 2000, sampler: Sampler::Reference, ..StatsHparams::default() };
+        let h = StatsHparams { samples: Samples::Count(2000), sampler: Sampler::Reference, ..StatsHparams::default() };
         let order = sampled_indices(10_033, &h);
         assert_eq!(order.len(), 2000);
         assert_eq!(order[..10], [5820, 5297, 5591, 7577, 9552, 6372, 563, 1527, 4713, 6346]);
-        let seeded = sampled_indices(10_033, &StatsHparams { samples: 2000, ..StatsHparams::default() });
+        let seeded = sampled_indices(10_033, &StatsHparams { samples: Samples::Count(2000), ..StatsHparams::default() });
         assert_ne!(seeded[..10], order[..10]);
     }
 

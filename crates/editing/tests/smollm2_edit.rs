@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use editbench_datasets::{load, DatasetKind, DatasetSource};
 use editbench_editing::context::ContextTemplates;
-use editbench_editing::hparams::{StatsHparams, TemplateKind};
+use editbench_editing::hparams::{Samples, StatsHparams, TemplateKind};
 use editbench_editing::score::continuation_nll;
 use editbench_editing::stats::collect_moments;
 use editbench_editing::{Distribution, EditRequest, EditSession, Editor, FamilyHparams, Method};
@@ -65,7 +65,7 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
 
     let started = Instant::now();
     let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
-    let stats = StatsHparams { samples: 300, ..StatsHparams::default() };
+    let stats = StatsHparams { samples: Samples::Count(300), ..StatsHparams::default() };
     let layer = family.emmet.layer;
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
     eprintln!("statistics: {:.1} s", started.elapsed().as_secs_f64());
@@ -103,7 +103,7 @@ fn spread_over_one_layer_equals_single() {
     let request = counterfact_cases(1).remove(0).request;
     let layer = family.emmet.layer;
     let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
-    let stats = StatsHparams { samples: 100, ..StatsHparams::default() };
+    let stats = StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() };
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
     let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
     let mut edited = Vec::new();
@@ -155,7 +155,7 @@ fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
     let request = counterfact_cases(1).remove(0).request;
     let layer = family.rome.layer;
     let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
-    let c = collect_moments(&model, &[layer], &corpus, &StatsHparams { samples: 100, ..StatsHparams::default() }).unwrap()[&layer].covariance();
+    let c = collect_moments(&model, &[layer], &corpus, &StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() }).unwrap()[&layer].covariance();
     let templates = ContextTemplates::for_method(&model, Method::Rome, TemplateKind::Fixed, 0).unwrap();
     let averaged = keys(&model, std::slice::from_ref(&request), &templates, layer).unwrap();
     let bare = keys(&model, std::slice::from_ref(&request), &ContextTemplates::bare(), layer).unwrap();
@@ -227,4 +227,24 @@ fn mpes_stops_the_search_once_the_target_ranks_first() {
     eprintln!("Adam steps: full {:?}, MPES {:?}; loss {:?} vs {:?}", full.steps, early.steps, full.loss, early.loss);
     assert!(early.steps.iter().zip(&full.steps).all(|(e, f)| e <= f));
     assert!(early.steps.iter().sum::<usize>() < full.steps.iter().sum::<usize>(), "MPES saved no step");
+}
+
+#[test]
+fn auto_samples_stop_once_the_statistics_hold_keys_per_dim_times_d_in_keys() {
+    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
+    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let d = model.dims.intermediate_size as u64;
+    let auto = |keys_per_dim| StatsHparams { samples: Samples::Auto(editbench_editing::hparams::AutoKeyword::Auto), keys_per_dim, ..StatsHparams::default() };
+    let one = collect_moments(&model, &[2], &corpus, &auto(1.0)).unwrap()[&2].count;
+    let two = collect_moments(&model, &[2], &corpus, &auto(2.0)).unwrap()[&2].count;
+    // At least m · d_in keys, and no more than one paragraph (≤ max_length tokens) beyond.
+    assert!(one >= d && one < d + 1024, "{one} keys for m = 1, d_in = {d}");
+    assert!(two >= 2 * d && two < 2 * d + 1024 && two > one, "{two} keys for m = 2");
+    // The cache tells m apart; a count's cache key is what it was before `auto` existed.
+    let source = |h| editbench_editing::stats::StatsSource { corpus: corpus.clone(), hparams: h, cache_dir: None };
+    let keys = |h| source(h).cache_keys(&model, &[2]).unwrap().remove(0);
+    assert_ne!(keys(auto(1.0)), keys(auto(2.0)));
+    assert!(keys(auto(1.0)).contains("\"samples\":\"auto\"") && keys(StatsHparams::default()).contains("\"samples\":2000"));
+    assert!(!keys(StatsHparams::default()).contains("keys_per_dim"), "a count's cache key is unchanged");
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, Tensor};
 use clap::Subcommand;
 use editbench_editing::context::ContextTemplates;
 use editbench_editing::keys::Activation;
-use editbench_editing::hparams::{StatsHparams, TemplateKind};
+use editbench_editing::hparams::{Samples, StatsHparams, TemplateKind};
 use editbench_editing::solver::{preservation_memorization_update, Memorization};
 use editbench_editing::stats::{collect_moments, gram_flops_per_key};
 use editbench_editing::targets::target_values;
@@ -51,9 +51,12 @@ pub enum BenchCommand {
         /// Text corpus, one paragraph per line (`scripts/fetch_corpus.sh`).
         #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
         corpus: PathBuf,
-        /// Paragraphs read.
-        #[arg(long, default_value_t = 500)]
-        samples: usize,
+        /// Paragraphs read, or `auto` (until `--keys-per-dim` × d_in keys).
+        #[arg(long, default_value = "500")]
+        samples: Samples,
+        /// Keys per key dimension for `--samples auto`.
+        #[arg(long, default_value_t = 10.0)]
+        keys_per_dim: f64,
         #[command(flatten)]
         out: Out,
     },
@@ -130,7 +133,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Forward { model, batch, seq_len, repeats, out } => {
             (with_backend(&model, ForwardBench { path: model.model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
         }
-        BenchCommand::Stats { model, layers, corpus, samples, out } => (with_backend(&model, StatsBench { path: model.model.clone(), layers, corpus, samples })?, out),
+        BenchCommand::Stats { model, layers, corpus, samples, keys_per_dim, out } => {
+            (with_backend(&model, StatsBench { path: model.model.clone(), layers, corpus, hparams: StatsHparams { samples, keys_per_dim, ..StatsHparams::default() } })?, out)
+        }
         BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, mpes, out } => {
             (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
         }
@@ -240,16 +245,15 @@ struct StatsBench {
     path: PathBuf,
     layers: Vec<usize>,
     corpus: PathBuf,
-    samples: usize,
+    hparams: StatsHparams,
 }
 
 impl BackendTask for StatsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = load::<B>(&self.path, &device)?;
-        let hparams = StatsHparams { samples: self.samples, ..StatsHparams::default() };
         let started = Instant::now();
-        let moments = collect_moments(&model, &self.layers, &self.corpus, &hparams)?;
+        let moments = collect_moments(&model, &self.layers, &self.corpus, &self.hparams)?;
         let seconds = started.elapsed().as_secs_f64();
         let tokens = moments.values().next().map_or(0, |m| m.count) as f64;
         let d = model.dims;

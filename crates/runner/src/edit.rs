@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use editbench_editing::context::ContextTemplates;
-use editbench_editing::hparams::{Sampler, StatsHparams};
+use editbench_editing::hparams::{Sampler, Samples, StatsHparams};
 use editbench_editing::score::continuation_nll;
 use editbench_editing::stats::StatsSource;
 use editbench_editing::{Distribution, EditRequest, EditSession, Editor, FamilyHparams, Method};
@@ -173,9 +173,13 @@ pub struct StatsArgs {
     /// records with a `text` field.
     #[arg(long, default_value = "data/corpus/wikipedia_paragraphs.txt")]
     pub corpus: PathBuf,
-    /// Paragraphs sampled from the corpus.
-    #[arg(long, default_value_t = 2000)]
-    pub samples: usize,
+    /// Paragraphs sampled from the corpus, or `auto`: paragraphs until the statistics hold
+    /// `--keys-per-dim` × d_in keys ("minimal precomputation", arXiv 2506.04226).
+    #[arg(long, default_value = "2000")]
+    pub samples: Samples,
+    /// Keys per key dimension for `--samples auto`.
+    #[arg(long, default_value_t = 10.0)]
+    pub keys_per_dim: f64,
     /// Each paragraph is truncated to this many tokens.
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
@@ -203,7 +207,7 @@ impl BackendTask for StatsTask {
         }
         let source = StatsSource {
             corpus: a.corpus.clone(),
-            hparams: StatsHparams { samples: a.samples, max_length: a.max_length, sampler: a.sampler, seed: a.seed, ..StatsHparams::default() },
+            hparams: StatsHparams { samples: a.samples, keys_per_dim: a.keys_per_dim, max_length: a.max_length, sampler: a.sampler, seed: a.seed, ..StatsHparams::default() },
             cache_dir: Some(a.cache.clone()),
         };
         let started = Instant::now();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use editbench_datasets::{DatasetKind, Format, Selection};
 use editbench_editing::context::ContextTemplates;
-use editbench_editing::hparams::{Sampler, StatsHparams};
+use editbench_editing::hparams::{Sampler, Samples, StatsHparams};
 use editbench_editing::{Distribution, FamilyHparams, Method, MethodHparams};
 use editbench_models::{BackendKind, ModelDims};
 use serde::{Deserialize, Serialize};
@@ -146,8 +146,12 @@ pub struct DatasetSpec {
 pub struct StatsSpec {
     /// Text corpus: one paragraph per line, or `.jsonl` / `.json` records with a `text` field.
     pub corpus: PathBuf,
+    /// Paragraphs, or `auto` (until `keys_per_dim × d_in` keys); the hparams file's if absent.
     #[serde(default)]
-    pub samples: Option<usize>,
+    pub samples: Option<Samples>,
+    /// Keys per key dimension for `samples: auto`; the hparams file's if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_per_dim: Option<f64>,
     #[serde(default)]
     pub max_length: Option<usize>,
     /// seeded | reference (the official code's paragraph order); the hparams file's if absent.
@@ -252,6 +256,7 @@ impl Plan {
     pub fn stats_hparams(&self, model: usize) -> StatsHparams {
         let mut h = self.families[model].stats.clone();
         h.samples = self.sweep.stats.samples.unwrap_or(h.samples);
+        h.keys_per_dim = self.sweep.stats.keys_per_dim.unwrap_or(h.keys_per_dim);
         h.max_length = self.sweep.stats.max_length.unwrap_or(h.max_length);
         h.sampler = self.sweep.stats.sampler.unwrap_or(h.sampler);
         h
