@@ -134,7 +134,7 @@ fn trace_all<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, a: &Tr
     let path = a.out.join("records.jsonl");
     let mut lines = read_lines(&path)?;
     let done: HashSet<(u64, String)> = lines.iter().map(|l| (l.case_id, l.kind.clone())).collect();
-    let todo = requests.len() * a.kind.len() - done.len().min(requests.len() * a.kind.len());
+    let todo = requests.iter().flat_map(|r| a.kind.iter().map(|k| (r.case_id.unwrap_or_default(), k.name().to_string()))).filter(|p| !done.contains(p)).count();
     let bar = indicatif::ProgressBar::new(todo as u64).with_style(indicatif::ProgressStyle::with_template("trace {pos}/{len} [{elapsed_precise}, eta {eta}] {msg}").expect("valid template"));
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
     let tokenizer = model.tokenizer()?;
@@ -199,10 +199,12 @@ struct EffectRow {
     sem_effect: f64,
 }
 
+/// Writes the outputs of every kind traced so far in the directory (earlier runs' kinds too).
 fn write_outputs(a: &TraceArgs, lines: &[RecordLine], num_layers: usize) -> Result<String> {
+    let kinds: Vec<TraceKind> = TraceKind::ALL.into_iter().filter(|k| lines.iter().any(|l| l.kind == k.name())).collect();
     let mut effects: BTreeMap<(TraceKind, &'static str), Vec<ClassEffect>> = BTreeMap::new();
     let mut rows = Vec::new();
-    for &kind in &a.kind {
+    for &kind in &kinds {
         for (subset, only_known) in [("all", false), ("known", true)] {
             let traced: Vec<TracedPrompt> = lines.iter().filter(|l| l.kind == kind.name() && (!only_known || l.known)).map(RecordLine::traced).collect();
             let e = class_effects(&traced.iter().collect::<Vec<_>>(), num_layers);
@@ -211,7 +213,7 @@ fn write_outputs(a: &TraceArgs, lines: &[RecordLine], num_layers: usize) -> Resu
         }
     }
     write_atomic(&a.out.join("effects.csv"), &crate::output::csv_bytes(&rows, Some(&EFFECT_COLUMNS))?)?;
-    for &kind in &a.kind {
+    for &kind in &kinds {
         heatmap(a, kind, &effects[&(kind, "all")], lines, num_layers)?;
     }
     let summary = summary(a, lines, &effects);
@@ -253,7 +255,7 @@ fn peak(effects: &[ClassEffect], class: TokenClass) -> Option<(usize, f64)> {
 
 fn summary(a: &TraceArgs, lines: &[RecordLine], effects: &BTreeMap<(TraceKind, &'static str), Vec<ClassEffect>>) -> String {
     let mut out = format!("# Causal trace: {} over {} records of {}\n\n", a.model.model.display(), a.n, a.dataset.display());
-    let first_kind: Vec<&RecordLine> = lines.iter().filter(|l| l.kind == a.kind[0].name()).collect();
+    let first_kind: Vec<&RecordLine> = lines.iter().filter(|l| Some(l.kind.as_str()) == lines.first().map(|f| f.kind.as_str())).collect();
     let mean = |f: &dyn Fn(&RecordLine) -> f64| first_kind.iter().map(|l| f(l)).sum::<f64>() / first_kind.len().max(1) as f64;
     let known = first_kind.iter().filter(|l| l.known).count();
     out += &format!(

@@ -116,6 +116,15 @@ fn trace_on_smollm2_writes_effects_heat_maps_and_a_suggestion_and_resumes() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(read("records.jsonl").lines().count(), 2);
     assert_eq!(read("effects.csv"), effects);
+    // Another kind in the same directory adds to it; the outputs cover every kind traced there.
+    let attn: Vec<&str> = args.iter().map(|&a| if a == "mlp,hidden" { "attn" } else { a }).collect();
+    let third = editbench(&attn);
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert_eq!(read("records.jsonl").lines().count(), 3);
+    for kind in ["mlp", "hidden", "attn"] {
+        assert!(read("effects.csv").lines().any(|l| l.starts_with(&format!("{kind},all,last token,29,"))), "{kind}");
+        assert!(out.join(format!("trace-{kind}.svg")).exists());
+    }
     let other_seed = [&args[..], &["--seed", "2"]].concat();
     let refused = editbench(&other_seed);
     assert_eq!(refused.status.code(), Some(1));
