@@ -105,6 +105,9 @@ pub enum BenchCommand {
     /// Every phase (forward, statistics, target search, scoring), each in its own process, in one
     /// JSON beside the official code's figures for the same work (BASELINE.md) and the goals.
     All(crate::bench_all::AllArgs),
+    /// The phases at a model's full width on a checkpoint with few layers (synthetic GPT-J 6B /
+    /// LLaMA-2 7B, `scripts/make_synthetic.py`): load, forward, statistics, target search, solves.
+    Scale(crate::bench_scale::ScaleArgs),
     /// Closed-form solves in f64 on synthetic data: seconds vs batch size.
     Solve {
         /// Key dimension d_in.
@@ -142,6 +145,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
         BenchCommand::All(args) => return crate::bench_all::run(args),
+        BenchCommand::Scale(args) => return crate::bench_scale::run(args),
     };
     let text = serde_json::to_string_pretty(&json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }))?;
     println!("{text}");

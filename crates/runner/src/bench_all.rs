@@ -29,12 +29,12 @@ pub struct AllArgs {
 }
 
 /// One phase: the `bench` subcommand and arguments it runs, and how its figure is read.
-struct Phase {
-    name: &'static str,
-    args: Vec<String>,
+pub(crate) struct Phase {
+    pub name: &'static str,
+    pub args: Vec<String>,
     /// (what is compared, unit, JSON pointer into the phase's result, the reference's figure (same
     /// work, BASELINE.md), goal: at most this many units).
-    measures: Vec<(&'static str, &'static str, &'static str, Option<f64>, Option<f64>)>,
+    pub measures: Vec<(&'static str, &'static str, &'static str, Option<f64>, Option<f64>)>,
 }
 
 /// The official code's statistics for layers 2–6 over 2,000 paragraphs: 70.7 s (layer 4) + 292.0 s.
@@ -130,7 +130,7 @@ fn markdown(rows: &[Value]) -> String {
 }
 
 /// `editbench bench <phase> …` in a child process; its JSON report.
-fn run_phase(exe: &Path, phase: &Phase, out: &Path) -> Result<Value> {
+pub(crate) fn run_phase(exe: &Path, phase: &Phase, out: &Path) -> Result<Value> {
     let status = Command::new(exe)
         .arg("bench")
         .arg(phase.name)
@@ -148,7 +148,7 @@ fn run_phase(exe: &Path, phase: &Phase, out: &Path) -> Result<Value> {
 }
 
 /// The CPU model and thread count, so that numbers from different machines are not compared.
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()));
     let avx512 = cpuinfo.lines().any(|l| l.starts_with("flags") && l.contains(" avx512f"));

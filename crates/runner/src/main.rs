@@ -3,6 +3,7 @@
 mod allocator;
 mod bench;
 mod bench_all;
+mod bench_scale;
 mod edit;
 mod memory;
 mod output;

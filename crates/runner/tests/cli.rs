@@ -133,3 +133,31 @@ fn trace_on_smollm2_writes_effects_heat_maps_and_a_suggestion_and_resumes() {
     assert_eq!(zero.status.code(), Some(1));
     assert!(stderr(&zero).contains("--n, --samples and --window must be at least 1"), "{}", stderr(&zero));
 }
+
+#[test]
+fn bench_scale_runs_every_phase_in_its_own_process_and_writes_the_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "{} is missing: run scripts/fetch_smollm2.sh", model.display());
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    let args = [
+        "bench", "scale", "--model", &path(model), "--hparams", &path(root.join("hparams/smollm2.yaml")),
+        "--records", &path(root.join("data/counterfact/counterfact_dev_sample.json")),
+        "--corpus", &path(root.join("../shared/data/corpus/wikipedia_paragraphs.txt")),
+        "--stats-samples", "4", "--batches", "20,40", "--out", &path(dir.path().to_path_buf()),
+    ];
+    let out = editbench(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scale: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("scale.json")).unwrap()).unwrap();
+    assert_eq!(scale["dims"]["d_mlp"], 1536);
+    for phase in ["forward", "stats", "targets", "solve"] {
+        assert!(scale["reports"][phase]["peak_memory_mb"].as_f64().unwrap() > 100.0, "{phase}");
+    }
+    assert_eq!(scale["reports"]["solve"]["report"]["dim"], 1536);
+    let table = std::fs::read_to_string(dir.path().join("scale.md")).unwrap();
+    assert_eq!(table.lines().count(), 2 + 4 + 2, "{table}");
+    assert!(!table.contains('—'), "every figure was found: {table}");
+    let hparams = std::fs::read_to_string(dir.path().join("hparams-layer0.yaml")).unwrap();
+    assert!(hparams.contains("layer: 0") && !hparams.contains("layer: 4"), "{hparams}");
+}
