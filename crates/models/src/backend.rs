@@ -28,19 +28,34 @@ pub fn concurrent_passes<B: burn::tensor::backend::Backend>(device: &B::Device) 
     }
 }
 
-/// Runs `pass` on every item, `concurrent` items at a time side by side (rayon), and hands each
-/// result to `take` in the items' order, so what `take` accumulates does not depend on which
-/// pass finished first. Stops at the first error.
+/// Runs `pass` on every item, `concurrent` items at a time side by side, and hands each result to
+/// `take` in the items' order, so what `take` accumulates does not depend on which pass finished
+/// first. Stops at the first error.
+///
+/// The passes run on scoped threads of their own, never on rayon's workers: a pass may run an
+/// autodiff backward, which holds its graph's lock while its matrix products wait for rayon
+/// workers, and every backward ends by locking all graphs to free unused nodes. A worker that
+/// ran a pass could block on that lock (or, while waiting inside its own product, steal another
+/// pass and re-enter it), leaving the products without workers: a deadlock, seen when two
+/// threads searched targets at once. Workers here only ever run the products.
 pub fn side_by_side<T: Sync, R: Send, E: Send>(
     items: &[T],
     concurrent: usize,
     pass: impl Fn(&T) -> std::result::Result<R, E> + Sync,
     mut take: impl FnMut(&T, R),
 ) -> std::result::Result<(), E> {
-    use rayon::prelude::*;
     for group in items.chunks(concurrent.max(1)) {
-        let results: Vec<R> = group.par_iter().map(&pass).collect::<std::result::Result<_, E>>()?;
-        group.iter().zip(results).for_each(|(item, result)| take(item, result));
+        let results: Vec<std::result::Result<R, E>> = if group.len() == 1 {
+            vec![pass(&group[0])]
+        } else {
+            std::thread::scope(|s| {
+                let running: Vec<_> = group.iter().map(|item| s.spawn(|| pass(item))).collect();
+                running.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            })
+        };
+        for (item, result) in group.iter().zip(results) {
+            take(item, result?);
+        }
     }
     Ok(())
 }
