@@ -182,7 +182,10 @@ impl<'m, B: Backend> Tracer<'m, B> {
     /// starts at the lowest restored layer (the corrupted runs are the same below it).
     pub fn restored(&self, kind: TraceKind, sets: &[Vec<(usize, usize)>]) -> Result<Vec<f64>> {
         let (t, groups, num_layers) = (self.prompt.ids.len(), sets.len(), self.model.dims.num_layers);
-        let first = sets.iter().flatten().map(|&(_, layer)| layer).min().unwrap_or(num_layers);
+        let mut layers: Vec<usize> = sets.iter().flatten().map(|&(_, layer)| layer).collect();
+        layers.sort_unstable();
+        layers.dedup();
+        let first = layers.first().copied().unwrap_or(num_layers);
         let rows = self.rows();
         let (batch, mut patches) = rows.corrupted(groups)?;
         let start = match first {
@@ -192,9 +195,6 @@ impl<'m, B: Backend> Tracer<'m, B> {
                 Start::After { layer: first - 1, hidden: self.corrupted.layers[&(first - 1)].hidden.clone().repeat_dim(0, groups) }
             }
         };
-        let mut layers: Vec<usize> = sets.iter().flatten().map(|&(_, layer)| layer).collect();
-        layers.sort_unstable();
-        layers.dedup();
         for layer in layers {
             let mut mask = vec![0f32; groups * self.samples * t];
             for (group, set) in sets.iter().enumerate() {

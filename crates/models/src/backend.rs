@@ -32,32 +32,40 @@ pub fn concurrent_passes<B: burn::tensor::backend::Backend>(device: &B::Device) 
 /// `take` in the items' order, so what `take` accumulates does not depend on which pass finished
 /// first. Stops at the first error.
 ///
-/// The passes run on scoped threads of their own, never on rayon's workers: a pass may run an
-/// autodiff backward, which holds its graph's lock while its matrix products wait for rayon
-/// workers, and every backward ends by locking all graphs to free unused nodes. A worker that
-/// ran a pass could block on that lock (or, while waiting inside its own product, steal another
-/// pass and re-enter it), leaving the products without workers: a deadlock, seen when two
-/// threads searched targets at once. Workers here only ever run the products.
+/// Side by side, each pass runs alone in a rayon pool of one thread, so its matrix products run on
+/// that thread: the passes keep one core each busy, and no pass ever waits for a worker that another
+/// pass holds. Passes must not share rayon's global workers: a pass may run an autodiff backward,
+/// which holds its graph's lock while its products wait for workers, and every backward ends by
+/// locking all graphs to free unused nodes; a global worker that ran a pass could block on that lock
+/// (or steal another pass while waiting inside its own product), leaving the products without
+/// workers: a deadlock, seen when two threads searched targets at once. A pass alone runs on the
+/// caller's thread with the global pool's workers for its products.
 pub fn side_by_side<T: Sync, R: Send, E: Send>(
     items: &[T],
     concurrent: usize,
     pass: impl Fn(&T) -> std::result::Result<R, E> + Sync,
     mut take: impl FnMut(&T, R),
 ) -> std::result::Result<(), E> {
+    let pools = one_thread_pools(concurrent.min(items.len()));
     for group in items.chunks(concurrent.max(1)) {
-        let results: Vec<std::result::Result<R, E>> = if group.len() == 1 {
-            vec![pass(&group[0])]
-        } else {
-            std::thread::scope(|s| {
-                let running: Vec<_> = group.iter().map(|item| s.spawn(|| pass(item))).collect();
+        let results: Vec<std::result::Result<R, E>> = match group {
+            [item] => vec![pass(item)],
+            _ => std::thread::scope(|s| {
+                let running: Vec<_> = group.iter().zip(&pools).map(|(item, pool)| s.spawn(|| pool.install(|| pass(item)))).collect();
                 running.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-            })
+            }),
         };
         for (item, result) in group.iter().zip(results) {
             take(item, result?);
         }
     }
     Ok(())
+}
+
+/// `n` rayon pools of one thread each (none when `n` ≤ 1: a lone pass needs none).
+fn one_thread_pools(n: usize) -> Vec<rayon::ThreadPool> {
+    let n = if n > 1 { n } else { 0 };
+    (0..n).map(|i| rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("pass-{i}")).build().expect("a thread for a pass")).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,7 +1,7 @@
 //! The loop every decoder-only architecture shares: embed, run the blocks with the editing hooks,
 //! stop early if asked.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::batch::PromptBatch;
 use crate::hooks::{Hooks, LayerPatches, Patch, Site, Trace};
@@ -77,8 +77,15 @@ fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> Tensor<B, 
 pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks) -> Tensor<B, 3> {
     let Some(at) = &hooks.logits_at else { return x };
     let [b, t, d] = x.dims();
-    let index = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at.iter().map(|&i| i as i64).collect::<Vec<_>>(), [at.len()]), &x.device());
-    x.reshape([b * t, d]).select(0, index).reshape([1, at.len(), d])
+    select_rows(x.reshape([b * t, d]), at.iter().copied()).reshape([1, at.len(), d])
+}
+
+/// The rows `rows` of `table` `[n, d]`, in that order: `[rows.len(), d]`.
+pub(crate) fn select_rows<B: Backend>(table: Tensor<B, 2>, rows: impl ExactSizeIterator<Item = usize>) -> Tensor<B, 2> {
+    let n = rows.len();
+    let index = TensorData::new(rows.map(|i| i as i64).collect::<Vec<_>>(), [n]);
+    let device = table.device();
+    table.select(0, Tensor::<B, 1, Int>::from_data(index, &device))
 }
 
 /// What one pass reads besides its input: the batch, the hooks, the patches.

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::batch::{Padding, PromptBatch, PromptTree};
-use crate::decoder::{KvCache, Pass, Start};
+use crate::decoder::{self, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
 use crate::gpt2::{Gpt2, Gpt2Config, Gpt2HfConfig};
@@ -234,8 +234,7 @@ impl<B: Backend> LanguageModel<B> {
             Architecture::GptJ(m) => m.embedding_table(),
             Architecture::Gpt2(m) => m.embedding_table(),
         };
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &self.device());
-        table.select(0, index)
+        decoder::select_rows(table, ids.iter().map(|&i| i as usize))
     }
 
     /// Extends every sequence token by token (one KV-cached column per step, shorter prompts

@@ -106,7 +106,7 @@ fn manifest<B: burn::tensor::backend::Backend>(a: &TraceArgs, dataset_sha256: &s
     json!({
         "command": "trace",
         "model": a.model.model, "model_sha256": model_sha256,
-        "backend": format!("{:?}", a.model.backend).to_lowercase(), "layers": model.dims.num_layers,
+        "backend": a.model.backend.to_string(), "layers": model.dims.num_layers,
         "dataset": a.dataset, "dataset_sha256": dataset_sha256, "records": a.n,
         "window": a.window, "noise_multiple": a.noise, "embedding_std": unit, "noise_std": a.noise * unit,
         "samples": a.samples, "seed": a.seed,
