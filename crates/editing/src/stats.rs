@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use editbench_models::backend::{concurrent_passes, side_by_side};
-use editbench_models::{Hooks, LanguageModel, Padding};
+use editbench_models::{Hooks, LanguageModel, Padding, WeightDType};
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::{Dtype, TensorView};
@@ -121,6 +121,10 @@ impl StatsSource {
                 });
                 if matches!(self.hparams.samples, Samples::Auto(_)) {
                     key["keys_per_dim"] = self.hparams.keys_per_dim.into();
+                }
+                // Only for half-precision weights, so every f32 cache stays valid.
+                if model.dtype() != WeightDType::F32 {
+                    key["weight_dtype"] = serde_json::json!(model.dtype());
                 }
                 key.to_string()
             })

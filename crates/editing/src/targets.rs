@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use editbench_models::backend::{concurrent_passes, side_by_side};
-use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start};
+use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start, WeightDType};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -473,6 +473,9 @@ impl TargetCache {
         // Only when on, so the keys (and files) of searches without MPES stay as they were.
         if let Some(patience) = h.mpes_patience {
             key["mpes_patience"] = serde_json::json!(patience);
+        }
+        if model.dtype() != WeightDType::F32 {
+            key["weight_dtype"] = serde_json::json!(model.dtype());
         }
         let key = key.to_string();
         let mut chunks: Vec<usize> = indices.iter().filter(|&&i| !self.found.contains_key(&(key.clone(), i))).map(|i| i / self.chunk).collect();

@@ -4,6 +4,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::batch::PromptBatch;
+use crate::dtype::as_f32;
 use crate::hooks::{Hooks, LayerPatches, Patch, Site, Trace};
 
 /// What one transformer block computes for the decoder loop.
@@ -70,7 +71,7 @@ pub(crate) trait Block<B: Backend> {
 fn embed<B: Backend>(table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>) -> Tensor<B, 3> {
     let [b, t] = ids.dims();
     let [_, d] = table.dims();
-    table.select(0, ids.clone().reshape([b * t])).reshape([b, t, d])
+    as_f32(table.select(0, ids.clone().reshape([b * t]))).reshape([b, t, d])
 }
 
 /// The final hidden states `[b, t, d]`, or only those at `hooks.logits_at` as `[1, n, d]`.

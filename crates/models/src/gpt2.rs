@@ -184,8 +184,8 @@ impl<B: Backend> Gpt2<B> {
             _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
         };
         Ok(Self {
-            lm_head: Linear::from_host(&head, None, device),
-            wte: Param::from_tensor(wte.into_tensor(device)),
+            lm_head: Linear::from_host(&head, None, source.weight_dtype(), device),
+            wte: Param::from_tensor(source.weight_dtype().place(wte, device)),
             wpe: Param::from_tensor(fetch(source, &format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?.into_tensor(device)),
             layers,
             ln_f: LayerNorm::load(source, &format!("{prefix}ln_f"), d, c.layer_norm_eps, device)?,

@@ -155,7 +155,7 @@ impl<B: Backend> GptJ<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            wte: Param::from_tensor(fetch(source, "transformer.wte.weight", &[c.vocab_size, d])?.into_tensor(device)),
+            wte: Param::from_tensor(source.weight_dtype().place(fetch(source, "transformer.wte.weight", &[c.vocab_size, d])?, device)),
             layers,
             ln_f: LayerNorm::load(source, "transformer.ln_f", d, c.layer_norm_eps, device)?,
             lm_head: Linear::load(source, "lm_head", [c.vocab_size, d], true, device)?,

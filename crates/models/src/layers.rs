@@ -3,6 +3,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{activation, backend::Backend, Int, Tensor};
 
+use crate::dtype::{as_f32, WeightDType};
 use crate::error::Result;
 use crate::weights::{fetch, HostTensor, TensorSource};
 
@@ -25,7 +26,7 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self> {
         let weight = fetch(source, &format!("{prefix}.weight"), &[d_out, d_in])?;
         let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[d_out])?) } else { None };
-        Ok(Self::from_host(&weight, bias, device))
+        Ok(Self::from_host(&weight, bias, source.weight_dtype(), device))
     }
 
     /// Loads a Hugging Face `Conv1D` (GPT-2): `{prefix}.weight` stored as `[d_in, d_out]`, and
@@ -33,13 +34,13 @@ impl<B: Backend> Linear<B> {
     pub fn load_conv1d(source: &dyn TensorSource, prefix: &str, [d_in, d_out]: [usize; 2], device: &B::Device) -> Result<Self> {
         let weight = fetch(source, &format!("{prefix}.weight"), &[d_in, d_out])?;
         let bias = fetch(source, &format!("{prefix}.bias"), &[d_out])?;
-        Ok(Self { weight: Param::from_tensor(weight.into_tensor(device)), bias: Some(Param::from_tensor(bias.into_tensor(device))) })
+        Ok(Self { weight: Param::from_tensor(source.weight_dtype().place(weight, device)), bias: Some(Param::from_tensor(bias.into_tensor(device))) })
     }
 
-    /// From a Hugging Face `[d_out, d_in]` weight.
-    pub fn from_host(weight: &HostTensor, bias: Option<HostTensor>, device: &B::Device) -> Self {
+    /// From a Hugging Face `[d_out, d_in]` weight, kept in `dtype`.
+    pub fn from_host(weight: &HostTensor, bias: Option<HostTensor>, dtype: WeightDType, device: &B::Device) -> Self {
         Self {
-            weight: Param::from_tensor(weight.transposed().into_tensor(device)),
+            weight: Param::from_tensor(dtype.place(weight.transposed(), device)),
             bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))),
         }
     }
@@ -49,7 +50,7 @@ impl<B: Backend> Linear<B> {
         let d_in = dims[D - 1];
         let [_, d_out] = self.weight.dims();
         let rows = x.shape().num_elements() / d_in;
-        let mut y = x.reshape([rows, d_in]).matmul(self.weight.val());
+        let mut y = x.reshape([rows, d_in]).matmul(as_f32(self.weight.val()));
         if let Some(bias) = &self.bias {
             y = y + bias.val().unsqueeze_dim(0);
         }
@@ -58,12 +59,13 @@ impl<B: Backend> Linear<B> {
         y.reshape(out)
     }
 
-    /// The weight in the paper's orientation, `W ∈ R^{d_out × d_in}` (`v = W k`).
+    /// The weight in the paper's orientation, `W ∈ R^{d_out × d_in}` (`v = W k`), in f32.
     pub fn matrix(&self) -> Tensor<B, 2> {
-        self.weight.val().transpose()
+        as_f32(self.weight.val()).transpose()
     }
 
-    /// Replaces the weight by `w ∈ R^{d_out × d_in}`.
+    /// Replaces the weight by `w ∈ R^{d_out × d_in}`, kept in `w`'s dtype (f32 for an edit: a
+    /// half-precision weight would round a small update away).
     pub fn set_matrix(&mut self, w: Tensor<B, 2>) {
         self.weight = Param::from_tensor(w.transpose());
     }

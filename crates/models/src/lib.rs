@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod batch;
 mod decoder;
+pub mod dtype;
 pub mod error;
 pub mod gguf;
 pub mod gpt2;
@@ -20,6 +21,7 @@ pub mod weights;
 pub use backend::{BackendKind, BackendTask};
 pub use batch::{Padding, PromptBatch, PromptTree};
 pub use decoder::{KvCache, Start};
+pub use dtype::WeightDType;
 pub use error::{ModelError, Result};
 pub use hooks::{Hooks, LayerTrace, Patch, Site, Trace};
 pub use model::{Architecture, LanguageModel, ModelDims};

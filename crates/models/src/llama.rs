@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
+use crate::dtype::as_f32;
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
 use crate::layers::{attention, merge_heads, silu, split_heads, Linear, RmsNorm, RopeScaling, Rotary, RotaryPairing};
@@ -250,8 +251,8 @@ impl<B: Backend> Llama<B> {
             _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
         };
         Ok(Self {
-            lm_head: Linear::from_host(&head, None, device),
-            embed_tokens: Param::from_tensor(embed.into_tensor(device)),
+            lm_head: Linear::from_host(&head, None, source.weight_dtype(), device),
+            embed_tokens: Param::from_tensor(source.weight_dtype().place(embed, device)),
             layers,
             norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
             rotary: Rotary::new(c.head_dim, c.rope_theta, &c.rope_scaling, c.max_position_embeddings, RotaryPairing::Half, device),
@@ -283,7 +284,7 @@ impl<B: Backend> Llama<B> {
 
     /// Every weight under its Hugging Face name and layout (`[d_out, d_in]` for projections).
     pub fn export(&self) -> Result<Vec<(String, HostTensor)>> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), host(self.embed_tokens.val())?)];
+        let mut out = vec![("model.embed_tokens.weight".to_string(), host(as_f32(self.embed_tokens.val()))?)];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), host(l.input_layernorm.weight.val())?));

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::batch::{Padding, PromptBatch, PromptTree};
 use crate::decoder::{self, KvCache, Pass, Start};
+use crate::dtype::{as_f32, WeightDType};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufLlamaSource};
 use crate::gpt2::{Gpt2, Gpt2Config, Gpt2HfConfig};
@@ -18,7 +19,7 @@ use crate::hooks::{Hooks, Patch, Trace};
 use crate::layers::Linear;
 use crate::llama::{Llama, LlamaConfig, LlamaFamily, LlamaHfConfig};
 use crate::tokenizer::TextTokenizer;
-use crate::weights::SafetensorsSource;
+use crate::weights::{InDType, SafetensorsSource};
 
 pub enum Architecture<B: Backend> {
     Llama(Llama<B>),
@@ -64,6 +65,12 @@ pub struct ModelDims {
     pub parameters: u64,
 }
 
+/// The dtype a Hugging Face checkpoint's tensors are all stored in; `None` for a GGUF file or
+/// tensors of mixed types.
+pub fn checkpoint_dtype(path: &Path) -> Result<Option<WeightDType>> {
+    Ok(if path.is_dir() { SafetensorsSource::open(path)?.stored_dtype() } else { None })
+}
+
 impl ModelDims {
     /// The sizes of the model at `path` from its configuration (no weights are read, but the
     /// weight files must be there and their headers whole), so that settings can be checked before
@@ -92,17 +99,26 @@ pub struct LanguageModel<B: Backend> {
     pub dims: ModelDims,
     /// `llama`, `gptj` or `gpt2`.
     pub family: &'static str,
+    dtype: WeightDType,
     pub path: PathBuf,
     tokenizer: Option<Arc<TextTokenizer>>,
 }
 
 impl<B: Backend> LanguageModel<B> {
-    /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors) or a `.gguf` file.
+    /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors) or a `.gguf` file,
+    /// its weights in the default dtype (see [`LanguageModel::load_as`]).
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_as(path, None, device)
+    }
+
+    /// Like [`LanguageModel::load`], the weight matrices and embedding tables kept in `dtype`
+    /// ([`crate::dtype`]). `None`: the dtype the checkpoint's tensors are stored in where the backend
+    /// stores it too (lossless), else f32 — so f32 on the CPU backend and for GGUF files.
+    pub fn load_as(path: &Path, dtype: Option<WeightDType>, device: &B::Device) -> Result<Self> {
         if path.is_dir() {
-            Self::load_hf_dir(path, device)
+            Self::load_hf_dir(path, dtype, device)
         } else if path.extension().is_some_and(|e| e == "gguf") {
-            Self::load_gguf(path, device)
+            Self::load_gguf(path, dtype.unwrap_or_default(), device)
         } else if path.exists() {
             Err(ModelError::Input(format!("{}: expected a Hugging Face checkpoint directory or a .gguf file", path.display())))
         } else {
@@ -110,10 +126,13 @@ impl<B: Backend> LanguageModel<B> {
         }
     }
 
-    fn load_hf_dir(dir: &Path, device: &B::Device) -> Result<Self> {
+    fn load_hf_dir(dir: &Path, dtype: Option<WeightDType>, device: &B::Device) -> Result<Self> {
         // The config first: a directory without one is not a checkpoint, whatever else is missing.
         let config = HfConfig::read(dir)?;
-        let source = SafetensorsSource::open(dir)?;
+        let safetensors = SafetensorsSource::open(dir)?;
+        let stored = safetensors.stored_dtype().filter(|d| d.stored_natively::<B>(device));
+        let dtype = dtype.or(stored).unwrap_or_default();
+        let source = InDType { source: &safetensors, dtype };
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = tokenizer_path.exists().then(|| TextTokenizer::from_file(&tokenizer_path)).transpose()?;
         let (arch, dims, family) = match config {
@@ -121,13 +140,14 @@ impl<B: Backend> LanguageModel<B> {
             HfConfig::GptJ(c) => (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj"),
             HfConfig::Gpt2(c) => (Architecture::Gpt2(Gpt2::load(&c, &source, device)?), c.dims(), "gpt2"),
         };
-        Ok(Self { arch, dims, family, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new) })
+        Ok(Self { arch, dims, family, dtype, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new) }.logged())
     }
 
-    fn load_gguf(path: &Path, device: &B::Device) -> Result<Self> {
+    fn load_gguf(path: &Path, dtype: WeightDType, device: &B::Device) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let c = file.llama_config()?;
-        let source = GgufLlamaSource { file: &file, num_heads: c.num_heads, num_kv_heads: c.num_kv_heads };
+        let gguf = GgufLlamaSource { file: &file, num_heads: c.num_heads, num_kv_heads: c.num_kv_heads };
+        let source = InDType { source: &gguf, dtype };
         let model = Llama::load(&c, &source, device)?;
         let beside = path.with_file_name("tokenizer.json");
         let tokenizer = if beside.exists() {
@@ -141,9 +161,28 @@ impl<B: Backend> LanguageModel<B> {
             arch: Architecture::Llama(model),
             dims: c.dims(),
             family: "llama",
+            dtype,
             path: path.to_path_buf(),
             tokenizer: tokenizer.map(Arc::new),
-        })
+        }
+        .logged())
+    }
+
+    /// Says at load time how the weights are kept.
+    fn logged(self) -> Self {
+        let device = self.device();
+        match self.dtype {
+            WeightDType::F32 => {}
+            d if d.stored_natively::<B>(&device) => tracing::info!("{}: weights kept in {d}", self.path.display()),
+            d => tracing::warn!("{}: this backend cannot store {d}: weights rounded to {d}, kept in f32 (no memory saved)", self.path.display()),
+        }
+        self
+    }
+
+    /// The dtype the weight matrices and embedding tables were loaded in (a layer written by an
+    /// edit is f32 from then on).
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
     }
 
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
@@ -234,7 +273,7 @@ impl<B: Backend> LanguageModel<B> {
             Architecture::GptJ(m) => m.embedding_table(),
             Architecture::Gpt2(m) => m.embedding_table(),
         };
-        decoder::select_rows(table, ids.iter().map(|&i| i as usize))
+        as_f32(decoder::select_rows(table, ids.iter().map(|&i| i as usize)))
     }
 
     /// Extends every sequence token by token (one KV-cached column per step, shorter prompts
@@ -371,6 +410,6 @@ impl<B: AutodiffBackend> LanguageModel<B> {
             Architecture::GptJ(m) => Architecture::GptJ(GptJ::from_inner(m.clone()).no_grad()),
             Architecture::Gpt2(m) => Architecture::Gpt2(Gpt2::from_inner(m.clone()).no_grad()),
         };
-        Self { arch, dims: inner.dims, family: inner.family, path: inner.path.clone(), tokenizer: inner.tokenizer.clone() }
+        Self { arch, dims: inner.dims, family: inner.family, dtype: inner.dtype, path: inner.path.clone(), tokenizer: inner.tokenizer.clone() }
     }
 }

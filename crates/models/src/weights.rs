@@ -12,6 +12,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 
+use crate::dtype::WeightDType;
 use crate::error::{ModelError, Result};
 
 /// A tensor on the host in row-major f32, with its shape as the checkpoint stores it.
@@ -27,6 +28,30 @@ pub trait TensorSource {
     fn path(&self) -> &Path;
     /// The tensor called `name`, or `None` if the checkpoint has none of that name.
     fn get(&self, name: &str) -> Result<Option<HostTensor>>;
+    /// The dtype the weight matrices and embedding tables read from this source are kept in.
+    fn weight_dtype(&self) -> WeightDType {
+        WeightDType::F32
+    }
+}
+
+/// `source` with its weight matrices and embedding tables kept in `dtype`.
+pub struct InDType<'a> {
+    pub source: &'a dyn TensorSource,
+    pub dtype: WeightDType,
+}
+
+impl TensorSource for InDType<'_> {
+    fn path(&self) -> &Path {
+        self.source.path()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<HostTensor>> {
+        self.source.get(name)
+    }
+
+    fn weight_dtype(&self) -> WeightDType {
+        self.dtype
+    }
 }
 
 impl HostTensor {
@@ -126,6 +151,21 @@ impl SafetensorsSource {
             }
         }
         Ok(Self { dir: dir.to_path_buf(), shards, shard_of })
+    }
+
+    /// The dtype every tensor is stored in (`None` if they differ or are not f32, f16 or bf16).
+    pub fn stored_dtype(&self) -> Option<WeightDType> {
+        let mut dtypes = self.shards.iter().flat_map(|s| s.metadata.tensors().into_values().map(|info| info.dtype));
+        let first = dtypes.next()?;
+        if !dtypes.all(|d| d == first) {
+            return None;
+        }
+        match first {
+            Dtype::F32 => Some(WeightDType::F32),
+            Dtype::F16 => Some(WeightDType::F16),
+            Dtype::BF16 => Some(WeightDType::BF16),
+            _ => None,
+        }
     }
 }
 

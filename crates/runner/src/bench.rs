@@ -21,7 +21,7 @@ use editbench_models::{BackendTask, Hooks, Padding};
 use faer::Mat;
 use serde_json::{json, Value};
 
-use crate::{load, ModelArgs};
+use crate::ModelArgs;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -102,6 +102,9 @@ pub enum BenchCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// What half-precision weights change: the logits of f16 and bf16 weights against f32 on a fixed
+    /// random batch (max and mean |Δ|, top-1 agreement, KL), and whether the backend stores them.
+    Dtype(crate::bench_dtype::DtypeArgs),
     /// Every phase (forward, statistics, target search, scoring), each in its own process, in one
     /// JSON beside the official code's figures for the same work (BASELINE.md) and the goals.
     All(crate::bench_all::AllArgs),
@@ -134,16 +137,17 @@ pub struct Out {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     let (report, out) = match cmd {
         BenchCommand::Forward { model, batch, seq_len, repeats, out } => {
-            (with_backend(&model, ForwardBench { path: model.model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
+            (with_backend(&model, ForwardBench { model: model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
         }
         BenchCommand::Stats { model, layers, corpus, samples, keys_per_dim, out } => {
-            (with_backend(&model, StatsBench { path: model.model.clone(), layers, corpus, hparams: StatsHparams { samples, keys_per_dim, ..StatsHparams::default() } })?, out)
+            (with_backend(&model, StatsBench { model: model.clone(), layers, corpus, hparams: StatsHparams { samples, keys_per_dim, ..StatsHparams::default() } })?, out)
         }
         BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, mpes, out } => {
-            (with_backend(&model, TargetsBench { path: model.model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
+            (with_backend(&model, TargetsBench { model: model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
         }
-        BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { path: model.model.clone(), records, n, generation })?, out),
+        BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { model: model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
+        BenchCommand::Dtype(args) => (with_backend(&args.model.clone(), args.task())?, args.out),
         BenchCommand::All(args) => return crate::bench_all::run(args),
         BenchCommand::Scale(args) => return crate::bench_scale::run(args),
     };
@@ -194,8 +198,18 @@ fn gemm_gflops<B: Backend>(m: usize, k: usize, n: usize, device: &B::Device) -> 
     json!({ "m": m, "k": k, "n": n, "seconds": seconds, "gflops_per_second": 2.0 * (m * k * n) as f64 / seconds / 1e9 })
 }
 
+/// A fixed pseudo-random batch of `batch` prompts of `seq_len` tokens (LCG, seed 0).
+pub(crate) fn random_prompts(batch: usize, seq_len: usize, vocab_size: usize) -> Vec<Vec<u32>> {
+    let mut state = 0u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % vocab_size as u64) as u32
+    };
+    (0..batch).map(|_| (0..seq_len).map(|_| next()).collect()).collect()
+}
+
 struct ForwardBench {
-    path: PathBuf,
+    model: ModelArgs,
     batch: usize,
     seq_len: usize,
     repeats: usize,
@@ -205,22 +219,10 @@ impl BackendTask for ForwardBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let started = Instant::now();
-        let model = load::<B>(&self.path, &device)?;
+        let model = self.model.load::<B>(&device)?;
         let load_seconds = started.elapsed().as_secs_f64();
         let dims = model.dims;
-        // A fixed pseudo-random prompt batch (LCG, seed 0): the timing does not depend on content.
-        let mut state = 0u64;
-        let prompts: Vec<Vec<u32>> = (0..self.batch)
-            .map(|_| {
-                (0..self.seq_len)
-                    .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        ((state >> 33) % dims.vocab_size as u64) as u32
-                    })
-                    .collect()
-            })
-            .collect();
-        let batch = model.batch(&prompts, Padding::Right)?;
+        let batch = model.batch(&random_prompts(self.batch, self.seq_len, dims.vocab_size), Padding::Right)?;
         let forward = best_seconds(self.repeats, || {
             let logits = model.forward(&batch, &Hooks::default()).logits.expect("full pass");
             let _ = logits.slice([0..1, 0..1, 0..1]).into_data();
@@ -230,7 +232,7 @@ impl BackendTask for ForwardBench {
         // The GEMM the MLP does at this batch size: [tokens, d_model] × [d_model, d_mlp].
         let gemm = gemm_gflops::<B::InnerBackend>(self.batch * self.seq_len, dims.hidden_size, dims.intermediate_size, &device);
         Ok(json!({
-            "model": self.path.display().to_string(),
+            "model": self.model.model.display().to_string(), "dtype": self.model.dtype.map(|d| d.to_string()),
             "device": <B::InnerBackend as Backend>::name(&device),
             "parameters": dims.parameters,
             "load_seconds": load_seconds,
@@ -246,7 +248,7 @@ impl BackendTask for ForwardBench {
 }
 
 struct StatsBench {
-    path: PathBuf,
+    model: ModelArgs,
     layers: Vec<usize>,
     corpus: PathBuf,
     hparams: StatsHparams,
@@ -255,7 +257,7 @@ struct StatsBench {
 impl BackendTask for StatsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
-        let model = load::<B>(&self.path, &device)?;
+        let model = self.model.load::<B>(&device)?;
         let started = Instant::now();
         let moments = collect_moments(&model, &self.layers, &self.corpus, &self.hparams)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -279,7 +281,7 @@ impl BackendTask for StatsBench {
 }
 
 struct TargetsBench {
-    path: PathBuf,
+    model: ModelArgs,
     records: PathBuf,
     edits: usize,
     single: usize,
@@ -297,7 +299,7 @@ fn counterfact_records(path: &std::path::Path, n: usize) -> Result<Vec<Record>> 
 impl BackendTask for TargetsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
-        let model = load::<B>(&self.path, &device)?;
+        let model = self.model.load::<B>(&device)?;
         let mut h = FamilyHparams::load(&self.hparams)?.emmet;
         h.mpes_patience = self.mpes.or(h.mpes_patience);
         let requests: Vec<EditRequest> = counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
@@ -327,7 +329,7 @@ impl BackendTask for TargetsBench {
 }
 
 struct EvalBench {
-    path: PathBuf,
+    model: ModelArgs,
     records: PathBuf,
     n: usize,
     generation: usize,
@@ -336,7 +338,7 @@ struct EvalBench {
 impl BackendTask for EvalBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
-        let model = load::<B>(&self.path, &device)?;
+        let model = self.model.load::<B>(&device)?;
         let records = counterfact_records(&self.records, self.n)?;
         let sequences: usize = records.iter().map(|r| 2 * (1 + r.paraphrase_prompts.len() + r.neighborhood.len())).sum();
         let t = Instant::now();

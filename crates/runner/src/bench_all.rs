@@ -45,7 +45,7 @@ const REFERENCE_SECONDS_PER_EDIT: f64 = 12.6;
 const REFERENCE_SECONDS_PER_RECORD: f64 = 1.72;
 
 fn phases(a: &AllArgs) -> Vec<Phase> {
-    let model = vec!["--model".into(), a.model.model.display().to_string(), "--backend".into(), a.model.backend.to_string()];
+    let model = a.model.to_args();
     let with = |extra: &[&str]| model.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect::<Vec<_>>();
     let samples = a.stats_samples.to_string();
     let (corpus, records) = (a.corpus.display().to_string(), a.records.display().to_string());
@@ -97,7 +97,7 @@ pub fn run(a: AllArgs) -> Result<()> {
         }
         reports.insert(phase.name.into(), report);
     }
-    let all = json!({ "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "machine": machine(), "phases": rows, "reports": reports });
+    let all = json!({ "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype.map(|d| d.to_string()), "machine": machine(), "phases": rows, "reports": reports });
     let text = serde_json::to_string_pretty(&all)? + "\n";
     crate::output::write_atomic(&a.out.join("all.json"), text.as_bytes())?;
     crate::output::write_atomic(&a.out.join("all.md"), markdown(&rows).as_bytes())?;

@@ -53,8 +53,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     let dims = ModelDims::read(&a.model.model)?;
     let hparams = a.out.join("hparams-layer0.yaml");
     crate::output::write_atomic(&hparams, serde_norway::to_string(&layer_zero_hparams(&a.hparams)?)?.as_bytes())?;
-    let model = [a.model.model.display().to_string(), a.model.backend.to_string()];
-    let with = |extra: Vec<String>| ["--model", &model[0], "--backend", &model[1]].iter().map(|s| s.to_string()).chain(extra).collect::<Vec<_>>();
+    let with = |extra: Vec<String>| a.model.to_args().into_iter().chain(extra).collect::<Vec<_>>();
     let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let batches = a.batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let phases = [
@@ -74,7 +73,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         reports.insert(phase.name.into(), run_phase(&exe, phase, &a.out.join(format!("{}.json", phase.name)))?);
     }
     let all = json!({
-        "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "machine": machine(),
+        "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype.map(|d| d.to_string()), "machine": machine(),
         "dims": { "layers": dims.num_layers, "d_model": dims.hidden_size, "d_mlp": dims.intermediate_size, "vocab": dims.vocab_size, "parameters": dims.parameters },
         "reports": reports,
     });

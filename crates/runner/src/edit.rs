@@ -14,7 +14,7 @@ use editbench_editing::{Distribution, EditRequest, EditSession, Editor, FamilyHp
 use editbench_models::{BackendTask, LanguageModel};
 use serde_json::json;
 
-use crate::{load, ModelArgs};
+use crate::ModelArgs;
 
 #[derive(clap::Args)]
 pub struct EditArgs {
@@ -104,7 +104,7 @@ impl BackendTask for EditTask {
         if let Some(dir) = a.save.as_ref().filter(|d| d.exists() && std::fs::read_dir(d).map_or(true, |mut e| e.next().is_some())) {
             anyhow::bail!("--save {}: the directory exists and is not empty; give a new one", dir.display());
         }
-        let mut model = load::<B>(&a.model.model, &device)?;
+        let mut model = a.model.load::<B>(&device)?;
         family.check_layers(model.dims.num_layers)?;
         let request = EditRequest { case_id: None, prompt: a.prompt.clone(), subject: a.subject.clone(), target_new: a.target.clone(), target_true: a.true_target.clone() };
         request.check()?;
@@ -201,7 +201,7 @@ impl BackendTask for StatsTask {
     type Output = Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
         let a = self.0;
-        let model = load::<B>(&a.model.model, &device)?;
+        let model = a.model.load::<B>(&device)?;
         if let Some(bad) = a.layers.iter().find(|&&l| l >= model.dims.num_layers) {
             anyhow::bail!("layer {bad} is out of range (the model has {} layers)", model.dims.num_layers);
         }

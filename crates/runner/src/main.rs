@@ -3,6 +3,7 @@
 mod allocator;
 mod bench;
 mod bench_all;
+mod bench_dtype;
 mod bench_scale;
 mod edit;
 mod memory;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
-use editbench_models::{BackendKind, BackendTask, LanguageModel};
+use editbench_models::{BackendKind, BackendTask, LanguageModel, WeightDType};
 
 #[derive(Parser)]
 #[command(name = "editbench", version, about = "Knowledge editing (ROME, MEMIT, EMMET) benchmark")]
@@ -34,6 +35,24 @@ struct ModelArgs {
     /// Where the model runs: cpu, wgpu or cuda (the last two need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// The dtype of the weight matrices on the device: f32, f16 or bf16 (default: the checkpoint's
+    /// own where the backend stores it, else f32; the cpu backend rounds f16/bf16 weights, in f32).
+    #[arg(long)]
+    dtype: Option<WeightDType>,
+}
+
+impl ModelArgs {
+    /// Loads the inference (non-autodiff) model of a task's backend.
+    fn load<B: AutodiffBackend>(&self, device: &B::Device) -> Result<LanguageModel<B::InnerBackend>> {
+        LanguageModel::load_as(&self.model, self.dtype, device).with_context(|| format!("loading {}", self.model.display()))
+    }
+
+    /// The arguments that select this model again in a subprocess.
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec!["--model".into(), self.model.display().to_string(), "--backend".into(), self.backend.to_string()];
+        args.extend(self.dtype.iter().flat_map(|d| ["--dtype".to_string(), d.to_string()]));
+        args
+    }
 }
 
 #[derive(Subcommand)]
@@ -136,11 +155,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Logits { model, ids } => {
-            let json = model.backend.run(LogitsTask { path: model.model, ids })??;
+            let json = model.backend.run(LogitsTask { model: model.clone(), ids })??;
             println!("{json}");
         }
         Command::Generate { model, prompt, max_new_tokens } => {
-            let text = model.backend.run(GenerateTask { path: model.model, prompt, max_new_tokens })??;
+            let text = model.backend.run(GenerateTask { model: model.clone(), prompt, max_new_tokens })??;
             println!("{text}");
         }
         Command::Edit(args) => {
@@ -198,26 +217,34 @@ fn memory_plans(plan: &sweep::Plan, limit_gb: Option<f64>) -> Result<String> {
             max_batch: cells.iter().map(|c| c.batch_size).max().unwrap_or(1) as u64,
             stats_tokens: plan.stats_hparams(m).batch_tokens as u64,
             on_cpu,
+            weight_bytes: weight_dtype(spec, on_cpu)?.bytes(),
         };
-        out += &memory::describe(&spec.label(), &memory::plan(&workload), on_cpu, limit_gb);
+        out += &memory::describe(&format!("{} ({})", spec.label(), weight_dtype(spec, on_cpu)?), &memory::plan(&workload), on_cpu, limit_gb);
     }
     Ok(out)
 }
 
-/// Loads the inference (non-autodiff) model of a task's backend.
-fn load<B: AutodiffBackend>(path: &std::path::Path, device: &B::Device) -> Result<LanguageModel<B::InnerBackend>> {
-    LanguageModel::load(path, device).with_context(|| format!("loading {}", path.display()))
+/// The dtype a sweep's model will be kept in: f32 on the cpu backend (which rounds half-precision
+/// weights but stores f32), else the one given or the checkpoint's own.
+fn weight_dtype(spec: &sweep::ModelSpec, on_cpu: bool) -> Result<WeightDType> {
+    if on_cpu {
+        return Ok(WeightDType::F32);
+    }
+    Ok(match spec.dtype {
+        Some(d) => d,
+        None => editbench_models::model::checkpoint_dtype(&spec.path)?.unwrap_or_default(),
+    })
 }
 
 struct LogitsTask {
-    path: PathBuf,
+    model: ModelArgs,
     ids: Vec<u32>,
 }
 
 impl BackendTask for LogitsTask {
     type Output = Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
-        let model = load::<B>(&self.path, &device)?;
+        let model = self.model.load::<B>(&device)?;
         let logits = model.logits(&self.ids)?;
         let shape = logits.dims();
         let values = logits.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -226,7 +253,7 @@ impl BackendTask for LogitsTask {
 }
 
 struct GenerateTask {
-    path: PathBuf,
+    model: ModelArgs,
     prompt: String,
     max_new_tokens: usize,
 }
@@ -234,7 +261,7 @@ struct GenerateTask {
 impl BackendTask for GenerateTask {
     type Output = Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
-        let model = load::<B>(&self.path, &device)?;
+        let model = self.model.load::<B>(&device)?;
         Ok(model.generate(&self.prompt, self.max_new_tokens)?)
     }
 }

@@ -1,5 +1,5 @@
 //! The memory plan `editbench run --dry-run` prints: per model and phase, an estimate of the peak
-//! device and host memory of the largest objects (weights in f32, a statistics pass, the target
+//! device and host memory of the largest objects (weights in their dtype, a statistics pass, the target
 //! search's caches, the solves in f64, scoring's logits), and a warning past a given limit.
 //!
 //! Estimates, not measurements: they count the large buffers named below and nothing else.
@@ -32,6 +32,8 @@ pub struct Workload {
     pub stats_tokens: u64,
     /// On the CPU backend device memory is host memory.
     pub on_cpu: bool,
+    /// Bytes per weight on the device (4 for f32, 2 for f16/bf16).
+    pub weight_bytes: u64,
 }
 
 /// One phase's estimate, in bytes.
@@ -47,7 +49,7 @@ pub struct Phase {
 pub fn plan(w: &Workload) -> Vec<Phase> {
     let d = &w.dims;
     let (dm, ff, v, layers) = (d.hidden_size as u64, d.intermediate_size as u64, d.vocab_size as u64, d.num_layers as u64);
-    let weights = d.parameters * F32;
+    let weights = d.parameters * w.weight_bytes;
     // A statistics pass: per token the residual stream (3 × d) and the MLP's gate/up/act (3 × d_ff),
     // the captured keys of each edited layer, and the d_ff × d_ff Gram of a batch per layer.
     let stats_device = w.stats_tokens * (3 * dm + 3 * ff) * F32 + w.edited_layers * (w.stats_tokens * ff + ff * ff) * F32;
@@ -62,7 +64,7 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
     let solve_host = covariances + 2 * ff * ff * F64 + (2 * ff + dm) * b * F64 + 2 * b * b * F64;
     let score_device = 2 * SCORED_TOKENS * v * F32;
     let host = |device: u64, own: u64| if w.on_cpu { device + own } else { own };
-    let largest_tensor = v * dm * F32;
+    let largest_tensor = v * dm * w.weight_bytes;
     vec![
         Phase { name: "weights", device: weights, host: if w.on_cpu { weights } else { largest_tensor } },
         Phase { name: "statistics", device: weights + stats_device, host: host(weights + stats_device, covariances) },
@@ -74,7 +76,7 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
 
 /// The plan as text, with a warning for every phase past `limit_gb` (device and host alike).
 pub fn describe(label: &str, phases: &[Phase], on_cpu: bool, limit_gb: Option<f64>) -> String {
-    let mut out = format!("memory plan for {label} (estimates, f32 weights{}):\n", if on_cpu { "; cpu: device memory is host memory" } else { "" });
+    let mut out = format!("memory plan for {label} (estimates{}):\n", if on_cpu { "; cpu: device memory is host memory" } else { "" });
     for p in phases {
         out += &format!("  {:<18} device {:>8.2} GB   host {:>8.2} GB\n", p.name, p.device as f64 / GB, p.host as f64 / GB);
     }
@@ -99,7 +101,7 @@ mod tests {
     /// Every phase against numbers worked out by hand for d = 4, d_ff = 8, V = 10, 2 layers.
     #[test]
     fn the_arithmetic_matches_hand_computed_cases() {
-        let w = Workload { dims: dims(), edited_layers: 1, max_batch: 3, stats_tokens: 5, on_cpu: false };
+        let w = Workload { dims: dims(), edited_layers: 1, max_batch: 3, stats_tokens: 5, on_cpu: false, weight_bytes: 4 };
         let p = plan(&w);
         // Weights: 1,000 parameters × 4 B; host: the largest tensor, 10 × 4 × 4 B.
         assert_eq!(p[0], Phase { name: "weights", device: 4000, host: 160 });
@@ -113,14 +115,18 @@ mod tests {
         // Scoring: logits at 1,024 positions, 2 × 1,024 × 10 × 4.
         assert_eq!(p[4].device, 4000 + 81_920);
         // On the CPU the host holds the device's buffers too.
-        let cpu = plan(&Workload { on_cpu: true, ..w });
+        let cpu = plan(&Workload { on_cpu: true, ..w.clone() });
         assert_eq!(cpu[3].host, 4000 + 2160);
+        // Half-precision weights: 1,000 × 2 B on the device, the largest tensor 10 × 4 × 2 B.
+        let half = plan(&Workload { weight_bytes: 2, ..w });
+        assert_eq!(half[0], Phase { name: "weights", device: 2000, host: 80 });
+        assert_eq!(half[4].device, 2000 + 81_920);
     }
 
     #[test]
     fn a_limit_is_warned_about_per_phase() {
         let big = ModelDims { parameters: 7_000_000_000, intermediate_size: 11008, hidden_size: 4096, vocab_size: 32000, num_layers: 32, max_positions: 4096 };
-        let w = Workload { dims: big, edited_layers: 5, max_batch: 10_000, stats_tokens: 4096, on_cpu: true };
+        let w = Workload { dims: big, edited_layers: 5, max_batch: 10_000, stats_tokens: 4096, on_cpu: true, weight_bytes: 4 };
         let text = describe("llama", &plan(&w), true, Some(24.0));
         assert!(text.contains("warning: weights needs about 28.00 GB, more than --memory 24 GB"), "{text}");
         assert!(!describe("llama", &plan(&w), true, Some(100.0)).contains("warning"));

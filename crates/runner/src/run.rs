@@ -201,7 +201,7 @@ impl BackendTask for SweepTask<'_> {
                 continue;
             }
             let label = spec.label();
-            let mut model = LanguageModel::<B::InnerBackend>::load(&spec.path, &device).with_context(|| format!("loading {}", spec.path.display()))?;
+            let mut model = LanguageModel::<B::InnerBackend>::load_as(&spec.path, spec.dtype, &device).with_context(|| format!("loading {}", spec.path.display()))?;
             let shared_path = opts.out.join("shared").join(format!("{label}.json"));
             let mut seconds: BTreeMap<String, f64> = std::fs::read_to_string(&shared_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
             let mut key = format!("{label}-{}-{}-{}", &self.model_hashes[m][..12], &self.dataset_sha256[..12], self.records.len());

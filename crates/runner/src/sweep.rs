@@ -11,7 +11,7 @@ use editbench_datasets::{DatasetKind, Format, Selection};
 use editbench_editing::context::ContextTemplates;
 use editbench_editing::hparams::{Sampler, Samples, StatsHparams};
 use editbench_editing::{Distribution, FamilyHparams, Method, MethodHparams};
-use editbench_models::{BackendKind, ModelDims};
+use editbench_models::{BackendKind, ModelDims, WeightDType};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 use sha2::{Digest, Sha256};
@@ -117,6 +117,10 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// The model family's hyperparameters (YAML).
     pub hparams: PathBuf,
+    /// The weights' dtype on the device (`f32`, `f16`, `bf16`; default: the checkpoint's own where
+    /// the backend stores it, else f32). Left out of the cell ids when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<WeightDType>,
 }
 
 impl ModelSpec {

@@ -85,7 +85,7 @@ impl BackendTask for TraceTask {
         let data = load(&DatasetSource { kind: DatasetKind::Counterfact, path: a.dataset.clone(), format: None, sha256: None })?;
         ensure!(data.records.len() >= a.n, "{}: {} records, fewer than --n {}", a.dataset.display(), data.records.len(), a.n);
         let requests: Vec<EditRequest> = data.records[..a.n].iter().map(EditRequest::from).collect();
-        let model = crate::load::<B>(&a.model.model, &device)?;
+        let model = a.model.load::<B>(&device)?;
         let tokenizer = model.tokenizer()?;
         let prompts = requests
             .iter()

@@ -46,22 +46,36 @@ fn user_errors_exit_nonzero_with_a_message_and_no_panic() {
     let hparams = concat!(env!("CARGO_MANIFEST_DIR"), "/../../hparams/smollm2.yaml");
     let e2 = [&edit[..], &["--hparams", hparams, "--templates", &bad_templates]].concat();
     let e3 = [&edit[..], &["--hparams", hparams, "--save", &taken]].concat();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["logits", "--model", "/nonexistent/model", "--ids", "1"], "/nonexistent/model: no such file or directory"),
         (&e1[..], "/nonexistent/h.yaml: No such file or directory"),
         (&e2[..], "every template group needs templates, each with exactly one `{}`"),
         (&e3[..], "the directory exists and is not empty; give a new one"),
         (&["logits", "--model", llama, "--ids", "1,999"], "outside the vocabulary"),
         (&["logits", "--model", llama, "--ids", "1", "--backend", "tpu"], "unknown backend `tpu`"),
+        (&["logits", "--model", llama, "--ids", "1", "--dtype", "f8"], "unknown dtype `f8` (expected f32, f16 or bf16)"),
         (&["generate", "--model", llama, "--prompt", "hi"], "no tokenizer.json"),
     ];
     for (args, message) in cases {
         let out = editbench(args);
         let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(if message.contains("backend") { 2 } else { 1 }), "{args:?}: {err}");
+        let usage = message.contains("backend") || message.contains("dtype");
+        assert_eq!(out.status.code(), Some(if usage { 2 } else { 1 }), "{args:?}: {err}");
         assert!(err.contains(message), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn bench_dtype_compares_half_precision_logits_with_f32() {
+    let out = editbench(&["bench", "dtype", "--model", fixture("tiny-gptj").to_str().unwrap(), "--batch", "2", "--seq-len", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = json["report"]["result"]["runs"].as_array().unwrap().clone();
+    let diff = |i: usize| runs[i]["against_f32"]["max_abs_logit_diff"].as_f64().unwrap();
+    assert_eq!(runs.iter().map(|r| r["dtype"].as_str().unwrap()).collect::<Vec<_>>(), ["f32", "f16", "bf16"]);
+    assert!(diff(0) == 0.0 && 0.0 < diff(1) && diff(1) < diff(2), "{runs:?}");
+    assert_eq!(runs[1]["stored_natively"], false, "the CPU backend rounds half floats into f32");
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -55,7 +55,7 @@ fn the_quick_experiment_expands_to_sixteen_cells() {
 fn sweep_files_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let base = read(&root().join("experiments/smollm2-quick.yaml")).replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
-    let cases: [(&str, &str, &str); 13] = [
+    let cases: [(&str, &str, &str); 14] = [
         ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:33:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `eval_every`, `generation`, `overrides`, `eval`\n"),
         ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:31:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
         ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:31:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
@@ -67,6 +67,7 @@ fn sweep_files_are_checked_before_any_work() {
         ("seeds: [0]", "seeds: [0]\nlayers: {single: []}", "bad.yaml:33:1: layers.single must list at least one value (or be left out for the hparams file's)\n"),
         ("{first: 16}", "{first: 8}", "dataset: the selection holds 8 records but n_edits is 16\n"),
         ("backend: cpu", "backend: tpu", "bad.yaml:19:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
+        ("    hparams: hparams/smollm2.yaml ", "    dtype: f8\n    hparams: hparams/smollm2.yaml ", "bad.yaml:18:12: models[0].dtype: unknown variant `f8`, expected one of `f32`, `f16`, `bf16`\n"),
         ("protocol: independent", "protocol: independent\neval_every: 256", "bad.yaml:36:1: eval_every needs protocol: sequential\n"),
         ("protocol: independent", "protocol: sequential\neval_every: 0", "bad.yaml:36:1: eval_every must be at least 1 (edits between scored rounds)\n"),
     ];
