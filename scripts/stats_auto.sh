@@ -20,3 +20,5 @@ run full
 for m in "${ms[@]}"; do
   run "m$m" --set stats.samples=auto --set stats.keys_per_dim="$m"
 done
+runs=(); for m in "${ms[@]}"; do runs+=("$out/smollm2-stats-auto-m$m"); done
+scripts/compare_runs.py "$out/smollm2-stats-auto-full" "${runs[@]}"

@@ -147,7 +147,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         }
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { model: model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
-        BenchCommand::Dtype(args) => (with_backend(&args.model.clone(), args.task())?, args.out),
+        BenchCommand::Dtype(args) => (with_backend(&args.model, args.task())?, args.out),
         BenchCommand::All(args) => return crate::bench_all::run(args),
         BenchCommand::Scale(args) => return crate::bench_scale::run(args),
     };
