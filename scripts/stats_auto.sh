@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs experiments/smollm2-stats-auto.yaml with the full statistics and with `samples: auto` at
-# several m (keys per key dimension), all sharing one target cache; then the reports.
+# several m (keys per key dimension), all sharing one target cache; then the reports and a table
+# of every metric against full (scripts/compare_runs.py).
 #   scripts/stats_auto.sh [OUT_ROOT (default results)] [m ...   (default 2 5 10 20)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
