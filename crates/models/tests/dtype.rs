@@ -2,25 +2,13 @@
 //! (lavapipe in CI) stores f16 as such; either way the logits stay near f32's, and an edited layer
 //! is kept in f32.
 
-use std::path::{Path, PathBuf};
-
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use editbench_models::{LanguageModel, WeightDType};
 
+mod common;
+use common::{fixture, max_abs_diff, values};
+
 type Cpu = editbench_models::backend::Cpu;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 fn load<B: Backend>(name: &str, dtype: WeightDType, device: &B::Device) -> LanguageModel<B> {
     LanguageModel::<B>::load_as(&fixture(name), Some(dtype), device).unwrap()

@@ -1,11 +1,14 @@
 //! Fidelity against Hugging Face transformers: tiny random checkpoints made by
 //! `scripts/make_fixtures.py`, whose golden logits were computed by transformers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use editbench_models::{Hooks, LanguageModel, Padding, PromptTree};
+
+mod common;
+use common::{fixture, max_abs_diff, values};
 
 /// f32 on the CPU backend must reproduce transformers to this absolute tolerance.
 const CPU_TOLERANCE: f32 = 1e-4;
@@ -15,10 +18,6 @@ const CPU_TOLERANCE: f32 = 1e-4;
 const WGPU_TOLERANCE: f32 = 2e-4;
 
 type Cpu = editbench_models::backend::Cpu;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
 
 struct Golden {
     sequences: Vec<Vec<u32>>,
@@ -30,15 +29,6 @@ fn golden(dir: &str) -> Golden {
     let sequences = serde_json::from_value(json["sequences"].clone()).unwrap();
     let logits = serde_json::from_value(json["logits"].clone()).unwrap();
     Golden { sequences, logits }
-}
-
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Every golden sequence run alone matches transformers.

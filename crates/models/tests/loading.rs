@@ -2,16 +2,15 @@
 //! the tensor or field) for broken checkpoints.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use editbench_models::gguf::GgufFile;
 use editbench_models::{LanguageModel, ModelError};
 
-type Cpu = editbench_models::backend::Cpu;
+mod common;
+use common::fixture;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+type Cpu = editbench_models::backend::Cpu;
 
 /// A writable copy of a fixture directory.
 fn copy_fixture(name: &str) -> tempfile::TempDir {

@@ -4,15 +4,10 @@ use std::path::{Path, PathBuf};
 
 use editbench_models::LanguageModel;
 
+mod common;
+use common::{fixture, values};
+
 type Cpu = editbench_models::backend::Cpu;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn values(t: burn::tensor::Tensor<Cpu, 2>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
-}
 
 /// Doubles layer `layer`'s edited projection, saves, reloads: the reloaded logits equal the
 /// edited model's.

@@ -232,7 +232,7 @@ impl BackendTask for ForwardBench {
         // The GEMM the MLP does at this batch size: [tokens, d_model] × [d_model, d_mlp].
         let gemm = gemm_gflops::<B::InnerBackend>(self.batch * self.seq_len, dims.hidden_size, dims.intermediate_size, &device);
         Ok(json!({
-            "model": self.model.model.display().to_string(), "dtype": self.model.dtype.map(|d| d.to_string()),
+            "model": self.model.model.display().to_string(), "dtype": self.model.dtype,
             "device": <B::InnerBackend as Backend>::name(&device),
             "parameters": dims.parameters,
             "load_seconds": load_seconds,

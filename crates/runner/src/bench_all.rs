@@ -97,7 +97,7 @@ pub fn run(a: AllArgs) -> Result<()> {
         }
         reports.insert(phase.name.into(), report);
     }
-    let all = json!({ "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype.map(|d| d.to_string()), "machine": machine(), "phases": rows, "reports": reports });
+    let all = json!({ "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype, "machine": machine(), "phases": rows, "reports": reports });
     let text = serde_json::to_string_pretty(&all)? + "\n";
     crate::output::write_atomic(&a.out.join("all.json"), text.as_bytes())?;
     crate::output::write_atomic(&a.out.join("all.md"), markdown(&rows).as_bytes())?;

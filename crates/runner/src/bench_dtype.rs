@@ -57,7 +57,7 @@ impl BackendTask for DtypeBench {
         let rows: Vec<Value> = runs
             .iter()
             .map(|(dtype, stored, seconds, values)| {
-                json!({ "dtype": dtype.to_string(), "stored_natively": stored, "forward_seconds": seconds, "against_f32": compare(reference, values, vocab) })
+                json!({ "dtype": dtype, "stored_natively": stored, "forward_seconds": seconds, "against_f32": compare(reference, values, vocab) })
             })
             .collect();
         Ok(json!({

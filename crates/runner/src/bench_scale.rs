@@ -73,7 +73,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         reports.insert(phase.name.into(), run_phase(&exe, phase, &a.out.join(format!("{}.json", phase.name)))?);
     }
     let all = json!({
-        "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype.map(|d| d.to_string()), "machine": machine(),
+        "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype, "machine": machine(),
         "dims": { "layers": dims.num_layers, "d_model": dims.hidden_size, "d_mlp": dims.intermediate_size, "vocab": dims.vocab_size, "parameters": dims.parameters },
         "reports": reports,
     });
