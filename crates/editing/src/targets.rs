@@ -154,6 +154,7 @@ fn search<B: AutodiffBackend>(
     let v_init = Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner();
     let scored: Vec<(usize, usize)> = l.label_positions.iter().map(|&(row, col, _)| (row, col)).chain(l.kl_rows.iter().copied()).collect();
     let (hooks, order) = logits_hooks(&groups, &place, &l.ranges, &scored);
+    let step_flops = step_pass_flops(&grad_model, &groups, layer, scored.len());
     let n_labels = l.label_positions.len();
     let labels = int_tensor::<B, 2>(l.label_positions.iter().map(|p| p.2 as i64).collect(), [n_labels, 1], &device);
     // The edit of each label; A[e, j] = weight of label j in edit e's NLL.
@@ -215,6 +216,8 @@ fn search<B: AutodiffBackend>(
             break;
         }
         let grads = loss.sum().backward();
+        // Input gradients only (the weights are constants): each product of the step's pass once more.
+        editbench_models::flops::add(step_flops);
         let grad = delta_ad.grad(&grads).expect("δ requires a gradient");
         for (s, &a) in steps.iter_mut().zip(&active) {
             *s += a as usize;
@@ -279,6 +282,17 @@ impl<B: Backend> Group<B> {
         let index = int_tensor(rows.iter().map(|&r| r as i64).collect(), [rows.len()], &model.device());
         Ok(Self { rows, index, cache, hidden, suffixes: batch.suffixes(&ranges)?, at_lookup })
     }
+}
+
+/// Matrix-product FLOPs of one step's pass (the blocks above `layer` on every group's recomputed
+/// tokens, the head at the `scored` positions), as [`editbench_models::flops`] counts them.
+fn step_pass_flops<B: Backend>(model: &LanguageModel<B>, groups: &[Group<B>], layer: usize, scored: usize) -> f64 {
+    let blocks = model.dims.num_layers - layer - 1;
+    let pass = |g: &Group<B>| {
+        let (rows, t) = (g.suffixes.rows(), g.suffixes.width());
+        model.pass_flops(rows * t, g.cache.columns(layer + 1) + t, blocks, 0)
+    };
+    groups.iter().map(pass).sum::<f64>() + model.head_flops(scored)
 }
 
 /// `(group, index in the group)` of each of the layout's `rows`.

@@ -31,6 +31,13 @@ pub struct KvCache<B: Backend> {
     layers: Vec<Option<KeyValues<B>>>,
 }
 
+impl<B: Backend> KvCache<B> {
+    /// Columns held for `layer` (0 when none).
+    pub fn columns(&self, layer: usize) -> usize {
+        self.layers.get(layer).and_then(Option::as_ref).map_or(0, |(k, _)| k.dims()[2])
+    }
+}
+
 /// Where a forward pass begins.
 #[derive(Debug, Clone)]
 pub enum Start<B: Backend> {

@@ -7,6 +7,7 @@ pub mod batch;
 mod decoder;
 pub mod dtype;
 pub mod error;
+pub mod flops;
 pub mod gguf;
 pub mod gpt2;
 pub mod gptj;

@@ -259,11 +259,21 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     fn pass(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
-        match &self.arch {
+        let first = match &start {
+            Start::Tokens => 0,
+            Start::After { layer, .. } => layer + 1,
+        };
+        let past = cache.as_deref().map_or(0, |c| c.columns(first));
+        let trace = match &self.arch {
             Architecture::Llama(m) => m.forward(pass, start, cache),
             Architecture::GptJ(m) => m.forward(pass, start, cache),
             Architecture::Gpt2(m) => m.forward(pass, start, cache),
-        }
+        };
+        let blocks = pass.hooks.stop_after.map_or(self.dims.num_layers, |s| s + 1).saturating_sub(first);
+        let (rows, t) = (pass.batch.rows(), pass.batch.width());
+        let positions = trace.logits.as_ref().map_or(0, |l| l.dims().iter().product::<usize>() / self.dims.vocab_size);
+        crate::flops::add(self.pass_flops(rows * t, past + t, blocks, positions));
+        trace
     }
 
     /// The token embeddings of `ids`, `[t, d_model]` (GPT-2's position embeddings not added).
@@ -328,17 +338,35 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     /// Matrix-multiply FLOPs per token of a forward pass over `t` tokens (a multiply-add counts 2):
-    /// every weight matrix once (all parameters but the embedding table; norms are negligible) plus
-    /// the attention scores and mixing, `2 · 2 · t · d_model` per layer.
+    /// every block's and the head's weights once, plus the attention scores and mixing.
     pub fn matmul_flops_per_token(&self, t: usize) -> f64 {
+        self.dims.num_layers as f64 * self.block_flops(1, t) + self.head_flops(1)
+    }
+
+    /// Matrix-multiply FLOPs of one block on `tokens` tokens that each attend to `context` columns
+    /// (masked ones included, as they are computed): `2 ·` the block's weights `+ 2 · 2 · context ·
+    /// d_model` per token. The block's weights are all parameters but the embedding table and the
+    /// head, shared by the layers (norms, biases, GPT-2's position table: < 1 %).
+    pub fn block_flops(&self, tokens: usize, context: usize) -> f64 {
         let params = match &self.arch {
             Architecture::Llama(m) => m.num_params(),
             Architecture::GptJ(m) => m.num_params(),
             Architecture::Gpt2(m) => m.num_params(),
         };
         let d = &self.dims;
-        let weights = params - d.vocab_size * d.hidden_size;
-        2.0 * weights as f64 + (d.num_layers * 4 * t * d.hidden_size) as f64
+        let block = (params - 2 * d.vocab_size * d.hidden_size) as f64 / d.num_layers as f64;
+        tokens as f64 * (2.0 * block + 4.0 * (context * d.hidden_size) as f64)
+    }
+
+    /// Matrix-multiply FLOPs of a pass of `tokens` tokens attending to `context` columns through
+    /// `blocks` blocks, with logits at `positions` positions (what [`crate::flops`] counts).
+    pub fn pass_flops(&self, tokens: usize, context: usize, blocks: usize, positions: usize) -> f64 {
+        blocks as f64 * self.block_flops(tokens, context) + self.head_flops(positions)
+    }
+
+    /// Matrix-multiply FLOPs of the head at `positions` positions: `2 · d_model · vocab` each.
+    pub fn head_flops(&self, positions: usize) -> f64 {
+        2.0 * (positions * self.dims.hidden_size * self.dims.vocab_size) as f64
     }
 
     /// The edited projection of `layer` (LLaMA `mlp.down_proj`, GPT-J `mlp.fc_out`, GPT-2

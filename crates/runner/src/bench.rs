@@ -198,6 +198,26 @@ fn gemm_gflops<B: Backend>(m: usize, k: usize, n: usize, device: &B::Device) -> 
     json!({ "m": m, "k": k, "n": n, "seconds": seconds, "gflops_per_second": 2.0 * (m * k * n) as f64 / seconds / 1e9 })
 }
 
+/// `flops` matrix-product FLOPs in `seconds` against the backend's GEMM rate `gemm` (from
+/// [`gemm_gflops`]): the phase's place under the roofline.
+fn roofline(flops: f64, seconds: f64, gemm: &Value) -> Value {
+    let gflops = flops / seconds / 1e9;
+    json!({ "gflops": flops / 1e9, "gflops_per_second": gflops, "fraction_of_gemm_peak": gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN) })
+}
+
+/// `f()`, its wall time and the matrix-product FLOPs it executed ([`editbench_models::flops`]).
+fn measured<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let (flops, t) = (editbench_models::flops::executed(), Instant::now());
+    let out = f();
+    (out, t.elapsed().as_secs_f64(), editbench_models::flops::executed() - flops)
+}
+
+/// The backend's f32 GEMM rate at the MLP's shape for 1,024 tokens, `[1024, d_model] × [d_model,
+/// d_mlp]`: the peak the phases are compared with.
+fn mlp_gemm<B: Backend>(dims: &editbench_models::ModelDims, device: &B::Device) -> Value {
+    gemm_gflops::<B>(1024, dims.hidden_size, dims.intermediate_size, device)
+}
+
 /// A fixed pseudo-random batch of `batch` prompts of `seq_len` tokens (LCG, seed 0).
 pub(crate) fn random_prompts(batch: usize, seq_len: usize, vocab_size: usize) -> Vec<Vec<u32>> {
     let mut state = 0u64;
@@ -258,25 +278,23 @@ impl BackendTask for StatsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = self.model.load::<B>(&device)?;
-        let started = Instant::now();
-        let moments = collect_moments(&model, &self.layers, &self.corpus, &self.hparams)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let tokens = moments.values().next().map_or(0, |m| m.count) as f64;
+        let (moments, seconds, passes) = measured(|| collect_moments(&model, &self.layers, &self.corpus, &self.hparams));
+        let tokens = moments?.values().next().map_or(0, |m| m.count) as f64;
         let d = model.dims;
-        let top = self.layers.iter().max().copied().unwrap_or(0) + 1;
-        // Blocks up to the highest layer (typical paragraph length ~128 tokens), plus the Gram
-        // products' FLOPs per token and layer.
-        let head = 2.0 * (d.hidden_size * d.vocab_size) as f64;
-        let per_block = (model.matmul_flops_per_token(128) - head) / d.num_layers as f64;
-        let flops = tokens * (top as f64 * per_block + self.layers.len() as f64 * gram_flops_per_key(d.intermediate_size));
+        // The passes (up to the highest layer, padding included) plus the Gram products per key and layer.
+        let flops = passes + tokens * self.layers.len() as f64 * gram_flops_per_key(d.intermediate_size);
         let gemm = gemm_gflops::<B::InnerBackend>(4096, d.hidden_size, d.intermediate_size, &device);
-        let gflops = flops / seconds / 1e9;
-        Ok(json!({
-            "layers": self.layers, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "gflops_per_second": gflops,
-            "fraction_of_gemm_peak": gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN),
-            "gemm": gemm,
-        }))
+        let mut out = json!({ "layers": self.layers, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds });
+        merge(&mut out, roofline(flops, seconds, &gemm));
+        out["gemm"] = gemm;
+        Ok(out)
+    }
+}
+
+/// `extra`'s fields added to the object `out`.
+fn merge(out: &mut Value, extra: Value) {
+    if let (Some(out), Value::Object(extra)) = (out.as_object_mut(), extra) {
+        out.extend(extra);
     }
 }
 
@@ -305,25 +323,32 @@ impl BackendTask for TargetsBench {
         let requests: Vec<EditRequest> = counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
         let kind = if self.fixed_templates { TemplateKind::Fixed } else { h.templates };
         let templates = ContextTemplates::for_method(&model, Method::Emmet, kind, h.template_seed)?;
-        let time = |batch: &[EditRequest]| -> Result<(f64, usize)> {
-            let t = Instant::now();
-            let targets = target_values::<B>(&model, batch, &templates, h.layer, Activation::Hidden, &h)?;
-            Ok((t.elapsed().as_secs_f64(), targets.steps.iter().sum()))
+        // (seconds, Adam steps, FLOPs: forward passes counted, backward ones as their forward's).
+        let time = |batch: &[EditRequest]| -> Result<(f64, usize, f64)> {
+            let (targets, seconds, flops) = measured(|| target_values::<B>(&model, batch, &templates, h.layer, Activation::Hidden, &h));
+            Ok((seconds, targets?.steps.iter().sum(), flops))
         };
-        let mut single = (0.0, 0);
+        let mut single = (0.0, 0, 0.0);
         for request in requests.iter().take(self.single) {
-            let (s, steps) = time(std::slice::from_ref(request))?;
-            single = (single.0 + s, single.1 + steps);
+            let (s, steps, flops) = time(std::slice::from_ref(request))?;
+            single = (single.0 + s, single.1 + steps, single.2 + flops);
         }
         let batched = time(&requests)?;
+        let gemm = mlp_gemm::<B::InnerBackend>(&model.dims, &device);
+        let summary = |(seconds, steps, flops): (f64, usize, f64), edits: f64| {
+            let mut out = json!({ "edits": edits, "seconds_per_edit": seconds / edits, "adam_steps_per_edit": steps as f64 / edits });
+            merge(&mut out, roofline(flops, seconds, &gemm));
+            out
+        };
         let n_single = self.single.min(requests.len()).max(1) as f64;
         Ok(json!({
             "edits": requests.len(),
             "mpes_patience": h.mpes_patience,
             "templates": templates.groups,
-            "one_at_a_time": { "edits": n_single, "seconds_per_edit": single.0 / n_single, "adam_steps_per_edit": single.1 as f64 / n_single },
-            "batched": { "edits": requests.len(), "seconds_per_edit": batched.0 / requests.len() as f64, "adam_steps_per_edit": batched.1 as f64 / requests.len() as f64 },
+            "one_at_a_time": summary(single, n_single),
+            "batched": summary(batched, requests.len() as f64),
             "speedup_per_edit": (single.0 / n_single) / (batched.0 / requests.len() as f64),
+            "gemm": gemm,
         }))
     }
 }
@@ -341,9 +366,11 @@ impl BackendTask for EvalBench {
         let model = self.model.load::<B>(&device)?;
         let records = counterfact_records(&self.records, self.n)?;
         let sequences: usize = records.iter().map(|r| 2 * (1 + r.paraphrase_prompts.len() + r.neighborhood.len())).sum();
-        let t = Instant::now();
-        let rows = counterfact_rows(&model, &records, Stage::Pre)?;
-        let scoring = t.elapsed().as_secs_f64();
+        let (rows, scoring, flops) = measured(|| counterfact_rows(&model, &records, Stage::Pre));
+        let rows = rows?;
+        let gemm = mlp_gemm::<B::InnerBackend>(&model.dims, &device);
+        let mut scored = json!({ "sequences": sequences, "seconds": scoring, "seconds_per_record": scoring / records.len() as f64, "sequences_per_second": sequences as f64 / scoring });
+        merge(&mut scored, roofline(flops, scoring, &gemm));
         let summary: serde_json::Map<String, Value> = summarize(&rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
         let tested = &records[..self.generation.min(records.len())];
         let t = Instant::now();
@@ -352,7 +379,8 @@ impl BackendTask for EvalBench {
         let texts: usize = tested.iter().map(|r| r.generation_prompts.len()).sum();
         Ok(json!({
             "records": records.len(),
-            "scoring": { "sequences": sequences, "seconds": scoring, "seconds_per_record": scoring / records.len() as f64, "sequences_per_second": sequences as f64 / scoring },
+            "scoring": scored,
+            "gemm": gemm,
             "pre_metrics": summary,
             "generation": { "records": tested.len(), "texts": texts, "tokens_per_text": GenerationOptions::default().max_len, "seconds": generation_seconds,
                             "seconds_per_record": generation_seconds / tested.len().max(1) as f64, "mean_GE": generation.iter().map(|r| r.value).sum::<f64>() / generation.len().max(1) as f64 * 100.0 },

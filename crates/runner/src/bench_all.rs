@@ -86,12 +86,14 @@ pub fn run(a: AllArgs) -> Result<()> {
         let result = &report["report"]["result"];
         for (what, unit, pointer, reference, goal) in &phase.measures {
             let value = result.pointer(pointer).and_then(Value::as_f64).with_context(|| format!("{}: no {pointer} in its report", phase.name))?;
+            // The measure's rate sits beside it.
+            let scope = result.pointer(&pointer[..pointer.rfind('/').unwrap_or(0)]).unwrap_or(result);
             rows.push(json!({
                 "phase": phase.name, "measure": what, "value": value, "unit": unit,
                 "reference": reference, "speedup_over_reference": reference.map(|r| r / value),
                 "goal_at_most": goal, "goal_met": goal.map(|g| value <= g),
-                "gflops_per_second": result.get("gflops_per_second").or(result.get("model_gflops_per_second")),
-                "fraction_of_gemm_peak": result.get("fraction_of_gemm_peak"),
+                "gflops_per_second": scope.get("gflops_per_second").or(scope.get("model_gflops_per_second")),
+                "fraction_of_gemm_peak": scope.get("fraction_of_gemm_peak"),
                 "peak_memory_mb": report["peak_memory_mb"],
             }));
         }
