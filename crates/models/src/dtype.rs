@@ -15,6 +15,7 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::BackendKind;
 use crate::weights::HostTensor;
 
 /// The dtype weights are kept in on the device.
@@ -48,6 +49,14 @@ impl WeightDType {
     /// kept in f32).
     pub fn stored_natively<B: Backend>(self, device: &B::Device) -> bool {
         self == Self::F32 || B::dtype_usage(device, self.burn()).contains(DTypeUsage::Storage)
+    }
+
+    /// Whether `backend` stores weights of this dtype as such, as far as is known without a device
+    /// (the memory plan's rule; loading asks the device, [`Self::stored_natively`]): f32 everywhere,
+    /// f16 on wgpu (WGSL's `f16`, offered by lavapipe and current GPU drivers) and cuda, bf16 on cuda
+    /// only (WGSL has none). The CPU backend stores no half floats.
+    pub fn stored_on(self, backend: BackendKind) -> bool {
+        matches!((self, backend), (Self::F32, _) | (Self::F16, BackendKind::Wgpu | BackendKind::Cuda) | (Self::BF16, BackendKind::Cuda))
     }
 
     /// `data` rounded to the nearest value of this dtype (ties to even), kept in f32.
@@ -104,6 +113,15 @@ impl FromStr for WeightDType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_cuda_is_known_to_store_bf16_and_the_cpu_no_half_float() {
+        use BackendKind::*;
+        let stored = |d: WeightDType| [Cpu, Wgpu, Cuda].map(|b| d.stored_on(b));
+        assert_eq!(stored(WeightDType::F32), [true, true, true]);
+        assert_eq!(stored(WeightDType::F16), [false, true, true]);
+        assert_eq!(stored(WeightDType::BF16), [false, false, true]);
+    }
 
     #[test]
     fn rounding_keeps_representable_values_and_rounds_to_the_nearest() {

@@ -211,29 +211,29 @@ fn memory_plans(plan: &sweep::Plan, limit_gb: Option<f64>) -> Result<String> {
         let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
         layers.sort_unstable();
         layers.dedup();
+        let (wanted, stored) = weight_dtype(spec, plan.backend)?;
         let workload = memory::Workload {
             dims: editbench_models::ModelDims::read(&spec.path)?,
             edited_layers: layers.len() as u64,
             max_batch: cells.iter().map(|c| c.batch_size).max().unwrap_or(1) as u64,
             stats_tokens: plan.stats_hparams(m).batch_tokens as u64,
             on_cpu,
-            weight_bytes: weight_dtype(spec, on_cpu)?.bytes(),
+            weight_bytes: stored.bytes(),
         };
-        out += &memory::describe(&format!("{} ({})", spec.label(), weight_dtype(spec, on_cpu)?), &memory::plan(&workload), on_cpu, limit_gb);
+        let dtype = if wanted == stored { wanted.to_string() } else { format!("{wanted} rounded, stored as {stored}") };
+        out += &memory::describe(&format!("{} ({dtype})", spec.label()), &memory::plan(&workload), on_cpu, limit_gb);
     }
     Ok(out)
 }
 
-/// The dtype a sweep's model will be kept in: f32 on the cpu backend (which rounds half-precision
-/// weights but stores f32), else the one given or the checkpoint's own.
-fn weight_dtype(spec: &sweep::ModelSpec, on_cpu: bool) -> Result<WeightDType> {
-    if on_cpu {
-        return Ok(WeightDType::F32);
-    }
-    Ok(match spec.dtype {
+/// The dtype a sweep's model asks for (the one given, else the checkpoint's own) and the one its
+/// weights will be stored in on `backend`: the same where the backend stores it, else f32.
+fn weight_dtype(spec: &sweep::ModelSpec, backend: BackendKind) -> Result<(WeightDType, WeightDType)> {
+    let wanted = match spec.dtype {
         Some(d) => d,
         None => editbench_models::model::checkpoint_dtype(&spec.path)?.unwrap_or_default(),
-    })
+    };
+    Ok((wanted, if wanted.stored_on(backend) { wanted } else { WeightDType::F32 }))
 }
 
 struct LogitsTask {

@@ -98,6 +98,12 @@ fn sweep_files_are_checked_before_any_work() {
     assert_eq!(listed, ["1", "5", "9", "13"]);
     // The dry run ends with the memory plan (estimates per phase; arithmetic unit-tested).
     assert!(text.contains("memory plan for smollm2-135m") && text.contains("peak"), "{text}");
+    // Half precision on the cpu backend is rounded and stored in f32, so planned at 4 bytes a weight.
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "models.0.dtype=bf16"]);
+    let half = String::from_utf8_lossy(&o.stdout);
+    assert!(half.contains("memory plan for smollm2-135m (bf16 rounded, stored as f32)"), "{half}");
+    let weights = |plan: &str| plan.lines().find(|l| l.trim_start().starts_with("weights")).unwrap().to_string();
+    assert_eq!(weights(&half), weights(&text));
     // A checkpoint directory without its weights is refused before any work.
     let no_weights = dir.path().join("no-weights");
     std::fs::create_dir_all(&no_weights).unwrap();
