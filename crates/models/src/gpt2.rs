@@ -13,7 +13,7 @@ use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
-use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear};
+use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, OutputHead};
 use crate::weights::{fetch, fetch_optional, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: gpt2`) that matter here; fields that
@@ -126,7 +126,7 @@ pub struct Gpt2<B: Backend> {
     wpe: Param<Tensor<B, 2>>,
     pub layers: Vec<Gpt2Block<B>>,
     ln_f: LayerNorm<B>,
-    lm_head: Linear<B>,
+    lm_head: OutputHead<B>,
     /// `transformer.` for checkpoints saved from `GPT2LMHeadModel`, empty for the original OpenAI
     /// uploads (whose names start at `h.0.`).
     #[module(skip)]
@@ -184,7 +184,7 @@ impl<B: Backend> Gpt2<B> {
             _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
         };
         Ok(Self {
-            lm_head: Linear::from_host(&head, None, source.weight_dtype(), device),
+            lm_head: OutputHead::from_host(head, None, source.weight_dtype(), device),
             wte: Param::from_tensor(source.weight_dtype().place(wte, device)),
             wpe: Param::from_tensor(fetch(source, &format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?.into_tensor(device)),
             layers,

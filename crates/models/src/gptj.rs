@@ -11,7 +11,7 @@ use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
-use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, RopeScaling, Rotary, RotaryPairing};
+use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, OutputHead, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: gptj`) that matter here.
@@ -113,7 +113,7 @@ pub struct GptJ<B: Backend> {
     wte: Param<Tensor<B, 2>>,
     pub layers: Vec<GptJBlock<B>>,
     ln_f: LayerNorm<B>,
-    lm_head: Linear<B>,
+    lm_head: OutputHead<B>,
     rotary: Rotary<B>,
 }
 
@@ -158,7 +158,7 @@ impl<B: Backend> GptJ<B> {
             wte: Param::from_tensor(source.weight_dtype().place(fetch(source, "transformer.wte.weight", &[c.vocab_size, d])?, device)),
             layers,
             ln_f: LayerNorm::load(source, "transformer.ln_f", d, c.layer_norm_eps, device)?,
-            lm_head: Linear::load(source, "lm_head", [c.vocab_size, d], true, device)?,
+            lm_head: OutputHead::load(source, "lm_head", [c.vocab_size, d], true, device)?,
             rotary: Rotary::new(c.rotary_dim, 10_000.0, &RopeScaling::None, c.max_position_embeddings, RotaryPairing::Interleaved, device),
         })
     }

@@ -46,17 +46,7 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let d_in = dims[D - 1];
-        let [_, d_out] = self.weight.dims();
-        let rows = x.shape().num_elements() / d_in;
-        let mut y = x.reshape([rows, d_in]).matmul(as_f32(self.weight.val()));
-        if let Some(bias) = &self.bias {
-            y = y + bias.val().unsqueeze_dim(0);
-        }
-        let mut out = dims;
-        out[D - 1] = d_out;
-        y.reshape(out)
+        on_rows(x, |x| x.matmul(as_f32(self.weight.val())), self.bias.as_ref())
     }
 
     /// The weight in the paper's orientation, `W ∈ R^{d_out × d_in}` (`v = W k`), in f32.
@@ -68,6 +58,54 @@ impl<B: Backend> Linear<B> {
     /// half-precision weight would round a small update away).
     pub fn set_matrix(&mut self, w: Tensor<B, 2>) {
         self.weight = Param::from_tensor(w.transpose());
+    }
+}
+
+/// `f` applied to `x` `[…, d_in]` as one `[rows, d_in]` matrix, plus `bias` `[d_out]`: `[…, d_out]`.
+fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>, bias: Option<&Param<Tensor<B, 1>>>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let rows = x.shape().num_elements() / dims[D - 1];
+    let mut y = f(x.reshape([rows, dims[D - 1]]));
+    if let Some(bias) = bias {
+        y = y + bias.val().unsqueeze_dim(0);
+    }
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
+/// The output head, `logits = x Eᵀ (+ b)`, its weight `E` kept in the Hugging Face `[vocab,
+/// d_model]` layout. The product then reads `Eᵀ` with unit stride along `d_model`, which the CPU
+/// GEMM kernels use without packing: at the few positions whose logits a target search or scoring
+/// asks for (tens to hundreds), SmolLM2's head (`vocab` 49,152) runs at twice the rate of the
+/// `[d_model, vocab]` layout of [`Linear`], whose 49,152-wide rows are repacked at every product;
+/// at 1,024 positions both run alike (`gemm` 0.19, one and two threads).
+#[derive(Module, Debug)]
+pub struct OutputHead<B: Backend> {
+    /// `E`, `[vocab, d_model]`.
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> OutputHead<B> {
+    /// Loads `{prefix}.weight` (`[vocab, d_model]`) and, if `bias`, `{prefix}.bias`.
+    pub fn load(source: &dyn TensorSource, prefix: &str, [vocab, d]: [usize; 2], bias: bool, device: &B::Device) -> Result<Self> {
+        let weight = fetch(source, &format!("{prefix}.weight"), &[vocab, d])?;
+        let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[vocab])?) } else { None };
+        Ok(Self::from_host(weight, bias, source.weight_dtype(), device))
+    }
+
+    /// From a `[vocab, d_model]` weight (a head's, or a tied one's embeddings), kept in `dtype`.
+    pub fn from_host(weight: HostTensor, bias: Option<HostTensor>, dtype: WeightDType, device: &B::Device) -> Self {
+        Self { weight: Param::from_tensor(dtype.place(weight, device)), bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))) }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        on_rows(x, |x| x.matmul(as_f32(self.weight.val()).transpose()), self.bias.as_ref())
+    }
+
+    /// `E` in f32, `[vocab, d_model]`.
+    pub fn matrix(&self) -> Tensor<B, 2> {
+        as_f32(self.weight.val())
     }
 }
 

@@ -14,7 +14,7 @@ use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::dtype::as_f32;
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
-use crate::layers::{attention, merge_heads, silu, split_heads, Linear, RmsNorm, RopeScaling, Rotary, RotaryPairing};
+use crate::layers::{attention, merge_heads, silu, split_heads, Linear, OutputHead, RmsNorm, RopeScaling, Rotary, RotaryPairing};
 use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: llama`, `mistral` or `qwen2`) that
@@ -188,7 +188,7 @@ pub struct Llama<B: Backend> {
     embed_tokens: Param<Tensor<B, 2>>,
     pub layers: Vec<LlamaBlock<B>>,
     norm: RmsNorm<B>,
-    lm_head: Linear<B>,
+    lm_head: OutputHead<B>,
     rotary: Rotary<B>,
     #[module(skip)]
     config: LlamaConfig,
@@ -251,7 +251,7 @@ impl<B: Backend> Llama<B> {
             _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
         };
         Ok(Self {
-            lm_head: Linear::from_host(&head, None, source.weight_dtype(), device),
+            lm_head: OutputHead::from_host(head, None, source.weight_dtype(), device),
             embed_tokens: Param::from_tensor(source.weight_dtype().place(embed, device)),
             layers,
             norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
