@@ -178,14 +178,15 @@ impl<B: Backend> Gpt2<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let wte = fetch(source, &format!("{prefix}wte.weight"), &[c.vocab_size, d])?;
-        let head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
-            Some(head) if !c.tie_word_embeddings => head,
-            _ if c.tie_word_embeddings => wte.clone(),
+        let wte = Param::from_tensor(source.weight_dtype().place(wte, device));
+        let lm_head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
+            Some(head) if !c.tie_word_embeddings => OutputHead::from_host(head, None, source.weight_dtype(), device),
+            _ if c.tie_word_embeddings => OutputHead::tied(&wte),
             _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
         };
         Ok(Self {
-            lm_head: OutputHead::from_host(head, None, source.weight_dtype(), device),
-            wte: Param::from_tensor(source.weight_dtype().place(wte, device)),
+            lm_head,
+            wte,
             wpe: Param::from_tensor(fetch(source, &format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?.into_tensor(device)),
             layers,
             ln_f: LayerNorm::load(source, &format!("{prefix}ln_f"), d, c.layer_norm_eps, device)?,

@@ -99,6 +99,11 @@ impl<B: Backend> OutputHead<B> {
         Self { weight: Param::from_tensor(dtype.place(weight, device)), bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))) }
     }
 
+    /// A head tied to the token embeddings `[vocab, d_model]`: the same tensor, not a copy.
+    pub fn tied(embeddings: &Param<Tensor<B, 2>>) -> Self {
+        Self { weight: Param::from_tensor(embeddings.val()), bias: None }
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         on_rows(x, |x| x.matmul(as_f32(self.weight.val()).transpose()), self.bias.as_ref())
     }

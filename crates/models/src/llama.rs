@@ -245,14 +245,15 @@ impl<B: Backend> Llama<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let embed = fetch(source, "model.embed_tokens.weight", &[c.vocab_size, d])?;
-        let head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
-            Some(head) if !c.tie_word_embeddings => head,
-            _ if c.tie_word_embeddings => embed.clone(),
+        let embed_tokens = Param::from_tensor(source.weight_dtype().place(embed, device));
+        let lm_head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
+            Some(head) if !c.tie_word_embeddings => OutputHead::from_host(head, None, source.weight_dtype(), device),
+            _ if c.tie_word_embeddings => OutputHead::tied(&embed_tokens),
             _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
         };
         Ok(Self {
-            lm_head: OutputHead::from_host(head, None, source.weight_dtype(), device),
-            embed_tokens: Param::from_tensor(source.weight_dtype().place(embed, device)),
+            lm_head,
+            embed_tokens,
             layers,
             norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
             rotary: Rotary::new(c.head_dim, c.rope_theta, &c.rope_scaling, c.max_position_embeddings, RotaryPairing::Half, device),

@@ -61,7 +61,7 @@ pub struct ModelDims {
     pub vocab_size: usize,
     pub max_positions: usize,
     /// Number of parameters (weights and biases) editbench holds in memory, from the configuration
-    /// (a tied output head is held as its own copy).
+    /// (a tied output head is the embedding tensor itself, so it counts once).
     pub parameters: u64,
 }
 
@@ -395,8 +395,9 @@ impl LlamaConfig {
         let attention = d * q + 2 * d * kv + q * d + if self.attention_bias { q + 2 * kv } else { 0 } + if self.output_bias { d } else { 0 };
         let mlp = 3 * d * ff + if self.mlp_bias { 2 * ff + d } else { 0 };
         let layer = attention + mlp + 2 * d;
-        // A tied output head is loaded as a copy of the embeddings, so it counts here too.
-        let parameters = 2 * v * d + self.num_layers as u64 * layer + d;
+        // The embeddings, and the head unless it is tied to them (then it is the same tensor).
+        let tables = if self.tie_word_embeddings { 1 } else { 2 };
+        let parameters = tables * v * d + self.num_layers as u64 * layer + d;
         // Within a sliding window attention is exact; longer sequences are refused.
         let max_positions = self.sliding_window.map_or(self.max_position_embeddings, |w| w.min(self.max_position_embeddings));
         ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions, parameters }
@@ -418,8 +419,9 @@ impl Gpt2Config {
         let (d, ff, v, p) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64, self.max_position_embeddings as u64);
         // ln_1, ln_2 (weight and bias); c_attn, attn.c_proj, c_fc, mlp.c_proj with biases.
         let layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d);
-        // Token and position embeddings, the head (a copy when tied), ln_f.
-        let parameters = v * d + p * d + v * d + self.num_layers as u64 * layer + 2 * d;
+        // Token and position embeddings, the head unless tied (then it is the token embeddings), ln_f.
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        let parameters = v * d + p * d + head + self.num_layers as u64 * layer + 2 * d;
         ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
     }
 }
