@@ -145,7 +145,6 @@ fn search<B: AutodiffBackend>(
     let device = model.device();
     let l = layout(model, requests, templates)?;
     let (e, d) = (requests.len(), model.dims.hidden_size);
-    let vocab = model.dims.vocab_size;
     let grad_model = LanguageModel::<B>::from_inner(model);
     let groups = group_rows(&l.ranges).into_iter().map(|rows| Group::new(&grad_model, &l, rows, layer, space)).collect::<Result<Vec<_>>>()?;
     let place = places(&groups, l.ranges.len());
@@ -154,16 +153,19 @@ fn search<B: AutodiffBackend>(
     let v_init = Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner();
     let scored: Vec<(usize, usize)> = l.label_positions.iter().map(|&(row, col, _)| (row, col)).chain(l.kl_rows.iter().copied()).collect();
     let (hooks, order) = logits_hooks(&groups, &place, &l.ranges, &scored);
-    let step_flops = step_pass_flops(&grad_model, &groups, layer, scored.len());
-    let n_labels = l.label_positions.len();
-    let labels = int_tensor::<B, 2>(l.label_positions.iter().map(|p| p.2 as i64).collect(), [n_labels, 1], &device);
-    // The edit of each label; A[e, j] = weight of label j in edit e's NLL.
+    let n = scored.len();
+    let step_flops = step_pass_flops(&grad_model, &groups, layer, n);
+    // The logits stay in the groups' order (reordering `[n, vocab]` would copy it forward and back).
+    // Per logits row: its label (0 for a KL row) and A[e, row] = its weight in edit e's NLL (0 for a KL row).
     let label_edit: Vec<usize> = l.label_positions.iter().map(|p| l.edit_of_row[p.0]).collect();
-    let mut assign = vec![0.0f32; e * n_labels];
-    for (j, &edit) in label_edit.iter().enumerate() {
-        assign[edit * n_labels + j] = l.label_weight[j];
+    let (mut row_label, mut assign) = (vec![0i64; n], vec![0.0f32; e * n]);
+    for (j, p) in l.label_positions.iter().enumerate() {
+        row_label[order[j]] = p.2 as i64;
+        assign[label_edit[j] * n + order[j]] = l.label_weight[j];
     }
-    let assign = Tensor::<B, 2>::from_data(TensorData::new(assign, [e, n_labels]), &device);
+    let labels = int_tensor::<B, 2>(row_label, [n, 1], &device);
+    let assign = Tensor::<B, 2>::from_data(TensorData::new(assign, [e, n]), &device);
+    let kl_rows = int_tensor::<B, 1>(order[l.label_positions.len()..].iter().map(|&r| r as i64).collect(), [e], &device);
     let row_edit = int_tensor::<B, 1>(l.edit_of_row.iter().map(|&x| x as i64).collect(), [l.edit_of_row.len()], &device);
 
     let mut delta = Tensor::<B::InnerBackend, 2>::zeros([e, d], &device);
@@ -187,11 +189,10 @@ fn search<B: AutodiffBackend>(
             let logits = grad_model.forward_from(start, &g.suffixes, hooks, Some(&mut g.cache.clone())).logits.expect("full pass");
             logits.squeeze_dim::<2>(0)
         });
-        let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0).select(0, order.clone()), 1);
-        let top = h.mpes_patience.map(|_| label_top(log_probs.clone().inner(), n_labels));
-        let label_lp = log_probs.clone().slice([0..n_labels, 0..vocab]).gather(1, labels.clone());
-        let nll = assign.clone().matmul(label_lp.neg()).reshape([e]);
-        let kl_lp = log_probs.slice([n_labels..n_labels + e, 0..vocab]);
+        let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0), 1);
+        let top = h.mpes_patience.map(|_| log_probs.clone().inner().argmax(1).into_data().iter::<i64>().collect::<Vec<_>>());
+        let nll = assign.clone().matmul(log_probs.clone().gather(1, labels.clone()).neg()).reshape([e]);
+        let kl_lp = log_probs.select(0, kl_rows.clone());
         let reference = kl_reference.get_or_insert_with(|| kl_lp.clone().detach()).clone();
         let kl = (kl_lp.clone().exp() * (kl_lp - reference)).sum_dim(1).reshape([e]) * h.kl_factor;
         // ‖δ‖, with a tiny offset so its gradient at δ = 0 is 0 rather than NaN (as torch.norm's).
@@ -206,7 +207,7 @@ fn search<B: AutodiffBackend>(
             *a &= loss >= LOSS_TARGET;
         }
         if let (Some(patience), Some(top)) = (h.mpes_patience, top) {
-            let correct: Vec<bool> = top.iter().zip(&l.label_positions).map(|(&t, p)| t == p.2 as i64).collect();
+            let correct: Vec<bool> = l.label_positions.iter().enumerate().map(|(j, p)| top[order[j]] == p.2 as i64).collect();
             for (a, stop) in active.iter_mut().zip(mpes_stop(&correct, &label_edit, &mut most_probable_for, patience)) {
                 *a &= !stop;
             }
@@ -230,12 +231,6 @@ fn search<B: AutodiffBackend>(
     let v_init = to_columns(&host(v_init)?, e, d);
     let delta = to_columns(&host(delta)?, e, d);
     Ok(Targets { z: &v_init + &delta, v_init, steps, loss: losses })
-}
-
-/// The most probable token at each of the first `n_labels` rows of `log_probs` (the label rows).
-fn label_top<B: Backend>(log_probs: Tensor<B, 2>, n_labels: usize) -> Vec<i64> {
-    let [_, vocab] = log_probs.dims();
-    log_probs.slice([0..n_labels, 0..vocab]).argmax(1).into_data().iter::<i64>().collect()
 }
 
 /// MPES (arXiv 2502.01636): an edit's search stops once its target was the most probable token at
@@ -343,9 +338,9 @@ fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
 }
 
 /// Per group, the hooks that compute logits at its share of the `scored` `(row, token)` pairs
-/// (rows recomputed from `ranges[row].start`); and `order`, which picks the scored pairs' logits,
-/// in `scored` order, out of the groups' concatenated logits.
-fn logits_hooks<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks>, Tensor<B, 1, Int>) {
+/// (rows recomputed from `ranges[row].start`); and `order`: the row of each scored pair, in `scored`
+/// order, in the groups' concatenated logits.
+fn logits_hooks<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks>, Vec<usize>) {
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     let mut items: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     for (k, &(row, token)) in scored.iter().enumerate() {
@@ -353,13 +348,12 @@ fn logits_hooks<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], range
         at[g].push(i * groups[g].suffixes.width() + token - ranges[row].start);
         items[g].push(k);
     }
-    let mut order = vec![0i64; scored.len()];
+    let mut order = vec![0; scored.len()];
     for (j, &k) in items.iter().flatten().enumerate() {
-        order[k] = j as i64;
+        order[k] = j;
     }
-    let device = groups[0].index.device();
     let hooks = at.into_iter().map(|at| Hooks { logits_at: Some(at), ..Hooks::default() }).collect();
-    (hooks, int_tensor(order, [scored.len()], &device))
+    (hooks, order)
 }
 
 /// `hidden: [rows, t, d]` with row `r` of `deltas: [rows, d]` added at column 0.
