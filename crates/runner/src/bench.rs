@@ -198,11 +198,13 @@ fn gemm_gflops<B: Backend>(m: usize, k: usize, n: usize, device: &B::Device) -> 
     json!({ "m": m, "k": k, "n": n, "seconds": seconds, "gflops_per_second": 2.0 * (m * k * n) as f64 / seconds / 1e9 })
 }
 
-/// `flops` matrix-product FLOPs in `seconds` against the backend's GEMM rate `gemm` (from
-/// [`gemm_gflops`]): the phase's place under the roofline.
-fn roofline(flops: f64, seconds: f64, gemm: &Value) -> Value {
+/// Adds to the object `out` the phase's place under the roofline: `flops` matrix-product FLOPs in
+/// `seconds` against the backend's GEMM rate `gemm` (from [`gemm_gflops`]).
+fn add_roofline(out: &mut Value, flops: f64, seconds: f64, gemm: &Value) {
     let gflops = flops / seconds / 1e9;
-    json!({ "gflops": flops / 1e9, "gflops_per_second": gflops, "fraction_of_gemm_peak": gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN) })
+    out["gflops"] = json!(flops / 1e9);
+    out["gflops_per_second"] = json!(gflops);
+    out["fraction_of_gemm_peak"] = json!(gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN));
 }
 
 /// `f()`, its wall time and the matrix-product FLOPs it executed ([`editbench_models::flops`]).
@@ -285,16 +287,9 @@ impl BackendTask for StatsBench {
         let flops = passes + tokens * self.layers.len() as f64 * gram_flops_per_key(d.intermediate_size);
         let gemm = gemm_gflops::<B::InnerBackend>(4096, d.hidden_size, d.intermediate_size, &device);
         let mut out = json!({ "layers": self.layers, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds });
-        merge(&mut out, roofline(flops, seconds, &gemm));
+        add_roofline(&mut out, flops, seconds, &gemm);
         out["gemm"] = gemm;
         Ok(out)
-    }
-}
-
-/// `extra`'s fields added to the object `out`.
-fn merge(out: &mut Value, extra: Value) {
-    if let (Some(out), Value::Object(extra)) = (out.as_object_mut(), extra) {
-        out.extend(extra);
     }
 }
 
@@ -337,7 +332,7 @@ impl BackendTask for TargetsBench {
         let gemm = mlp_gemm::<B::InnerBackend>(&model.dims, &device);
         let summary = |(seconds, steps, flops): (f64, usize, f64), edits: f64| {
             let mut out = json!({ "edits": edits, "seconds_per_edit": seconds / edits, "adam_steps_per_edit": steps as f64 / edits });
-            merge(&mut out, roofline(flops, seconds, &gemm));
+            add_roofline(&mut out, flops, seconds, &gemm);
             out
         };
         let n_single = self.single.min(requests.len()).max(1) as f64;
@@ -370,7 +365,7 @@ impl BackendTask for EvalBench {
         let rows = rows?;
         let gemm = mlp_gemm::<B::InnerBackend>(&model.dims, &device);
         let mut scored = json!({ "sequences": sequences, "seconds": scoring, "seconds_per_record": scoring / records.len() as f64, "sequences_per_second": sequences as f64 / scoring });
-        merge(&mut scored, roofline(flops, scoring, &gemm));
+        add_roofline(&mut scored, flops, scoring, &gemm);
         let summary: serde_json::Map<String, Value> = summarize(&rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
         let tested = &records[..self.generation.min(records.len())];
         let t = Instant::now();

@@ -169,6 +169,12 @@ fn bench_scale_runs_every_phase_in_its_own_process_and_writes_the_table() {
         assert!(scale["reports"][phase]["peak_memory_mb"].as_f64().unwrap() > 100.0, "{phase}");
     }
     assert_eq!(scale["reports"]["solve"]["report"]["dim"], 1536);
+    // Each model phase reports its counted FLOPs against the same process's GEMM rate.
+    for (phase, at) in [("stats", ""), ("targets", "/batched")] {
+        let result = scale["reports"][phase]["report"]["result"].pointer(at).unwrap().clone();
+        let fraction = result["fraction_of_gemm_peak"].as_f64().unwrap();
+        assert!(result["gflops"].as_f64().unwrap() > 0.0 && fraction > 0.0 && fraction < 2.0, "{phase}: {result}");
+    }
     let table = std::fs::read_to_string(dir.path().join("scale.md")).unwrap();
     assert_eq!(table.lines().count(), 2 + 4 + 2, "{table}");
     assert!(!table.contains('—'), "every figure was found: {table}");
