@@ -13,11 +13,15 @@ const F64: u64 = 8;
 /// Tokens per scoring pass (editing::score), of which logits are computed at the scored ones: about
 /// a quarter for CounterFact (a 1–3-token target after a ~12-token prompt).
 const SCORED_TOKENS: u64 = 4096 / 4;
-/// Edits whose target searches share a pass, prompts per edit, tokens per prompt and scored
-/// positions per prompt (target tokens, the KL position) assumed.
+/// The target search assumed: edits searched at once (on the CPU two passes of 8 side by side),
+/// prompts per edit (10 context templates, the bare prompt, the KL prompt), tokens per prompt,
+/// tokens a step recomputes per prompt (from the subject's last on) and scored positions per prompt
+/// (the target's tokens). Against `bench targets` on SmolLM2 (16 edits): estimate 2.4 GB, measured
+/// peak RSS 2.0 GB.
 const SEARCH_EDITS: u64 = 16;
-const SEARCH_PROMPTS: u64 = 7;
-const SEARCH_TOKENS: u64 = 32;
+const SEARCH_PROMPTS: u64 = 12;
+const SEARCH_TOKENS: u64 = 24;
+const SEARCH_RECOMPUTED: u64 = 4;
 const SEARCH_SCORED: u64 = 3;
 
 /// What a plan is made for.
@@ -54,10 +58,14 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
     // the captured keys of each edited layer, and the d_ff × d_ff Gram of a batch per layer.
     let stats_device = w.stats_tokens * (3 * dm + 3 * ff) * F32 + w.edited_layers * (w.stats_tokens * ff + ff * ff) * F32;
     let covariances = w.edited_layers * ff * ff * F64;
-    // The search keeps every layer's keys and values of its prompts, and one vocabulary row per
-    // scored position for the loss (with its gradient).
-    let search_tokens = SEARCH_EDITS * SEARCH_PROMPTS * SEARCH_TOKENS;
-    let search_device = search_tokens * layers * 2 * dm * F32 + 2 * SEARCH_EDITS * SEARCH_PROMPTS * SEARCH_SCORED * v * F32;
+    // The search keeps every layer's keys and values of its prompts (at d_model: an upper bound under
+    // grouped-query attention); for the backward pass, per recomputed token and layer, the inputs of
+    // the projections and norms and the MLP's three d_ff-wide activations (6 d + 3 d_ff); and four
+    // vocabulary rows per scored position (logits, log-probabilities and their gradients).
+    let rows = SEARCH_EDITS * SEARCH_PROMPTS;
+    let search_device = rows * SEARCH_TOKENS * layers * 2 * dm * F32
+        + rows * SEARCH_RECOMPUTED * layers * (6 * dm + 3 * ff) * F32
+        + 4 * rows * SEARCH_SCORED * v * F32;
     // The solves: C of every edited layer, a d_ff × d_ff system and its factor, keys and residuals,
     // EMMET's C⁻¹K and the B × B system with its factor.
     let b = w.max_batch;
@@ -107,9 +115,10 @@ mod tests {
         assert_eq!(p[0], Phase { name: "weights", device: 4000, host: 160 });
         // Statistics: 5 × (12 + 24) × 4 = 720, keys 5 × 8 × 4 = 160, Gram 64 × 4 = 256; C: 64 × 8.
         assert_eq!(p[1], Phase { name: "statistics", device: 4000 + 720 + 160 + 256, host: 512 });
-        // Search: 16 × 7 × 32 = 3,584 tokens; K/V 3,584 × 2 × 2 × 4 × 4 = 229,376; logits at
-        // 16 × 7 × 3 = 336 positions, 2 × 336 × 10 × 4 = 26,880.
-        assert_eq!(p[2].device, 4000 + 229_376 + 26_880);
+        // Search: 16 × 12 = 192 rows of 24 tokens, K/V 192 × 24 × 2 layers × 2 × 4 × 4 B = 294,912;
+        // backward activations 192 × 4 × 2 × (24 + 24) × 4 = 294,912; four vocabulary rows at
+        // 192 × 3 positions, 4 × 576 × 10 × 4 = 92,160.
+        assert_eq!(p[2].device, 4000 + 294_912 + 294_912 + 92_160);
         // Solve: C 512 + system and factor 1,024 + keys/C⁻¹K/residuals (16 + 4) × 3 × 8 = 480 + B² 2 × 9 × 8 = 144.
         assert_eq!(p[3].host, 512 + 1024 + 480 + 144);
         // Scoring: logits at 1,024 positions, 2 × 1,024 × 10 × 4.
