@@ -14,7 +14,7 @@ use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
 use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, OutputHead};
-use crate::weights::{fetch, fetch_optional, TensorSource};
+use crate::weights::{fetch, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: gpt2`) that matter here; fields that
 /// would change the math and are not implemented are refused by name.
@@ -179,11 +179,7 @@ impl<B: Backend> Gpt2<B> {
             .collect::<Result<Vec<_>>>()?;
         let wte = fetch(source, &format!("{prefix}wte.weight"), &[c.vocab_size, d])?;
         let wte = Param::from_tensor(source.weight_dtype().place(wte, device));
-        let lm_head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
-            Some(head) if !c.tie_word_embeddings => OutputHead::from_host(head, None, source.weight_dtype(), device),
-            _ if c.tie_word_embeddings => OutputHead::tied(&wte),
-            _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
-        };
+        let lm_head = OutputHead::load_or_tie(source, c.tie_word_embeddings, &wte, [c.vocab_size, d], device)?;
         Ok(Self {
             lm_head,
             wte,

@@ -4,8 +4,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{activation, backend::Backend, Int, Tensor};
 
 use crate::dtype::{as_f32, WeightDType};
-use crate::error::Result;
-use crate::weights::{fetch, HostTensor, TensorSource};
+use crate::error::{ModelError, Result};
+use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
 
 /// `y = x W (+ b)`. The weight is kept as `[d_in, d_out]` (the transpose of the Hugging Face
 /// `[d_out, d_in]` layout) so that the forward pass is one contiguous GEMM.
@@ -24,8 +24,7 @@ impl<B: Backend> Linear<B> {
         bias: bool,
         device: &B::Device,
     ) -> Result<Self> {
-        let weight = fetch(source, &format!("{prefix}.weight"), &[d_out, d_in])?;
-        let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[d_out])?) } else { None };
+        let (weight, bias) = fetch_weight_and_bias(source, prefix, [d_out, d_in], bias)?;
         Ok(Self::from_host(&weight, bias, source.weight_dtype(), device))
     }
 
@@ -61,6 +60,13 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// `{prefix}.weight` (`[d_out, d_in]`) and, if `bias`, `{prefix}.bias` (`[d_out]`), as stored.
+fn fetch_weight_and_bias(source: &dyn TensorSource, prefix: &str, [d_out, d_in]: [usize; 2], bias: bool) -> Result<(HostTensor, Option<HostTensor>)> {
+    let weight = fetch(source, &format!("{prefix}.weight"), &[d_out, d_in])?;
+    let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[d_out])?) } else { None };
+    Ok((weight, bias))
+}
+
 /// `f` applied to `x` `[…, d_in]` as one `[rows, d_in]` matrix, plus `bias` `[d_out]`: `[…, d_out]`.
 fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>, bias: Option<&Param<Tensor<B, 1>>>) -> Tensor<B, D> {
     let mut dims = x.dims();
@@ -88,10 +94,19 @@ pub struct OutputHead<B: Backend> {
 
 impl<B: Backend> OutputHead<B> {
     /// Loads `{prefix}.weight` (`[vocab, d_model]`) and, if `bias`, `{prefix}.bias`.
-    pub fn load(source: &dyn TensorSource, prefix: &str, [vocab, d]: [usize; 2], bias: bool, device: &B::Device) -> Result<Self> {
-        let weight = fetch(source, &format!("{prefix}.weight"), &[vocab, d])?;
-        let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[vocab])?) } else { None };
+    pub fn load(source: &dyn TensorSource, prefix: &str, shape: [usize; 2], bias: bool, device: &B::Device) -> Result<Self> {
+        let (weight, bias) = fetch_weight_and_bias(source, prefix, shape, bias)?;
         Ok(Self::from_host(weight, bias, source.weight_dtype(), device))
+    }
+
+    /// `lm_head.weight` (`[vocab, d_model]`, no bias), or, when `tie` (the config's
+    /// `tie_word_embeddings`), the token `embeddings` themselves; a missing untied head is an error.
+    pub fn load_or_tie(source: &dyn TensorSource, tie: bool, embeddings: &Param<Tensor<B, 2>>, shape: [usize; 2], device: &B::Device) -> Result<Self> {
+        match fetch_optional(source, "lm_head.weight", &shape)? {
+            Some(head) if !tie => Ok(Self::from_host(head, None, source.weight_dtype(), device)),
+            _ if tie => Ok(Self::tied(embeddings)),
+            _ => Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
+        }
     }
 
     /// From a `[vocab, d_model]` weight (a head's, or a tied one's embeddings), kept in `dtype`.

@@ -15,7 +15,7 @@ use crate::dtype::as_f32;
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
 use crate::layers::{attention, merge_heads, silu, split_heads, Linear, OutputHead, RmsNorm, RopeScaling, Rotary, RotaryPairing};
-use crate::weights::{fetch, fetch_optional, HostTensor, TensorSource};
+use crate::weights::{fetch, HostTensor, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: llama`, `mistral` or `qwen2`) that
 /// matter here, in both the transformers 4.x (`rope_theta`, `rope_scaling`, `torch_dtype`) and 5.x
@@ -246,11 +246,7 @@ impl<B: Backend> Llama<B> {
             .collect::<Result<Vec<_>>>()?;
         let embed = fetch(source, "model.embed_tokens.weight", &[c.vocab_size, d])?;
         let embed_tokens = Param::from_tensor(source.weight_dtype().place(embed, device));
-        let lm_head = match fetch_optional(source, "lm_head.weight", &[c.vocab_size, d])? {
-            Some(head) if !c.tie_word_embeddings => OutputHead::from_host(head, None, source.weight_dtype(), device),
-            _ if c.tie_word_embeddings => OutputHead::tied(&embed_tokens),
-            _ => return Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
-        };
+        let lm_head = OutputHead::load_or_tie(source, c.tie_word_embeddings, &embed_tokens, [c.vocab_size, d], device)?;
         Ok(Self {
             lm_head,
             embed_tokens,
