@@ -134,6 +134,7 @@ pub fn target_values<B: AutodiffBackend>(
 /// before that token changes between steps: one pass on the unedited model caches those keys,
 /// values and hidden states, and each step recomputes only the blocks above `layer` on the tokens
 /// from the subject's last to the last scored one (a few per row instead of the whole sentence).
+/// The rows are split into [`Part`]s run side by side, as many as [`concurrent_passes`].
 fn search<B: AutodiffBackend>(
     model: &LanguageModel<B::InnerBackend>,
     requests: &[EditRequest],
@@ -146,33 +147,16 @@ fn search<B: AutodiffBackend>(
     let l = layout(model, requests, templates)?;
     let (e, d) = (requests.len(), model.dims.hidden_size);
     let grad_model = LanguageModel::<B>::from_inner(model);
-    let groups = group_rows(&l.ranges).into_iter().map(|rows| Group::new(&grad_model, &l, rows, layer, space)).collect::<Result<Vec<_>>>()?;
-    let place = places(&groups, l.ranges.len());
-    let concatenated = |row: usize| groups[..place[row].0].iter().map(|g| g.rows.len()).sum::<usize>() + place[row].1;
-    let bare = int_tensor(l.bare_row.iter().map(|&r| concatenated(r) as i64).collect(), [e], &device);
-    let v_init = Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner();
-    let scored: Vec<(usize, usize)> = l.label_positions.iter().map(|&(row, col, _)| (row, col)).chain(l.kl_rows.iter().copied()).collect();
-    let (hooks, order) = logits_hooks(&groups, &place, &l.ranges, &scored);
-    let n = scored.len();
-    let step_flops = step_pass_flops(&grad_model, &groups, layer, n);
-    // The logits stay in the groups' order (reordering `[n, vocab]` would copy it forward and back).
-    // Per logits row: its label (0 for a KL row) and A[e, row] = its weight in edit e's NLL (0 for a KL row).
+    let concurrent = concurrent_passes::<B::InnerBackend>(&device);
+    let parts = split_rows(&l.ranges, concurrent).into_iter().map(|rows| Part::new(&grad_model, &l, rows, e, layer, space)).collect::<Result<Vec<_>>>()?;
+    let v_init = initial_values(&parts, &l);
+    let step_flops: f64 = parts.iter().map(|p| step_pass_flops(&grad_model, &p.groups, layer, p.scored)).sum();
     let label_edit: Vec<usize> = l.label_positions.iter().map(|p| l.edit_of_row[p.0]).collect();
-    let (mut row_label, mut assign) = (vec![0i64; n], vec![0.0f32; e * n]);
-    for (j, p) in l.label_positions.iter().enumerate() {
-        row_label[order[j]] = p.2 as i64;
-        assign[label_edit[j] * n + order[j]] = l.label_weight[j];
-    }
-    let labels = int_tensor::<B, 2>(row_label, [n, 1], &device);
-    let assign = Tensor::<B, 2>::from_data(TensorData::new(assign, [e, n]), &device);
-    let kl_rows = int_tensor::<B, 1>(order[l.label_positions.len()..].iter().map(|&r| r as i64).collect(), [e], &device);
-    let row_edit = int_tensor::<B, 1>(l.edit_of_row.iter().map(|&x| x as i64).collect(), [l.edit_of_row.len()], &device);
 
     let mut delta = Tensor::<B::InnerBackend, 2>::zeros([e, d], &device);
     let (mut m, mut v) = (delta.clone(), delta.clone());
     let mut active = vec![true; e];
     let mut steps = vec![0usize; e];
-    let mut kl_reference: Option<Tensor<B, 2>> = None;
     let mut losses = vec![0.0; e];
     // MPES: per edit, consecutive evaluations at which the target was the most probable everywhere.
     let mut most_probable_for = vec![0usize; e];
@@ -182,23 +166,13 @@ fn search<B: AutodiffBackend>(
 
     for it in 0..h.v_num_grad_steps {
         bar.set_position(it as u64);
-        let delta_ad = Tensor::<B, 2>::from_inner(delta.clone()).require_grad();
-        let row_deltas = delta_ad.clone().select(0, row_edit.clone());
-        let logits = groups.iter().zip(&hooks).map(|(g, hooks)| {
-            let start = Start::After { layer, hidden: add_at_first_column(g.hidden.clone(), row_deltas.clone().select(0, g.index.clone())) };
-            let logits = grad_model.forward_from(start, &g.suffixes, hooks, Some(&mut g.cache.clone())).logits.expect("full pass");
-            logits.squeeze_dim::<2>(0)
-        });
-        let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0), 1);
-        let top = h.mpes_patience.map(|_| log_probs.clone().inner().argmax(1).into_data().iter::<i64>().collect::<Vec<_>>());
-        let nll = assign.clone().matmul(log_probs.clone().gather(1, labels.clone()).neg()).reshape([e]);
-        let kl_lp = log_probs.select(0, kl_rows.clone());
-        let reference = kl_reference.get_or_insert_with(|| kl_lp.clone().detach()).clone();
-        let kl = (kl_lp.clone().exp() * (kl_lp - reference)).sum_dim(1).reshape([e]) * h.kl_factor;
-        // ‖δ‖, with a tiny offset so its gradient at δ = 0 is 0 rather than NaN (as torch.norm's).
-        let delta_norm = (delta_ad.clone().powi_scalar(2).sum_dim(1).reshape([e]) + 1e-24).sqrt();
-        let loss = nll + kl + delta_norm / init_sq.clone() * h.v_weight_decay;
-        losses = host(loss.clone().inner())?.into_iter().map(f64::from).collect();
+        let mut passes = Vec::with_capacity(parts.len());
+        let forward = |p: &Part<B>| p.forward(&grad_model, delta.clone(), layer, h, p.first.then_some(&init_sq));
+        side_by_side(&parts, concurrent, forward, |_, pass| passes.push(pass))?;
+        losses = vec![0.0; e];
+        for pass in &passes {
+            losses.iter_mut().zip(&pass.losses).for_each(|(sum, &x)| *sum += f64::from(x));
+        }
         tracing::debug!("target search step {it}: losses {losses:.4?}");
         if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
             return Err(EditError::Input(format!("target search diverged at step {it} for `{}` (loss {})", requests[bad].prompt_text(), losses[bad])));
@@ -206,8 +180,8 @@ fn search<B: AutodiffBackend>(
         for (a, &loss) in active.iter_mut().zip(&losses) {
             *a &= loss >= LOSS_TARGET;
         }
-        if let (Some(patience), Some(top)) = (h.mpes_patience, top) {
-            let correct: Vec<bool> = l.label_positions.iter().enumerate().map(|(j, p)| top[order[j]] == p.2 as i64).collect();
+        if let Some(patience) = h.mpes_patience {
+            let correct = most_probable(&parts, &passes, &l);
             for (a, stop) in active.iter_mut().zip(mpes_stop(&correct, &label_edit, &mut most_probable_for, patience)) {
                 *a &= !stop;
             }
@@ -216,10 +190,11 @@ fn search<B: AutodiffBackend>(
         if it + 1 == h.v_num_grad_steps || !active.iter().any(|&a| a) {
             break;
         }
-        let grads = loss.sum().backward();
+        let mut grads = Vec::with_capacity(parts.len());
+        side_by_side(&passes, concurrent, |pass| Ok::<_, EditError>(pass.gradient()), |_, grad| grads.push(grad))?;
+        let grad = grads.into_iter().reduce(|a, b| a + b).expect("at least one part");
         // Input gradients only (the weights are constants): each product of the step's pass once more.
         editbench_models::flops::add(step_flops);
-        let grad = delta_ad.grad(&grads).expect("δ requires a gradient");
         for (s, &a) in steps.iter_mut().zip(&active) {
             *s += a as usize;
         }
@@ -231,6 +206,157 @@ fn search<B: AutodiffBackend>(
     let v_init = to_columns(&host(v_init)?, e, d);
     let delta = to_columns(&host(delta)?, e, d);
     Ok(Targets { z: &v_init + &delta, v_init, steps, loss: losses })
+}
+
+/// The unedited `space` activation at each edit's bare-prompt row, `[edits, d]`.
+fn initial_values<B: AutodiffBackend>(parts: &[Part<B>], l: &Layout) -> Tensor<B::InnerBackend, 2> {
+    let groups: Vec<&Group<B>> = parts.iter().flat_map(|p| &p.groups).collect();
+    let mut concatenated = vec![0; l.ranges.len()];
+    for (i, row) in groups.iter().flat_map(|g| &g.rows).enumerate() {
+        concatenated[*row] = i;
+    }
+    let device = groups[0].index.device();
+    let bare = int_tensor(l.bare_row.iter().map(|&r| concatenated[r] as i64).collect(), [l.bare_row.len()], &device);
+    Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner()
+}
+
+/// Whether each label of the layout was its position's most probable token in this step's `passes`.
+fn most_probable<B: AutodiffBackend>(parts: &[Part<B>], passes: &[PartPass<B>], l: &Layout) -> Vec<bool> {
+    let mut correct = vec![false; l.label_positions.len()];
+    for (part, pass) in parts.iter().zip(passes) {
+        let top = pass.top.as_ref().expect("MPES asks for the most probable tokens");
+        for &(j, row) in &part.label_rows {
+            correct[j] = top[row] == l.label_positions[j].2 as i64;
+        }
+    }
+    correct
+}
+
+/// The layout's rows split into `parts` sets of about equal recomputed tokens (longest row first,
+/// each to the lightest set), each in layout order; all rows in one set when `parts` ≤ 1.
+fn split_rows(ranges: &[Range<usize>], parts: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&r| std::cmp::Reverse(ranges[r].len()));
+    let mut sets = vec![(0usize, Vec::new()); parts.clamp(1, ranges.len().max(1))];
+    for r in order {
+        let lightest = sets.iter_mut().min_by_key(|(load, _)| *load).expect("at least one set");
+        lightest.0 += ranges[r].len();
+        lightest.1.push(r);
+    }
+    sets.into_iter().map(|(_, mut rows)| {
+        rows.sort_unstable();
+        rows
+    }).collect()
+}
+
+/// Rows of the search that one thread runs forward and backward, with the loss terms of their scored
+/// positions. The rows of one edit alone make products too small for two threads to share well, so
+/// a lone search is split into parts that run side by side, each with its own `δ` leaf; the loss is
+/// the sum of the parts' losses and its gradient the sum of theirs.
+struct Part<B: AutodiffBackend> {
+    groups: Vec<Group<B>>,
+    hooks: Vec<Hooks>,
+    /// Edit of each of the part's rows, in layout order.
+    row_edit: Tensor<B, 1, Int>,
+    /// Per logits row (in the groups' order: reordering `[n, vocab]` would copy it forward and
+    /// back): its label (0 for a KL row); and A[e, row] = its weight in edit e's NLL.
+    labels: Tensor<B, 2, Int>,
+    assign: Tensor<B, 2>,
+    /// The logits rows of the part's KL prompts, and K[e, i] = 1 where KL row i is edit e's.
+    kl: Option<(Tensor<B, 1, Int>, Tensor<B, 2>)>,
+    /// The KL rows' log-probabilities at the first step.
+    kl_reference: std::sync::OnceLock<Tensor<B, 2>>,
+    /// `(label index in the layout, logits row)` of each label scored here.
+    label_rows: Vec<(usize, usize)>,
+    /// Positions whose logits the part computes.
+    scored: usize,
+    /// The part that also carries the norm term of the loss.
+    first: bool,
+}
+
+/// A part's forward pass of one step: its loss per edit, the `δ` leaf to take the gradient at, and
+/// the most probable token of each logits row where MPES asks.
+struct PartPass<B: AutodiffBackend> {
+    leaf: Tensor<B, 2>,
+    loss: Tensor<B, 1>,
+    losses: Vec<f32>,
+    top: Option<Vec<i64>>,
+}
+
+impl<B: AutodiffBackend> PartPass<B> {
+    fn gradient(&self) -> Tensor<B::InnerBackend, 2> {
+        let grads = self.loss.clone().sum().backward();
+        self.leaf.grad(&grads).expect("δ requires a gradient")
+    }
+}
+
+impl<B: AutodiffBackend> Part<B> {
+    /// The part of the layout's `rows` (sorted), for `edits` edits.
+    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, edits: usize, layer: usize, space: Activation) -> Result<Self> {
+        let device = model.device();
+        let ranges: Vec<Range<usize>> = rows.iter().map(|&r| l.ranges[r].clone()).collect();
+        let groups = group_rows(&ranges).into_iter().map(|at| Group::new(model, l, at.iter().map(|&i| rows[i]).collect(), at, layer, space)).collect::<Result<Vec<_>>>()?;
+        let here = |row: usize| rows.binary_search(&row).is_ok();
+        let labels: Vec<usize> = (0..l.label_positions.len()).filter(|&j| here(l.label_positions[j].0)).collect();
+        let kl_edits: Vec<usize> = (0..edits).filter(|&k| here(l.kl_rows[k].0)).collect();
+        let scored: Vec<(usize, usize)> = labels.iter().map(|&j| (l.label_positions[j].0, l.label_positions[j].1)).chain(kl_edits.iter().map(|&k| l.kl_rows[k])).collect();
+        let (hooks, order) = logits_hooks(&groups, &places(&groups, l.ranges.len()), &l.ranges, &scored);
+        let n = scored.len();
+        let (mut row_label, mut assign) = (vec![0i64; n], vec![0.0f32; edits * n]);
+        for (i, &j) in labels.iter().enumerate() {
+            let (row, _, label) = l.label_positions[j];
+            row_label[order[i]] = label as i64;
+            assign[l.edit_of_row[row] * n + order[i]] = l.label_weight[j];
+        }
+        let kl = (!kl_edits.is_empty()).then(|| {
+            let k = kl_edits.len();
+            let mut of_edit = vec![0.0f32; edits * k];
+            kl_edits.iter().enumerate().for_each(|(i, &edit)| of_edit[edit * k + i] = 1.0);
+            let at = order[labels.len()..].iter().map(|&r| r as i64).collect();
+            (int_tensor(at, [k], &device), Tensor::from_data(TensorData::new(of_edit, [edits, k]), &device))
+        });
+        Ok(Self {
+            groups,
+            hooks,
+            row_edit: int_tensor(rows.iter().map(|&r| l.edit_of_row[r] as i64).collect(), [rows.len()], &device),
+            labels: int_tensor(row_label, [n, 1], &device),
+            assign: Tensor::from_data(TensorData::new(assign, [edits, n]), &device),
+            kl,
+            kl_reference: Default::default(),
+            label_rows: labels.iter().enumerate().map(|(i, &j)| (j, order[i])).collect(),
+            scored: n,
+            first: rows.contains(&0),
+        })
+    }
+
+    /// The part's loss per edit at `delta` (spec §4): the NLL of its labels, the KL term of its KL
+    /// rows, and where `init_sq` (‖v_init‖² per edit) is given, the norm term.
+    fn forward(&self, model: &LanguageModel<B>, delta: Tensor<B::InnerBackend, 2>, layer: usize, h: &MethodHparams, init_sq: Option<&Tensor<B, 1>>) -> Result<PartPass<B>> {
+        let edits = self.assign.dims()[0];
+        let leaf = Tensor::<B, 2>::from_inner(delta).require_grad();
+        let row_deltas = leaf.clone().select(0, self.row_edit.clone());
+        let logits = self.groups.iter().zip(&self.hooks).map(|(g, hooks)| {
+            let start = Start::After { layer, hidden: add_at_first_column(g.hidden.clone(), row_deltas.clone().select(0, g.index.clone())) };
+            let logits = model.forward_from(start, &g.suffixes, hooks, Some(&mut g.cache.clone())).logits.expect("full pass");
+            logits.squeeze_dim::<2>(0)
+        });
+        let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0), 1);
+        let top = h.mpes_patience.map(|_| log_probs.clone().inner().argmax(1).into_data().iter::<i64>().collect());
+        let mut loss = self.assign.clone().matmul(log_probs.clone().gather(1, self.labels.clone()).neg()).reshape([edits]);
+        if let Some((rows, of_edit)) = &self.kl {
+            let kl_lp = log_probs.select(0, rows.clone());
+            let reference = self.kl_reference.get_or_init(|| kl_lp.clone().detach()).clone();
+            let kl = (kl_lp.clone().exp() * (kl_lp - reference)).sum_dim(1);
+            loss = loss + of_edit.clone().matmul(kl).reshape([edits]) * h.kl_factor;
+        }
+        if let Some(init_sq) = init_sq {
+            // ‖δ‖, with a tiny offset so its gradient at δ = 0 is 0 rather than NaN (as torch.norm's).
+            let delta_norm = (leaf.clone().powi_scalar(2).sum_dim(1).reshape([edits]) + 1e-24).sqrt();
+            loss = loss + delta_norm / init_sq.clone() * h.v_weight_decay;
+        }
+        let losses = host(loss.clone().inner())?;
+        Ok(PartPass { leaf, loss, losses, top })
+    }
 }
 
 /// MPES (arXiv 2502.01636): an edit's search stops once its target was the most probable token at
@@ -250,7 +376,7 @@ fn mpes_stop(correct: &[bool], label_edit: &[usize], counts: &mut [usize], patie
 /// Rows of the search whose recomputed tokens are run as one padded pass, with what the search
 /// never changes there, from one pass of the unedited model over the whole rows.
 struct Group<B: Backend> {
-    /// Rows of the layout, in this group's order, and as an index tensor.
+    /// Rows of the layout, in this group's order, and their positions among their part's rows.
     rows: Vec<usize>,
     index: Tensor<B, 1, Int>,
     /// Keys and values of every layer and column.
@@ -264,7 +390,7 @@ struct Group<B: Backend> {
 }
 
 impl<B: Backend> Group<B> {
-    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, layer: usize, space: Activation) -> Result<Self> {
+    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, index: Vec<usize>, layer: usize, space: Activation) -> Result<Self> {
         let batch = model.batch(&rows.iter().map(|&r| l.sequences[r].clone()).collect::<Vec<_>>(), Padding::Right)?;
         let ranges: Vec<Range<usize>> = rows.iter().map(|&r| l.ranges[r].clone()).collect();
         let mut cache = KvCache::default();
@@ -274,7 +400,7 @@ impl<B: Backend> Group<B> {
         let lookup: Vec<usize> = rows.iter().map(|&r| l.lookup[r]).collect();
         let at_lookup = rows_at(&trace, layer, space, &lookup);
         let hidden = batch.take(trace.layers[&layer].hidden.clone(), &ranges);
-        let index = int_tensor(rows.iter().map(|&r| r as i64).collect(), [rows.len()], &model.device());
+        let index = int_tensor(index.iter().map(|&i| i as i64).collect(), [index.len()], &model.device());
         Ok(Self { rows, index, cache, hidden, suffixes: batch.suffixes(&ranges)?, at_lookup })
     }
 }
@@ -542,6 +668,23 @@ mod tests {
         assert_eq!(counts, [2, 0]);
         let mut counts = vec![0, 0];
         assert_eq!(mpes_stop(&[true, true, true], &edits, &mut counts, 0), [true, true]);
+    }
+
+    #[test]
+    fn rows_are_split_into_parts_of_about_equal_recomputed_tokens_in_layout_order() {
+        // One edit: six rewriting rows of 5-7 tokens and a KL row of one.
+        let lengths = [6, 5, 7, 6, 6, 5, 1];
+        let parts = split_rows(&ranges(&lengths), 2);
+        let load = |rows: &Vec<usize>| rows.iter().map(|&r| lengths[r]).sum::<usize>();
+        assert_eq!(parts.len(), 2);
+        assert!(load(&parts[0]).abs_diff(load(&parts[1])) <= 1, "{parts:?}");
+        assert!(parts.iter().all(|rows| rows.windows(2).all(|w| w[0] < w[1])));
+        let mut all = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..lengths.len()).collect::<Vec<_>>());
+        // One part: every row, in order; never more parts than rows.
+        assert_eq!(split_rows(&ranges(&lengths), 1), vec![(0..7).collect::<Vec<_>>()]);
+        assert_eq!(split_rows(&ranges(&[3, 2]), 4).len(), 2);
     }
 
     #[test]

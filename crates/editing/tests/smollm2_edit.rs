@@ -120,7 +120,9 @@ fn spread_over_one_layer_equals_single() {
 }
 
 /// Each edit's `δ` gets only its own gradient, so searching a batch of edits together gives the
-/// targets of searching each alone (up to float summation order).
+/// targets of searching each alone (up to float summation order). Alone, an edit's rows are split
+/// into two parts run side by side (a pool of two threads, whatever the machine), whose losses and
+/// gradients are summed.
 #[test]
 fn a_batched_target_search_equals_searching_each_edit_alone() {
     use editbench_editing::targets::target_values;
@@ -132,8 +134,9 @@ fn a_batched_target_search_equals_searching_each_edit_alone() {
     let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
     let search = |requests: &[EditRequest]| target_values::<Autodiff<Cpu>>(&model, requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
     let together = search(&requests);
+    let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for (i, request) in requests.iter().enumerate() {
-        let alone = search(std::slice::from_ref(request));
+        let alone = two_threads.install(|| search(std::slice::from_ref(request)));
         let delta = (0..model.dims.hidden_size).map(|r| (together.z[(r, i)] - alone.z[(r, 0)]).abs()).fold(0.0, f64::max);
         let moved = (0..model.dims.hidden_size).map(|r| (alone.z[(r, 0)] - alone.v_init[(r, 0)]).abs()).fold(0.0, f64::max);
         eprintln!("edit {i}: max |Δz| = {delta:e}, max |z − v_init| = {moved:e}, loss {:.4} vs {:.4}", together.loss[i], alone.loss[0]);
@@ -227,6 +230,10 @@ fn mpes_stops_the_search_once_the_target_ranks_first() {
     eprintln!("Adam steps: full {:?}, MPES {:?}; loss {:?} vs {:?}", full.steps, early.steps, full.loss, early.loss);
     assert!(early.steps.iter().zip(&full.steps).all(|(e, f)| e <= f));
     assert!(early.steps.iter().sum::<usize>() < full.steps.iter().sum::<usize>(), "MPES saved no step");
+    // Alone, the edit's rows run as two parts: the most probable tokens are read from both.
+    let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let alone = two_threads.install(|| target_values::<Autodiff<Cpu>>(&model, &requests[..1], &templates, h.layer, Activation::Hidden, &h).unwrap());
+    assert_eq!(alone.steps[0], early.steps[0]);
 }
 
 #[test]
