@@ -102,6 +102,8 @@ pub struct LanguageModel<B: Backend> {
     dtype: WeightDType,
     pub path: PathBuf,
     tokenizer: Option<Arc<TextTokenizer>>,
+    /// Weights of one block, counted once at load for [`Self::block_flops`].
+    block_weights: f64,
 }
 
 impl<B: Backend> LanguageModel<B> {
@@ -140,7 +142,8 @@ impl<B: Backend> LanguageModel<B> {
             HfConfig::GptJ(c) => (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj"),
             HfConfig::Gpt2(c) => (Architecture::Gpt2(Gpt2::load(&c, &source, device)?), c.dims(), "gpt2"),
         };
-        Ok(Self { arch, dims, family, dtype, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new) }.logged())
+        let block_weights = block_weights(&arch, &dims);
+        Ok(Self { arch, dims, family, dtype, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new), block_weights }.logged())
     }
 
     fn load_gguf(path: &Path, dtype: WeightDType, device: &B::Device) -> Result<Self> {
@@ -157,15 +160,9 @@ impl<B: Backend> LanguageModel<B> {
         } else {
             None
         };
-        Ok(Self {
-            arch: Architecture::Llama(model),
-            dims: c.dims(),
-            family: "llama",
-            dtype,
-            path: path.to_path_buf(),
-            tokenizer: tokenizer.map(Arc::new),
-        }
-        .logged())
+        let arch = Architecture::Llama(model);
+        let block_weights = block_weights(&arch, &c.dims());
+        Ok(Self { arch, dims: c.dims(), family: "llama", dtype, path: path.to_path_buf(), tokenizer: tokenizer.map(Arc::new), block_weights }.logged())
     }
 
     /// Says at load time how the weights are kept.
@@ -348,14 +345,7 @@ impl<B: Backend> LanguageModel<B> {
     /// d_model` per token. The block's weights are all parameters but the embedding table and the
     /// head, shared by the layers (norms, biases, GPT-2's position table: < 1 %).
     pub fn block_flops(&self, tokens: usize, context: usize) -> f64 {
-        let params = match &self.arch {
-            Architecture::Llama(m) => m.num_params(),
-            Architecture::GptJ(m) => m.num_params(),
-            Architecture::Gpt2(m) => m.num_params(),
-        };
-        let d = &self.dims;
-        let block = (params - 2 * d.vocab_size * d.hidden_size) as f64 / d.num_layers as f64;
-        tokens as f64 * (2.0 * block + 4.0 * (context * d.hidden_size) as f64)
+        tokens as f64 * (2.0 * self.block_weights + 4.0 * (context * self.dims.hidden_size) as f64)
     }
 
     /// Matrix-multiply FLOPs of a pass of `tokens` tokens attending to `context` columns through
@@ -427,6 +417,17 @@ impl Gpt2Config {
 }
 
 /// Parses `text` (the contents of `path`); serde's message names the field, line and column.
+/// Weights of one block ([`LanguageModel::block_flops`]): all parameters but the embedding table and
+/// the head (burn counts a tied head as a second table), shared by the layers.
+fn block_weights<B: Backend>(arch: &Architecture<B>, d: &ModelDims) -> f64 {
+    let params = match arch {
+        Architecture::Llama(m) => m.num_params(),
+        Architecture::GptJ(m) => m.num_params(),
+        Architecture::Gpt2(m) => m.num_params(),
+    };
+    (params - 2 * d.vocab_size * d.hidden_size) as f64 / d.num_layers as f64
+}
+
 fn from_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T> {
     serde_json::from_str(text).map_err(|cause| ModelError::Json { path: path.to_path_buf(), cause })
 }
@@ -440,6 +441,6 @@ impl<B: AutodiffBackend> LanguageModel<B> {
             Architecture::GptJ(m) => Architecture::GptJ(GptJ::from_inner(m.clone()).no_grad()),
             Architecture::Gpt2(m) => Architecture::Gpt2(Gpt2::from_inner(m.clone()).no_grad()),
         };
-        Self { arch, dims: inner.dims, family: inner.family, dtype: inner.dtype, path: inner.path.clone(), tokenizer: inner.tokenizer.clone() }
+        Self { arch, dims: inner.dims, family: inner.family, dtype: inner.dtype, path: inner.path.clone(), tokenizer: inner.tokenizer.clone(), block_weights: inner.block_weights }
     }
 }
