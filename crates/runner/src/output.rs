@@ -10,7 +10,7 @@ use editbench_metrics::{summarize, Metric, MetricRow, Stage};
 pub use editbench_report::read_csv;
 use serde::{Deserialize, Serialize};
 
-use crate::sweep::Cell;
+use crate::sweep::{Cell, Protocol};
 
 /// One line of `results.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,8 +146,8 @@ fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>>
 }
 
 /// Rebuilds `results.csv`, `summary.csv` and `timings.csv` from the finished cells among `cells`
-/// (in their order) and the shared timings.
-pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
+/// (in their order, edited under `protocol`) and the shared timings.
+pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> {
     let mut results = csv_bytes::<ResultRow>(&[], Some(&RESULT_COLUMNS))?;
     let mut summary = Vec::new();
     let mut timings: Vec<(String, String, f64)> = Vec::new();
@@ -162,7 +162,7 @@ pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
         let rows: Vec<ResultRow> = read_csv(&cell_rows_path(dir, &cell.id))?;
         results.extend(csv_bytes(&rows, None)?);
         timings.extend(record.seconds.iter().map(|(p, s)| (cell.id.clone(), p.clone(), *s)));
-        summaries.push((rows.first().cloned(), summarize(&final_rows(&rows))));
+        summaries.push((rows.first().cloned(), summarize(&final_rows(&rows, protocol))));
     }
     for (first, cell_summary) in &summaries {
         let Some(f) = first else { continue };
@@ -180,11 +180,15 @@ pub fn rebuild(dir: &Path, cells: &[Cell]) -> Result<usize> {
     Ok(done)
 }
 
-/// Per (case, stage, metric) the measurement of the latest round: what a cell's summary is over.
-fn final_rows(rows: &[ResultRow]) -> Vec<MetricRow> {
-    let mut latest: BTreeMap<(u64, Stage, &str), &ResultRow> = BTreeMap::new();
+/// What a cell's summary is over: per (case, stage, metric) the measurement of the latest round in
+/// the sequential protocol (a record is scored again after later rounds); in the independent one
+/// every round is its own batch written into the unedited model, so each batch's measurement counts
+/// (the perplexity and update norms of up to 4 batches: their mean ± standard error).
+fn final_rows(rows: &[ResultRow], protocol: Protocol) -> Vec<MetricRow> {
+    let mut latest: BTreeMap<(usize, u64, Stage, &str), &ResultRow> = BTreeMap::new();
     for r in rows {
-        let slot = latest.entry((r.case_id, r.stage, r.metric.as_str())).or_insert(r);
+        let batch = if protocol == Protocol::Independent { r.round } else { 0 };
+        let slot = latest.entry((batch, r.case_id, r.stage, r.metric.as_str())).or_insert(r);
         if r.round > slot.round {
             *slot = r;
         }
@@ -193,4 +197,28 @@ fn final_rows(rows: &[ResultRow]) -> Vec<MetricRow> {
         .values()
         .filter_map(|r| Metric::from_code(&r.metric).map(|metric| MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value }))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(round: usize, case_id: u64, metric: &str, value: f64) -> ResultRow {
+        let (cell_id, model, method, distribution, layers) = ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
+        ResultRow { cell_id, model, method, distribution, layers, batch_size: 16, n_edits: 64, seed: 0, round, case_id, stage: Stage::Post, metric: metric.into(), value }
+    }
+
+    #[test]
+    fn a_summary_averages_every_batch_in_the_independent_protocol_and_the_last_round_in_the_sequential_one() {
+        // Perplexity after three sampled batches (rounds 1, 2, 3), and one record scored in round 2.
+        let rows = [row(1, 0, "PPL", 10.0), row(2, 0, "PPL", 20.0), row(3, 0, "PPL", 60.0), row(2, 7, "ES", 1.0)];
+        let ppl = |protocol| {
+            let summary = summarize(&final_rows(&rows, protocol));
+            let s = summary.into_iter().find(|s| s.metric == Metric::PPL).expect("a PPL summary");
+            (s.mean, s.n)
+        };
+        assert_eq!(ppl(Protocol::Independent), (30.0, 3));
+        assert_eq!(ppl(Protocol::Sequential), (60.0, 1));
+        assert_eq!(final_rows(&rows, Protocol::Independent).iter().filter(|r| r.metric == Metric::ES).count(), 1);
+    }
 }

@@ -261,7 +261,7 @@ impl BackendTask for SweepTask<'_> {
                     }
                 };
                 write_atomic(&cell_record_path(&opts.out, &cell.id), serde_json::to_string_pretty(&record)?.as_bytes())?;
-                rebuild(&opts.out, &plan.cells)?;
+                rebuild(&opts.out, &plan.cells, plan.sweep.protocol)?;
                 grid.inc(1);
                 if record.error.is_some() && opts.fail_fast {
                     bail!("cell {} failed (--fail-fast): {}", cell.id, record.error.unwrap_or_default());
@@ -273,7 +273,7 @@ impl BackendTask for SweepTask<'_> {
             let manifest = manifest(plan, opts, self.sets, &self.dataset_sha256, &self.model_hashes, &stats_keys);
             write_atomic(&opts.out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
         }
-        rebuild(&opts.out, &plan.cells)?;
+        rebuild(&opts.out, &plan.cells, plan.sweep.protocol)?;
         Ok(failures)
     }
 }
@@ -473,7 +473,8 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
         }
     }
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
-    let done = rebuild(out, &cells)?;
+    let protocol = serde_json::from_value(manifests[0]["sweep"]["protocol"].clone()).context("manifest sweep protocol")?;
+    let done = rebuild(out, &cells, protocol)?;
     eprintln!("merged {done} of {} cells into {}", cells.len(), out.display());
     Ok(())
 }
