@@ -416,7 +416,6 @@ impl Gpt2Config {
     }
 }
 
-/// Parses `text` (the contents of `path`); serde's message names the field, line and column.
 /// Weights of one block ([`LanguageModel::block_flops`]): all parameters but the embedding table and
 /// the head (burn counts a tied head as a second table), shared by the layers.
 fn block_weights<B: Backend>(arch: &Architecture<B>, d: &ModelDims) -> f64 {
@@ -428,6 +427,7 @@ fn block_weights<B: Backend>(arch: &Architecture<B>, d: &ModelDims) -> f64 {
     (params - 2 * d.vocab_size * d.hidden_size) as f64 / d.num_layers as f64
 }
 
+/// Parses `text` (the contents of `path`); serde's message names the field, line and column.
 fn from_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T> {
     serde_json::from_str(text).map_err(|cause| ModelError::Json { path: path.to_path_buf(), cause })
 }
