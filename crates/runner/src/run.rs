@@ -367,8 +367,18 @@ fn run_cell<B: AutodiffBackend>(
     let mut editor = new_editor()?;
     let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
     let measured = degradation_rounds(plan, cell, rounds.len());
+    let independent = plan.sweep.protocol == Protocol::Independent;
+    let mut skipped = 0;
     let result = (|| -> Result<()> {
         for (r, batch) in rounds.iter().enumerate() {
+            // An independent batch is written into the unedited model and reverted: one whose
+            // records are all outside the scored sample and after which no degradation is measured
+            // changes nothing a metric sees, so it is not edited.
+            let scored_here = eval.scored.is_none_or(|s| batch.iter().any(|record| s.contains(&record.case_id)));
+            if independent && !measured.contains(&r) && !scored_here {
+                skipped += 1;
+                continue;
+            }
             let requests: Vec<EditRequest> = batch.iter().map(EditRequest::from).collect();
             let outcome = editor.apply::<B>(model, &requests, &mut session)?;
             *seconds.get_mut("keys").expect("phase") += outcome.seconds_keys;
@@ -397,7 +407,7 @@ fn run_cell<B: AutodiffBackend>(
                 rows.extend(degradation_rows(model, &session, texts)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
             }
             *seconds.get_mut("eval").expect("phase") += t.elapsed().as_secs_f64();
-            if plan.sweep.protocol == Protocol::Independent {
+            if independent {
                 session.revert(model);
                 editor = new_editor()?;
             }
@@ -406,7 +416,7 @@ fn run_cell<B: AutodiffBackend>(
     })();
     session.revert(model);
     result?;
-    let outcome = json!({ "adam_steps": steps, "max_condition_estimate": condition, "used_pseudo_inverse": pinv });
+    let outcome = json!({ "adam_steps": steps, "max_condition_estimate": condition, "used_pseudo_inverse": pinv, "skipped_batches": skipped });
     Ok((rows, seconds, outcome))
 }
 

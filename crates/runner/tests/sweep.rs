@@ -283,4 +283,15 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     let held_out: serde_json::Value = serde_json::from_str(&read(&out.join("held-out/smollm2.json"))).unwrap();
     assert_eq!(held_out["paragraph_indices"].as_array().unwrap().len(), 3);
     assert_eq!(held_out["excluded_statistics_paragraphs"], 40);
+    // Without degradation, the batch whose record is not sampled is not edited at all.
+    let only_sample = dir.path().join("only-sample");
+    let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent", "--set", "eval={sample: {n: 1, seed: 3}}"];
+    tiny_run(&sweep, &only_sample, &sets, None);
+    let record_files = std::fs::read_dir(only_sample.join("cells")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json"));
+    let cells: Vec<serde_json::Value> = record_files.map(|p| serde_json::from_str(&read(&p)).unwrap()).collect();
+    assert_eq!(cells.len(), 1);
+    assert_eq!(cells[0]["outcome"]["skipped_batches"], 1, "{}", cells[0]["outcome"]);
+    assert_eq!(cells[0]["outcome"]["adam_steps"].as_array().unwrap().len(), 1, "one edit searched");
+    let post = |dir: &Path| read(&dir.join("results.csv")).lines().filter(|l| l.contains(",post,") && !l.contains("PPL") && !l.contains(",DW")).map(|l| l.split(',').skip(9).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    assert_eq!(post(&only_sample), post(&out), "the sampled record scores the same");
 }
