@@ -2,7 +2,10 @@
 # The GPU check: the CUDA backend against transformers' golden logits of the tiny fixtures, then
 # the forward pass on synthetic full-width GPT-J 6B / LLaMA-2 7B checkpoints (2 layers, made by
 # scripts/make_synthetic.py with the machine's torch + transformers) on CUDA, next to PyTorch on the
-# same GPU and checkpoint. Writes one JSON per step to OUT (default results/bench/gpu/).
+# same GPU and checkpoint, and with bf16/f16 weights; every phase at full width (`bench scale`);
+# SmolLM2's `bench all` and the main job's MEMIT/EMMET cells end to end on CUDA against the committed
+# CPU run. Writes one JSON (or table) per step to OUT (default results/bench/gpu/); a step whose
+# inputs are missing says so and is skipped.
 #
 #   scripts/gpu_check.sh [OUT]                      # builds with --features cuda,wgpu first
 #   EDITBENCH_BIN=path/to/editbench scripts/gpu_check.sh [OUT]   # a binary built elsewhere
@@ -48,7 +51,7 @@ python3 scripts/make_synthetic.py "$synth" --layers 2
 for arch in gpt-j-6b llama-2-7b; do
   model="$synth/$arch-2layers"
   for backend in cuda; do
-    "$bin" bench forward --backend "$backend" --model "$model" --batch 8 --seq-len 128 --repeats 5 \
+    "$bin" bench forward --backend "$backend" --dtype f32 --model "$model" --batch 8 --seq-len 128 --repeats 5 \
       --out "$out/forward-$arch-$backend.json" > /dev/null || echo "editbench $backend failed on $arch" >&2
   done
   python3 - "$model" "$out/forward-$arch-pytorch.json" <<'PY'
@@ -73,4 +76,44 @@ json.dump({"model": path, "batch": 8, "seq_len": 128, "pytorch": torch.__version
 print(json.dumps(result))
 PY
 done
+
+# 3. Half-precision weights stored on the GPU: the same forward passes with --dtype bf16 and f16.
+for arch in gpt-j-6b llama-2-7b; do
+  for dtype in bf16 f16; do
+    "$bin" bench forward --backend cuda --dtype "$dtype" --model "$synth/$arch-2layers" --batch 8 --seq-len 128 \
+      --repeats 5 --out "$out/forward-$arch-cuda-$dtype.json" > /dev/null || echo "editbench cuda $dtype failed on $arch" >&2
+  done
+done
+
+# 4. Every phase at full width on CUDA (load, forward, statistics, target search, solves), where the
+#    tokenizers (../shared/data or SHARED) and the corpus (scripts/fetch_corpus.sh) are here.
+shared=${SHARED:-../shared/data}
+corpus=data/corpus/wikipedia_paragraphs.txt
+declare -A tokenizer=([gpt-j-6b]=gpt2 [llama-2-7b]=llama2)
+for arch in gpt-j-6b llama-2-7b; do
+  if [ -f "$shared/tokenizers/${tokenizer[$arch]}/tokenizer.json" ] && [ -f "$corpus" ]; then
+    install -m 644 "$shared/tokenizers/${tokenizer[$arch]}/tokenizer.json" "$synth/$arch-2layers/tokenizer.json"
+    "$bin" bench scale --backend cuda --model "$synth/$arch-2layers" --hparams "hparams/$arch.yaml" --corpus "$corpus" \
+      --out "$out/scale-cuda/$arch" > /dev/null || echo "bench scale on cuda failed on $arch" >&2
+  else
+    echo "skipped bench scale on $arch: no tokenizer under $shared/tokenizers or no $corpus" >&2
+  fi
+done
+
+# 5. SmolLM2 on CUDA (scripts/fetch_smollm2.sh, scripts/fetch_corpus.sh): every benchmark against the
+#    reference, and the main job's MEMIT/EMMET cells end to end, compared with the committed CPU run.
+smollm2=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$smollm2" ] && [ -f "$corpus" ]; then
+  "$bin" bench all --backend cuda --model "$smollm2" --out "$out/all-cuda" > /dev/null || echo "bench all on cuda failed" >&2
+  run=$(mktemp -d)/quick-cuda
+  if "$bin" run experiments/smollm2-quick.yaml --set backend=cuda --set 'methods=[memit, emmet]' --out "$run"; then
+    mkdir -p "$out/quick-cuda"
+    cp "$run/summary.csv" "$run/timings.csv" "$out/quick-cuda/"
+    python3 scripts/compare_runs.py results/committed/smollm2-quick "$run" > "$out/quick-cuda/against-cpu.md"
+  else
+    echo "the main job's cells failed on cuda" >&2
+  fi
+else
+  echo "skipped SmolLM2 on cuda: no $smollm2 or no $corpus" >&2
+fi
 echo "GPU check written to $out"
