@@ -135,7 +135,12 @@ fn scored_cases(plan: &Plan, records: &[Record]) -> Option<BTreeSet<u64>> {
 
 /// The records of `records` that `scored` (the `eval.sample` case ids) keeps; all without one.
 fn sampled(records: &[Record], scored: Option<&BTreeSet<u64>>) -> Vec<Record> {
-    records.iter().filter(|r| scored.is_none_or(|s| s.contains(&r.case_id))).cloned().collect()
+    records.iter().filter(|r| in_sample(r, scored)).cloned().collect()
+}
+
+/// Whether `record` is scored: every record when no sample is drawn.
+fn in_sample(record: &Record, scored: Option<&BTreeSet<u64>>) -> bool {
+    scored.is_none_or(|s| s.contains(&record.case_id))
 }
 
 /// The held-out texts of the perplexity measurement, tokenized: `texts` drawn (seeded) from the
@@ -374,8 +379,7 @@ fn run_cell<B: AutodiffBackend>(
             // An independent batch is written into the unedited model and reverted: one whose
             // records are all outside the scored sample and after which no degradation is measured
             // changes nothing a metric sees, so it is not edited.
-            let scored_here = eval.scored.is_none_or(|s| batch.iter().any(|record| s.contains(&record.case_id)));
-            if independent && !measured.contains(&r) && !scored_here {
+            if independent && !measured.contains(&r) && !batch.iter().any(|record| in_sample(record, eval.scored)) {
                 skipped += 1;
                 continue;
             }
