@@ -58,3 +58,35 @@ fn harmonic_mean(values: impl Iterator<Item = f64>) -> f64 {
     }
     values.len() as f64 / values.iter().map(|v| 1.0 / v).sum::<f64>()
 }
+
+/// The rows a cell's summary is over, from its `(round, row)` pairs: per (case, stage, metric) the
+/// latest round's, since in the sequential protocol a record is scored again after later rounds;
+/// with `every_batch` (the independent protocol, where each round is its own batch written into the
+/// unedited model) every round's, so the perplexity and update norms of several measured batches
+/// are all counted.
+pub fn counted_rows(rows: impl IntoIterator<Item = (usize, MetricRow)>, every_batch: bool) -> Vec<MetricRow> {
+    let mut latest: BTreeMap<(usize, u64, Stage, Metric), (usize, MetricRow)> = BTreeMap::new();
+    for (round, row) in rows {
+        let batch = if every_batch { round } else { 0 };
+        let slot = latest.entry((batch, row.case_id, row.stage, row.metric)).or_insert((round, row));
+        if round >= slot.0 {
+            *slot = (round, row);
+        }
+    }
+    latest.into_values().map(|(_, row)| row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_rows_keep_every_batch_or_the_latest_round() {
+        let row = |case_id, metric, value| MetricRow { case_id, stage: Stage::Post, metric, value };
+        let rows = [(1, row(0, Metric::PPL, 20.0)), (2, row(0, Metric::PPL, 30.0)), (3, row(0, Metric::PPL, 40.0)), (3, row(7, Metric::ES, 1.0))];
+        let ppl = |every_batch| -> Vec<f64> { counted_rows(rows, every_batch).iter().filter(|r| r.metric == Metric::PPL).map(|r| r.value).collect() };
+        assert_eq!(ppl(true), [20.0, 30.0, 40.0]);
+        assert_eq!(ppl(false), [40.0]);
+        assert_eq!(counted_rows(rows, false).len(), 2);
+    }
+}

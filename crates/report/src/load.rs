@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use editbench_metrics::{summarize, Metric, MetricRow, Stage};
+use editbench_metrics::{counted_rows, summarize, Metric, MetricRow, Stage};
 use serde::Deserialize;
 
 /// What identifies a row of the paper's tables: every grid axis but the seed (cells that differ
@@ -168,10 +168,8 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     warn_missing_cells(dir, &manifest, &lines);
     let sequential = manifest["sweep"]["protocol"] == "sequential";
     let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
-    // Per (cell, batch, case, stage, metric): the latest round's value, and every round's for
-    // curves. In the sequential protocol a record is scored again after later rounds (batch is
-    // then 0: the latest round counts); in the independent one every round is its own batch.
-    let mut latest: BTreeMap<(String, usize, u64, Stage, Metric), (usize, f64)> = BTreeMap::new();
+    // Per cell its (round, row) pairs, and every round's values for curves.
+    let mut cell_rows: BTreeMap<String, Vec<(usize, MetricRow)>> = BTreeMap::new();
     let mut keys: BTreeMap<String, RowKey> = BTreeMap::new();
     let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
     let mut rounds: BTreeMap<(String, usize, Metric), Vec<f64>> = BTreeMap::new();
@@ -184,11 +182,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         n_edits.insert(l.cell_id.clone(), l.n_edits);
         seeds.insert(l.cell_id.clone(), l.seed);
         keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey { model: l.model.clone(), method: l.method.clone(), distribution: l.distribution.clone(), layers: l.layers.clone(), batch_size: l.batch_size });
-        let batch = if sequential { 0 } else { l.round };
-        let slot = latest.entry((l.cell_id.clone(), batch, l.case_id, l.stage, metric)).or_insert((l.round, l.value));
-        if l.round >= slot.0 {
-            *slot = (l.round, l.value);
-        }
+        cell_rows.entry(l.cell_id.clone()).or_default().push((l.round, MetricRow { case_id: l.case_id, stage: l.stage, metric, value: l.value }));
         if l.stage == Stage::Post {
             rounds.entry((l.cell_id.clone(), l.round, metric)).or_default().push(l.value);
         }
@@ -208,14 +202,17 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     let mut by_row: BTreeMap<RowKey, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_rows: BTreeMap<String, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_seen: BTreeMap<String, String> = BTreeMap::new();
-    for ((cell, _, case_id, stage, metric), (_, value)) in &latest {
-        let key = &keys[cell];
-        let row = MetricRow { case_id: *case_id, stage: *stage, metric: *metric, value: *value };
-        match stage {
-            Stage::Post => by_row.entry(key.clone()).or_default().entry(seeds[cell]).or_default().push(row),
-            // The unedited rows are the same in every cell of a model: take one cell's.
-            Stage::Pre if pre_seen.entry(key.model.clone()).or_insert_with(|| cell.clone()) == cell => pre_rows.entry(key.model.clone()).or_default().entry(0).or_default().push(row),
-            Stage::Pre => {}
+    // Per cell the rows its summary is over: every batch in the independent protocol, the latest
+    // round in the sequential one (a record is scored again after later rounds).
+    for (cell, rows) in cell_rows {
+        let key = &keys[&cell];
+        for row in counted_rows(rows, !sequential) {
+            match row.stage {
+                Stage::Post => by_row.entry(key.clone()).or_default().entry(seeds[&cell]).or_default().push(row),
+                // The unedited rows are the same in every cell of a model: take one cell's.
+                Stage::Pre if *pre_seen.entry(key.model.clone()).or_insert_with(|| cell.clone()) == cell => pre_rows.entry(key.model.clone()).or_default().entry(0).or_default().push(row),
+                Stage::Pre => {}
+            }
         }
     }
     // Sequential curves exist when rounds before the last were scored (`eval_every_round`,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use editbench_metrics::{summarize, Metric, MetricRow, Stage};
+use editbench_metrics::{counted_rows, summarize, Metric, MetricRow, Stage};
 pub use editbench_report::read_csv;
 use serde::{Deserialize, Serialize};
 
@@ -180,23 +180,11 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     Ok(done)
 }
 
-/// What a cell's summary is over: per (case, stage, metric) the measurement of the latest round in
-/// the sequential protocol (a record is scored again after later rounds); in the independent one
-/// every round is its own batch written into the unedited model, so each batch's measurement counts
-/// (the perplexity and update norms of up to 4 batches: their mean ± standard error).
+/// The rows of one cell that its summary is over (`counted_rows`: every batch in the independent
+/// protocol, the latest round in the sequential one).
 fn final_rows(rows: &[ResultRow], protocol: Protocol) -> Vec<MetricRow> {
-    let mut latest: BTreeMap<(usize, u64, Stage, &str), &ResultRow> = BTreeMap::new();
-    for r in rows {
-        let batch = if protocol == Protocol::Independent { r.round } else { 0 };
-        let slot = latest.entry((batch, r.case_id, r.stage, r.metric.as_str())).or_insert(r);
-        if r.round > slot.round {
-            *slot = r;
-        }
-    }
-    latest
-        .values()
-        .filter_map(|r| Metric::from_code(&r.metric).map(|metric| MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value }))
-        .collect()
+    let known = rows.iter().filter_map(|r| Metric::from_code(&r.metric).map(|metric| (r.round, MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value })));
+    counted_rows(known, protocol == Protocol::Independent)
 }
 
 #[cfg(test)]
