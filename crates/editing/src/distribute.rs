@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::context::ContextTemplates;
 use crate::error::{EditError, Result};
 use crate::hparams::{Distribution, Method, MethodHparams};
-use crate::keys::{keys, prompt_activation, Activation};
+use crate::keys::{Activation, LayerKeys, PromptActivation};
 use crate::request::EditRequest;
 use crate::solver::{null_space_projector, preservation_memorization_update, Memorization};
 use crate::targets::{target_values, TargetCache};
@@ -156,11 +156,19 @@ impl Editor {
         outcome.seconds_targets += t.elapsed().as_secs_f64();
         outcome.target_steps.extend(&targets.steps);
 
+        // Each layer's keys are read after the layers below are edited; the readers rerun only the
+        // blocks from the layer edited last.
+        let t = Instant::now();
+        let mut averaged = LayerKeys::new(model, requests, &self.templates)?;
+        let mut bare = if self.method.is_rank_one() { Some(LayerKeys::new(model, requests, &ContextTemplates::bare())?) } else { None };
+        let mut at_top = PromptActivation::new(model, requests)?;
+        outcome.seconds_keys += t.elapsed().as_secs_f64();
+        let mut written = Vec::new();
         for (i, &layer) in layers.iter().enumerate() {
             let t = Instant::now();
-            let k = keys(model, requests, &self.templates, layer)?;
-            let bare_keys = if self.method.is_rank_one() { Some(keys(model, requests, &ContextTemplates::bare(), layer)?) } else { None };
-            let current = prompt_activation(model, requests, top, space)?;
+            let k = averaged.at(model, layer, layer)?;
+            let bare_keys = bare.as_mut().map(|b| b.at(model, layer, layer)).transpose()?;
+            let current = at_top.at(model, top, space, layer)?;
             outcome.seconds_keys += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
@@ -182,10 +190,12 @@ impl Editor {
             let delta = mat_to_tensor::<B::InnerBackend>(&update.delta, &w.device());
             model.mlp_out_mut(layer).set_matrix(w + delta);
             outcome.seconds_solve += t.elapsed().as_secs_f64();
+            written.push((layer, k));
         }
         if self.method.keeps_previous_keys() {
-            for &layer in &layers {
-                let k = keys(model, requests, &self.templates, layer)?;
+            // A layer's keys depend only on the blocks below it and its own input side, which the
+            // later edits of this batch (at higher layers' output projections) leave as they were.
+            for (layer, k) in written {
                 *self.previous.get_mut(&layer).expect("previous keys per layer") += &k * k.transpose();
             }
         }
