@@ -102,6 +102,11 @@ enum Command {
         /// Stop at the first failing cell instead of recording it and going on.
         #[arg(long)]
         fail_fast: bool,
+        /// Cells run at a time on the cpu backend, each on one thread with its own copy of the
+        /// model (memory × N): more work done where one cell cannot keep every core busy (one edit
+        /// searched at a time, ROME's batches). Scores may differ from a run with 1 in float rounding.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
     /// Combine the results directories of the shards of one sweep.
     Merge {
@@ -170,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
-        Command::Run { sweep, out, sets, shard, dry_run, memory, fail_fast } => {
+        Command::Run { sweep, out, sets, shard, dry_run, memory, fail_fast, jobs } => {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
@@ -181,7 +186,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
-            run::run(plan, &sets, run::RunOptions { out, shard, fail_fast })?;
+            run::run(plan, &sets, run::RunOptions { out, shard, fail_fast, jobs })?;
         }
         Command::Merge { out, dirs } => run::merge(&out, &dirs)?,
         Command::Report { dirs, paper, paper_label, out } => {

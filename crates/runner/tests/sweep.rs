@@ -207,6 +207,25 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     assert_eq!(read(&merged.join("results.csv")), results, "merged shards differ from the full run");
     assert_eq!(read(&merged.join("summary.csv")), summary);
 
+    // Two cells at a time, each on one thread: the same scores up to float rounding (a lone pass
+    // instead of two side by side), every cell recorded as run on one thread.
+    let paired = dir.path().join("paired");
+    tiny_run(&sweep, &paired, &["--jobs", "2"], None);
+    let means = |text: &str| -> Vec<(String, f64)> { text.lines().skip(1).map(|l| (l.rsplitn(4, ',').nth(3).unwrap().to_string(), l.split(',').nth(10).unwrap().parse().unwrap())).collect() };
+    for ((key, a), (other, b)) in means(&summary).into_iter().zip(means(&read(&paired.join("summary.csv")))) {
+        assert_eq!(key, other);
+        assert!((a - b).abs() <= 1e-4, "{key}: {a} alone, {b} side by side (points ×100)");
+    }
+    for entry in std::fs::read_dir(paired.join("cells")).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
+        let record: serde_json::Value = serde_json::from_str(&read(&entry.path())).unwrap();
+        assert_eq!(record["outcome"]["threads"], 1, "{}", entry.path().display());
+    }
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", paired.to_str().unwrap(), "--jobs", "0"]);
+    assert!(stderr(&o).contains("--jobs 0: at least one cell"), "{}", stderr(&o));
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", paired.to_str().unwrap(), "--jobs", "2", "--set", "backend=wgpu"]);
+    // (A build without the wgpu feature refuses the backend itself.)
+    assert!(stderr(&o).contains("cells run side by side on the cpu backend only") || stderr(&o).contains("wgpu"), "{}", stderr(&o));
+
     // Shards of different sweeps are refused.
     let other = dir.path().join("other.yaml");
     std::fs::write(&other, read(&sweep).replace("batch_sizes: [1, 2]", "batch_sizes: [2]")).unwrap();
@@ -247,6 +266,11 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     assert_eq!(failed.len(), 2, "both cells ran");
     assert!(failed.iter().all(|r| r["error"].as_str().unwrap().contains("no eigenvalue of C at layer 4 is below nullspace_threshold")), "{failed:?}");
     assert_eq!(read(&out.join("results.csv")).lines().count(), 1, "no rows from failed cells");
+
+    let out = dir.path().join("paired");
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"]);
+    assert!(stderr(&o).contains("2 cell(s) failed"), "{}", stderr(&o));
+    assert_eq!(records(&out).len(), 2, "both cells ran side by side");
 
     let out = dir.path().join("fast");
     let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--fail-fast"]);
