@@ -55,7 +55,7 @@ pub fn activations_at<B: Backend>(model: &LanguageModel<B>, sentences: &[Located
 }
 
 /// Bytes of block inputs a [`BottomUp`] keeps; chunks beyond are rerun from their tokens.
-const KEPT_BYTES: usize = 1 << 30;
+pub const KEPT_BYTES: usize = 1 << 30;
 
 /// Reads activations of one set of sentences at several layers of a model that is edited
 /// bottom-up between the reads (spec §6: the keys of layer lᵢ are read after l₀ … lᵢ₋₁ are

@@ -1,9 +1,10 @@
 //! The memory plan `editbench run --dry-run` prints: per model and phase, an estimate of the peak
 //! device and host memory of the largest objects (weights in their dtype, a statistics pass, the target
-//! search's caches, the solves in f64, scoring's logits), and a warning past a given limit.
+//! search's caches, the kept inputs of a spread edit's keys, the solves in f64, scoring's logits), and a warning past a given limit.
 //!
 //! Estimates, not measurements: they count the large buffers named below and nothing else.
 
+use editbench_editing::keys::KEPT_BYTES;
 use editbench_models::ModelDims;
 
 const GB: f64 = 1e9;
@@ -23,6 +24,9 @@ const SEARCH_PROMPTS: u64 = 12;
 const SEARCH_TOKENS: u64 = 24;
 const SEARCH_RECOMPUTED: u64 = 4;
 const SEARCH_SCORED: u64 = 3;
+/// Sentences per edit whose keys are read (10 context templates) and per padded 64-sentence pass.
+const KEY_SENTENCES: u64 = 10;
+const KEY_CHUNK: u64 = 64;
 
 /// What a plan is made for.
 #[derive(Debug, Clone)]
@@ -66,6 +70,10 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
     let search_device = rows * SEARCH_TOKENS * layers * 2 * dm * F32
         + rows * SEARCH_RECOMPUTED * layers * (6 * dm + 3 * ff) * F32
         + 4 * rows * SEARCH_SCORED * v * F32;
+    // Keys of a spread edit, read bottom-up: each template sentence's and bare prompt's input to the
+    // next edited block is kept (at most `KEPT_BYTES` per set of sentences), plus one pass of 64.
+    let kept = |sentences: u64| (sentences * SEARCH_TOKENS * dm * F32).min(KEPT_BYTES as u64);
+    let keys_device = kept(w.max_batch * KEY_SENTENCES) + kept(w.max_batch) + KEY_CHUNK * SEARCH_TOKENS * (3 * dm + 3 * ff) * F32;
     // The solves: C of every edited layer, a d_ff × d_ff system and its factor, keys and residuals,
     // EMMET's C⁻¹K and the B × B system with its factor.
     let b = w.max_batch;
@@ -77,6 +85,7 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
         Phase { name: "weights", device: weights, host: if w.on_cpu { weights } else { largest_tensor } },
         Phase { name: "statistics", device: weights + stats_device, host: host(weights + stats_device, covariances) },
         Phase { name: "target search", device: weights + search_device, host: host(weights + search_device, 0) },
+        Phase { name: "keys", device: weights + keys_device, host: host(weights + keys_device, 0) },
         Phase { name: "solve (f64, host)", device: weights, host: host(weights, solve_host) },
         Phase { name: "scoring", device: weights + score_device, host: host(weights + score_device, 0) },
     ]
@@ -119,17 +128,24 @@ mod tests {
         // backward activations 192 × 4 × 2 × (24 + 24) × 4 = 294,912; four vocabulary rows at
         // 192 × 3 positions, 4 × 576 × 10 × 4 = 92,160.
         assert_eq!(p[2].device, 4000 + 294_912 + 294_912 + 92_160);
+        // Keys: 3 edits × 10 templates × 24 tokens × 4 × 4 B = 11,520 kept, the bare prompts
+        // 3 × 24 × 4 × 4 = 1,152, one pass of 64 × 24 tokens × (12 + 24) × 4 = 221,184.
+        assert_eq!(p[3], Phase { name: "keys", device: 4000 + 11_520 + 1_152 + 221_184, host: 0 });
         // Solve: C 512 + system and factor 1,024 + keys/C⁻¹K/residuals (16 + 4) × 3 × 8 = 480 + B² 2 × 9 × 8 = 144.
-        assert_eq!(p[3].host, 512 + 1024 + 480 + 144);
+        assert_eq!(p[4].host, 512 + 1024 + 480 + 144);
         // Scoring: logits at 1,024 positions, 2 × 1,024 × 10 × 4.
-        assert_eq!(p[4].device, 4000 + 81_920);
+        assert_eq!(p[5].device, 4000 + 81_920);
         // On the CPU the host holds the device's buffers too.
         let cpu = plan(&Workload { on_cpu: true, ..w.clone() });
-        assert_eq!(cpu[3].host, 4000 + 2160);
+        assert_eq!(cpu[4].host, 4000 + 2160);
         // Half-precision weights: 1,000 × 2 B on the device, the largest tensor 10 × 4 × 2 B.
-        let half = plan(&Workload { weight_bytes: 2, ..w });
+        let half = plan(&Workload { weight_bytes: 2, ..w.clone() });
         assert_eq!(half[0], Phase { name: "weights", device: 2000, host: 80 });
-        assert_eq!(half[4].device, 2000 + 81_920);
+        assert_eq!(half[5].device, 2000 + 81_920);
+        // The kept inputs stop at 1 GiB per set of sentences: LLaMA-2's width at B = 10,000.
+        let big = ModelDims { parameters: 0, intermediate_size: 11008, hidden_size: 4096, vocab_size: 32000, num_layers: 32, max_positions: 4096 };
+        let keys = &plan(&Workload { dims: big, max_batch: 10_000, ..w })[3];
+        assert_eq!(keys.device, 2 * (1 << 30) + 64 * 24 * (3 * 4096 + 3 * 11008) * 4);
     }
 
     #[test]

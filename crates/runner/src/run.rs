@@ -242,6 +242,7 @@ impl BackendTask for SweepTask<'_> {
                 out: &opts.out,
                 label: &label,
                 records: &self.records,
+                // The generation options are each cell's (seeded by it).
                 eval: CellEval { pre: &pre, scored: self.scored.as_ref(), held_out: held_out.as_deref(), generation: None },
                 covariances: &covariances,
                 reference: reference.as_ref(),
