@@ -1,6 +1,7 @@
 //! The memory plan `editbench run --dry-run` prints: per model and phase, an estimate of the peak
-//! device and host memory of the largest objects (weights in their dtype, a statistics pass, the target
-//! search's caches, the kept inputs of a spread edit's keys, the solves in f64, scoring's logits), and a warning past a given limit.
+//! device and host memory of the largest objects (weights in their dtype, a statistics pass, the
+//! target search's caches, the kept inputs of a spread edit's keys, the solves in f64, scoring's
+//! logits), and a warning past a given limit.
 //!
 //! Estimates, not measurements: they count the large buffers named below and nothing else.
 
