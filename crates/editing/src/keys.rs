@@ -149,7 +149,8 @@ pub fn keys<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], temp
 /// The keys of a batch of requests at the layers of a bottom-up edit ([`BottomUp`]).
 pub struct LayerKeys<B: Backend> {
     reader: BottomUp<B>,
-    templates: ContextTemplates,
+    /// The size of each template group (a key averages within a group, then over groups).
+    groups: Vec<usize>,
     requests: usize,
 }
 
@@ -162,23 +163,24 @@ impl<B: Backend> LayerKeys<B> {
                 sentences.push(locate(tokenizer, template, request, "")?);
             }
         }
-        Ok(Self { reader: BottomUp::new(sentences), templates: templates.clone(), requests: requests.len() })
+        let groups = templates.groups.iter().map(Vec::len).collect();
+        Ok(Self { reader: BottomUp::new(sentences), groups, requests: requests.len() })
     }
 
     /// [`keys`] at `layer`, keeping the input of block `edited` ([`BottomUp::read`]).
     pub fn at(&mut self, model: &LanguageModel<B>, layer: usize, edited: usize) -> Result<Mat<f64>> {
         let d = model.dims.intermediate_size;
         let flat = self.reader.read(model, layer, Activation::Key, edited)?;
-        let per_request = self.templates.count();
+        let per_request: usize = self.groups.iter().sum();
         Ok(Mat::from_fn(d, self.requests, |i, r| {
             let mut offset = r * per_request;
             let mut total = 0.0;
-            for group in &self.templates.groups {
-                let sum: f64 = (offset..offset + group.len()).map(|s| flat[s * d + i] as f64).sum();
-                total += sum / group.len() as f64;
-                offset += group.len();
+            for &size in &self.groups {
+                let sum: f64 = (offset..offset + size).map(|s| flat[s * d + i] as f64).sum();
+                total += sum / size as f64;
+                offset += size;
             }
-            total / self.templates.groups.len() as f64
+            total / self.groups.len() as f64
         }))
     }
 }
