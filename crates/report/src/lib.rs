@@ -53,7 +53,7 @@ fn notes(runs: &[Run]) -> Vec<String> {
     )];
     for run in runs {
         if let Some((n, total)) = run.sample {
-            notes.push(format!("`{}`: the scores rest on a seeded sample of {n} of the {total} records each cell edited (the same records in every cell).", run.label));
+            notes.push(format!("`{}`: the scores rest on a sample of {n} of the {total} records of the sweep (the same records in every cell).", run.label));
         }
     }
     notes

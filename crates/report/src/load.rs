@@ -1,4 +1,5 @@
-//! Reading results directories (`results.csv`, `timings.csv`, `manifest.json`) and paper numbers,
+//! Reading results directories (`results.csv` or only `summary.csv`, `timings.csv`,
+//! `manifest.json`) and paper numbers,
 //! and aggregating them: per table row and stage, every metric's mean ± standard error over records
 //! (S derived), through `editbench_metrics::summarize`.
 
@@ -95,8 +96,7 @@ pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2))).collect()
 }
 
-/// Per metric of `stage`: the summary of one seed's rows, or the mean over seeds with the spread
-/// of the per-seed means.
+/// Per metric of `stage`: the summaries of each seed's rows, combined ([`combine_seeds`]).
 fn to_summary(per_seed: &BTreeMap<u64, Vec<MetricRow>>, stage: Stage) -> BTreeMap<Metric, Summary> {
     let mut by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>> = BTreeMap::new();
     for rows in per_seed.values() {
@@ -104,6 +104,11 @@ fn to_summary(per_seed: &BTreeMap<u64, Vec<MetricRow>>, stage: Stage) -> BTreeMa
             by_metric.entry(s.metric).or_default().push(s);
         }
     }
+    combine_seeds(by_metric)
+}
+
+/// Per metric: one seed's summary, or the mean over seeds with the spread of the per-seed means.
+fn combine_seeds(by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>>) -> BTreeMap<Metric, Summary> {
     by_metric
         .into_iter()
         .map(|(metric, seeds)| {
@@ -153,19 +158,64 @@ fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey,
     notes
 }
 
-/// A results directory written by `editbench run` or `editbench merge`.
+/// A results directory written by `editbench run` or `editbench merge` — or only its summary:
+/// without results.csv the table rows come from summary.csv (each cell's means ± standard errors),
+/// as committed for sweeps whose per-record rows are too large for git; there are no sequential
+/// curves then.
 pub fn load_run(dir: &Path) -> Result<Run> {
-    for file in ["manifest.json", "results.csv", "timings.csv"] {
+    let from_rows = dir.join("results.csv").is_file() || !dir.join("summary.csv").is_file();
+    for file in ["manifest.json", if from_rows { "results.csv" } else { "summary.csv" }, "timings.csv"] {
         if !dir.join(file).is_file() {
             bail!("{}: not a results directory ({file} is missing)", dir.display());
         }
     }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
+    let cells = if from_rows { cells_from_rows(dir, &manifest)? } else { cells_from_summaries(dir)? };
+    let Cells { keys, seeds, post, pre, curves } = cells;
+    let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell])).unwrap_or_else(|| cell.to_string());
+    let timings = read_csv::<TimingLine>(&dir.join("timings.csv"))?.into_iter().map(|t| (label_of(&t.cell_id), t.phase, t.seconds)).collect();
+    Ok(Run {
+        label: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string()),
+        source: dir.to_path_buf(),
+        post,
+        pre,
+        curves,
+        timings,
+        solver: solver_notes(dir, &keys),
+        sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)),
+        manifest: Some(manifest),
+    })
+}
+
+/// A run's cells: per cell its table row and seed; per row the post-edit summaries, per model the
+/// unedited ones, and sequential curves.
+struct Cells {
+    keys: BTreeMap<String, RowKey>,
+    seeds: BTreeMap<String, u64>,
+    post: BTreeMap<RowKey, BTreeMap<Metric, Summary>>,
+    pre: BTreeMap<String, BTreeMap<Metric, Summary>>,
+    curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>>,
+}
+
+/// Layers are part of a row only where they are an axis of the run (several choices for one
+/// method and distribution); otherwise rows match other runs' and a paper's by the rest.
+fn drop_layers_unless_an_axis(keys: &mut BTreeMap<String, RowKey>) {
+    let mut choices: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
+    for k in keys.values() {
+        choices.entry((k.model.clone(), k.method.clone(), k.distribution.clone())).or_default().insert(k.layers.clone());
+    }
+    if choices.values().all(|c| c.len() == 1) {
+        keys.values_mut().for_each(|k| k.layers.clear());
+    }
+}
+
+/// [`Cells`] from results.csv: every record's rows.
+fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
     let lines: Vec<ResultLine> = read_csv(&dir.join("results.csv"))?;
     if lines.is_empty() {
         bail!("{}: results.csv holds no results (empty or header only); run the sweep first", dir.display());
     }
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
-    warn_missing_cells(dir, &manifest, &lines);
+    warn_missing_cells(dir, manifest, &lines);
     let sequential = manifest["sweep"]["protocol"] == "sequential";
     let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
     // Per cell its (round, row) pairs, and every round's values for curves.
@@ -190,15 +240,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     for (code, n) in &unknown {
         tracing::warn!("{}: skipped {n} rows with unknown metric code `{code}`", dir.display());
     }
-    // Layers are part of a row only where they are an axis of the run (several choices for one
-    // method and distribution); otherwise rows match other runs' and a paper's by the rest.
-    let mut choices: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
-    for k in keys.values() {
-        choices.entry((k.model.clone(), k.method.clone(), k.distribution.clone())).or_default().insert(k.layers.clone());
-    }
-    if choices.values().all(|c| c.len() == 1) {
-        keys.values_mut().for_each(|k| k.layers.clear());
-    }
+    drop_layers_unless_an_axis(&mut keys);
     let mut by_row: BTreeMap<RowKey, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_rows: BTreeMap<String, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_seen: BTreeMap<String, String> = BTreeMap::new();
@@ -224,18 +266,63 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         let mean = values.iter().sum::<f64>() / values.len() as f64 * metric.scale();
         curves.entry(key.clone()).or_default().entry((round * key.batch_size).min(n_edits[cell])).or_default().insert(*metric, mean);
     }
-    let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell])).unwrap_or_else(|| cell.to_string());
-    let timings = read_csv::<TimingLine>(&dir.join("timings.csv"))?.into_iter().map(|t| (label_of(&t.cell_id), t.phase, t.seconds)).collect();
-    Ok(Run {
-        label: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string()),
-        source: dir.to_path_buf(),
-        post: by_row.into_iter().map(|(k, rows)| (k, to_summary(&rows, Stage::Post))).collect(),
-        pre: pre_rows.into_iter().map(|(m, rows)| (m, to_summary(&rows, Stage::Pre))).collect(),
-        curves,
-        timings,
-        solver: solver_notes(dir, &keys),
-        sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)),
-        manifest: Some(manifest),
+    let post = by_row.into_iter().map(|(k, rows)| (k, to_summary(&rows, Stage::Post))).collect();
+    let pre = pre_rows.into_iter().map(|(m, rows)| (m, to_summary(&rows, Stage::Pre))).collect();
+    Ok(Cells { keys, seeds, post, pre, curves })
+}
+
+#[derive(Debug, Deserialize)]
+struct SummaryLine {
+    cell_id: String,
+    model: String,
+    method: String,
+    distribution: String,
+    layers: String,
+    batch_size: usize,
+    seed: u64,
+    stage: Stage,
+    metric: String,
+    mean: f64,
+    stderr: Option<f64>,
+    n: usize,
+}
+
+/// [`Cells`] from summary.csv: each cell's summaries as `editbench run` wrote them.
+fn cells_from_summaries(dir: &Path) -> Result<Cells> {
+    let path = dir.join("summary.csv");
+    let lines: Vec<SummaryLine> = read_csv(&path)?;
+    if lines.is_empty() {
+        bail!("{}: holds no summaries (empty or header only); run the sweep first", path.display());
+    }
+    let mut keys: BTreeMap<String, RowKey> = BTreeMap::new();
+    let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &lines {
+        seeds.insert(l.cell_id.clone(), l.seed);
+        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey { model: l.model.clone(), method: l.method.clone(), distribution: l.distribution.clone(), layers: l.layers.clone(), batch_size: l.batch_size });
+    }
+    drop_layers_unless_an_axis(&mut keys);
+    let mut post: BTreeMap<RowKey, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> = BTreeMap::new();
+    let mut pre: BTreeMap<String, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> = BTreeMap::new();
+    for l in &lines {
+        let Some(metric) = Metric::from_code(&l.metric) else {
+            tracing::warn!("{}: skipped a summary with unknown metric code `{}`", path.display(), l.metric);
+            continue;
+        };
+        let key = &keys[&l.cell_id];
+        let summary = editbench_metrics::Summary { stage: l.stage, metric, mean: l.mean, stderr: l.stderr, n: l.n };
+        // The unedited summaries are the same in every cell of a model: one is kept.
+        match l.stage {
+            Stage::Post => post.entry(key.clone()).or_default().entry(metric).or_default().insert(l.seed, summary),
+            Stage::Pre => pre.entry(key.model.clone()).or_default().entry(metric).or_default().insert(0, summary),
+        };
+    }
+    let combined = |by_metric: BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>| combine_seeds(by_metric.into_iter().map(|(m, s)| (m, s.into_values().collect())).collect());
+    Ok(Cells {
+        keys,
+        seeds,
+        post: post.into_iter().map(|(k, s)| (k, combined(s))).collect(),
+        pre: pre.into_iter().map(|(m, s)| (m, combined(s))).collect(),
+        curves: BTreeMap::new(),
     })
 }
 

@@ -144,7 +144,7 @@ fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
     assert!(markdown.contains("| tiny | EMMET | single | 4 | 1 | 75.0 ± 25.0 (σ 35.4, 2 seeds) |"), "{markdown}");
     let report = write_report(&[load_run(dir.path()).unwrap()], dir.path()).unwrap();
     assert!(report.contains("| 2 | 1 |"));
-    assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("a seeded sample of 2 of the 4 records"));
+    assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("a sample of 2 of the 4 records"));
     // The layer is an axis: each metric also against the layer (ES and PPL here).
     for stem in ["layer-ES", "layer-PPL"] {
         assert!(dir.path().join("figures").join(format!("{stem}.svg")).is_file(), "no {stem} figure");

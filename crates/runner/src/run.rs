@@ -117,10 +117,13 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
         }
     }
     write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &stats_keys))?.as_bytes())?;
-    let pending: Vec<usize> = (0..plan.cells.len())
+    let mut pending: Vec<usize> = (0..plan.cells.len())
         .filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s))
         .filter(|&i| finished(&opts.out, &plan.cells[i].id).is_none())
         .collect();
+    // Smallest batches first (grid order within a batch size): every method's cheap cells land
+    // before the long ones, so an interrupted sweep already compares all methods at small B.
+    pending.sort_by_key(|&i| plan.cells[i].batch_size);
     let in_shard = (0..plan.cells.len()).filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s)).count();
     eprintln!("{} cells in the grid, {in_shard} in this shard, {} to run ({} already finished)", plan.cells.len(), pending.len(), in_shard - pending.len());
     let scored = scored_cases(&plan, &records);
@@ -132,12 +135,14 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// The case ids `eval.sample` scores: a seeded sample of the edited records, the same in every
-/// cell; `None` scores all.
+/// The case ids `eval.sample` scores: a seeded sample of the edited records (or the first ones),
+/// the same in every cell; `None` scores all.
 fn scored_cases(plan: &Plan, records: &[Record]) -> Option<BTreeSet<u64>> {
     let sample = plan.sweep.eval.as_ref()?.sample?;
     let mut ids: Vec<u64> = records.iter().map(|r| r.case_id).collect();
-    SplitMix64::new(sample.seed).shuffle(&mut ids);
+    if !sample.first {
+        SplitMix64::new(sample.seed).shuffle(&mut ids);
+    }
     Some(ids.into_iter().take(sample.n).collect())
 }
 
@@ -338,7 +343,7 @@ impl CellContext<'_> {
         let covs: BTreeMap<usize, Mat<f64>> = cell.layers.iter().map(|l| (*l, self.covariances[l].clone())).collect();
         let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: cell.seed, batch: 32, reference: self.reference.cloned() });
         let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates.clone(), covs.clone())?.with_target_cache(self.target_cache.clone()));
-        let eval = CellEval { pre: self.eval.pre, scored: self.eval.scored, held_out: self.eval.held_out, generation: generation.as_ref() };
+        let eval = CellEval { generation: generation.as_ref(), ..self.eval };
         run_cell::<B>(model, plan, cell, editor, self.records, &eval)
     }
 }
@@ -360,6 +365,10 @@ fn run_side_by_side<B: AutodiffBackend>(
             s.spawn(move || {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("cell-{w}")).build().expect("a thread for a cell");
                 pool.install(|| loop {
+                    // After a failure under --fail-fast no worker takes another cell.
+                    if finish.lock().expect("finish lock").1.is_some() {
+                        break;
+                    }
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(cell) = cells.get(i) else { break };
                     let record = ctx.run::<B>(&mut model, cell);
@@ -417,6 +426,7 @@ fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &
 }
 
 /// What a cell measures besides its edits.
+#[derive(Clone, Copy)]
 struct CellEval<'a> {
     /// The unedited model's rows.
     pre: &'a [MetricRow],
@@ -427,17 +437,19 @@ struct CellEval<'a> {
     generation: Option<&'a GenerationOptions>,
 }
 
-/// The rounds after which degradation is measured: a seeded sample of `batches` of them in the
-/// independent protocol (each batch is its own edited model), the scored rounds in the sequential one.
-fn degradation_rounds(plan: &Plan, cell: &Cell, rounds: usize) -> BTreeSet<usize> {
+/// The rounds after which degradation is measured: in the independent protocol (each batch is its
+/// own edited model) a seeded sample of `batches` of the rounds that hold a scored record (all
+/// rounds without `eval.sample`), so measuring edits no batch that scoring does not; in the
+/// sequential one the scored rounds.
+fn degradation_rounds(plan: &Plan, cell: &Cell, rounds: &[&[Record]], scored: Option<&BTreeSet<u64>>) -> BTreeSet<usize> {
     let Some(spec) = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref()) else { return BTreeSet::new() };
     match plan.sweep.protocol {
         Protocol::Independent => {
-            let mut order: Vec<usize> = (0..rounds).collect();
+            let mut order: Vec<usize> = (0..rounds.len()).filter(|&r| rounds[r].iter().any(|record| in_sample(record, scored))).collect();
             SplitMix64::new(spec.seed ^ cell.seed).shuffle(&mut order);
             order.into_iter().take(spec.batches).collect()
         }
-        Protocol::Sequential => (0..rounds).filter(|&r| plan.sweep.scores_after(r, rounds, cell.batch_size)).collect(),
+        Protocol::Sequential => (0..rounds.len()).filter(|&r| plan.sweep.scores_after(r, rounds.len(), cell.batch_size)).collect(),
     }
 }
 
@@ -470,15 +482,15 @@ fn run_cell<B: AutodiffBackend>(
     let mut session = EditSession::default();
     let mut editor = new_editor()?;
     let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
-    let measured = degradation_rounds(plan, cell, rounds.len());
+    let measured = degradation_rounds(plan, cell, &rounds, eval.scored);
     let independent = plan.sweep.protocol == Protocol::Independent;
     let mut skipped = 0;
     let result = (|| -> Result<()> {
         for (r, batch) in rounds.iter().enumerate() {
             // An independent batch is written into the unedited model and reverted: one whose
-            // records are all outside the scored sample and after which no degradation is measured
-            // changes nothing a metric sees, so it is not edited.
-            if independent && !measured.contains(&r) && !batch.iter().any(|record| in_sample(record, eval.scored)) {
+            // records are all outside the scored sample changes nothing a metric sees (degradation
+            // is measured only after batches that are scored), so it is not edited.
+            if independent && !batch.iter().any(|record| in_sample(record, eval.scored)) {
                 skipped += 1;
                 continue;
             }

@@ -58,8 +58,8 @@ pub struct Sweep {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSpec {
-    /// Score a seeded subset of `n` of each cell's edited records — the same records in every
-    /// cell — instead of all of them (all records are still edited).
+    /// Score a subset of `n` of each cell's edited records — the same records in every cell —
+    /// instead of all of them (every batch holding a scored record is still edited whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<EvalSample>,
     /// Perplexity on held-out text (PPL) and the norms of the accumulated updates (DWNORM,
@@ -74,6 +74,11 @@ pub struct EvalSample {
     pub n: usize,
     #[serde(default)]
     pub seed: u64,
+    /// The first `n` records in selection order instead of a seeded draw: with a seeded
+    /// `selection: {sample: …}` as random, and in the independent protocol only the batches that
+    /// hold them are edited, so a cell with B ≤ n searches the targets of `n` records, not all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,6 +388,9 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     if let Some(sample) = s.eval.as_ref().and_then(|e| e.sample) {
         if sample.n == 0 || sample.n > s.dataset.n_edits {
             bail!("{}: eval.sample.n = {} is impossible with dataset.n_edits = {} (allowed: 1..={})", at("eval.sample"), sample.n, s.dataset.n_edits, s.dataset.n_edits);
+        }
+        if sample.first && sample.seed != 0 {
+            bail!("{}: eval.sample.seed = {} has no effect with first: true (the first n records are scored)", at("eval.sample"), sample.seed);
         }
     }
     if let Some(d) = s.eval.as_ref().and_then(|e| e.degradation.as_ref()) {

@@ -88,6 +88,8 @@ fn sweep_files_are_checked_before_any_work() {
     assert!(stderr(&o).contains("expected a whole number ≥ 0") && !stderr(&o).contains("usize"), "{}", stderr(&o));
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--set", "nonsense"]);
     assert!(stderr(&o).contains("--set nonsense: expected dotted.key=value"), "{}", stderr(&o));
+    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "eval={sample: {n: 4, seed: 3, first: true}}"]);
+    assert!(stderr(&o).contains("eval.sample.seed = 3 has no effect with first: true"), "{}", stderr(&o));
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--shard", "2/2"]);
     assert!(stderr(&o).contains("--shard 2/2: expected I/N with 0 ≤ I < N"), "{}", stderr(&o));
     // The dry run lists exactly the cells of its shard.
@@ -279,9 +281,10 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     assert_eq!(records(&out).len(), 1, "stopped after the first failure");
 }
 
-/// `eval.sample` scores the same seeded subset in every cell; `eval.degradation` adds the unedited
-/// and edited perplexity (PPL) and per edited layer the update norms (DWNORM, DWREL), measured
-/// after at most `batches` sampled batches in the independent protocol.
+/// `eval.sample` scores the same seeded subset (or the first records) in every cell;
+/// `eval.degradation` adds the unedited and edited perplexity (PPL) and per edited layer the update
+/// norms (DWNORM, DWREL), measured after at most `batches` sampled scored batches in the independent
+/// protocol.
 #[test]
 fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     let dir = tempfile::tempdir().unwrap();
@@ -318,4 +321,34 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     assert_eq!(cells[0]["outcome"]["adam_steps"].as_array().unwrap().len(), 1, "one edit searched");
     let post = |dir: &Path| read(&dir.join("results.csv")).lines().filter(|l| l.contains(",post,") && !l.contains("PPL") && !l.contains(",DW")).map(|l| l.split(',').skip(9).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
     assert_eq!(post(&only_sample), post(&out), "the sampled record scores the same");
+    // `first: true` scores the first record; degradation is measured after its batch only, and
+    // the other batch is not edited.
+    let first = dir.path().join("first");
+    let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent", "--set", "eval={sample: {n: 1, first: true}, degradation: {texts: 3, max_length: 16, batches: 2}}"];
+    tiny_run(&sweep, &first, &sets, None);
+    let dataset: serde_json::Value = serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json"))).unwrap();
+    let first_case = dataset[0]["case_id"].to_string();
+    let results = read(&first.join("results.csv"));
+    let scored: std::collections::BTreeSet<&str> = results.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|r| r[11] == "ES").map(|r| r[9]).collect();
+    assert_eq!(scored, [first_case.as_str()].into(), "{results}");
+    assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 1, "PPL after the one scored batch");
+    let cell = std::fs::read_dir(first.join("cells")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
+    let cell: serde_json::Value = serde_json::from_str(&read(&cell)).unwrap();
+    assert_eq!(cell["outcome"]["skipped_batches"], 1, "{}", cell["outcome"]);
+    // Without results.csv (as committed where the per-record rows are too large for git), the
+    // report reads the same tables from summary.csv.
+    let summaries = dir.path().join("summaries-only");
+    std::fs::create_dir(&summaries).unwrap();
+    for file in ["manifest.json", "summary.csv", "timings.csv"] {
+        std::fs::copy(first.join(file), summaries.join(file)).unwrap();
+    }
+    let (rows, sums) = (editbench_report::load_run(&first).unwrap(), editbench_report::load_run(&summaries).unwrap());
+    assert_eq!((rows.post.len(), rows.pre.len(), rows.sample), (sums.post.len(), sums.pre.len(), sums.sample));
+    for (a, b) in [(&rows.post.values().next().unwrap(), &sums.post.values().next().unwrap()), (&&rows.pre["smollm2"], &&sums.pre["smollm2"])] {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (metric, x) in a.iter() {
+            let y = b[metric];
+            assert!((x.mean - y.mean).abs() < 1e-9 && x.n == y.n && x.stderr.is_some() == y.stderr.is_some(), "{metric:?}: {x:?} vs {y:?}");
+        }
+    }
 }
