@@ -23,6 +23,13 @@ pub struct RowKey {
     pub batch_size: usize,
 }
 
+impl RowKey {
+    fn new(model: &str, method: &str, distribution: &str, layers: &str, batch_size: usize) -> Self {
+        let owned = |s: &str| s.to_string();
+        RowKey { model: owned(model), method: owned(method), distribution: owned(distribution), layers: owned(layers), batch_size }
+    }
+}
+
 /// One metric of one table row (×100, or as measured for PPL and DWNORM).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
@@ -231,7 +238,7 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
         };
         n_edits.insert(l.cell_id.clone(), l.n_edits);
         seeds.insert(l.cell_id.clone(), l.seed);
-        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey { model: l.model.clone(), method: l.method.clone(), distribution: l.distribution.clone(), layers: l.layers.clone(), batch_size: l.batch_size });
+        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size));
         cell_rows.entry(l.cell_id.clone()).or_default().push((l.round, MetricRow { case_id: l.case_id, stage: l.stage, metric, value: l.value }));
         if l.stage == Stage::Post {
             rounds.entry((l.cell_id.clone(), l.round, metric)).or_default().push(l.value);
@@ -298,7 +305,7 @@ fn cells_from_summaries(dir: &Path) -> Result<Cells> {
     let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
     for l in &lines {
         seeds.insert(l.cell_id.clone(), l.seed);
-        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey { model: l.model.clone(), method: l.method.clone(), distribution: l.distribution.clone(), layers: l.layers.clone(), batch_size: l.batch_size });
+        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size));
     }
     drop_layers_unless_an_axis(&mut keys);
     let mut post: BTreeMap<RowKey, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> = BTreeMap::new();
@@ -349,7 +356,7 @@ pub fn load_paper(path: &Path, label: &str) -> Result<Run> {
         let summary = Summary { mean: l.value, stderr: None, n: 0, seeds: None };
         match l.stage {
             Stage::Pre => run.pre.entry(l.model).or_default().insert(metric, summary),
-            Stage::Post => run.post.entry(RowKey { model: l.model, method: l.method, distribution: l.distribution, layers: String::new(), batch_size: l.batch_size }).or_default().insert(metric, summary),
+            Stage::Post => run.post.entry(RowKey::new(&l.model, &l.method, &l.distribution, "", l.batch_size)).or_default().insert(metric, summary),
         };
     }
     Ok(run)

@@ -156,6 +156,11 @@ fn in_sample(record: &Record, scored: Option<&BTreeSet<u64>>) -> bool {
     scored.is_none_or(|s| s.contains(&record.case_id))
 }
 
+/// Whether `batch` holds a scored record.
+fn holds_scored(batch: &[Record], scored: Option<&BTreeSet<u64>>) -> bool {
+    batch.iter().any(|record| in_sample(record, scored))
+}
+
 /// The held-out texts of the perplexity measurement, tokenized: `texts` drawn (seeded) from the
 /// given file, or from the statistics corpus without the paragraphs the statistics read. Which
 /// paragraphs were drawn is written to `record` (JSON).
@@ -445,7 +450,7 @@ fn degradation_rounds(plan: &Plan, cell: &Cell, rounds: &[&[Record]], scored: Op
     let Some(spec) = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref()) else { return BTreeSet::new() };
     match plan.sweep.protocol {
         Protocol::Independent => {
-            let mut order: Vec<usize> = (0..rounds.len()).filter(|&r| rounds[r].iter().any(|record| in_sample(record, scored))).collect();
+            let mut order: Vec<usize> = (0..rounds.len()).filter(|&r| holds_scored(rounds[r], scored)).collect();
             SplitMix64::new(spec.seed ^ cell.seed).shuffle(&mut order);
             order.into_iter().take(spec.batches).collect()
         }
@@ -490,7 +495,7 @@ fn run_cell<B: AutodiffBackend>(
             // An independent batch is written into the unedited model and reverted: one whose
             // records are all outside the scored sample changes nothing a metric sees (degradation
             // is measured only after batches that are scored), so it is not edited.
-            if independent && !batch.iter().any(|record| in_sample(record, eval.scored)) {
+            if independent && !holds_scored(batch, eval.scored) {
                 skipped += 1;
                 continue;
             }

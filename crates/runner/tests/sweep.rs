@@ -126,6 +126,12 @@ fn count(dir: &Path, ext: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count()).unwrap_or(0)
 }
 
+/// The cell records (`cells/*.json`) of a results directory.
+fn cell_records(out: &Path) -> Vec<serde_json::Value> {
+    let files = std::fs::read_dir(out.join("cells")).unwrap().flatten().map(|e| e.path());
+    files.filter(|p| p.extension().is_some_and(|x| x == "json")).map(|p| serde_json::from_str(&read(&p)).unwrap()).collect()
+}
+
 /// Runs the tiny sweep into `out` to its end, or kills it (SIGKILL) as soon as `kill_when(out)`.
 fn tiny_run(sweep: &Path, out: &Path, extra: &[&str], kill_when: Option<&dyn Fn(&Path) -> bool>) {
     let mut args = vec!["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()];
@@ -218,9 +224,8 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
         assert_eq!(key, other);
         assert!((a - b).abs() <= 1e-4, "{key}: {a} alone, {b} side by side (points ×100)");
     }
-    for entry in std::fs::read_dir(paired.join("cells")).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
-        let record: serde_json::Value = serde_json::from_str(&read(&entry.path())).unwrap();
-        assert_eq!(record["outcome"]["threads"], 1, "{}", entry.path().display());
+    for record in cell_records(&paired) {
+        assert_eq!(record["outcome"]["threads"], 1, "{}", record["cell"]);
     }
     let o = run(&["run", sweep.to_str().unwrap(), "--out", paired.to_str().unwrap(), "--jobs", "0"]);
     assert!(stderr(&o).contains("--jobs 0: at least one cell"), "{}", stderr(&o));
@@ -257,14 +262,11 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
         .replace("  memit: {v_num_grad_steps: 4, templates: fixed}\n", "");
     let sweep = dir.path().join("failing.yaml");
     std::fs::write(&sweep, text).unwrap();
-    let records = |out: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_dir(out.join("cells")).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).map(|e| serde_json::from_str(&read(&e.path())).unwrap()).collect()
-    };
     let out = dir.path().join("out");
     let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("2 cell(s) failed"), "{}", stderr(&o));
-    let failed = records(&out);
+    let failed = cell_records(&out);
     assert_eq!(failed.len(), 2, "both cells ran");
     assert!(failed.iter().all(|r| r["error"].as_str().unwrap().contains("no eigenvalue of C at layer 4 is below nullspace_threshold")), "{failed:?}");
     assert_eq!(read(&out.join("results.csv")).lines().count(), 1, "no rows from failed cells");
@@ -272,13 +274,13 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     let out = dir.path().join("paired");
     let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"]);
     assert!(stderr(&o).contains("2 cell(s) failed"), "{}", stderr(&o));
-    assert_eq!(records(&out).len(), 2, "both cells ran side by side");
+    assert_eq!(cell_records(&out).len(), 2, "both cells ran side by side");
 
     let out = dir.path().join("fast");
     let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--fail-fast"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("failed (--fail-fast)"), "{}", stderr(&o));
-    assert_eq!(records(&out).len(), 1, "stopped after the first failure");
+    assert_eq!(cell_records(&out).len(), 1, "stopped after the first failure");
 }
 
 /// `eval.sample` scores the same seeded subset (or the first records) in every cell;
@@ -314,8 +316,7 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     let only_sample = dir.path().join("only-sample");
     let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent", "--set", "eval={sample: {n: 1, seed: 3}}"];
     tiny_run(&sweep, &only_sample, &sets, None);
-    let record_files = std::fs::read_dir(only_sample.join("cells")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json"));
-    let cells: Vec<serde_json::Value> = record_files.map(|p| serde_json::from_str(&read(&p)).unwrap()).collect();
+    let cells = cell_records(&only_sample);
     assert_eq!(cells.len(), 1);
     assert_eq!(cells[0]["outcome"]["skipped_batches"], 1, "{}", cells[0]["outcome"]);
     assert_eq!(cells[0]["outcome"]["adam_steps"].as_array().unwrap().len(), 1, "one edit searched");
@@ -332,8 +333,7 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     let scored: std::collections::BTreeSet<&str> = results.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|r| r[11] == "ES").map(|r| r[9]).collect();
     assert_eq!(scored, [first_case.as_str()].into(), "{results}");
     assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 1, "PPL after the one scored batch");
-    let cell = std::fs::read_dir(first.join("cells")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
-    let cell: serde_json::Value = serde_json::from_str(&read(&cell)).unwrap();
+    let cell = cell_records(&first).remove(0);
     assert_eq!(cell["outcome"]["skipped_batches"], 1, "{}", cell["outcome"]);
     // Without results.csv (as committed where the per-record rows are too large for git), the
     // report reads the same tables from summary.csv.
