@@ -7,6 +7,7 @@ use std::sync::Once;
 
 use anyhow::{anyhow, Result};
 use editbench_metrics::Metric;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::element::ErrorBar;
 use plotters::prelude::*;
@@ -148,18 +149,19 @@ impl Chart for MetricVs<'_> {
             let ticks: Vec<f64> = sizes.iter().map(|&b| self.axis.position(b)).collect();
             let min_x = ticks.first().copied().unwrap_or(0.0).min(0.0);
             let max_x = ticks.last().copied().unwrap_or(1.0).max(1.0);
-            let values = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1 + p.2.unwrap_or(0.0))).chain(unedited);
+            let values = lines.iter().flat_map(|l| l.points.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])).chain(unedited);
+            let y_axis = YAxis::new(self.metric, values);
             let mut chart = ChartBuilder::on(panel)
                 .caption(format!("{model}: {}{}", self.metric.code(), sample_note(self.runs)), (FONT, 18))
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
-                .build_cartesian_2d(TickedAxis { range: min_x - 0.6..max_x + 0.6, ticks }, y_range(self.metric, values))
+                .build_cartesian_2d(TickedAxis { range: min_x - 0.6..max_x + 0.6, ticks }, y_axis.clone())
                 .map_err(err)?;
             let axis = self.axis;
-            chart.configure_mesh().x_label_formatter(&|x: &f64| axis.tick_label(*x)).y_label_formatter(&|y: &f64| format!("{y:.4}").trim_end_matches('0').trim_end_matches('.').to_string())
-                .x_desc(self.axis.description()).y_desc(axis_label(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
-            if let Some(y) = unedited {
+            chart.configure_mesh().x_label_formatter(&|x: &f64| axis.tick_label(*x)).y_label_formatter(&|y: &f64| y_axis.label(*y))
+                .x_desc(self.axis.description()).y_desc(y_axis.description(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
+            if let Some(y) = unedited.map(|y| y_axis.at(y)) {
                 let grey = RGBColor(120, 120, 120).stroke_width(1);
                 chart.draw_series(DashedLineSeries::new(vec![(min_x - 0.6, y), (max_x + 0.6, y)], 3, 4, grey)).map_err(err)?
                     .label("unedited").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
@@ -167,7 +169,7 @@ impl Chart for MetricVs<'_> {
             let n = lines.len() as f64;
             for (i, line) in lines.iter().enumerate() {
                 let offset = (i as f64 - (n - 1.0) / 2.0) * DODGE;
-                let points: Vec<(f64, f64)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, p.1)).collect();
+                let points: Vec<(f64, f64)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, y_axis.at(p.1))).collect();
                 let color = method_color(&line.method);
                 let style = color.stroke_width(2);
                 let legend = line.label.clone();
@@ -176,13 +178,85 @@ impl Chart for MetricVs<'_> {
                 } else {
                     chart.draw_series(LineSeries::new(points.clone(), style)).map_err(err)?.label(legend).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
                 }
-                let bars = line.points.iter().zip(&points).filter_map(|(p, q)| p.2.map(|e| ErrorBar::new_vertical(q.0, q.1 - e, q.1, q.1 + e, color.stroke_width(1), 6)));
+                let bar = |(p, q): (&(usize, f64, Option<f64>), &(f64, f64))| {
+                    p.2.map(|e| ErrorBar::new_vertical(q.0, y_axis.at(p.1 - e), q.1, y_axis.at(p.1 + e), color.stroke_width(1), 6))
+                };
+                let bars = line.points.iter().zip(&points).filter_map(bar);
                 chart.draw_series(bars).map_err(err)?;
                 markers(&mut chart, &points, method_rank(&line.method), color)?;
             }
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
+            // Rising perplexities and norms leave the upper left free; falling scores the lower left.
+            let corner = if y_axis.log { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(corner).draw().map_err(err)?;
         }
         Ok(())
+    }
+}
+
+/// Perplexities and update norms that span more than this factor are drawn on a log₁₀ axis.
+const LOG_SPAN: f64 = 30.0;
+
+/// The y axis of line figures: linear, or log₁₀ where a perplexity or update norm spans more than
+/// [`LOG_SPAN`]× (a batch that breaks the model takes perplexity from ~16 to ~10⁶, which flattens
+/// every other point on a linear axis). Values are drawn at [`YAxis::at`]; a log axis has a tick
+/// per decade.
+#[derive(Clone)]
+struct YAxis {
+    /// In drawn units: values, or their log₁₀.
+    range: std::ops::Range<f64>,
+    log: bool,
+}
+
+impl YAxis {
+    fn new(metric: Metric, values: impl Iterator<Item = f64>) -> Self {
+        let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+        let positive = values.iter().copied().filter(|&v| v > 0.0);
+        let (low, high) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let spread = matches!(metric, Metric::PPL | Metric::DWNORM | Metric::DWREL) && high > low * LOG_SPAN;
+        match spread {
+            true => YAxis { range: low.log10().floor()..high.log10().ceil(), log: true },
+            false => YAxis { range: y_range(metric, values.into_iter()), log: false },
+        }
+    }
+
+    /// Where `value` is drawn (on a log axis: its log₁₀, clamped to the axis' bottom).
+    fn at(&self, value: f64) -> f64 {
+        match self.log {
+            true => value.max(10f64.powf(self.range.start)).log10(),
+            false => value,
+        }
+    }
+
+    fn label(&self, y: f64) -> String {
+        match self.log {
+            true if y >= 4.0 => format!("1e{y:.0}"),
+            true => format!("{}", 10f64.powf(y).round()),
+            false => format!("{y:.4}").trim_end_matches('0').trim_end_matches('.').to_string(),
+        }
+    }
+
+    fn description(&self, metric: Metric) -> String {
+        axis_label(metric) + if self.log { " (log scale)" } else { "" }
+    }
+}
+
+impl Ranged for YAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        RangedCoordf64::from(self.range.clone()).map(value, limit)
+    }
+
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        match self.log {
+            true => (self.range.start as i32..=self.range.end as i32).map(f64::from).collect(),
+            false => RangedCoordf64::from(self.range.clone()).key_points(hint),
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.clone()
     }
 }
 
@@ -358,16 +432,18 @@ impl Chart for SequentialCurve<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let max_edits = self.run.curves.values().flat_map(|c| c.keys()).copied().max().unwrap_or(1) as f64;
+        let y_axis = YAxis::new(self.metric, self.run.curves.values().flat_map(|c| c.values().filter_map(|m| m.get(&self.metric).copied())));
         let mut chart = ChartBuilder::on(area)
             .caption(self.title(), (FONT, 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_edits * 1.02, y_range(self.metric, self.run.curves.values().flat_map(|c| c.values().filter_map(|m| m.get(&self.metric).copied()))))
+            .build_cartesian_2d(0f64..max_edits * 1.02, y_axis.clone())
             .map_err(err)?;
-        chart.configure_mesh().x_desc("edits applied").y_desc(format!("{} of the edits so far", axis_label(self.metric))).label_style((FONT, 13)).draw().map_err(err)?;
+        let y_desc = format!("{} of the edits so far", y_axis.description(self.metric));
+        chart.configure_mesh().x_desc("edits applied").y_desc(y_desc).y_label_formatter(&|y: &f64| y_axis.label(*y)).label_style((FONT, 13)).draw().map_err(err)?;
         for (key, curve) in &self.run.curves {
-            let points: Vec<(f64, f64)> = curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|v| (*n as f64, *v))).collect();
+            let points: Vec<(f64, f64)> = curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|v| (*n as f64, y_axis.at(*v)))).collect();
             let style = method_color(&key.method).stroke_width(2);
             let label = format!("{} {} B={}{}", key.method, key.distribution, key.batch_size, if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) });
             chart.draw_series(LineSeries::new(points, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
@@ -459,4 +535,28 @@ pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
         figures.push(render(&Timings { run }, dir, &format!("timings-{}", run.label))?);
     }
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A perplexity that explodes past [`LOG_SPAN`]× is drawn on decades; scores and a narrow
+    /// perplexity range stay linear.
+    #[test]
+    fn y_axis_turns_logarithmic_only_for_wide_perplexities_and_norms() {
+        let ppl = YAxis::new(Metric::PPL, [16.54, 25.4, 1496.4, 633_636.9].into_iter());
+        assert!(ppl.log);
+        assert_eq!(ppl.range, 1.0..6.0);
+        assert!((ppl.at(16.54) - 16.54f64.log10()).abs() < 1e-12);
+        assert_eq!(ppl.at(-3.0), 1.0, "a lower error bar below the axis is clamped to its bottom");
+        assert_eq!(ppl.key_points(4), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!((ppl.label(2.0), ppl.label(6.0)), ("100".to_string(), "1e6".to_string()));
+        let narrow = YAxis::new(Metric::PPL, [16.5, 31.8].into_iter());
+        assert!(!narrow.log);
+        assert_eq!(narrow.at(31.8), 31.8);
+        let scores = YAxis::new(Metric::ES, [0.5, 100.0].into_iter());
+        assert!(!scores.log);
+        assert_eq!(scores.range, 0.0..105.0);
+    }
 }
