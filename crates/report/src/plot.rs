@@ -212,8 +212,8 @@ impl YAxis {
         let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
         let positive = values.iter().copied().filter(|&v| v > 0.0);
         let (low, high) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        let spread = matches!(metric, Metric::PPL | Metric::DWNORM | Metric::DWREL) && high > low * LOG_SPAN;
-        match spread {
+        let wide = matches!(metric, Metric::PPL | Metric::DWNORM | Metric::DWREL) && high > low * LOG_SPAN;
+        match wide {
             true => YAxis { range: low.log10().floor()..high.log10().ceil(), log: true },
             false => YAxis { range: y_range(metric, values.into_iter()), log: false },
         }
@@ -229,8 +229,8 @@ impl YAxis {
 
     fn label(&self, y: f64) -> String {
         match self.log {
-            true if y >= 4.0 => format!("1e{y:.0}"),
-            true => format!("{}", 10f64.powf(y).round()),
+            true if y.abs() >= 4.0 => format!("1e{y:.0}"),
+            true => format!("{}", 10f64.powi(y.round() as i32)),
             false => format!("{y:.4}").trim_end_matches('0').trim_end_matches('.').to_string(),
         }
     }
@@ -551,7 +551,7 @@ mod tests {
         assert!((ppl.at(16.54) - 16.54f64.log10()).abs() < 1e-12);
         assert_eq!(ppl.at(-3.0), 1.0, "a lower error bar below the axis is clamped to its bottom");
         assert_eq!(ppl.key_points(4), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!((ppl.label(2.0), ppl.label(6.0)), ("100".to_string(), "1e6".to_string()));
+        assert_eq!([ppl.label(-1.0), ppl.label(2.0), ppl.label(6.0)], ["0.1", "100", "1e6"].map(String::from));
         let narrow = YAxis::new(Metric::PPL, [16.5, 31.8].into_iter());
         assert!(!narrow.log);
         assert_eq!(narrow.at(31.8), 31.8);
