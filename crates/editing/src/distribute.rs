@@ -39,6 +39,11 @@ impl<B: Backend> EditSession<B> {
         }
     }
 
+    /// Records `original` as `layer`'s weight before any edit, unless one is recorded already.
+    pub fn record_original(&mut self, layer: usize, original: Tensor<B, 2>) {
+        self.originals.entry(layer).or_insert(original);
+    }
+
     pub fn edited_layers(&self) -> Vec<usize> {
         self.originals.keys().copied().collect()
     }
@@ -130,6 +135,25 @@ impl Editor {
         self.hparams.layers(self.distribution)
     }
 
+    /// AlphaEdit and ENCORE: per layer `Σ K_p K_pᵀ` of the keys written so far (empty for the
+    /// other methods).
+    pub fn previous_keys(&self) -> &BTreeMap<usize, Mat<f64>> {
+        &self.previous
+    }
+
+    /// Replaces the keys written so far (a [`crate::checkpoint::Checkpoint`]'s); refused unless
+    /// `previous` holds exactly this editor's layers at its key width.
+    pub fn set_previous_keys(&mut self, previous: BTreeMap<usize, Mat<f64>>) -> Result<()> {
+        let fits = previous.len() == self.previous.len()
+            && previous.iter().all(|(l, m)| self.previous.get(l).is_some_and(|own| (own.nrows(), own.ncols()) == (m.nrows(), m.ncols())));
+        if !fits {
+            let shapes = |p: &BTreeMap<usize, Mat<f64>>| p.iter().map(|(l, m)| format!("{l}: {}×{}", m.nrows(), m.ncols())).collect::<Vec<_>>();
+            return Err(EditError::Input(format!("earlier keys for layers {:?}; this {:?} editor keeps {:?}", shapes(&previous), self.method, shapes(&self.previous))));
+        }
+        self.previous = previous;
+        Ok(())
+    }
+
     /// Writes `requests` into `model` (ROME: one after another; the others: as one batch).
     pub fn apply<B: AutodiffBackend>(&mut self, model: &mut LanguageModel<B::InnerBackend>, requests: &[EditRequest], session: &mut EditSession<B::InnerBackend>) -> Result<EditOutcome> {
         for r in requests {
@@ -186,7 +210,7 @@ impl Editor {
             };
             outcome.used_pseudo_inverse |= update.used_pseudo_inverse;
             let w = model.mlp_out(layer).matrix();
-            session.originals.entry(layer).or_insert_with(|| w.clone());
+            session.record_original(layer, w.clone());
             let delta = mat_to_tensor::<B::InnerBackend>(&update.delta, &w.device());
             model.mlp_out_mut(layer).set_matrix(w + delta);
             outcome.seconds_solve += t.elapsed().as_secs_f64();
@@ -296,6 +320,22 @@ mod tests {
         let yaml = format!("layer: 0\nspread_layers: [0]\nmom2_update_weight: {weight}\nupdate_norm_lambda: {nu}\n");
         let h: MethodHparams = serde_norway::from_str(&yaml).unwrap();
         Editor::new(method, Distribution::Single, h, ContextTemplates::bare(), [(0, c.clone())].into()).unwrap()
+    }
+
+    /// A checkpoint's earlier keys replace an editor's only when they name its layers at its width.
+    #[test]
+    fn earlier_keys_of_other_layers_or_widths_are_refused() {
+        let c = Mat::<f64>::identity(4, 4);
+        let mut encore = editor(Method::Encore, &c, 1.0, 0.0);
+        for wrong in [BTreeMap::from([(1, Mat::zeros(4, 4))]), BTreeMap::from([(0, Mat::zeros(3, 3))]), BTreeMap::new()] {
+            let error = encore.set_previous_keys(wrong).unwrap_err().to_string();
+            assert!(error.contains("this Encore editor keeps [\"0: 4×4\"]"), "{error}");
+        }
+        let keys = Mat::from_fn(4, 4, |i, j| (i * 4 + j) as f64);
+        encore.set_previous_keys(BTreeMap::from([(0, keys.clone())])).unwrap();
+        assert_eq!(encore.previous_keys()[&0], keys);
+        let mut memit = editor(Method::Memit, &c, 1.0, 0.0);
+        assert!(memit.set_previous_keys(BTreeMap::new()).is_ok(), "MEMIT keeps no earlier keys");
     }
 
     /// A seeded random `C` (SPD), keys and residuals.

@@ -3,6 +3,7 @@
 //! ROME / MEMIT / EMMET / AlphaEdit, and the distribution of edits over layers.
 
 pub mod causal_trace;
+pub mod checkpoint;
 pub mod context;
 pub mod distribute;
 pub mod error;

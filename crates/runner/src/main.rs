@@ -8,6 +8,7 @@ mod bench_scale;
 mod edit;
 mod memory;
 mod output;
+mod resume;
 mod run;
 mod sweep;
 mod trace;
@@ -107,6 +108,12 @@ enum Command {
         /// searched at a time, ROME's batches). Scores may differ from a run with 1 in float rounding.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Sequential cells: run at most N rounds of each in this invocation, then pause it at its
+        /// checkpoint (`checkpoints/` in the output directory; every round saves one), so that a
+        /// cell longer than a job's time limit runs in pieces. A rerun continues every paused or
+        /// interrupted cell from its last finished round, with the rows of an unbroken run.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_rounds: Option<u64>,
     },
     /// Combine the results directories of the shards of one sweep.
     Merge {
@@ -175,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
-        Command::Run { sweep, out, sets, shard, dry_run, memory, fail_fast, jobs } => {
+        Command::Run { sweep, out, sets, shard, dry_run, memory, fail_fast, jobs, max_rounds } => {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
@@ -186,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
-            run::run(plan, &sets, run::RunOptions { out, shard, fail_fast, jobs })?;
+            run::run(plan, &sets, run::RunOptions { out, shard, fail_fast, jobs, max_rounds: max_rounds.map(|n| n as usize) })?;
         }
         Command::Merge { out, dirs } => run::merge(&out, &dirs)?,
         Command::Report { dirs, paper, paper_label, out } => {

@@ -24,6 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::resume::{self, Progress, Resume};
 use crate::output::{cell_record_path, cell_rows_path, csv_bytes, RESULT_COLUMNS, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
 use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
 
@@ -37,6 +38,8 @@ pub struct RunOptions {
     pub fail_fast: bool,
     /// Cells run at a time, each on one thread with its own copy of the model (cpu backend).
     pub jobs: usize,
+    /// Rounds each sequential cell runs in this invocation before it is paused at a checkpoint.
+    pub max_rounds: Option<usize>,
 }
 
 /// Parses `I/N` (0 ≤ I < N).
@@ -128,7 +131,10 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
     eprintln!("{} cells in the grid, {in_shard} in this shard, {} to run ({} already finished)", plan.cells.len(), pending.len(), in_shard - pending.len());
     let scored = scored_cases(&plan, &records);
     let backend = plan.backend;
-    let failures = backend.run(SweepTask { plan: &plan, opts: &opts, records, scored, pending, sets, dataset_sha256, model_hashes })??;
+    let (failures, paused) = backend.run(SweepTask { plan: &plan, opts: &opts, records, scored, pending, sets, dataset_sha256, model_hashes })??;
+    if paused > 0 {
+        eprintln!("{paused} sequential cell(s) paused by --max-rounds; their checkpoints are in {}; rerun to continue them", opts.out.join("checkpoints").display());
+    }
     if failures > 0 {
         bail!("{failures} cell(s) failed; their errors are in {}/cells/*.json (rerun to retry them)", opts.out.display());
     }
@@ -202,8 +208,9 @@ struct SweepTask<'a> {
 }
 
 impl BackendTask for SweepTask<'_> {
-    type Output = Result<usize>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<usize> {
+    /// Cells failed and cells paused by `--max-rounds`.
+    type Output = Result<(usize, usize)>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(usize, usize)> {
         let (plan, opts) = (self.plan, self.opts);
         let grid = ProgressBar::new(self.pending.len() as u64).with_message("cells");
         grid.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]").expect("valid template"));
@@ -217,7 +224,7 @@ impl BackendTask for SweepTask<'_> {
             }
         };
         let mut stats_keys = Vec::new();
-        let mut failures = 0;
+        let (mut failures, mut paused) = (0, 0);
         for (m, spec) in plan.sweep.models.iter().enumerate() {
             let cells: Vec<&Cell> = self.pending.iter().map(|&i| &plan.cells[i]).filter(|c| c.model == m).collect();
             if cells.is_empty() {
@@ -258,8 +265,14 @@ impl BackendTask for SweepTask<'_> {
                 reference: reference.as_ref(),
                 templates: Mutex::new(HashMap::new()),
                 target_cache: Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK).persisted_in(opts.out.join("targets")))),
+                max_rounds: opts.max_rounds,
             };
-            let mut finish = |cell: &Cell, record: CellRecord| -> Result<()> {
+            let mut finish = |cell: &Cell, record: Option<CellRecord>| -> Result<()> {
+                let Some(record) = record else {
+                    paused += 1;
+                    grid.inc(1);
+                    return Ok(());
+                };
                 write_atomic(&cell_record_path(&opts.out, &cell.id), serde_json::to_string_pretty(&record)?.as_bytes())?;
                 rebuild(&opts.out, &plan.cells, plan.sweep.protocol)?;
                 grid.inc(1);
@@ -289,7 +302,7 @@ impl BackendTask for SweepTask<'_> {
             write_atomic(&opts.out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
         }
         rebuild(&opts.out, &plan.cells, plan.sweep.protocol)?;
-        Ok(failures)
+        Ok((failures, paused))
     }
 }
 
@@ -305,28 +318,37 @@ struct CellContext<'a> {
     reference: Option<&'a TfIdf>,
     templates: Mutex<HashMap<(bool, TemplateKind, u64, Option<PathBuf>), ContextTemplates>>,
     target_cache: Arc<Mutex<TargetCache>>,
+    /// `--max-rounds`: rounds a sequential cell runs in this invocation.
+    max_rounds: Option<usize>,
 }
 
 impl CellContext<'_> {
     /// Runs `cell` on `model` (restored afterwards); its rows are written, and its record returned
-    /// (with the error where it failed).
-    fn run<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> CellRecord {
+    /// (with the error where it failed); `None` when `--max-rounds` paused it.
+    fn run<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> Option<CellRecord> {
         let started = Instant::now();
-        let result = self.edit_and_score::<B>(model, cell).and_then(|(rows, seconds, outcome)| {
-            write_atomic(&cell_rows_path(self.out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
-            tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows));
-            Ok((seconds, outcome))
+        let result = self.edit_and_score::<B>(model, cell).and_then(|run| match run {
+            CellRun::Finished(rows, seconds, outcome) => {
+                write_atomic(&cell_rows_path(self.out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
+                tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows));
+                Ok(Some((seconds, outcome)))
+            }
+            CellRun::Paused(done) => {
+                tracing::info!("cell {} paused after round {done} (--max-rounds); a rerun continues it", cell.id);
+                Ok(None)
+            }
         });
         match result {
-            Ok((seconds, outcome)) => CellRecord { cell: cell.clone(), error: None, seconds, outcome },
+            Ok(Some((seconds, outcome))) => Some(CellRecord { cell: cell.clone(), error: None, seconds, outcome }),
+            Ok(None) => None,
             Err(e) => {
                 tracing::error!("cell {} ({} {} B={}) failed: {e:#}", cell.id, cell.method, cell.distribution, cell.batch_size);
-                CellRecord { cell: cell.clone(), error: Some(format!("{e:#}")), seconds: [("total".to_string(), started.elapsed().as_secs_f64())].into(), outcome: json!(null) }
+                Some(CellRecord { cell: cell.clone(), error: Some(format!("{e:#}")), seconds: [("total".to_string(), started.elapsed().as_secs_f64())].into(), outcome: json!(null) })
             }
         }
     }
 
-    fn edit_and_score<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
+    fn edit_and_score<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> Result<CellRun> {
         let plan = self.plan;
         // ROME's templates differ from the others'; from a file, fixed or sampled per method.
         let h = &cell.hparams;
@@ -349,7 +371,8 @@ impl CellContext<'_> {
         let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: cell.seed, batch: 32, reference: self.reference.cloned() });
         let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates.clone(), covs.clone())?.with_target_cache(self.target_cache.clone()));
         let eval = CellEval { generation: generation.as_ref(), ..self.eval };
-        run_cell::<B>(model, plan, cell, editor, self.records, &eval)
+        let resume = (plan.sweep.protocol == Protocol::Sequential).then(|| Resume::new(self.out, cell, self.max_rounds));
+        run_cell::<B>(model, (plan, cell), editor, self.records, &eval, resume.as_ref())
     }
 }
 
@@ -360,7 +383,7 @@ fn run_side_by_side<B: AutodiffBackend>(
     ctx: &CellContext<'_>,
     models: Vec<LanguageModel<B::InnerBackend>>,
     cells: &[&Cell],
-    finish: impl FnMut(&Cell, CellRecord) -> Result<()> + Send,
+    finish: impl FnMut(&Cell, Option<CellRecord>) -> Result<()> + Send,
 ) -> Result<()> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let finish = Mutex::new((finish, None::<anyhow::Error>));
@@ -468,30 +491,40 @@ fn degradation_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>,
     Ok(rows)
 }
 
+/// How a cell's run ended.
+enum CellRun {
+    /// Every round done: the rows, seconds per phase and the solver's outcome.
+    Finished(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value),
+    /// A sequential cell stopped by `--max-rounds` after this many rounds, saved in its checkpoint.
+    Paused(usize),
+}
+
 /// N edits in rounds of B on `model` (restored before returning), scored after the last round
-/// (sequential) or after each batch (independent); rows of the unedited model included.
+/// (sequential) or after each batch (independent); rows of the unedited model included. A
+/// sequential cell with `resume` continues from its checkpoint and saves one after every round.
 fn run_cell<B: AutodiffBackend>(
     model: &mut LanguageModel<B::InnerBackend>,
-    plan: &Plan,
-    cell: &Cell,
+    (plan, cell): (&Plan, &Cell),
     new_editor: impl Fn() -> Result<Editor>,
     records: &[Record],
     eval: &CellEval,
-) -> Result<(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value)> {
-    let mut rows: Vec<ResultRow> = eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect();
-    let mut seconds: BTreeMap<String, f64> = ["keys", "targets", "solve", "eval"].into_iter().map(|p| (p.to_string(), 0.0)).collect();
-    let mut steps = Vec::new();
-    let mut condition = None::<f64>;
-    let mut pinv = false;
-    let kind = plan.sweep.dataset.kind;
+    resume: Option<&Resume>,
+) -> Result<CellRun> {
+    let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
     let mut session = EditSession::default();
     let mut editor = new_editor()?;
-    let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
+    let restored = match resume {
+        Some(resume) => resume::restore(resume, model, &mut session, &mut editor, cell, rounds.len())?,
+        None => None,
+    };
+    let mut progress = restored.unwrap_or_else(|| Progress::new(eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect()));
     let measured = degradation_rounds(plan, cell, &rounds, eval.scored);
     let independent = plan.sweep.protocol == Protocol::Independent;
     let mut skipped = 0;
+    let mut paused = false;
     let result = (|| -> Result<()> {
-        for (r, batch) in rounds.iter().enumerate() {
+        let first = progress.rounds_done;
+        for (r, batch) in rounds.iter().enumerate().skip(first) {
             // An independent batch is written into the unedited model and reverted: one whose
             // records are all outside the scored sample changes nothing a metric sees (degradation
             // is measured only after batches that are scored), so it is not edited.
@@ -501,15 +534,15 @@ fn run_cell<B: AutodiffBackend>(
             }
             let requests: Vec<EditRequest> = batch.iter().map(EditRequest::from).collect();
             let outcome = editor.apply::<B>(model, &requests, &mut session)?;
-            *seconds.get_mut("keys").expect("phase") += outcome.seconds_keys;
-            *seconds.get_mut("targets").expect("phase") += outcome.seconds_targets;
-            *seconds.get_mut("solve").expect("phase") += outcome.seconds_solve;
-            steps.extend(outcome.target_steps);
-            condition = match (condition, outcome.max_condition_estimate) {
+            progress.add_seconds("keys", outcome.seconds_keys);
+            progress.add_seconds("targets", outcome.seconds_targets);
+            progress.add_seconds("solve", outcome.seconds_solve);
+            progress.steps.extend(outcome.target_steps);
+            progress.condition = match (progress.condition, outcome.max_condition_estimate) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-            pinv |= outcome.used_pseudo_inverse;
+            progress.pinv |= outcome.used_pseudo_inverse;
             let scored: Option<&[Record]> = match plan.sweep.protocol {
                 Protocol::Independent => Some(batch),
                 Protocol::Sequential if r + 1 == rounds.len() => Some(records),
@@ -520,24 +553,38 @@ fn run_cell<B: AutodiffBackend>(
             if let Some(scored) = scored {
                 let sampled = sampled(scored, eval.scored);
                 if !sampled.is_empty() {
-                    rows.extend(evaluate(&*model, kind, &sampled, Stage::Post, eval.generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                    progress.rows.extend(evaluate(&*model, plan.sweep.dataset.kind, &sampled, Stage::Post, eval.generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
                 }
             }
             if let (Some(texts), true) = (eval.held_out, measured.contains(&r)) {
-                rows.extend(degradation_rows(model, &session, texts)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                progress.rows.extend(degradation_rows(model, &session, texts)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
             }
-            *seconds.get_mut("eval").expect("phase") += t.elapsed().as_secs_f64();
+            progress.add_seconds("eval", t.elapsed().as_secs_f64());
+            progress.rounds_done = r + 1;
             if independent {
                 session.revert(model);
                 editor = new_editor()?;
+            } else if let (Some(resume), true) = (resume, r + 1 < rounds.len()) {
+                resume::save(resume, model, &session, &editor, cell, rounds.len(), &progress)?;
+                if resume.max_rounds.is_some_and(|n| r + 1 - first >= n) {
+                    paused = true;
+                    return Ok(());
+                }
             }
         }
         Ok(())
     })();
     session.revert(model);
     result?;
-    let outcome = json!({ "adam_steps": steps, "max_condition_estimate": condition, "used_pseudo_inverse": pinv, "skipped_batches": skipped, "threads": rayon::current_num_threads() });
-    Ok((rows, seconds, outcome))
+    if paused {
+        return Ok(CellRun::Paused(progress.rounds_done));
+    }
+    if let Some(resume) = resume.filter(|r| r.path.is_file()) {
+        std::fs::remove_file(&resume.path).with_context(|| format!("removing {}", resume.path.display()))?;
+    }
+    let outcome = json!({ "adam_steps": progress.steps, "max_condition_estimate": progress.condition, "used_pseudo_inverse": progress.pinv, "skipped_batches": skipped,
+                          "threads": rayon::current_num_threads(), "resumed_after_rounds": progress.resumed_after });
+    Ok(CellRun::Finished(progress.rows, progress.seconds, outcome))
 }
 
 /// Whether `out` holds anything a run produced: a finished cell or the unedited model's scores.

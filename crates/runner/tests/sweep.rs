@@ -352,3 +352,55 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
         }
     }
 }
+
+/// A sequential cell saves a checkpoint after every round (edited weights, AlphaEdit's earlier
+/// keys, rows so far): paused by `--max-rounds`, killed mid-cell, or with its checkpoint damaged,
+/// a rerun ends with the rows of an unbroken run, byte for byte.
+#[test]
+fn a_sequential_cell_continues_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = tiny_sweep(dir.path());
+    let sets = [
+        "--set", "methods=[alphaedit]", "--set", "batch_sizes=[1]", "--set", "protocol=sequential", "--set", "eval_every_round=true",
+        "--set", "dataset.selection={first: 3}", "--set", "dataset.n_edits=3",
+        "--set", "overrides={alphaedit: {v_num_grad_steps: 4, templates: fixed}}",
+        "--set", "eval={degradation: {texts: 2, max_length: 16}}",
+    ];
+    let unbroken = dir.path().join("unbroken");
+    tiny_run(&sweep, &unbroken, &sets, None);
+    let results = read(&unbroken.join("results.csv"));
+    assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 3, "PPL after every round: {results}");
+    let checkpoints = |out: &Path| count(&out.join("checkpoints"), "safetensors");
+    assert_eq!(checkpoints(&unbroken), 0, "a finished cell leaves no checkpoint");
+
+    // Paused after one round, then after another, then run to the end.
+    let paused = dir.path().join("paused");
+    for round in 1..=2 {
+        let mut args = vec!["run", sweep.to_str().unwrap(), "--out", paused.to_str().unwrap(), "--max-rounds", "1"];
+        args.extend(sets);
+        let o = run(&args);
+        assert!(o.status.success() && stderr(&o).contains("1 sequential cell(s) paused by --max-rounds"), "{}", stderr(&o));
+        assert_eq!((count(&paused.join("cells"), "json"), checkpoints(&paused)), (0, 1), "after round {round}");
+    }
+    tiny_run(&sweep, &paused, &sets, None);
+    assert_eq!(read(&paused.join("results.csv")), results, "paused and resumed run differs");
+    assert_eq!(cell_records(&paused)[0]["outcome"]["resumed_after_rounds"], serde_json::json!([1, 2]));
+    assert_eq!(checkpoints(&paused), 0);
+
+    // Killed as soon as the first checkpoint is written.
+    let killed = dir.path().join("killed");
+    tiny_run(&sweep, &killed, &sets, Some(&|o: &Path| checkpoints(o) > 0));
+    tiny_run(&sweep, &killed, &sets, None);
+    assert_eq!(read(&killed.join("results.csv")), results, "killed and resumed run differs");
+
+    // A damaged checkpoint is set aside and the cell starts over.
+    let damaged = dir.path().join("damaged");
+    tiny_run(&sweep, &damaged, &[&sets[..], &["--max-rounds", "1"]].concat(), None);
+    let file = std::fs::read_dir(damaged.join("checkpoints")).unwrap().flatten().next().unwrap().path();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 8]).unwrap();
+    tiny_run(&sweep, &damaged, &sets, None);
+    assert_eq!(read(&damaged.join("results.csv")), results, "restarted run differs");
+    assert_eq!(count(&damaged.join("checkpoints"), "unusable"), 1);
+    assert_eq!(cell_records(&damaged)[0]["outcome"]["resumed_after_rounds"], serde_json::json!([]));
+}

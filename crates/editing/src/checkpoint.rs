@@ -1,0 +1,147 @@
+//! Checkpoints of sequential editing: what an [`Editor`] and its [`EditSession`] have written into
+//! a model so far — the edited layers' current weights and, for AlphaEdit and ENCORE, the running
+//! `Σ K_p K_pᵀ` of earlier rounds — so that a run stopped between rounds continues with the same
+//! model, bit for bit, as one that never stopped. The caller's own progress (rows, round) travels
+//! as text in `notes`.
+//!
+//! One safetensors file: `weight.{layer}` (f32, `[d_out, d_in]`, the paper's `W`),
+//! `previous.{layer}` (f64, `[d_in, d_in]`), the notes and a SHA-256 of every tensor's bytes in the
+//! metadata; written to a temporary file and renamed, so an interrupted write leaves the previous
+//! checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use editbench_models::LanguageModel;
+use faer::Mat;
+use safetensors::tensor::{Dtype, TensorView};
+use sha2::{Digest, Sha256};
+
+use crate::distribute::{EditSession, Editor};
+use crate::error::{EditError, Result};
+
+/// Metadata keys the checkpoint itself uses; `notes` may not take them.
+const CHECKSUM: &str = "checksum";
+
+/// The state of a sequential run between two rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Per edited layer, the current `W` (`[d_out, d_in]`, row-major, f32).
+    pub weights: BTreeMap<usize, (Vec<usize>, Vec<f32>)>,
+    /// Per layer, `Σ K_p K_pᵀ` of the keys already written (AlphaEdit, ENCORE; empty otherwise).
+    pub previous: BTreeMap<usize, Mat<f64>>,
+    /// The caller's progress, kept verbatim.
+    pub notes: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// What `session` and `editor` have written into `model`, with `notes`.
+    pub fn take<B: Backend>(model: &LanguageModel<B>, session: &EditSession<B>, editor: &Editor, notes: BTreeMap<String, String>) -> Result<Self> {
+        let weights = session
+            .edited_layers()
+            .into_iter()
+            .map(|layer| {
+                let w = model.mlp_out(layer).matrix();
+                let shape = w.dims().to_vec();
+                let data = w.into_data().to_vec::<f32>().map_err(|e| EditError::Input(format!("reading layer {layer}'s weight: {e:?}")))?;
+                Ok((layer, (shape, data)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { weights, previous: editor.previous_keys().clone(), notes })
+    }
+
+    /// Writes the checkpoint's weights into `model` (whose edited layers must still hold their
+    /// original weights, which `session` records for its revert) and its earlier keys into
+    /// `editor`; refused, with `model`, `session` and `editor` unchanged, when a layer or a shape
+    /// does not fit them.
+    pub fn restore<B: Backend>(&self, model: &mut LanguageModel<B>, session: &mut EditSession<B>, editor: &mut Editor) -> Result<()> {
+        for (&layer, (shape, _)) in &self.weights {
+            if layer >= model.dims.num_layers {
+                return Err(EditError::Input(format!("checkpoint: layer {layer} is beyond the model's {} layers", model.dims.num_layers)));
+            }
+            let expected = model.mlp_out(layer).matrix().dims().to_vec();
+            if *shape != expected {
+                return Err(EditError::Input(format!("checkpoint: layer {layer}'s weight is {shape:?}, the model's {expected:?}")));
+            }
+        }
+        editor.set_previous_keys(self.previous.clone())?;
+        let device = model.device();
+        for (&layer, (shape, data)) in &self.weights {
+            let w = Tensor::<B, 2>::from_data(TensorData::new(data.clone(), [shape[0], shape[1]]), &device);
+            session.record_original(layer, model.mlp_out(layer).matrix());
+            model.mlp_out_mut(layer).set_matrix(w);
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint to `path` (a temporary file renamed into place).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if self.notes.contains_key(CHECKSUM) {
+            return Err(EditError::Input(format!("checkpoint: `{CHECKSUM}` is not a note name")));
+        }
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (layer, (shape, data)) in &self.weights {
+            tensors.push((format!("weight.{layer}"), Dtype::F32, shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+        for (layer, m) in &self.previous {
+            let bytes = (0..m.nrows()).flat_map(|i| (0..m.ncols()).flat_map(move |j| m[(i, j)].to_le_bytes())).collect();
+            tensors.push((format!("previous.{layer}"), Dtype::F64, vec![m.nrows(), m.ncols()], bytes));
+        }
+        let mut metadata: HashMap<String, String> = self.notes.clone().into_iter().collect();
+        metadata.insert(CHECKSUM.into(), checksum(tensors.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice()))));
+        let views = tensors.iter().map(|(name, dtype, shape, bytes)| (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches the data")));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
+        }
+        let tmp = path.with_extension("partial");
+        safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| EditError::file(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| EditError::file(path, e))
+    }
+
+    /// Reads a checkpoint [`Checkpoint::write`] wrote; an unreadable, truncated or altered file is
+    /// an error naming it.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| EditError::file(path, e))?;
+        let corrupt = |what: String| EditError::file(path, format!("not a readable checkpoint ({what})"));
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut notes: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let expected = notes.remove(CHECKSUM).ok_or_else(|| corrupt("no checksum".into()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let named: Vec<(String, TensorView<'_>)> = st.tensors();
+        if checksum(named.iter().map(|(name, view)| (name.as_str(), view.data()))) != expected {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let mut checkpoint = Self { weights: BTreeMap::new(), previous: BTreeMap::new(), notes };
+        for (name, view) in named {
+            let (kind, layer) = name.split_once('.').and_then(|(k, l)| Some((k, l.parse::<usize>().ok()?))).ok_or_else(|| corrupt(format!("tensor `{name}`")))?;
+            let shape = view.shape().to_vec();
+            match (kind, view.dtype(), shape.as_slice()) {
+                ("weight", Dtype::F32, [_, _]) => {
+                    let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+                    checkpoint.weights.insert(layer, (shape, data));
+                }
+                ("previous", Dtype::F64, &[r, c]) => {
+                    let data: Vec<f64> = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+                    checkpoint.previous.insert(layer, Mat::from_fn(r, c, |i, j| data[i * c + j]));
+                }
+                _ => return Err(corrupt(format!("tensor `{name}` ({:?}, {shape:?})", view.dtype()))),
+            }
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// SHA-256 over every tensor's name, length and bytes, in name order.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<(&str, &[u8])> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hasher = Sha256::new();
+    for (name, bytes) in sorted {
+        hasher.update(name.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hex::encode(hasher.finalize())
+}
