@@ -372,7 +372,7 @@ impl CellContext<'_> {
         let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates.clone(), covs.clone())?.with_target_cache(self.target_cache.clone()));
         let eval = CellEval { generation: generation.as_ref(), ..self.eval };
         let resume = (plan.sweep.protocol == Protocol::Sequential).then(|| Resume::new(self.out, cell, self.max_rounds));
-        run_cell::<B>(model, (plan, cell), editor, self.records, &eval, resume.as_ref())
+        run_cell::<B>(model, plan, cell, editor, self.records, &eval, resume.as_ref())
     }
 }
 
@@ -504,7 +504,8 @@ enum CellRun {
 /// sequential cell with `resume` continues from its checkpoint and saves one after every round.
 fn run_cell<B: AutodiffBackend>(
     model: &mut LanguageModel<B::InnerBackend>,
-    (plan, cell): (&Plan, &Cell),
+    plan: &Plan,
+    cell: &Cell,
     new_editor: impl Fn() -> Result<Editor>,
     records: &[Record],
     eval: &CellEval,
