@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::distribute::{EditSession, Editor};
 use crate::error::{EditError, Result};
+use crate::tensor_file::{f64_bytes, f64_matrix, write_atomic};
 
 /// Metadata keys the checkpoint itself uses; `notes` may not take them.
 const CHECKSUM: &str = "checksum";
@@ -86,18 +87,12 @@ impl Checkpoint {
             tensors.push((format!("weight.{layer}"), Dtype::F32, shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()));
         }
         for (layer, m) in &self.previous {
-            let bytes = (0..m.nrows()).flat_map(|i| (0..m.ncols()).flat_map(move |j| m[(i, j)].to_le_bytes())).collect();
-            tensors.push((format!("previous.{layer}"), Dtype::F64, vec![m.nrows(), m.ncols()], bytes));
+            tensors.push((format!("previous.{layer}"), Dtype::F64, vec![m.nrows(), m.ncols()], f64_bytes(m)));
         }
         let mut metadata: HashMap<String, String> = self.notes.clone().into_iter().collect();
         metadata.insert(CHECKSUM.into(), checksum(tensors.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice()))));
         let views = tensors.iter().map(|(name, dtype, shape, bytes)| (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches the data")));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
-        }
-        let tmp = path.with_extension("partial");
-        safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| EditError::file(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| EditError::file(path, e))
+        write_atomic(path, views, metadata)
     }
 
     /// Reads a checkpoint [`Checkpoint::write`] wrote; an unreadable, truncated or altered file is
@@ -123,8 +118,7 @@ impl Checkpoint {
                     checkpoint.weights.insert(layer, (shape, data));
                 }
                 ("previous", Dtype::F64, &[r, c]) => {
-                    let data: Vec<f64> = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
-                    checkpoint.previous.insert(layer, Mat::from_fn(r, c, |i, j| data[i * c + j]));
+                    checkpoint.previous.insert(layer, f64_matrix(r, c, view.data()));
                 }
                 _ => return Err(corrupt(format!("tensor `{name}` ({:?}, {shape:?})", view.dtype()))),
             }

@@ -15,6 +15,7 @@ pub mod score;
 pub mod solver;
 pub mod stats;
 pub mod targets;
+mod tensor_file;
 
 pub use distribute::{EditOutcome, EditSession, Editor};
 pub use error::{EditError, Result};

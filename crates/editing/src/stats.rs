@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{EditError, Result};
 use crate::hparams::{Sampler, Samples, StatsHparams};
 use crate::keys::host;
+use crate::tensor_file::{f64_bytes, f64_matrix, write_atomic};
 use editbench_datasets::rng::{PythonRandom, SplitMix64};
 
 /// Bump when the statistics' definition changes, so old caches are not used.
@@ -149,33 +150,20 @@ fn read_cache(path: &Path, key: &str) -> std::result::Result<KeyMoments, String>
     if hex::encode(Sha256::digest(view.data())) != *meta.get("checksum").ok_or("no checksum")? {
         return Err("checksum mismatch".into());
     }
-    let [r, c] = [view.shape()[0], view.shape()[1]];
-    let values: Vec<f64> = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
     let count = meta.get("count").and_then(|c| c.parse().ok()).ok_or("no count")?;
-    Ok(KeyMoments { sum: Mat::from_fn(r, c, |i, j| values[i * c + j]), count })
+    Ok(KeyMoments { sum: f64_matrix(view.shape()[0], view.shape()[1], view.data()), count })
 }
 
 fn write_cache(path: &Path, key: &str, m: &KeyMoments) -> Result<()> {
-    let (r, c) = (m.sum.nrows(), m.sum.ncols());
-    let mut bytes = Vec::with_capacity(r * c * 8);
-    for i in 0..r {
-        for j in 0..c {
-            bytes.extend_from_slice(&m.sum[(i, j)].to_le_bytes());
-        }
-    }
+    let bytes = f64_bytes(&m.sum);
     let checksum = hex::encode(Sha256::digest(&bytes));
-    let view = TensorView::new(Dtype::F64, vec![r, c], &bytes).expect("shape matches the data");
+    let view = TensorView::new(Dtype::F64, vec![m.sum.nrows(), m.sum.ncols()], &bytes).expect("shape matches the data");
     let metadata = std::collections::HashMap::from([
         ("key".to_string(), key.to_string()),
         ("count".to_string(), m.count.to_string()),
         ("checksum".to_string(), checksum),
     ]);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
-    }
-    let tmp = path.with_extension("partial");
-    safetensors::serialize_to_file([("sum", view)], Some(metadata), &tmp).map_err(|e| EditError::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EditError::file(path, e))
+    write_atomic(path, [("sum".to_string(), view)], metadata)
 }
 
 /// The texts of a corpus file: a `.jsonl` file (what Hugging Face `datasets` writes with
