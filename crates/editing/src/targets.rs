@@ -24,6 +24,7 @@ use crate::hparams::MethodHparams;
 use crate::keys::{host, locate, rows_at, to_columns, Activation};
 use crate::request::EditRequest;
 use crate::score::target_ids;
+use crate::tensor_file;
 
 /// The optimisation stops for an edit once its loss falls below this (reference value).
 const LOSS_TARGET: f64 = 5e-2;
@@ -589,11 +590,8 @@ impl TargetCache {
     fn save_chunk(&self, key: &str, chunk: usize, requests: &[EditRequest], found: &[Found]) -> Result<()> {
         let Some(path) = self.chunk_path(key, chunk) else { return Ok(()) };
         let file = ChunkFile { key: key.to_string(), requests: requests.to_vec(), found: found.to_vec() };
-        let dir = path.parent().expect("a file in the cache directory");
-        std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, serde_json::to_string(&file).expect("targets serialise")).map_err(|e| EditError::file(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| EditError::file(&path, e))
+        let json = serde_json::to_string(&file).expect("targets serialise");
+        tensor_file::replace_file(&path, |tmp| std::fs::write(tmp, json).map_err(|e| EditError::file(tmp, e)))
     }
 
     /// [`target_values`] of `requests` on the unedited `model`, from the cache where present.

@@ -1,5 +1,5 @@
-//! f64 matrices as little-endian bytes and atomic safetensors writes: what the statistics cache
-//! and the checkpoints of sequential editing both store.
+//! f64 matrices as little-endian bytes and atomic file writes: what the statistics cache, the
+//! checkpoints of sequential editing and the target cache store.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,13 +20,18 @@ pub(crate) fn f64_matrix(rows: usize, cols: usize, bytes: &[u8]) -> Mat<f64> {
     Mat::from_fn(rows, cols, |i, j| values[i * cols + j])
 }
 
-/// Writes `tensors` with `metadata` to `path` through a temporary file renamed into place (its
-/// directory created), so an interrupted write leaves the previous file.
+/// Writes `tensors` with `metadata` to `path` atomically ([`replace_file`]).
 pub(crate) fn write_atomic<'a>(path: &Path, tensors: impl IntoIterator<Item = (String, TensorView<'a>)>, metadata: HashMap<String, String>) -> Result<()> {
+    replace_file(path, |tmp| safetensors::serialize_to_file(tensors, Some(metadata), tmp).map_err(|e| EditError::file(tmp, e)))
+}
+
+/// Writes `path` through a temporary file (filled by `write`) renamed into place, its directory
+/// created, so an interrupted write leaves the previous file.
+pub(crate) fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| EditError::file(dir, e))?;
     }
     let tmp = path.with_extension("partial");
-    safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(|e| EditError::file(&tmp, e))?;
+    write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| EditError::file(path, e))
 }

@@ -311,23 +311,19 @@ fn rotate_every_two<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// attention when `h_kv < h`: query head `i` reads key/value head `i / (h / h_kv)`; `t_k > t` when
 /// earlier keys come from a [`crate::KvCache`]), `mask: [b, 1, t, t_k]` additive (0 where attending
 /// is allowed, a large negative number elsewhere).
+///
+/// The `h / h_kv` query heads that share a key/value head are stacked into one product of
+/// `h / h_kv · t` rows, so keys and values are never repeated per query head.
 pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, t, d] = q.dims();
-    let k = repeat_kv(k, h);
-    let v = repeat_kv(v, h);
-    let t_k = k.dims()[2];
+    let [_, h_kv, t_k, _] = k.dims();
+    let rep = h / h_kv;
     // Scaling q ([b, h, t, d]) costs less than scaling the scores ([b, h, t, t_k]) once t_k > d.
-    let scores = (q / (d as f64).sqrt()).matmul(k.swap_dims(2, 3)) + mask.clone().expand([b, h, t, t_k]);
-    activation::softmax(scores, 3).matmul(v)
-}
-
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
-    let [b, h_kv, t, d] = x.dims();
-    if h_kv == heads {
-        return x;
-    }
-    let rep = heads / h_kv;
-    x.unsqueeze_dim::<5>(2).expand([b, h_kv, rep, t, d]).reshape([b, heads, t, d])
+    let q = (q / (d as f64).sqrt()).reshape([b, h_kv, rep * t, d]);
+    let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, h_kv, rep, t, t_k]);
+    let mask = mask.clone().unsqueeze_dim::<5>(1).expand([b, h_kv, rep, t, t_k]);
+    let weights = activation::softmax((scores + mask).reshape([b, h_kv, rep * t, t_k]), 3);
+    weights.matmul(v).reshape([b, h, t, d])
 }
 
 /// `[b, t, h·d] → [b, h, t, d]`.
