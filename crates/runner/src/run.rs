@@ -330,7 +330,7 @@ impl CellContext<'_> {
         let result = self.edit_and_score::<B>(model, cell).and_then(|run| match run {
             CellRun::Finished(rows, seconds, outcome) => {
                 write_atomic(&cell_rows_path(self.out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
-                tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows));
+                tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows, self.plan.sweep.protocol));
                 Ok(Some((seconds, outcome)))
             }
             CellRun::Paused(done) => {
@@ -421,16 +421,25 @@ fn run_side_by_side<B: AutodiffBackend>(
 
 /// One log line per finished cell (a batch system's log shows the sweep's progress): id, method,
 /// distribution, B, seconds and the headline post-edit means ×100.
-fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow]) -> String {
+/// The log line of a finished cell.
+fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow], protocol: Protocol) -> String {
+    format!("cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}", cell.id, cell.method, cell.distribution, cell.layers, cell.batch_size, final_scores(rows, protocol))
+}
+
+/// Mean scores of a cell's rows over every batch (independent protocol) or after its last round
+/// (sequential), as in its summary.
+fn final_scores(rows: &[ResultRow], protocol: Protocol) -> String {
+    let last = rows.iter().map(|r| r.round).max().unwrap_or(0);
+    let counted = |r: &&ResultRow| r.stage == Stage::Post && (protocol == Protocol::Independent || r.round == last);
     let mean = |code: &str| {
-        let values: Vec<f64> = rows.iter().filter(|r| r.stage == Stage::Post && r.metric == code).map(|r| r.value).collect();
+        let values: Vec<f64> = rows.iter().filter(counted).filter(|r| r.metric == code).map(|r| r.value).collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
     let scores: Vec<String> = ["ES", "PS", "NS", "rewrite_acc", "PPL"]
         .iter()
         .filter_map(|&code| mean(code).map(|m| if code == "PPL" { format!("{code} {m:.2}") } else { format!("{code} {:.1}", m * 100.0) }))
         .collect();
-    format!("cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}", cell.id, cell.method, cell.distribution, cell.layers, cell.batch_size, scores.join(", "))
+    scores.join(", ")
 }
 
 /// The unedited model's rows, computed once per model and dataset (`key`) and kept in `dir`.
@@ -655,4 +664,21 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
     let done = rebuild(out, &cells, protocol)?;
     eprintln!("merged {done} of {} cells into {}", cells.len(), out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(round: usize, metric: &str, value: f64) -> ResultRow {
+        let (cell_id, model, method, distribution, layers) = ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
+        ResultRow { cell_id, model, method, distribution, layers, batch_size: 1, n_edits: 2, seed: 0, round, case_id: round as u64, stage: Stage::Post, metric: metric.into(), value }
+    }
+
+    #[test]
+    fn a_sequential_cell_is_logged_with_its_last_rounds_scores() {
+        let rows = [row(1, "ES", 1.0), row(1, "PPL", 20.0), row(2, "ES", 0.5), row(2, "PPL", 40.0)];
+        assert_eq!(final_scores(&rows, Protocol::Sequential), "ES 50.0, PPL 40.00");
+        assert_eq!(final_scores(&rows, Protocol::Independent), "ES 75.0, PPL 30.00");
+    }
 }
