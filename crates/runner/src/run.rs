@@ -421,7 +421,6 @@ fn run_side_by_side<B: AutodiffBackend>(
 
 /// One log line per finished cell (a batch system's log shows the sweep's progress): id, method,
 /// distribution, B, seconds and the headline post-edit means ×100.
-/// The log line of a finished cell.
 fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow], protocol: Protocol) -> String {
     format!("cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}", cell.id, cell.method, cell.distribution, cell.layers, cell.batch_size, final_scores(rows, protocol))
 }
