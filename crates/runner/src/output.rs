@@ -182,7 +182,7 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
 
 /// The rows of one cell that its summary is over (`counted_rows`: every batch in the independent
 /// protocol, the latest round in the sequential one).
-fn final_rows(rows: &[ResultRow], protocol: Protocol) -> Vec<MetricRow> {
+pub fn final_rows(rows: &[ResultRow], protocol: Protocol) -> Vec<MetricRow> {
     let known = rows.iter().filter_map(|r| Metric::from_code(&r.metric).map(|metric| (r.round, MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value })));
     counted_rows(known, protocol == Protocol::Independent)
 }

@@ -25,7 +25,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::resume::{self, Progress, Resume};
-use crate::output::{cell_record_path, cell_rows_path, csv_bytes, RESULT_COLUMNS, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
+use crate::output::{cell_record_path, cell_rows_path, csv_bytes, RESULT_COLUMNS, final_rows, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
 use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
 
 /// Edits whose targets are searched together when filling the [`TargetCache`].
@@ -425,13 +425,12 @@ fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow], protocol: Protoc
     format!("cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}", cell.id, cell.method, cell.distribution, cell.layers, cell.batch_size, final_scores(rows, protocol))
 }
 
-/// Mean scores of a cell's rows over every batch (independent protocol) or after its last round
-/// (sequential), as in its summary.
+/// Mean scores of the rows a cell's summary is over ([`final_rows`]: every batch in the
+/// independent protocol, each record's latest round in the sequential one).
 fn final_scores(rows: &[ResultRow], protocol: Protocol) -> String {
-    let last = rows.iter().map(|r| r.round).max().unwrap_or(0);
-    let counted = |r: &&ResultRow| r.stage == Stage::Post && (protocol == Protocol::Independent || r.round == last);
+    let counted = final_rows(rows, protocol);
     let mean = |code: &str| {
-        let values: Vec<f64> = rows.iter().filter(counted).filter(|r| r.metric == code).map(|r| r.value).collect();
+        let values: Vec<f64> = counted.iter().filter(|r| r.stage == Stage::Post && r.metric.code() == code).map(|r| r.value).collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
     let scores: Vec<String> = ["ES", "PS", "NS", "rewrite_acc", "PPL"]
@@ -669,9 +668,10 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A row of record 0 (scored again after every round in the sequential protocol).
     fn row(round: usize, metric: &str, value: f64) -> ResultRow {
         let (cell_id, model, method, distribution, layers) = ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
-        ResultRow { cell_id, model, method, distribution, layers, batch_size: 1, n_edits: 2, seed: 0, round, case_id: round as u64, stage: Stage::Post, metric: metric.into(), value }
+        ResultRow { cell_id, model, method, distribution, layers, batch_size: 1, n_edits: 2, seed: 0, round, case_id: 0, stage: Stage::Post, metric: metric.into(), value }
     }
 
     #[test]
