@@ -76,6 +76,16 @@ pub fn counted_rows(rows: impl IntoIterator<Item = (usize, MetricRow)>, every_ba
     latest.into_values().map(|(_, row)| row).collect()
 }
 
+/// A sequential run's curve: per round, the summaries of the post-edit rows measured after it
+/// (the records edited so far, perplexity, update norms).
+pub fn round_summaries(rows: impl IntoIterator<Item = (usize, MetricRow)>) -> BTreeMap<usize, Vec<Summary>> {
+    let mut by_round: BTreeMap<usize, Vec<MetricRow>> = BTreeMap::new();
+    for (round, row) in rows.into_iter().filter(|(_, r)| r.stage == Stage::Post) {
+        by_round.entry(round).or_default().push(row);
+    }
+    by_round.into_iter().map(|(round, rows)| (round, summarize(&rows))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +98,23 @@ mod tests {
         assert_eq!(ppl(true), [20.0, 30.0, 40.0]);
         assert_eq!(ppl(false), [40.0]);
         assert_eq!(counted_rows(rows, false).len(), 2);
+    }
+
+    #[test]
+    fn round_summaries_average_each_rounds_post_edit_rows_only() {
+        let row = |stage, metric, value| MetricRow { case_id: 0, stage, metric, value };
+        let rows = [
+            (0, row(Stage::Pre, Metric::ES, 0.0)),
+            (1, row(Stage::Post, Metric::ES, 1.0)),
+            (2, row(Stage::Post, Metric::ES, 1.0)),
+            (2, row(Stage::Post, Metric::ES, 0.0)),
+            (2, row(Stage::Post, Metric::PPL, 30.0)),
+        ];
+        let curve = round_summaries(rows);
+        assert_eq!(curve.keys().copied().collect::<Vec<_>>(), [1, 2], "the unedited rows are no round of the curve");
+        let mean = |round, metric| curve[&round].iter().find(|s| s.metric == metric).map(|s| (s.mean, s.n));
+        assert_eq!(mean(1, Metric::ES), Some((100.0, 1)));
+        assert_eq!(mean(2, Metric::ES), Some((50.0, 2)));
+        assert_eq!(mean(2, Metric::PPL), Some((30.0, 1)));
     }
 }

@@ -1,5 +1,5 @@
-//! Reading results directories (`results.csv` or only `summary.csv`, `timings.csv`,
-//! `manifest.json`) and paper numbers,
+//! Reading results directories (`results.csv` or only `summary.csv` and `curves.csv`,
+//! `timings.csv`, `manifest.json`) and paper numbers,
 //! and aggregating them: per table row and stage, every metric's mean ± standard error over records
 //! (S derived), through `editbench_metrics::summarize`.
 
@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use editbench_metrics::{counted_rows, summarize, Metric, MetricRow, Stage};
+use editbench_metrics::{counted_rows, round_summaries, summarize, Metric, MetricRow, Stage};
 use serde::Deserialize;
 
 /// What identifies a row of the paper's tables: every grid axis but the seed (cells that differ
@@ -167,8 +167,8 @@ fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey,
 
 /// A results directory written by `editbench run` or `editbench merge` — or only its summary:
 /// without results.csv the table rows come from summary.csv (each cell's means ± standard errors),
-/// as committed for sweeps whose per-record rows are too large for git; there are no sequential
-/// curves then.
+/// as committed for sweeps whose per-record rows are too large for git, and the sequential curves
+/// from curves.csv.
 pub fn load_run(dir: &Path) -> Result<Run> {
     let from_rows = dir.join("results.csv").is_file() || !dir.join("summary.csv").is_file();
     for file in ["manifest.json", if from_rows { "results.csv" } else { "summary.csv" }, "timings.csv"] {
@@ -177,7 +177,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         }
     }
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
-    let cells = if from_rows { cells_from_rows(dir, &manifest)? } else { cells_from_summaries(dir)? };
+    let cells = if from_rows { cells_from_rows(dir, &manifest)? } else { cells_from_summaries(dir, &manifest)? };
     let Cells { keys, seeds, post, pre, curves } = cells;
     let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell])).unwrap_or_else(|| cell.to_string());
     let timings = read_csv::<TimingLine>(&dir.join("timings.csv"))?.into_iter().map(|t| (label_of(&t.cell_id), t.phase, t.seconds)).collect();
@@ -229,7 +229,6 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
     let mut cell_rows: BTreeMap<String, Vec<(usize, MetricRow)>> = BTreeMap::new();
     let mut keys: BTreeMap<String, RowKey> = BTreeMap::new();
     let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
-    let mut rounds: BTreeMap<(String, usize, Metric), Vec<f64>> = BTreeMap::new();
     let mut n_edits: BTreeMap<String, usize> = BTreeMap::new();
     for l in &lines {
         let Some(metric) = Metric::from_code(&l.metric) else {
@@ -240,14 +239,19 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
         seeds.insert(l.cell_id.clone(), l.seed);
         keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size));
         cell_rows.entry(l.cell_id.clone()).or_default().push((l.round, MetricRow { case_id: l.case_id, stage: l.stage, metric, value: l.value }));
-        if l.stage == Stage::Post {
-            rounds.entry((l.cell_id.clone(), l.round, metric)).or_default().push(l.value);
-        }
     }
     for (code, n) in &unknown {
         tracing::warn!("{}: skipped {n} rows with unknown metric code `{code}`", dir.display());
     }
     drop_layers_unless_an_axis(&mut keys);
+    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
+    for (cell, rows) in cell_rows.iter().filter(|_| scored_rounds(manifest)) {
+        let key = &keys[cell];
+        for (round, summaries) in round_summaries(rows.iter().copied()) {
+            let point = curves.entry(key.clone()).or_default().entry((round * key.batch_size).min(n_edits[cell])).or_default();
+            point.extend(summaries.iter().map(|s| (s.metric, s.mean)));
+        }
+    }
     let mut by_row: BTreeMap<RowKey, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_rows: BTreeMap<String, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
     let mut pre_seen: BTreeMap<String, String> = BTreeMap::new();
@@ -264,18 +268,43 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
             }
         }
     }
-    // Sequential curves exist when rounds before the last were scored (`eval_every_round`,
-    // `eval_every`).
-    let scored_rounds = sequential && (manifest["sweep"]["eval_every_round"] == true || manifest["sweep"]["eval_every"].is_u64());
-    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
-    for ((cell, round, metric), values) in rounds.iter().filter(|_| scored_rounds) {
-        let key = &keys[cell];
-        let mean = values.iter().sum::<f64>() / values.len() as f64 * metric.scale();
-        curves.entry(key.clone()).or_default().entry((round * key.batch_size).min(n_edits[cell])).or_default().insert(*metric, mean);
-    }
     let post = by_row.into_iter().map(|(k, rows)| (k, to_summary(&rows, Stage::Post))).collect();
     let pre = pre_rows.into_iter().map(|(m, rows)| (m, to_summary(&rows, Stage::Pre))).collect();
     Ok(Cells { keys, seeds, post, pre, curves })
+}
+
+/// Whether a run has sequential curves: the sequential protocol with rounds before the last
+/// scored (`eval_every_round`, `eval_every`).
+fn scored_rounds(manifest: &serde_json::Value) -> bool {
+    let sweep = &manifest["sweep"];
+    sweep["protocol"] == "sequential" && (sweep["eval_every_round"] == true || sweep["eval_every"].is_u64())
+}
+
+#[derive(Debug, Deserialize)]
+struct CurveLine {
+    cell_id: String,
+    edits: usize,
+    metric: String,
+    mean: f64,
+}
+
+/// Sequential curves from `curves.csv` (each sequential cell's summaries after every round), for
+/// the cells of `keys`; none when the file is absent (a run from before it was written).
+fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>>> {
+    let path = dir.join("curves.csv");
+    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
+    if !path.is_file() {
+        tracing::warn!("{}: no curves.csv, so no sequential curves (rerun `editbench run` on it to write one)", dir.display());
+        return Ok(curves);
+    }
+    for (i, l) in read_csv::<CurveLine>(&path)?.into_iter().enumerate() {
+        let Some(metric) = Metric::from_code(&l.metric) else { continue };
+        let Some(key) = keys.get(&l.cell_id) else {
+            bail!("{}: line {}: cell {} has no summary in summary.csv", path.display(), i + 2, l.cell_id);
+        };
+        curves.entry(key.clone()).or_default().entry(l.edits).or_default().insert(metric, l.mean);
+    }
+    Ok(curves)
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,8 +323,9 @@ struct SummaryLine {
     n: usize,
 }
 
-/// [`Cells`] from summary.csv: each cell's summaries as `editbench run` wrote them.
-fn cells_from_summaries(dir: &Path) -> Result<Cells> {
+/// [`Cells`] from summary.csv: each cell's summaries as `editbench run` wrote them, and the
+/// sequential curves from curves.csv.
+fn cells_from_summaries(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
     let path = dir.join("summary.csv");
     let lines: Vec<SummaryLine> = read_csv(&path)?;
     if lines.is_empty() {
@@ -324,12 +354,13 @@ fn cells_from_summaries(dir: &Path) -> Result<Cells> {
         };
     }
     let combined = |by_metric: BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>| combine_seeds(by_metric.into_iter().map(|(m, s)| (m, s.into_values().collect())).collect());
+    let curves = if scored_rounds(manifest) { curves_from_file(dir, &keys)? } else { BTreeMap::new() };
     Ok(Cells {
         keys,
         seeds,
         post: post.into_iter().map(|(k, s)| (k, combined(s))).collect(),
         pre: pre.into_iter().map(|(m, s)| (m, combined(s))).collect(),
-        curves: BTreeMap::new(),
+        curves,
     })
 }
 

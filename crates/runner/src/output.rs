@@ -1,12 +1,13 @@
 //! The files of a results directory: per-cell rows and metadata under `cells/`, and the
-//! aggregates rebuilt from them (`results.csv`, `summary.csv`, `timings.csv`). Every write goes to a
-//! temporary file first and is renamed into place, so a killed run leaves whole files only.
+//! aggregates rebuilt from them (`results.csv`, `summary.csv`, `timings.csv`; for the sequential
+//! protocol `curves.csv`, the summaries after each round). Every write goes to a temporary file
+//! first and is renamed into place, so a killed run leaves whole files only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use editbench_metrics::{counted_rows, summarize, Metric, MetricRow, Stage};
+use editbench_metrics::{counted_rows, round_summaries, summarize, Metric, MetricRow, Stage, Summary};
 pub use editbench_report::read_csv;
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +81,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub const RESULT_COLUMNS: [&str; 13] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "round", "case_id", "stage", "metric", "value"];
 const SUMMARY_COLUMNS: [&str; 13] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "stage", "metric", "mean", "stderr", "n"];
 const TIMING_COLUMNS: [&str; 3] = ["cell_id", "phase", "seconds"];
+const CURVE_COLUMNS: [&str; 14] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "round", "edits", "metric", "mean", "stderr", "n"];
 
 /// `rows` as CSV, after a header line of `columns` when given (written even when there are no rows).
 pub fn csv_bytes<T: Serialize>(rows: &[T], columns: Option<&[&str]>) -> Result<Vec<u8>> {
@@ -126,6 +128,45 @@ struct SummaryRow<'a> {
     n: usize,
 }
 
+impl<'a> SummaryRow<'a> {
+    fn new(f: &'a ResultRow, s: &Summary) -> Self {
+        SummaryRow {
+            cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
+            batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, stage: s.stage, metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
+        }
+    }
+}
+
+/// One line of `curves.csv`: a post-edit metric of a sequential cell after `round` rounds
+/// (`edits` records edited so far), mean ± standard error over the rows measured then, ×100.
+#[derive(Debug, Clone, Serialize)]
+struct CurveRow<'a> {
+    cell_id: &'a str,
+    model: &'a str,
+    method: &'a str,
+    distribution: &'a str,
+    layers: &'a str,
+    batch_size: usize,
+    n_edits: usize,
+    seed: u64,
+    round: usize,
+    edits: usize,
+    metric: &'static str,
+    mean: f64,
+    stderr: Option<f64>,
+    n: usize,
+}
+
+impl<'a> CurveRow<'a> {
+    fn new(f: &'a ResultRow, round: usize, s: &Summary) -> Self {
+        CurveRow {
+            cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
+            batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, round, edits: (round * f.batch_size).min(f.n_edits),
+            metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct TimingRow<'a> {
     cell_id: &'a str,
@@ -145,46 +186,55 @@ fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>>
     Ok(out)
 }
 
-/// Rebuilds `results.csv`, `summary.csv` and `timings.csv` from the finished cells among `cells`
-/// (in their order, edited under `protocol`) and the shared timings.
+/// Rebuilds `results.csv`, `summary.csv` and `timings.csv` (and for the sequential protocol
+/// `curves.csv`) from the finished cells among `cells` (in their order, edited under `protocol`)
+/// and the shared timings.
 pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> {
     let mut results = csv_bytes::<ResultRow>(&[], Some(&RESULT_COLUMNS))?;
-    let mut summary = Vec::new();
     let mut timings: Vec<(String, String, f64)> = Vec::new();
     for (label, phases) in shared_seconds(dir)? {
         timings.extend(phases.into_iter().map(|(p, s)| (format!("shared:{label}"), p, s)));
     }
     let mut done = 0;
+    let mut firsts = Vec::new();
     let mut summaries = Vec::new();
+    let mut curves = Vec::new();
     for cell in cells {
         let Some(record) = finished(dir, &cell.id) else { continue };
         done += 1;
         let rows: Vec<ResultRow> = read_csv(&cell_rows_path(dir, &cell.id))?;
         results.extend(csv_bytes(&rows, None)?);
         timings.extend(record.seconds.iter().map(|(p, s)| (cell.id.clone(), p.clone(), *s)));
-        summaries.push((rows.first().cloned(), summarize(&final_rows(&rows, protocol))));
+        let Some(first) = rows.first().cloned() else { continue };
+        summaries.push(summarize(&final_rows(&rows, protocol)));
+        curves.push(round_summaries(metric_rows(&rows)));
+        firsts.push(first);
     }
-    for (first, cell_summary) in &summaries {
-        let Some(f) = first else { continue };
-        for s in cell_summary {
-            summary.push(SummaryRow {
-                cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
-                batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, stage: s.stage, metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
-            });
-        }
-    }
+    let summary: Vec<SummaryRow> = firsts.iter().zip(&summaries).flat_map(|(f, cell)| cell.iter().map(move |s| SummaryRow::new(f, s))).collect();
     let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
     write_atomic(&dir.join("results.csv"), &results)?;
     write_atomic(&dir.join("summary.csv"), &csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?)?;
     write_atomic(&dir.join("timings.csv"), &csv_bytes(&timing_rows, Some(&TIMING_COLUMNS))?)?;
+    if protocol == Protocol::Sequential {
+        let curve_rows: Vec<CurveRow> = firsts
+            .iter()
+            .zip(&curves)
+            .flat_map(|(f, curve)| curve.iter().flat_map(move |(round, round_summary)| round_summary.iter().map(move |s| CurveRow::new(f, *round, s))))
+            .collect();
+        write_atomic(&dir.join("curves.csv"), &csv_bytes(&curve_rows, Some(&CURVE_COLUMNS))?)?;
+    }
     Ok(done)
+}
+
+/// A cell's rows with a known metric code, as `(round, row)` pairs.
+fn metric_rows(rows: &[ResultRow]) -> impl Iterator<Item = (usize, MetricRow)> + '_ {
+    rows.iter().filter_map(|r| Metric::from_code(&r.metric).map(|metric| (r.round, MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value })))
 }
 
 /// The rows of one cell that its summary is over (`counted_rows`: every batch in the independent
 /// protocol, the latest round in the sequential one).
 pub fn final_rows(rows: &[ResultRow], protocol: Protocol) -> Vec<MetricRow> {
-    let known = rows.iter().filter_map(|r| Metric::from_code(&r.metric).map(|metric| (r.round, MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value })));
-    counted_rows(known, protocol == Protocol::Independent)
+    counted_rows(metric_rows(rows), protocol == Protocol::Independent)
 }
 
 #[cfg(test)]

@@ -372,6 +372,24 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 3, "PPL after every round: {results}");
     let checkpoints = |out: &Path| count(&out.join("checkpoints"), "safetensors");
     assert_eq!(checkpoints(&unbroken), 0, "a finished cell leaves no checkpoint");
+    // curves.csv has each round's summaries; with summary.csv alone (as committed) the report
+    // draws the curves results.csv gives.
+    let curves = read(&unbroken.join("curves.csv"));
+    assert_eq!(curves.lines().filter(|l| l.contains(",PPL,")).count(), 3, "{curves}");
+    let summaries = dir.path().join("summaries-only");
+    std::fs::create_dir(&summaries).unwrap();
+    for file in ["manifest.json", "summary.csv", "timings.csv", "curves.csv"] {
+        std::fs::copy(unbroken.join(file), summaries.join(file)).unwrap();
+    }
+    let (rows, sums) = (editbench_report::load_run(&unbroken).unwrap(), editbench_report::load_run(&summaries).unwrap());
+    let curve = |run: &editbench_report::Run| run.curves.values().next().cloned().expect("a curve");
+    let (a, b) = (curve(&rows), curve(&sums));
+    assert_eq!(a.keys().collect::<Vec<_>>(), [&1, &2, &3]);
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (edits, point) in &a {
+        assert_eq!(point.keys().collect::<Vec<_>>(), b[edits].keys().collect::<Vec<_>>(), "after {edits} edits");
+        assert!(point.iter().all(|(m, x)| (x - b[edits][m]).abs() < 1e-9), "after {edits} edits: {point:?} vs {:?}", b[edits]);
+    }
 
     // Paused after one round, then after another, then run to the end.
     let paused = dir.path().join("paused");
