@@ -61,8 +61,9 @@ pub struct Run {
     pub post: BTreeMap<RowKey, BTreeMap<Metric, Summary>>,
     /// The unedited model's metrics per model.
     pub pre: BTreeMap<String, BTreeMap<Metric, Summary>>,
-    /// Sequential curves: per row, per number of edits applied, metric means.
-    pub curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>>,
+    /// Sequential curves: per row, per number of edits applied, each metric over the rows measured
+    /// then.
+    pub curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>,
     /// Seconds per phase per cell (`cell label`, phase, seconds).
     pub timings: Vec<(String, String, f64)>,
     /// Condition estimates and pseudo-inverse use per table row (from `cells/*.json`).
@@ -201,7 +202,7 @@ struct Cells {
     seeds: BTreeMap<String, u64>,
     post: BTreeMap<RowKey, BTreeMap<Metric, Summary>>,
     pre: BTreeMap<String, BTreeMap<Metric, Summary>>,
-    curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>>,
+    curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>,
 }
 
 /// Layers are part of a row only where they are an axis of the run (several choices for one
@@ -244,12 +245,12 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
         tracing::warn!("{}: skipped {n} rows with unknown metric code `{code}`", dir.display());
     }
     drop_layers_unless_an_axis(&mut keys);
-    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
+    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>> = BTreeMap::new();
     for (cell, rows) in cell_rows.iter().filter(|_| scored_rounds(manifest)) {
         let key = &keys[cell];
         for (round, summaries) in round_summaries(rows.iter().copied()) {
             let point = curves.entry(key.clone()).or_default().entry((round * key.batch_size).min(n_edits[cell])).or_default();
-            point.extend(summaries.iter().map(|s| (s.metric, s.mean)));
+            point.extend(summaries.iter().map(|s| (s.metric, Summary { mean: s.mean, stderr: s.stderr, n: s.n, seeds: None })));
         }
     }
     let mut by_row: BTreeMap<RowKey, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
@@ -286,13 +287,15 @@ struct CurveLine {
     edits: usize,
     metric: String,
     mean: f64,
+    stderr: Option<f64>,
+    n: usize,
 }
 
 /// Sequential curves from `curves.csv` (each sequential cell's summaries after every round), for
 /// the cells of `keys`; none when the file is absent (a run from before it was written).
-fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>>> {
+fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>> {
     let path = dir.join("curves.csv");
-    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, f64>>> = BTreeMap::new();
+    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>> = BTreeMap::new();
     if !path.is_file() {
         tracing::warn!("{}: no curves.csv, so no sequential curves (rerun `editbench run` on it to write one)", dir.display());
         return Ok(curves);
@@ -302,7 +305,7 @@ fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<BTree
         let Some(key) = keys.get(&l.cell_id) else {
             bail!("{}: line {}: cell {} has no summary in summary.csv", path.display(), i + 2, l.cell_id);
         };
-        curves.entry(key.clone()).or_default().entry(l.edits).or_default().insert(metric, l.mean);
+        curves.entry(key.clone()).or_default().entry(l.edits).or_default().insert(metric, Summary { mean: l.mean, stderr: l.stderr, n: l.n, seeds: None });
     }
     Ok(curves)
 }

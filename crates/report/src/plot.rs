@@ -13,7 +13,7 @@ use plotters::element::ErrorBar;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::load::Run;
+use crate::load::{RowKey, Run, Summary};
 
 pub(crate) const FONT: &str = "sans-serif";
 /// Figure size in pixels: readable at a paper's column width once scaled to about 8 cm.
@@ -161,29 +161,14 @@ impl Chart for MetricVs<'_> {
             let axis = self.axis;
             chart.configure_mesh().x_label_formatter(&|x: &f64| axis.tick_label(*x)).y_label_formatter(&|y: &f64| y_axis.label(*y))
                 .x_desc(self.axis.description()).y_desc(y_axis.description(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
-            if let Some(y) = unedited.map(|y| y_axis.at(y)) {
-                let grey = RGBColor(120, 120, 120).stroke_width(1);
-                chart.draw_series(DashedLineSeries::new(vec![(min_x - 0.6, y), (max_x + 0.6, y)], 3, 4, grey)).map_err(err)?
-                    .label("unedited").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+            if let Some(y) = unedited {
+                unedited_line(&mut chart, min_x - 0.6..max_x + 0.6, y_axis.at(y))?;
             }
             let n = lines.len() as f64;
             for (i, line) in lines.iter().enumerate() {
                 let offset = (i as f64 - (n - 1.0) / 2.0) * DODGE;
-                let points: Vec<(f64, f64)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, y_axis.at(p.1))).collect();
-                let color = method_color(&line.method);
-                let style = color.stroke_width(2);
-                let legend = line.label.clone();
-                if line.distribution == "spread" {
-                    chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)).map_err(err)?.label(legend).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
-                } else {
-                    chart.draw_series(LineSeries::new(points.clone(), style)).map_err(err)?.label(legend).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-                }
-                let bar = |(p, q): (&(usize, f64, Option<f64>), &(f64, f64))| {
-                    p.2.map(|e| ErrorBar::new_vertical(q.0, y_axis.at(p.1 - e), q.1, y_axis.at(p.1 + e), color.stroke_width(1), 6))
-                };
-                let bars = line.points.iter().zip(&points).filter_map(bar);
-                chart.draw_series(bars).map_err(err)?;
-                markers(&mut chart, &points, method_rank(&line.method), color)?;
+                let points: Vec<(f64, f64, Option<f64>)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, p.1, p.2)).collect();
+                draw_line(&mut chart, &y_axis, &line.method, &line.distribution, line.label.clone(), &points)?;
             }
             // Rising perplexities and norms leave the upper left free; falling scores the lower left.
             let corner = if y_axis.log { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
@@ -282,6 +267,30 @@ impl Ranged for TickedAxis {
     fn range(&self) -> std::ops::Range<f64> {
         self.range.clone()
     }
+}
+
+/// The unedited model's value as a grey dashed horizontal line over `x`.
+fn unedited_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>, x: std::ops::Range<f64>, y: f64) -> Result<()> {
+    let grey = RGBColor(120, 120, 120).stroke_width(1);
+    chart.draw_series(DashedLineSeries::new(vec![(x.start, y), (x.end, y)], 3, 4, grey)).map_err(err)?
+        .label("unedited").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+    Ok(())
+}
+
+/// One line of `points` `(x, mean, standard error)`: colour and marker per method, dashed for
+/// spread, standard-error bars, and its legend entry.
+fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>, y_axis: &YAxis, method: &str, distribution: &str, label: String, points: &[(f64, f64, Option<f64>)]) -> Result<()> {
+    let drawn: Vec<(f64, f64)> = points.iter().map(|p| (p.0, y_axis.at(p.1))).collect();
+    let color = method_color(method);
+    let style = color.stroke_width(2);
+    if distribution == "spread" {
+        chart.draw_series(DashedLineSeries::new(drawn.clone(), 8, 5, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
+    } else {
+        chart.draw_series(LineSeries::new(drawn.clone(), style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    let bars = points.iter().filter_map(|&(x, mean, se)| se.map(|e| ErrorBar::new_vertical(x, y_axis.at(mean - e), y_axis.at(mean), y_axis.at(mean + e), color.stroke_width(1), 6)));
+    chart.draw_series(bars).map_err(err)?;
+    markers(chart, &drawn, method_rank(method), color)
 }
 
 /// One marker shape per method, so lines of several methods that coincide stay apart.
@@ -417,7 +426,8 @@ impl MethodsSideBySide<'_> {
     }
 }
 
-/// (c) Sequential editing: a metric against the number of edits applied, a line per cell.
+/// (c) Sequential editing: a metric against the number of edits applied, a line per cell (styled as
+/// in [`MetricVs`], with standard-error bars and the unedited model's value).
 struct SequentialCurve<'a> {
     run: &'a Run,
     metric: Metric,
@@ -432,23 +442,38 @@ impl Chart for SequentialCurve<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let max_edits = self.run.curves.values().flat_map(|c| c.keys()).copied().max().unwrap_or(1) as f64;
-        let y_axis = YAxis::new(self.metric, self.run.curves.values().flat_map(|c| c.values().filter_map(|m| m.get(&self.metric).copied())));
+        let points = |curve: &BTreeMap<usize, BTreeMap<Metric, Summary>>| -> Vec<(f64, f64, Option<f64>)> {
+            curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|s| (*n as f64, s.mean, s.stderr))).collect()
+        };
+        let lines: Vec<(&RowKey, Vec<(f64, f64, Option<f64>)>)> = self.run.curves.iter().map(|(key, curve)| (key, points(curve))).collect();
+        // The unedited model's value (one model per sequential run).
+        let unedited = self.run.pre.values().find_map(|m| m.get(&self.metric)).map(|s| s.mean);
+        let values = lines.iter().flat_map(|(_, l)| l.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])).chain(unedited);
+        let y_axis = YAxis::new(self.metric, values);
+        let x_range = 0f64..max_edits * 1.02;
         let mut chart = ChartBuilder::on(area)
-            .caption(self.title(), (FONT, 20))
+            .caption(format!("{}: {}{}", self.run.label, self.metric.code(), sample_note(std::slice::from_ref(self.run))), (FONT, 18))
             .margin(10)
             .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_edits * 1.02, y_axis.clone())
+            .y_label_area_size(55)
+            .build_cartesian_2d(x_range.clone(), y_axis.clone())
             .map_err(err)?;
-        let y_desc = format!("{} of the edits so far", y_axis.description(self.metric));
-        chart.configure_mesh().x_desc("edits applied").y_desc(y_desc).y_label_formatter(&|y: &f64| y_axis.label(*y)).label_style((FONT, 13)).draw().map_err(err)?;
-        for (key, curve) in &self.run.curves {
-            let points: Vec<(f64, f64)> = curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|v| (*n as f64, y_axis.at(*v)))).collect();
-            let style = method_color(&key.method).stroke_width(2);
-            let label = format!("{} {} B={}{}", key.method, key.distribution, key.batch_size, if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) });
-            chart.draw_series(LineSeries::new(points, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        let y_desc = match self.metric {
+            Metric::PPL | Metric::DWNORM | Metric::DWREL => y_axis.description(self.metric),
+            m => format!("{} on the edits so far", y_axis.description(m)),
+        };
+        chart.configure_mesh().x_desc("edits applied").y_desc(y_desc).x_label_formatter(&|x: &f64| format!("{x:.0}")).y_label_formatter(&|y: &f64| y_axis.label(*y)).label_style((FONT, 13)).draw().map_err(err)?;
+        if let Some(y) = unedited {
+            unedited_line(&mut chart, x_range, y_axis.at(y))?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
+        for (key, points) in &lines {
+            let layers = if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) };
+            let label = format!("{} {} B={}{layers}", crate::table::method_name(&key.method), key.distribution, key.batch_size);
+            draw_line(&mut chart, &y_axis, &key.method, &key.distribution, label, points)?;
+        }
+        // Rising perplexities and norms leave the upper left free; falling scores the lower left.
+        let corner = if matches!(self.metric, Metric::PPL | Metric::DWNORM | Metric::DWREL) { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(corner).draw().map_err(err)?;
         Ok(())
     }
 }

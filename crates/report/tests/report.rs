@@ -41,8 +41,9 @@ fn aggregation_matches_hand_computed_means() {
     close(pre[&Metric::S].mean, 0.0);
     // Sequential curve of B = 1: after 1 edit case 1 only, after 2 edits both cases.
     let curve = &run.curves[&key(1)];
-    close(curve[&1][&Metric::ES], 100.0);
-    close(curve[&2][&Metric::PS], 75.0);
+    close(curve[&1][&Metric::ES].mean, 100.0);
+    close(curve[&2][&Metric::PS].mean, 75.0);
+    close(curve[&2][&Metric::PS].stderr.unwrap(), 25.0);
     assert_eq!(run.timings.len(), 5);
 }
 

@@ -388,7 +388,7 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (edits, point) in &a {
         assert_eq!(point.keys().collect::<Vec<_>>(), b[edits].keys().collect::<Vec<_>>(), "after {edits} edits");
-        assert!(point.iter().all(|(m, x)| (x - b[edits][m]).abs() < 1e-9), "after {edits} edits: {point:?} vs {:?}", b[edits]);
+        assert!(point.iter().all(|(m, x)| (x.mean - b[edits][m].mean).abs() < 1e-9 && x.n == b[edits][m].n), "after {edits} edits: {point:?} vs {:?}", b[edits]);
     }
 
     // Paused after one round, then after another, then run to the end.
