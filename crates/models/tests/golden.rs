@@ -334,13 +334,18 @@ fn a_pass_above_a_layer_on_cached_prefixes_matches_the_full_pass() {
 fn matmul_of_transposed_operands_equals_row_major() {
     use burn::tensor::Int;
     let device = Default::default();
-    let a = Tensor::<Cpu, 1, Int>::arange(0..35, &device).float().reshape([5, 7]).sin();
-    let b = Tensor::<Cpu, 1, Int>::arange(0..21, &device).float().reshape([7, 3]).cos();
-    // A row-major copy of `t`'s transpose, transposed back: the same matrix, strided.
-    let strided = |t: Tensor<Cpu, 2>| Tensor::<Cpu, 2>::from_data(t.transpose().into_data(), &device).transpose();
-    let expected = values(a.clone().matmul(b.clone()));
-    for (lhs, rhs) in [(strided(a.clone()), b.clone()), (a.clone(), strided(b.clone())), (strided(a), strided(b))] {
-        let got = values(lhs.matmul(rhs));
-        assert!(max_abs_diff(&got, &expected) < 1e-6, "{got:?} vs {expected:?}");
+    // (m, k, n); with fewer left rows than both other sides, a transposed right operand takes the
+    // column-major path (vendor/README.md, change 3).
+    for (m, k, n) in [(5, 7, 3), (3, 7, 5)] {
+        let a = Tensor::<Cpu, 1, Int>::arange(0..(m * k) as i64, &device).float().reshape([m, k]).sin();
+        let b = Tensor::<Cpu, 1, Int>::arange(0..(k * n) as i64, &device).float().reshape([k, n]).cos();
+        // A row-major copy of `t`'s transpose, transposed back: the same matrix, strided.
+        let strided = |t: Tensor<Cpu, 2>| Tensor::<Cpu, 2>::from_data(t.transpose().into_data(), &device).transpose();
+        let expected = values(a.clone().matmul(b.clone()));
+        for (lhs, rhs) in [(strided(a.clone()), b.clone()), (a.clone(), strided(b.clone())), (strided(a), strided(b))] {
+            let got = values(lhs.matmul(rhs));
+            assert_eq!(got.len(), m * n);
+            assert!(max_abs_diff(&got, &expected) < 1e-6, "{got:?} vs {expected:?}");
+        }
     }
 }

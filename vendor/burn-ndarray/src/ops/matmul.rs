@@ -92,6 +92,25 @@ unsafe fn gemm_into<E: NdArrayElement>(
     let parallelism = { let _ = parallel; gemm::Parallelism::None };
     let (ls, rs, os) = (lhs.strides(), rhs.strides(), [out.strides()[0], out.strides()[1]]);
     let (zero, one): (E, E) = (0.0.elem(), 1.0.elem());
+    // A transposed right operand (a backward pass's `dY · Wᵀ`, a tied output head `h · Eᵀ`) with
+    // fewer rows on the left than either of its other sides: gemm would pack the large right
+    // operand, single-threaded, on every call; into a column-major buffer it reads that operand in
+    // place and packs only the small left one, for one copy of the (smaller) output.
+    if rs[0] == 1 && rs[1] != 1 && m < k.min(n) {
+        let mut cols = ndarray::Array2::<E>::zeros((n, m));
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                cols.as_mut_ptr(), m as isize, 1, false,
+                lhs.as_ptr(), ls[1], ls[0],
+                rhs.as_ptr(), rs[1], rs[0],
+                zero, one, false, false, false,
+                parallelism,
+            );
+        }
+        out.assign(&cols.t());
+        return true;
+    }
     unsafe {
         gemm::gemm(
             m, n, k,
