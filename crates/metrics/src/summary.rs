@@ -86,6 +86,12 @@ pub fn round_summaries(rows: impl IntoIterator<Item = (usize, MetricRow)>) -> BT
     by_round.into_iter().map(|(round, rows)| (round, summarize(&rows))).collect()
 }
 
+/// Records edited after `round` rounds of `batch_size` edits in a cell of `n_edits` (the last
+/// round may be short): the x position of a sequential curve's point.
+pub fn edits_after(round: usize, batch_size: usize, n_edits: usize) -> usize {
+    (round * batch_size).min(n_edits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

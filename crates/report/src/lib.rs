@@ -9,7 +9,7 @@ mod plot;
 mod table;
 
 pub use heatmap::{write_heatmap, HeatMap};
-pub use load::{load_paper, load_run, read_csv, Run, RowKey, SolverNote, Summary};
+pub use load::{load_paper, load_run, read_csv, Curves, Run, RowKey, SolverNote, Summary};
 pub use plot::{plot_all, Figure};
 pub use table::{latex_table, markdown_table, Table};
 

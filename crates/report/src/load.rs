@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use editbench_metrics::{counted_rows, round_summaries, summarize, Metric, MetricRow, Stage};
+use editbench_metrics::{counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage};
 use serde::Deserialize;
 
 /// What identifies a row of the paper's tables: every grid axis but the seed (cells that differ
@@ -52,6 +52,10 @@ pub struct SolverNote {
     pub pseudo_inverse: bool,
 }
 
+/// Sequential curves: per row, per number of edits applied, each metric over the rows measured
+/// then.
+pub type Curves = BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>;
+
 /// One results directory (or a paper's numbers), aggregated.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -61,9 +65,8 @@ pub struct Run {
     pub post: BTreeMap<RowKey, BTreeMap<Metric, Summary>>,
     /// The unedited model's metrics per model.
     pub pre: BTreeMap<String, BTreeMap<Metric, Summary>>,
-    /// Sequential curves: per row, per number of edits applied, each metric over the rows measured
-    /// then.
-    pub curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>,
+    /// Sequential curves.
+    pub curves: Curves,
     /// Seconds per phase per cell (`cell label`, phase, seconds).
     pub timings: Vec<(String, String, f64)>,
     /// Condition estimates and pseudo-inverse use per table row (from `cells/*.json`).
@@ -202,7 +205,7 @@ struct Cells {
     seeds: BTreeMap<String, u64>,
     post: BTreeMap<RowKey, BTreeMap<Metric, Summary>>,
     pre: BTreeMap<String, BTreeMap<Metric, Summary>>,
-    curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>,
+    curves: Curves,
 }
 
 /// Layers are part of a row only where they are an axis of the run (several choices for one
@@ -245,11 +248,11 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
         tracing::warn!("{}: skipped {n} rows with unknown metric code `{code}`", dir.display());
     }
     drop_layers_unless_an_axis(&mut keys);
-    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>> = BTreeMap::new();
+    let mut curves = Curves::new();
     for (cell, rows) in cell_rows.iter().filter(|_| scored_rounds(manifest)) {
         let key = &keys[cell];
         for (round, summaries) in round_summaries(rows.iter().copied()) {
-            let point = curves.entry(key.clone()).or_default().entry((round * key.batch_size).min(n_edits[cell])).or_default();
+            let point = curves.entry(key.clone()).or_default().entry(edits_after(round, key.batch_size, n_edits[cell])).or_default();
             point.extend(summaries.iter().map(|s| (s.metric, Summary { mean: s.mean, stderr: s.stderr, n: s.n, seeds: None })));
         }
     }
@@ -293,9 +296,9 @@ struct CurveLine {
 
 /// Sequential curves from `curves.csv` (each sequential cell's summaries after every round), for
 /// the cells of `keys`; none when the file is absent (a run from before it was written).
-fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>>> {
+fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<Curves> {
     let path = dir.join("curves.csv");
-    let mut curves: BTreeMap<RowKey, BTreeMap<usize, BTreeMap<Metric, Summary>>> = BTreeMap::new();
+    let mut curves = Curves::new();
     if !path.is_file() {
         tracing::warn!("{}: no curves.csv, so no sequential curves (rerun `editbench run` on it to write one)", dir.display());
         return Ok(curves);

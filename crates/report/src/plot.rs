@@ -197,7 +197,7 @@ impl YAxis {
         let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
         let positive = values.iter().copied().filter(|&v| v > 0.0);
         let (low, high) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        let wide = matches!(metric, Metric::PPL | Metric::DWNORM | Metric::DWREL) && high > low * LOG_SPAN;
+        let wide = unbounded(metric) && high > low * LOG_SPAN;
         match wide {
             true => YAxis { range: low.log10().floor()..high.log10().ceil(), log: true },
             false => YAxis { range: y_range(metric, values.into_iter()), log: false },
@@ -322,12 +322,18 @@ fn axis_label(metric: Metric) -> String {
     }
 }
 
+/// Perplexity and update norms: no natural range, they rise as edits wear the model down (scores
+/// fall within theirs).
+fn unbounded(metric: Metric) -> bool {
+    matches!(metric, Metric::PPL | Metric::DWNORM | Metric::DWREL)
+}
+
 /// The y range: the metric's natural one for scores, from the data for perplexity and norms.
 fn y_range(metric: Metric, values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     match metric {
         Metric::EM | Metric::PM | Metric::NM => -100.0..100.0,
         Metric::GE => 0.0..800.0,
-        Metric::PPL | Metric::DWNORM | Metric::DWREL => 0.0..values.fold(1e-9, f64::max) * 1.15,
+        m if unbounded(m) => 0.0..values.fold(1e-9, f64::max) * 1.15,
         _ => 0.0..105.0,
     }
 }
@@ -458,9 +464,9 @@ impl Chart for SequentialCurve<'_> {
             .y_label_area_size(55)
             .build_cartesian_2d(x_range.clone(), y_axis.clone())
             .map_err(err)?;
-        let y_desc = match self.metric {
-            Metric::PPL | Metric::DWNORM | Metric::DWREL => y_axis.description(self.metric),
-            m => format!("{} on the edits so far", y_axis.description(m)),
+        let y_desc = match unbounded(self.metric) {
+            true => y_axis.description(self.metric),
+            false => format!("{} on the edits so far", y_axis.description(self.metric)),
         };
         chart.configure_mesh().x_desc("edits applied").y_desc(y_desc).x_label_formatter(&|x: &f64| format!("{x:.0}")).y_label_formatter(&|y: &f64| y_axis.label(*y)).label_style((FONT, 13)).draw().map_err(err)?;
         if let Some(y) = unedited {
@@ -472,7 +478,7 @@ impl Chart for SequentialCurve<'_> {
             draw_line(&mut chart, &y_axis, &key.method, &key.distribution, label, points)?;
         }
         // Rising perplexities and norms leave the upper left free; falling scores the lower left.
-        let corner = if matches!(self.metric, Metric::PPL | Metric::DWNORM | Metric::DWREL) { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
+        let corner = if unbounded(self.metric) { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(corner).draw().map_err(err)?;
         Ok(())
     }

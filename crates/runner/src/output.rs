@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use editbench_metrics::{counted_rows, round_summaries, summarize, Metric, MetricRow, Stage, Summary};
+use editbench_metrics::{counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage, Summary};
 pub use editbench_report::read_csv;
 use serde::{Deserialize, Serialize};
 
@@ -161,7 +161,7 @@ impl<'a> CurveRow<'a> {
     fn new(f: &'a ResultRow, round: usize, s: &Summary) -> Self {
         CurveRow {
             cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
-            batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, round, edits: (round * f.batch_size).min(f.n_edits),
+            batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, round, edits: edits_after(round, f.batch_size, f.n_edits),
             metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
         }
     }
@@ -196,9 +196,10 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
         timings.extend(phases.into_iter().map(|(p, s)| (format!("shared:{label}"), p, s)));
     }
     let mut done = 0;
-    let mut firsts = Vec::new();
-    let mut summaries = Vec::new();
-    let mut curves = Vec::new();
+    let sequential = protocol == Protocol::Sequential;
+    // Per finished cell with rows: its first row (the cell's columns), summaries and, in the
+    // sequential protocol, its summaries after each round.
+    let mut aggregates = Vec::new();
     for cell in cells {
         let Some(record) = finished(dir, &cell.id) else { continue };
         done += 1;
@@ -206,20 +207,18 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
         results.extend(csv_bytes(&rows, None)?);
         timings.extend(record.seconds.iter().map(|(p, s)| (cell.id.clone(), p.clone(), *s)));
         let Some(first) = rows.first().cloned() else { continue };
-        summaries.push(summarize(&final_rows(&rows, protocol)));
-        curves.push(round_summaries(metric_rows(&rows)));
-        firsts.push(first);
+        let curve = if sequential { round_summaries(metric_rows(&rows)) } else { BTreeMap::new() };
+        aggregates.push((first, summarize(&final_rows(&rows, protocol)), curve));
     }
-    let summary: Vec<SummaryRow> = firsts.iter().zip(&summaries).flat_map(|(f, cell)| cell.iter().map(move |s| SummaryRow::new(f, s))).collect();
+    let summary: Vec<SummaryRow> = aggregates.iter().flat_map(|(f, cell, _)| cell.iter().map(move |s| SummaryRow::new(f, s))).collect();
     let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
     write_atomic(&dir.join("results.csv"), &results)?;
     write_atomic(&dir.join("summary.csv"), &csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?)?;
     write_atomic(&dir.join("timings.csv"), &csv_bytes(&timing_rows, Some(&TIMING_COLUMNS))?)?;
-    if protocol == Protocol::Sequential {
-        let curve_rows: Vec<CurveRow> = firsts
+    if sequential {
+        let curve_rows: Vec<CurveRow> = aggregates
             .iter()
-            .zip(&curves)
-            .flat_map(|(f, curve)| curve.iter().flat_map(move |(round, round_summary)| round_summary.iter().map(move |s| CurveRow::new(f, *round, s))))
+            .flat_map(|(f, _, curve)| curve.iter().flat_map(move |(round, summaries)| summaries.iter().map(move |s| CurveRow::new(f, *round, s))))
             .collect();
         write_atomic(&dir.join("curves.csv"), &csv_bytes(&curve_rows, Some(&CURVE_COLUMNS))?)?;
     }

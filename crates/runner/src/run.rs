@@ -17,7 +17,7 @@ use editbench_editing::stats::{model_sha256, paragraphs, sampled_indices, StatsS
 use editbench_editing::targets::TargetCache;
 use editbench_editing::{EditRequest, EditSession, Editor};
 use editbench_datasets::rng::SplitMix64;
-use editbench_metrics::{evaluate, GenerationOptions, Metric, MetricRow, Stage, TfIdf};
+use editbench_metrics::{evaluate, summarize, GenerationOptions, Metric, MetricRow, Stage, TfIdf};
 use editbench_models::{BackendKind, BackendTask, LanguageModel};
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -428,14 +428,11 @@ fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow], protocol: Protoc
 /// Mean scores of the rows a cell's summary is over ([`final_rows`]: every batch in the
 /// independent protocol, each record's latest round in the sequential one).
 fn final_scores(rows: &[ResultRow], protocol: Protocol) -> String {
-    let counted = final_rows(rows, protocol);
-    let mean = |code: &str| {
-        let values: Vec<f64> = counted.iter().filter(|r| r.stage == Stage::Post && r.metric.code() == code).map(|r| r.value).collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-    };
-    let scores: Vec<String> = ["ES", "PS", "NS", "rewrite_acc", "PPL"]
+    let summaries = summarize(&final_rows(rows, protocol));
+    let scores: Vec<String> = [Metric::ES, Metric::PS, Metric::NS, Metric::RewriteAcc, Metric::PPL]
         .iter()
-        .filter_map(|&code| mean(code).map(|m| if code == "PPL" { format!("{code} {m:.2}") } else { format!("{code} {:.1}", m * 100.0) }))
+        .filter_map(|&metric| summaries.iter().find(|s| s.stage == Stage::Post && s.metric == metric))
+        .map(|s| if s.metric == Metric::PPL { format!("PPL {:.2}", s.mean) } else { format!("{} {:.1}", s.metric.code(), s.mean) })
         .collect();
     scores.join(", ")
 }

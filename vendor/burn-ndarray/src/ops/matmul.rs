@@ -96,30 +96,23 @@ unsafe fn gemm_into<E: NdArrayElement>(
     // fewer rows on the left than either of its other sides: gemm would pack the large right
     // operand, single-threaded, on every call; into a column-major buffer it reads that operand in
     // place and packs only the small left one, for one copy of the (smaller) output.
-    if rs[0] == 1 && rs[1] != 1 && m < k.min(n) {
-        let mut cols = ndarray::Array2::<E>::zeros((n, m));
-        unsafe {
-            gemm::gemm(
-                m, n, k,
-                cols.as_mut_ptr(), m as isize, 1, false,
-                lhs.as_ptr(), ls[1], ls[0],
-                rhs.as_ptr(), rs[1], rs[0],
-                zero, one, false, false, false,
-                parallelism,
-            );
-        }
-        out.assign(&cols.t());
-        return true;
-    }
+    let mut cols = (rs[0] == 1 && rs[1] != 1 && m < k.min(n)).then(|| ndarray::Array2::<E>::zeros((n, m)));
+    let (dst, dst_cs, dst_rs) = match cols.as_mut() {
+        Some(cols) => (cols.as_mut_ptr(), m as isize, 1),
+        None => (out.as_mut_ptr(), os[1], os[0]),
+    };
     unsafe {
         gemm::gemm(
             m, n, k,
-            out.as_mut_ptr(), os[1], os[0], false,
+            dst, dst_cs, dst_rs, false,
             lhs.as_ptr(), ls[1], ls[0],
             rhs.as_ptr(), rs[1], rs[0],
             zero, one, false, false, false,
             parallelism,
         );
+    }
+    if let Some(cols) = cols {
+        out.assign(&cols.t());
     }
     true
 }
