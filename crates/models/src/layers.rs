@@ -282,7 +282,8 @@ impl<B: Backend> Rotary<B> {
             RotaryPairing::Half => rotate_half(rot.clone()),
             RotaryPairing::Interleaved => rotate_every_two(rot.clone()),
         };
-        let rotated = rot * cos.expand([b, h, t, self.dim]) + turned * sin.expand([b, h, t, self.dim]);
+        // `cos` and `sin` broadcast over the heads (an `expand` would copy them per head).
+        let rotated = rot * cos + turned * sin;
         match pass {
             None => rotated,
             Some(pass) => Tensor::cat(vec![rotated, pass], 3),
@@ -320,9 +321,9 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let rep = h / h_kv;
     // Scaling q ([b, h, t, d]) costs less than scaling the scores ([b, h, t, t_k]) once t_k > d.
     let q = (q / (d as f64).sqrt()).reshape([b, h_kv, rep * t, d]);
-    let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, h_kv, rep, t, t_k]);
-    let mask = mask.clone().unsqueeze_dim::<5>(1).expand([b, h_kv, rep, t, t_k]);
-    let weights = activation::softmax((scores + mask).reshape([b, h_kv, rep * t, t_k]), 3);
+    // The mask broadcasts over the heads (an `expand` would copy it per head and layer).
+    let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, h, t, t_k]) + mask.clone();
+    let weights = activation::softmax(scores, 3).reshape([b, h_kv, rep * t, t_k]);
     weights.matmul(v).reshape([b, h, t, d])
 }
 

@@ -349,3 +349,23 @@ fn matmul_of_transposed_operands_equals_row_major() {
         }
     }
 }
+
+/// A reshaped tensor shares its buffer with the original (vendor/README.md, change 4), so writing
+/// to either must leave the other as it was: the backend copies a shared buffer before an in-place
+/// operation.
+#[test]
+fn a_reshape_shares_its_buffer_but_never_its_writes() {
+    use burn::tensor::Int;
+    let device = Default::default();
+    let a = Tensor::<Cpu, 1, Int>::arange(0..12, &device).float().reshape([3, 4]);
+    let before = values(a.clone());
+    let b = a.clone().reshape([2, 6]);
+    let (b_plus, a_times) = (b.clone() + 1.0, a.clone() * 2.0);
+    assert_eq!(values(a.clone()), before);
+    assert_eq!(values(b), before);
+    assert_eq!(values(b_plus), before.iter().map(|x| x + 1.0).collect::<Vec<_>>());
+    assert_eq!(values(a_times), before.iter().map(|x| x * 2.0).collect::<Vec<_>>());
+    // Alone (nothing else holds the buffer), the reshaped tensor may be written in place.
+    let alone = a.reshape([12]) - 1.0;
+    assert_eq!(values(alone), before.iter().map(|x| x - 1.0).collect::<Vec<_>>());
+}

@@ -17,7 +17,8 @@ use editbench_editing::targets::target_values;
 use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::{EditRequest, FamilyHparams, Method};
 use editbench_metrics::{counterfact_rows, generation_rows, summarize, GenerationOptions, Stage};
-use editbench_models::{BackendTask, Hooks, Padding};
+use editbench_models::backend::{concurrent_passes, side_by_side};
+use editbench_models::{BackendTask, Hooks, Padding, PromptBatch};
 use faer::Mat;
 use serde_json::{json, Value};
 
@@ -244,15 +245,27 @@ impl BackendTask for ForwardBench {
         let model = self.model.load::<B>(&device)?;
         let load_seconds = started.elapsed().as_secs_f64();
         let dims = model.dims;
-        let batch = model.batch(&random_prompts(self.batch, self.seq_len, dims.vocab_size), Padding::Right)?;
-        let forward = best_seconds(self.repeats, || {
-            let logits = model.forward(&batch, &Hooks::default()).logits.expect("full pass");
+        let prompts = random_prompts(self.batch, self.seq_len, dims.vocab_size);
+        let batch = model.batch(&prompts, Padding::Right)?;
+        let run = |batch: &PromptBatch<B::InnerBackend>| {
+            let logits = model.forward(batch, &Hooks::default()).logits.expect("full pass");
             let _ = logits.slice([0..1, 0..1, 0..1]).into_data();
+        };
+        let forward = best_seconds(self.repeats, || run(&batch));
+        // As the phases run their passes (statistics, scoring, target search): the prompts split
+        // into as many passes as `concurrent_passes`, side by side.
+        let concurrent = concurrent_passes::<B::InnerBackend>(&device);
+        let parts = prompts.chunks(self.batch.div_ceil(concurrent)).map(|p| model.batch(p, Padding::Right)).collect::<Result<Vec<_>, _>>()?;
+        let beside = best_seconds(self.repeats, || {
+            side_by_side(&parts, concurrent, |b| Ok::<_, ()>(run(b)), |_, ()| ()).expect("infallible");
         });
         let tokens = (self.batch * self.seq_len) as f64;
-        let model_gflops = tokens * model.matmul_flops_per_token(self.seq_len) / forward / 1e9;
+        let flops = tokens * model.matmul_flops_per_token(self.seq_len);
+        let model_gflops = flops / forward / 1e9;
         // The GEMM the MLP does at this batch size: [tokens, d_model] × [d_model, d_mlp].
         let gemm = gemm_gflops::<B::InnerBackend>(self.batch * self.seq_len, dims.hidden_size, dims.intermediate_size, &device);
+        let mut split = json!({ "passes": parts.len(), "seconds_per_forward": beside, "tokens_per_second": tokens / beside });
+        add_roofline(&mut split, flops, beside, &gemm);
         Ok(json!({
             "model": self.model.model.display().to_string(), "dtype": self.model.dtype,
             "device": <B::InnerBackend as Backend>::name(&device),
@@ -264,6 +277,7 @@ impl BackendTask for ForwardBench {
             "tokens_per_second": tokens / forward,
             "model_gflops_per_second": model_gflops,
             "fraction_of_gemm_peak": model_gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN),
+            "side_by_side": split,
             "gemm": gemm,
         }))
     }

@@ -52,7 +52,10 @@ fn phases(a: &AllArgs) -> Vec<Phase> {
     let stats_goal = (a.stats_samples == 2000).then_some(REFERENCE_STATS_SECONDS / 3.0);
     let stats_reference = (a.stats_samples == 2000).then_some(REFERENCE_STATS_SECONDS);
     vec![
-        Phase { name: "forward", args: with(&["--batch", "8", "--seq-len", "128"]), measures: vec![("forward pass, 8 × 128 tokens", "s", "/seconds_per_forward", None, None)] },
+        Phase { name: "forward", args: with(&["--batch", "8", "--seq-len", "128"]), measures: vec![
+            ("forward pass, 8 × 128 tokens", "s", "/seconds_per_forward", None, None),
+            ("forward pass, 8 × 128 tokens, one pass per thread side by side", "s", "/side_by_side/seconds_per_forward", None, None),
+        ] },
         Phase {
             name: "stats",
             args: with(&["--layers", "2,3,4,5,6", "--samples", &samples, "--corpus", &corpus]),

@@ -537,12 +537,12 @@ macro_rules! reshape {
     ) => {{
         let dim = $crate::to_typed_dims!($n, $shape, justdim);
         let array = match $array.is_standard_layout() {
-            true => {
-                match $array.to_shape(dim) {
-                    Ok(val) => val.into_shared(),
-                    Err(err) => {
-                        core::panic!("Shape should be compatible shape={dim:?}: {err:?}");
-                    }
+            // editbench: moved into the new shape, keeping its buffer (`to_shape` gives a view
+            // here, which `into_shared` copied: every reshape cost a full copy).
+            true => match $array.into_shape_with_order(dim) {
+                Ok(val) => val,
+                Err(err) => {
+                    core::panic!("Shape should be compatible shape={dim:?}: {err:?}");
                 }
             },
             false => $array.to_shape(dim).unwrap().as_standard_layout().into_shared(),
