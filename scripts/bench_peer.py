@@ -112,7 +112,8 @@ def main():
         "ratios_editbench_over_pytorch": {
             "forward_tokens_per_second": ours_forward["tokens_per_second"] / forward["tokens_per_second"],
             # editbench's forward passes as its phases run them: the batch in passes side by side.
-            "forward_side_by_side_tokens_per_second": ours_forward["side_by_side"]["tokens_per_second"] / forward["tokens_per_second"],
+            "forward_side_by_side_tokens_per_second":
+                ours_forward["side_by_side"]["tokens_per_second"] / forward["tokens_per_second"],
             "stats_tokens_per_second": ours_stats["tokens_per_second"] / stats["tokens_per_second"],
         },
     }

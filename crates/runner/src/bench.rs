@@ -255,7 +255,8 @@ impl BackendTask for ForwardBench {
         // As the phases run their passes (statistics, scoring, target search): the prompts split
         // into as many passes as `concurrent_passes`, side by side.
         let concurrent = concurrent_passes::<B::InnerBackend>(&device);
-        let parts = prompts.chunks(self.batch.div_ceil(concurrent)).map(|p| model.batch(p, Padding::Right)).collect::<Result<Vec<_>, _>>()?;
+        let per_pass = self.batch.div_ceil(concurrent);
+        let parts = prompts.chunks(per_pass).map(|p| model.batch(p, Padding::Right)).collect::<Result<Vec<_>, _>>()?;
         let beside = best_seconds(self.repeats, || {
             side_by_side(&parts, concurrent, |b| Ok::<_, ()>(run(b)), |_, ()| ()).expect("infallible");
         });
