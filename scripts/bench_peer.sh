@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The same-run yardstick against PyTorch: times the SmolLM2 forward pass (8 × 128 tokens) and a
-# one-layer key-statistics pass in editbench and in PyTorch + transformers (f32, the same GGUF
-# weights dequantised by transformers, the same thread count), on this machine, one after the
-# other, and writes both reports with the ratios to one JSON file.
+# The same-run yardstick against PyTorch: times the SmolLM2 forward pass (8 × 128 tokens), a
+# one-layer key-statistics pass and the f32 GEMM at the MLP's shape in editbench and in PyTorch +
+# transformers (f32, the same GGUF weights dequantised by transformers, the same thread count), on
+# this machine, one after the other, and writes both reports with the ratios to one JSON file.
 #   scripts/bench_peer.sh [MODEL.gguf|HF_DIR] [OUT.json]
 # PyTorch lives in a cached virtual environment (EDITBENCH_PEER_VENV, default
 # ~/.cache/editbench/venv), created on first use from PyPI.
