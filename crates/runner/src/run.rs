@@ -537,8 +537,11 @@ fn run_cell<B: AutodiffBackend>(
                 skipped += 1;
                 continue;
             }
+            let round_started = Instant::now();
             let requests: Vec<EditRequest> = batch.iter().map(EditRequest::from).collect();
             let outcome = editor.apply::<B>(model, &requests, &mut session)?;
+            let steps = outcome.target_steps.iter().sum::<usize>() as f64 / outcome.target_steps.len().max(1) as f64;
+            let seconds_targets = outcome.seconds_targets;
             progress.add_seconds("keys", outcome.seconds_keys);
             progress.add_seconds("targets", outcome.seconds_targets);
             progress.add_seconds("solve", outcome.seconds_solve);
@@ -571,6 +574,9 @@ fn run_cell<B: AutodiffBackend>(
                 editor = new_editor()?;
             } else if let (Some(resume), true) = (resume, r + 1 < rounds.len()) {
                 resume::save(resume, model, &session, &editor, cell, rounds.len(), &progress)?;
+                let took = round_started.elapsed().as_secs_f64();
+                tracing::info!("cell {}: round {} of {} done in {took:.0} s (target search {seconds_targets:.0} s, \
+                    {steps:.1} Adam steps per edit); checkpoint saved", cell.id, r + 1, rounds.len());
                 if resume.max_rounds.is_some_and(|n| r + 1 - first >= n) {
                     paused = true;
                     return Ok(());
