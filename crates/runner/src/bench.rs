@@ -112,6 +112,9 @@ pub enum BenchCommand {
     /// The phases at a model's full width on a checkpoint with few layers (synthetic GPT-J 6B /
     /// LLaMA-2 7B, `scripts/make_synthetic.py`): load, forward, statistics, target search, solves.
     Scale(crate::bench_scale::ScaleArgs),
+    /// Products with few rows (one edit's target search) against the memory bandwidth: GB/s of
+    /// weights streamed, on one thread, on all, and as passes side by side (cpu backend).
+    Rows(crate::bench_rows::RowsArgs),
     /// Closed-form solves in f64 on synthetic data: seconds vs batch size.
     Solve {
         /// Key dimension d_in.
@@ -149,6 +152,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { model: model.clone(), records, n, generation })?, out),
         BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
         BenchCommand::Dtype(args) => (with_backend(&args.model, args.task())?, args.out),
+        BenchCommand::Rows(args) => (with_backend(&args.model, args.task())?, args.out),
         BenchCommand::All(args) => return crate::bench_all::run(args),
         BenchCommand::Scale(args) => return crate::bench_scale::run(args),
     };
@@ -177,7 +181,7 @@ fn peak_memory_mb() -> Option<f64> {
 }
 
 /// Seconds per call of `f`, best of `repeats` after one warm-up.
-fn best_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
+pub(crate) fn best_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
     f();
     (0..repeats)
         .map(|_| {

@@ -4,6 +4,7 @@ mod allocator;
 mod bench;
 mod bench_all;
 mod bench_dtype;
+mod bench_rows;
 mod bench_scale;
 mod edit;
 mod memory;

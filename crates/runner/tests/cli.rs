@@ -78,6 +78,27 @@ fn bench_dtype_compares_half_precision_logits_with_f32() {
     assert_eq!(runs[1]["stored_natively"], false, "the CPU backend rounds half floats into f32");
 }
 
+#[test]
+fn bench_rows_reports_weight_streaming_against_the_read_bandwidth() {
+    let out = editbench(&["bench", "rows", "--model", fixture("tiny-llama").to_str().unwrap(), "--rows", "2,4", "--repeats", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = &json["report"]["result"];
+    // 2 blocks × (2 · 64 × 64 + 3 · 64 × 96) f32 weights.
+    assert_eq!(result["weights_mb"].as_f64().unwrap(), 2.0 * 26_624.0 * 4.0 / 1e6);
+    let positive = |v: &serde_json::Value| v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0);
+    assert!(positive(&result["read_bandwidth_gb_per_second"]["one_thread"]), "{result}");
+    let products = result["products"].as_array().unwrap();
+    assert_eq!(products.iter().map(|p| p["rows"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4]);
+    for p in products {
+        for side in ["forward", "backward"] {
+            for mode in ["one_thread", "all_threads", "side_by_side"] {
+                assert!(positive(&p[side][mode]["weights_gb_per_second"]), "{side} {mode}: {p}");
+            }
+        }
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn a_backend_not_compiled_in_says_which_feature_to_build() {
