@@ -44,29 +44,33 @@ pub struct RowsBench {
 impl BackendTask for RowsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
-        anyhow::ensure!(B::name(&device).contains("ndarray"), "bench rows measures the cpu backend (elsewhere products run asynchronously)");
+        let cpu = B::name(&device).contains("ndarray");
+        anyhow::ensure!(cpu, "bench rows measures the cpu backend (elsewhere products run asynchronously)");
         let dims = self.model.load::<B>(&device)?.dims;
         let (d, f) = (dims.hidden_size, dims.intermediate_size);
         // Per block the query and output projections and the three MLP matrices, `[d_in, d_out]`
         // (the key/value projections are left out: small under grouped-query attention).
-        let shapes: Vec<[usize; 2]> = (0..dims.num_layers).flat_map(|_| [[d, d], [d, d], [d, f], [d, f], [f, d]]).collect();
-        let weights: Vec<Tensor<B::InnerBackend, 2>> = shapes.iter().map(|&s| Tensor::random(s, Distribution::Default, &device)).collect();
+        let block = [[d, d], [d, d], [d, f], [d, f], [f, d]];
+        let shapes: Vec<[usize; 2]> = (0..dims.num_layers).flat_map(|_| block).collect();
+        let random = |shape: [usize; 2]| Tensor::<B::InnerBackend, 2>::random(shape, Distribution::Default, &device);
+        let weights: Vec<_> = shapes.iter().map(|&s| random(s)).collect();
         let bytes = shapes.iter().map(|[i, o]| (4 * i * o) as f64).sum::<f64>();
         let concurrent = concurrent_passes::<B::InnerBackend>(&device);
         let rows = self.rows.iter().map(|&m| {
-            let inputs = |width: usize| Tensor::<B::InnerBackend, 2>::random([m, width], Distribution::Default, &device);
-            let (x, y) = ([inputs(d), inputs(f)], [inputs(d), inputs(f)]);
+            // Activations of width d and f: x enters a product by its input side, dy by its output.
+            let (x, dy) = ([random([m, d]), random([m, f])], [random([m, d]), random([m, f])]);
             let at = |w: usize| if w == d { 0 } else { 1 };
-            let forward = || weights.iter().zip(&shapes).for_each(|(w, s)| drop(x[at(s[0])].clone().matmul(w.clone())));
-            let backward = || weights.iter().zip(&shapes).for_each(|(w, s)| drop(y[at(s[1])].clone().matmul(w.clone().transpose())));
+            let forward = || weights.iter().zip(&shapes).for_each(|(w, [i, _])| drop(x[at(*i)].clone().matmul(w.clone())));
+            let backward = || weights.iter().zip(&shapes).for_each(|(w, [_, o])| drop(dy[at(*o)].clone().matmul(w.clone().transpose())));
             let time = |sweep: &(dyn Fn() + Sync)| self.modes(sweep, concurrent, bytes);
             json!({ "rows": m, "forward": time(&forward), "backward": time(&backward) })
         });
         let rows: Vec<Value> = rows.collect();
+        let bandwidth = json!({ "one_thread": read_bandwidth(1), "all_threads": read_bandwidth(rayon::current_num_threads()) });
         Ok(json!({
             "model": self.model.model.display().to_string(),
             "weights_mb": bytes / 1e6,
-            "read_bandwidth_gb_per_second": { "one_thread": read_bandwidth(1), "all_threads": read_bandwidth(rayon::current_num_threads()) },
+            "read_bandwidth_gb_per_second": bandwidth,
             "products": rows,
         }))
     }
@@ -78,11 +82,14 @@ impl RowsBench {
     fn modes(&self, sweep: &(dyn Fn() + Sync), concurrent: usize, bytes: f64) -> Value {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread");
         let passes = vec![(); concurrent.max(1)];
-        let rate = |seconds: f64, sweeps: usize| json!({ "seconds": seconds, "weights_gb_per_second": sweeps as f64 * bytes / seconds / 1e9 });
+        let rate = |seconds: f64, sweeps: usize| {
+            json!({ "seconds": seconds, "weights_gb_per_second": sweeps as f64 * bytes / seconds / 1e9 })
+        };
+        let beside = || side_by_side(&passes, concurrent, |_| Ok::<_, ()>(sweep()), |_, ()| ()).expect("infallible");
         json!({
             "one_thread": rate(best_seconds(self.repeats, || one.install(sweep)), 1),
             "all_threads": rate(best_seconds(self.repeats, sweep), 1),
-            "side_by_side": rate(best_seconds(self.repeats, || side_by_side(&passes, concurrent, |_| Ok::<_, ()>(sweep()), |_, ()| ()).expect("infallible")), passes.len()),
+            "side_by_side": rate(best_seconds(self.repeats, beside), passes.len()),
         })
     }
 }
@@ -93,8 +100,8 @@ fn read_bandwidth(threads: usize) -> f64 {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("threads");
     let chunk = data.len().div_ceil(threads);
     let seconds = best_seconds(3, || {
-        let sum = pool.install(|| data.par_chunks(chunk).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).reduce(|| 0, u64::wrapping_add));
-        std::hint::black_box(sum);
+        let part = |c: &[u64]| c.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+        std::hint::black_box(pool.install(|| data.par_chunks(chunk).map(part).reduce(|| 0, u64::wrapping_add)));
     });
     (data.len() * 8) as f64 / seconds / 1e9
 }
