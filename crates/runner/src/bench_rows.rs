@@ -46,6 +46,7 @@ impl BackendTask for RowsBench {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let cpu = B::name(&device).contains("ndarray");
         anyhow::ensure!(cpu, "bench rows measures the cpu backend (elsewhere products run asynchronously)");
+        anyhow::ensure!(self.rows.iter().all(|&m| m > 0), "--rows: every count must be at least 1");
         let dims = self.model.load::<B>(&device)?.dims;
         let (d, f) = (dims.hidden_size, dims.intermediate_size);
         // Per block the query and output projections and the three MLP matrices, `[d_in, d_out]`

@@ -46,7 +46,7 @@ fn user_errors_exit_nonzero_with_a_message_and_no_panic() {
     let hparams = concat!(env!("CARGO_MANIFEST_DIR"), "/../../hparams/smollm2.yaml");
     let e2 = [&edit[..], &["--hparams", hparams, "--templates", &bad_templates]].concat();
     let e3 = [&edit[..], &["--hparams", hparams, "--save", &taken]].concat();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["logits", "--model", "/nonexistent/model", "--ids", "1"], "/nonexistent/model: no such file or directory"),
         (&e1[..], "/nonexistent/h.yaml: No such file or directory"),
         (&e2[..], "every template group needs templates, each with exactly one `{}`"),
@@ -55,6 +55,7 @@ fn user_errors_exit_nonzero_with_a_message_and_no_panic() {
         (&["logits", "--model", llama, "--ids", "1", "--backend", "tpu"], "unknown backend `tpu`"),
         (&["logits", "--model", llama, "--ids", "1", "--dtype", "f8"], "unknown dtype `f8` (expected f32, f16 or bf16)"),
         (&["generate", "--model", llama, "--prompt", "hi"], "no tokenizer.json"),
+        (&["bench", "rows", "--model", llama, "--rows", "16,0"], "--rows: every count must be at least 1"),
     ];
     for (args, message) in cases {
         let out = editbench(args);
