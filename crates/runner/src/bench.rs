@@ -180,6 +180,12 @@ fn peak_memory_mb() -> Option<f64> {
     line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kb| kb / 1024.0)
 }
 
+/// `pass` on every item, `concurrent` at a time side by side, as the phases run their passes.
+pub(crate) fn passes_beside<T: Sync>(items: &[T], concurrent: usize, pass: impl Fn(&T) + Sync) {
+    let ran = side_by_side(items, concurrent, |item| Ok::<_, std::convert::Infallible>(pass(item)), |_, ()| ());
+    ran.unwrap_or_else(|never| match never {});
+}
+
 /// Seconds per call of `f`, best of `repeats` after one warm-up.
 pub(crate) fn best_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -261,9 +267,7 @@ impl BackendTask for ForwardBench {
         let concurrent = concurrent_passes::<B::InnerBackend>(&device);
         let per_pass = self.batch.div_ceil(concurrent);
         let parts = prompts.chunks(per_pass).map(|p| model.batch(p, Padding::Right)).collect::<Result<Vec<_>, _>>()?;
-        let beside = best_seconds(self.repeats, || {
-            side_by_side(&parts, concurrent, |b| Ok::<_, ()>(run(b)), |_, ()| ()).expect("infallible");
-        });
+        let beside = best_seconds(self.repeats, || passes_beside(&parts, concurrent, run));
         let tokens = (self.batch * self.seq_len) as f64;
         let flops = tokens * model.matmul_flops_per_token(self.seq_len);
         let model_gflops = flops / forward / 1e9;

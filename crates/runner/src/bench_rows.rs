@@ -7,12 +7,12 @@
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use editbench_models::backend::{concurrent_passes, side_by_side};
+use editbench_models::backend::concurrent_passes;
 use editbench_models::BackendTask;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::bench::{best_seconds, Out};
+use crate::bench::{best_seconds, passes_beside, Out};
 use crate::ModelArgs;
 
 #[derive(clap::Args)]
@@ -67,7 +67,9 @@ impl BackendTask for RowsBench {
             json!({ "rows": m, "forward": time(&forward), "backward": time(&backward) })
         });
         let rows: Vec<Value> = rows.collect();
-        let bandwidth = json!({ "one_thread": read_bandwidth(1), "all_threads": read_bandwidth(rayon::current_num_threads()) });
+        let host: Vec<u64> = (0..64 << 20).collect();
+        let threads = rayon::current_num_threads();
+        let bandwidth = json!({ "one_thread": read_bandwidth(&host, 1), "all_threads": read_bandwidth(&host, threads) });
         Ok(json!({
             "model": self.model.model.display().to_string(),
             "weights_mb": bytes / 1e6,
@@ -86,7 +88,7 @@ impl RowsBench {
         let rate = |seconds: f64, sweeps: usize| {
             json!({ "seconds": seconds, "weights_gb_per_second": sweeps as f64 * bytes / seconds / 1e9 })
         };
-        let beside = || side_by_side(&passes, concurrent, |_| Ok::<_, ()>(sweep()), |_, ()| ()).expect("infallible");
+        let beside = || passes_beside(&passes, concurrent, |_| sweep());
         json!({
             "one_thread": rate(best_seconds(self.repeats, || one.install(sweep)), 1),
             "all_threads": rate(best_seconds(self.repeats, sweep), 1),
@@ -95,9 +97,9 @@ impl RowsBench {
     }
 }
 
-/// GB/s of a plain sum over 512 MB of host memory split between `threads` threads (best of 3).
-fn read_bandwidth(threads: usize) -> f64 {
-    let data: Vec<u64> = (0..64 << 20).collect();
+/// GB/s of a plain sum over `data` (512 MB of host memory) split between `threads` threads (best
+/// of 3).
+fn read_bandwidth(data: &[u64], threads: usize) -> f64 {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("threads");
     let chunk = data.len().div_ceil(threads);
     let seconds = best_seconds(3, || {
