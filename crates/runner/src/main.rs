@@ -95,6 +95,10 @@ enum Command {
         /// Run only the cells with grid index ≡ I (mod N), e.g. 0/4.
         #[arg(long)]
         shard: Option<String>,
+        /// Run only these cells (ids as `--dry-run` and the results list them), comma-separated
+        /// or repeated; with --shard, the cells in both.
+        #[arg(long, value_delimiter = ',')]
+        cells: Vec<String>,
         /// Print the grid and each model's memory plan, and stop.
         #[arg(long)]
         dry_run: bool,
@@ -183,7 +187,7 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
-        Command::Run { sweep, out, sets, shard, dry_run, memory, fail_fast, jobs, max_rounds } => {
+        Command::Run { sweep, out, sets, shard, cells, dry_run, memory, fail_fast, jobs, max_rounds } => {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
@@ -194,7 +198,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
-            run::run(plan, &sets, run::RunOptions { out, shard, fail_fast, jobs, max_rounds: max_rounds.map(|n| n as usize) })?;
+            run::run(plan, &sets, run::RunOptions { out, shard, cells, fail_fast, jobs, max_rounds: max_rounds.map(|n| n as usize) })?;
         }
         Command::Merge { out, dirs } => run::merge(&out, &dirs)?,
         Command::Report { dirs, paper, paper_label, out } => {

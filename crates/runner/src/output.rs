@@ -105,9 +105,93 @@ pub fn cell_record_path(dir: &Path, id: &str) -> PathBuf {
 
 /// The record of a cell that finished without error, if any.
 pub fn finished(dir: &Path, id: &str) -> Option<CellRecord> {
+    succeeded(dir, id).filter(|_| cell_rows_path(dir, id).is_file())
+}
+
+/// The record of a cell that succeeded, whether or not its per-record rows are there.
+fn succeeded(dir: &Path, id: &str) -> Option<CellRecord> {
     let text = std::fs::read_to_string(cell_record_path(dir, id)).ok()?;
     let record: CellRecord = serde_json::from_str(&text).ok()?;
-    (record.error.is_none() && cell_rows_path(dir, id).is_file()).then_some(record)
+    record.error.is_none().then_some(record)
+}
+
+/// Whether a cell succeeded but only its aggregates are in `dir`: results committed to git keep
+/// `cells/<id>.json` and the cell's lines of summary.csv, curves.csv and timings.csv, not its
+/// per-record rows (too large). Such cells count as finished for runs and merges.
+pub fn summarized(dir: &Path, id: &str) -> bool {
+    succeeded(dir, id).is_some() && !cell_rows_path(dir, id).is_file() && !kept_lines(dir, SUMMARY, &|c| c == id).unwrap_or_default().is_empty()
+}
+
+/// Whether a cell needs no run: finished, or summarized.
+pub fn done(dir: &Path, id: &str) -> bool {
+    finished(dir, id).is_some() || summarized(dir, id)
+}
+
+/// An aggregate file and its columns.
+type Aggregate = (&'static str, &'static [&'static str]);
+const SUMMARY: Aggregate = ("summary.csv", &SUMMARY_COLUMNS);
+const CURVES: Aggregate = ("curves.csv", &CURVE_COLUMNS);
+const TIMINGS: Aggregate = ("timings.csv", &TIMING_COLUMNS);
+
+/// The lines of an aggregate file in `dir` whose `cell_id` passes `keep` (none when the file is
+/// missing); refused when its columns are not the expected ones.
+pub fn kept_lines(dir: &Path, (file, columns): Aggregate, keep: &dyn Fn(&str) -> bool) -> Result<Vec<csv::StringRecord>> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let header = reader.headers().with_context(|| format!("reading {}", path.display()))?.clone();
+    if !header.iter().eq(columns.iter().copied()) {
+        anyhow::bail!("{}: columns {:?}, expected {columns:?}", path.display(), header.iter().collect::<Vec<_>>());
+    }
+    let mut out = Vec::new();
+    for line in reader.records() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if keep(&line[0]) {
+            out.push(line);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `lines` to CSV bytes.
+fn append_lines(bytes: &mut Vec<u8>, lines: &[csv::StringRecord]) -> Result<()> {
+    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    for l in lines {
+        w.write_record(l)?;
+    }
+    bytes.extend(w.into_inner()?);
+    Ok(())
+}
+
+/// Gives `out` the aggregate lines of the summarized cells `ids` of `source` (their records are
+/// copied by the caller) and `source`'s shared timings, replacing the lines `out` had for them, so
+/// that the next rebuild of `out` carries them.
+pub fn carry_summaries(out: &Path, source: &Path, ids: &[&str]) -> Result<()> {
+    for agg in [SUMMARY, CURVES, TIMINGS] {
+        let (file, columns) = agg;
+        let shared = |c: &str| agg == TIMINGS && c.starts_with("shared:");
+        let incoming = kept_lines(source, agg, &|c| ids.contains(&c) || shared(c))?;
+        if incoming.is_empty() {
+            continue;
+        }
+        let replaced = |c: &str| ids.contains(&c) || incoming.iter().any(|l| shared(c) && &l[0] == c);
+        let mut bytes = csv_bytes::<ResultRow>(&[], Some(columns))?;
+        append_lines(&mut bytes, &kept_lines(out, agg, &|c| !replaced(c))?)?;
+        append_lines(&mut bytes, &incoming)?;
+        write_atomic(&out.join(file), &bytes)?;
+    }
+    Ok(())
+}
+
+/// What a rebuild keeps of `dir`'s aggregates: the lines of summarized cells, and the shared
+/// timings of models whose `shared/` file is not there (both absent from per-record rows).
+fn carried(dir: &Path, cells: &[Cell], shared: &BTreeMap<String, BTreeMap<String, f64>>) -> Result<[Vec<csv::StringRecord>; 3]> {
+    let ids: Vec<&str> = cells.iter().filter(|c| summarized(dir, &c.id)).map(|c| c.id.as_str()).collect();
+    let of_cells = |c: &str| ids.contains(&c);
+    let timing = |c: &str| of_cells(c) || c.strip_prefix("shared:").is_some_and(|label| !shared.contains_key(label));
+    Ok([kept_lines(dir, SUMMARY, &of_cells)?, kept_lines(dir, CURVES, &of_cells)?, kept_lines(dir, TIMINGS, &timing)?])
 }
 
 /// One line of `summary.csv`: a metric of a cell, mean ± standard error over records, ×100.
@@ -192,10 +276,12 @@ fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>>
 pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> {
     let mut results = csv_bytes::<ResultRow>(&[], Some(&RESULT_COLUMNS))?;
     let mut timings: Vec<(String, String, f64)> = Vec::new();
-    for (label, phases) in shared_seconds(dir)? {
+    let shared = shared_seconds(dir)?;
+    let [kept_summary, kept_curves, kept_timings] = carried(dir, cells, &shared)?;
+    for (label, phases) in shared {
         timings.extend(phases.into_iter().map(|(p, s)| (format!("shared:{label}"), p, s)));
     }
-    let mut done = 0;
+    let mut done = cells.iter().filter(|c| summarized(dir, &c.id)).count();
     let sequential = protocol == Protocol::Sequential;
     // Per finished cell with rows: its first row (the cell's columns), summaries and, in the
     // sequential protocol, its summaries after each round.
@@ -212,17 +298,37 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     }
     let summary: Vec<SummaryRow> = aggregates.iter().flat_map(|(f, cell, _)| cell.iter().map(move |s| SummaryRow::new(f, s))).collect();
     let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
-    write_atomic(&dir.join("results.csv"), &results)?;
-    write_atomic(&dir.join("summary.csv"), &csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?)?;
-    write_atomic(&dir.join("timings.csv"), &csv_bytes(&timing_rows, Some(&TIMING_COLUMNS))?)?;
+    write_results(dir, &results, kept_summary.is_empty())?;
+    let mut summary = csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?;
+    append_lines(&mut summary, &kept_summary)?;
+    write_atomic(&dir.join("summary.csv"), &summary)?;
+    let mut timings = csv_bytes(&timing_rows, Some(&TIMING_COLUMNS))?;
+    append_lines(&mut timings, &kept_timings)?;
+    write_atomic(&dir.join("timings.csv"), &timings)?;
     if sequential {
         let curve_rows: Vec<CurveRow> = aggregates
             .iter()
             .flat_map(|(f, _, curve)| curve.iter().flat_map(move |(round, summaries)| summaries.iter().map(move |s| CurveRow::new(f, *round, s))))
             .collect();
-        write_atomic(&dir.join("curves.csv"), &csv_bytes(&curve_rows, Some(&CURVE_COLUMNS))?)?;
+        let mut curves = csv_bytes(&curve_rows, Some(&CURVE_COLUMNS))?;
+        append_lines(&mut curves, &kept_curves)?;
+        write_atomic(&dir.join("curves.csv"), &curves)?;
     }
     Ok(done)
+}
+
+/// Writes `results.csv` when it holds every finished cell; where some cells are only summarized,
+/// removes it instead, so that reports read summary.csv, which holds them all.
+fn write_results(dir: &Path, results: &[u8], complete: bool) -> Result<()> {
+    let path = dir.join("results.csv");
+    if complete {
+        return write_atomic(&path, results);
+    }
+    if path.is_file() {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    tracing::info!("{}: some cells hold only summaries (committed results); results.csv is not written, summary.csv holds every cell", dir.display());
+    Ok(())
 }
 
 /// A cell's rows with a known metric code, as `(round, row)` pairs.

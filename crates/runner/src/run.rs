@@ -25,7 +25,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::resume::{self, Progress, Resume};
-use crate::output::{cell_record_path, cell_rows_path, csv_bytes, RESULT_COLUMNS, final_rows, finished, read_csv, rebuild, write_atomic, CellRecord, ResultRow};
+use crate::output::{
+    carry_summaries, cell_record_path, cell_rows_path, csv_bytes, done, final_rows, finished, read_csv, rebuild, summarized, write_atomic, CellRecord,
+    ResultRow, RESULT_COLUMNS,
+};
 use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
 
 /// Edits whose targets are searched together when filling the [`TargetCache`].
@@ -35,6 +38,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// `(i, n)`: run the cells whose grid index is `i` modulo `n`.
     pub shard: Option<(usize, usize)>,
+    /// Run only the cells with these ids (all when empty).
+    pub cells: Vec<String>,
     pub fail_fast: bool,
     /// Cells run at a time, each on one thread with its own copy of the model (cpu backend).
     pub jobs: usize,
@@ -49,6 +54,22 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
         Some((i, n)) if n > 0 && i < n => Ok((i, n)),
         _ => bail!("--shard {s}: expected I/N with 0 ≤ I < N, e.g. 0/4"),
     }
+}
+
+impl RunOptions {
+    /// Whether the cell at grid index `i` is in this invocation's shard and `--cells` selection.
+    fn selects(&self, i: usize, cell: &Cell) -> bool {
+        self.shard.is_none_or(|(s, n)| i % n == s) && (self.cells.is_empty() || self.cells.contains(&cell.id))
+    }
+}
+
+/// Refuses a `--cells` id that is not in the grid (a typo would otherwise run nothing).
+fn check_cell_ids(plan: &Plan, ids: &[String]) -> Result<()> {
+    if let Some(bad) = ids.iter().find(|id| plan.cells.iter().all(|c| &c.id != *id)) {
+        let known: Vec<&str> = plan.cells.iter().map(|c| c.id.as_str()).collect();
+        bail!("--cells {bad}: no such cell in {} (its cells: {}; `--dry-run` lists them)", plan.path.display(), known.join(", "));
+    }
+    Ok(())
 }
 
 /// What `manifest.json` records about a run.
@@ -104,6 +125,7 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
     if opts.jobs > 1 && plan.backend != BackendKind::Cpu {
         bail!("--jobs {}: cells run side by side on the cpu backend only (this sweep runs on {:?})", opts.jobs, plan.backend);
     }
+    check_cell_ids(&plan, &opts.cells)?;
     let (records, dataset_sha256) = records(&plan)?;
     let model_hashes = plan.sweep.models.iter().map(|m| model_sha256(&m.path)).collect::<editbench_editing::Result<Vec<_>>>()?;
     let manifest_path = opts.out.join("manifest.json");
@@ -121,14 +143,13 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
     }
     write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &stats_keys))?.as_bytes())?;
     let mut pending: Vec<usize> = (0..plan.cells.len())
-        .filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s))
-        .filter(|&i| finished(&opts.out, &plan.cells[i].id).is_none())
+        .filter(|&i| opts.selects(i, &plan.cells[i]) && !done(&opts.out, &plan.cells[i].id))
         .collect();
     // Smallest batches first (grid order within a batch size): every method's cheap cells land
     // before the long ones, so an interrupted sweep already compares all methods at small B.
     pending.sort_by_key(|&i| plan.cells[i].batch_size);
-    let in_shard = (0..plan.cells.len()).filter(|i| opts.shard.is_none_or(|(s, n)| i % n == s)).count();
-    eprintln!("{} cells in the grid, {in_shard} in this shard, {} to run ({} already finished)", plan.cells.len(), pending.len(), in_shard - pending.len());
+    let selected = (0..plan.cells.len()).filter(|&i| opts.selects(i, &plan.cells[i])).count();
+    eprintln!("{} cells in the grid, {selected} selected, {} to run ({} already finished)", plan.cells.len(), pending.len(), selected - pending.len());
     let scored = scored_cases(&plan, &records);
     let backend = plan.backend;
     let (failures, paused) = backend.run(SweepTask { plan: &plan, opts: &opts, records, scored, pending, sets, dataset_sha256, model_hashes })??;
@@ -619,7 +640,8 @@ fn refuse_other_results(out: &Path, manifest: &serde_json::Value) -> Result<()> 
 }
 
 /// `editbench merge`: copies the cells of shard directories into `out` and rebuilds the
-/// aggregates; the shards must come from the same sweep.
+/// aggregates; the shards must come from the same sweep. A directory of committed results (cells
+/// with only their summaries) is merged too: its cells' aggregate lines are carried over.
 pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
     if dirs.is_empty() {
         bail!("merge: give at least one results directory");
@@ -652,13 +674,19 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
             }
         }
     }
+    let mut summarized_in: BTreeMap<&Path, Vec<&str>> = BTreeMap::new();
     for cell in &cells {
-        let sources: Vec<&PathBuf> = dirs.iter().filter(|d| finished(d, &cell.id).is_some()).collect();
-        if let Some(first) = sources.first() {
+        if let Some(first) = dirs.iter().find(|d| finished(d, &cell.id).is_some()) {
             let rows: Vec<ResultRow> = read_csv(&cell_rows_path(first, &cell.id))?;
             write_atomic(&cell_rows_path(out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
             write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(first, &cell.id))?)?;
+        } else if let Some(first) = dirs.iter().find(|d| summarized(d, &cell.id)) {
+            write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(first, &cell.id))?)?;
+            summarized_in.entry(first.as_path()).or_default().push(&cell.id);
         }
+    }
+    for (source, ids) in &summarized_in {
+        carry_summaries(out, source, ids)?;
     }
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
     let protocol = serde_json::from_value(manifests[0]["sweep"]["protocol"].clone()).context("manifest sweep protocol")?;

@@ -215,6 +215,45 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     assert_eq!(read(&merged.join("results.csv")), results, "merged shards differ from the full run");
     assert_eq!(read(&merged.join("summary.csv")), summary);
 
+    // Committed results keep only cells/*.json and the aggregates (per-record rows are too large
+    // for git): such a directory merges with a shard into every cell's summaries, without a
+    // results.csv that would miss its cells, and a run into the merged directory has nothing to do.
+    let committed = dir.path().join("committed");
+    std::fs::create_dir_all(committed.join("cells")).unwrap();
+    for file in ["manifest.json", "summary.csv", "timings.csv"] {
+        std::fs::copy(shards[0].join(file), committed.join(file)).unwrap();
+    }
+    for entry in std::fs::read_dir(shards[0].join("cells")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|x| x == "json") {
+            std::fs::copy(entry.path(), committed.join("cells").join(entry.file_name())).unwrap();
+        }
+    }
+    let combined = dir.path().join("combined");
+    let o = run(&["merge", "--out", combined.to_str().unwrap(), committed.to_str().unwrap(), shards[1].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sorted = |text: String| -> Vec<String> {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(read(&combined.join("summary.csv"))), sorted(summary.clone()), "merged committed results differ");
+    assert!(!combined.join("results.csv").exists());
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", combined.to_str().unwrap()]);
+    assert!(stderr(&o).contains("0 to run (4 already finished)"), "{}", stderr(&o));
+    assert_eq!(sorted(read(&combined.join("summary.csv"))), sorted(summary.clone()), "a rerun changed committed results");
+    let o = run(&["report", combined.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // `--cells` runs only the named cells; a later run without it does the rest, same bytes.
+    let ids: Vec<&str> = manifest["cells"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let picked = dir.path().join("picked");
+    tiny_run(&sweep, &picked, &["--cells", ids[3]], None);
+    assert_eq!(count(&picked.join("cells"), "json"), 1);
+    let o = run(&["run", sweep.to_str().unwrap(), "--out", picked.to_str().unwrap(), "--cells", "nosuchcell"]);
+    assert!(stderr(&o).contains("--cells nosuchcell: no such cell"), "{}", stderr(&o));
+    tiny_run(&sweep, &picked, &[], None);
+    assert_eq!(read(&picked.join("results.csv")), results, "a run in two selections differs");
+
     // Two cells at a time, each on one thread: the same scores up to float rounding (a lone pass
     // instead of two side by side), every cell recorded as run on one thread.
     let paired = dir.path().join("paired");
