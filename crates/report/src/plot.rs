@@ -168,7 +168,7 @@ impl Chart for MetricVs<'_> {
             for (i, line) in lines.iter().enumerate() {
                 let offset = (i as f64 - (n - 1.0) / 2.0) * DODGE;
                 let points: Vec<(f64, f64, Option<f64>)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, p.1, p.2)).collect();
-                draw_line(&mut chart, &y_axis, &line.method, &line.distribution, line.label.clone(), &points)?;
+                draw_line(&mut chart, &y_axis, &line.method, &line.distribution, line.label.clone(), 2, &points)?;
             }
             // Rising perplexities and norms leave the upper left free; falling scores the lower left.
             let corner = if y_axis.log { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
@@ -278,11 +278,12 @@ fn unedited_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut Cha
 }
 
 /// One line of `points` `(x, mean, standard error)`: colour and marker per method, dashed for
-/// spread, standard-error bars, and its legend entry.
-fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>, y_axis: &YAxis, method: &str, distribution: &str, label: String, points: &[(f64, f64, Option<f64>)]) -> Result<()> {
+/// spread, `width` pixels wide, standard-error bars, and its legend entry.
+#[allow(clippy::too_many_arguments)]
+fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>, y_axis: &YAxis, method: &str, distribution: &str, label: String, width: u32, points: &[(f64, f64, Option<f64>)]) -> Result<()> {
     let drawn: Vec<(f64, f64)> = points.iter().map(|p| (p.0, y_axis.at(p.1))).collect();
     let color = method_color(method);
-    let style = color.stroke_width(2);
+    let style = color.stroke_width(width);
     if distribution == "spread" {
         chart.draw_series(DashedLineSeries::new(drawn.clone(), 8, 5, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
     } else {
@@ -472,10 +473,16 @@ impl Chart for SequentialCurve<'_> {
         if let Some(y) = unedited {
             unedited_line(&mut chart, x_range, y_axis.at(y))?;
         }
+        // Lines of one method and distribution at several batch sizes: wider for larger B (else 2).
+        let mut sizes: Vec<usize> = lines.iter().map(|(k, _)| k.batch_size).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
         for (key, points) in &lines {
             let layers = if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) };
             let label = format!("{} {} B={}{layers}", crate::table::method_name(&key.method), key.distribution, key.batch_size);
-            draw_line(&mut chart, &y_axis, &key.method, &key.distribution, label, points)?;
+            let rank = sizes.iter().position(|&b| b == key.batch_size).unwrap_or(0).min(2) as u32;
+            let width = if sizes.len() == 1 { 2 } else { 1 + 2 * rank };
+            draw_line(&mut chart, &y_axis, &key.method, &key.distribution, label, width, points)?;
         }
         // Rising perplexities and norms leave the upper left free; falling scores the lower left.
         let corner = if unbounded(self.metric) { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
