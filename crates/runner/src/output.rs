@@ -3,7 +3,7 @@
 //! protocol `curves.csv`, the summaries after each round). Every write goes to a temporary file
 //! first and is renamed into place, so a killed run leaves whole files only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -115,16 +115,14 @@ fn succeeded(dir: &Path, id: &str) -> Option<CellRecord> {
     record.error.is_none().then_some(record)
 }
 
-/// Whether a cell succeeded but only its aggregates are in `dir`: results committed to git keep
+/// The cells among `cells` that succeeded but have only their aggregates in `dir` (one read of
+/// summary.csv; none where it is missing or unreadable): results committed to git keep
 /// `cells/<id>.json` and the cell's lines of summary.csv, curves.csv and timings.csv, not its
 /// per-record rows (too large). Such cells count as finished for runs and merges.
-pub fn summarized(dir: &Path, id: &str) -> bool {
-    succeeded(dir, id).is_some() && !cell_rows_path(dir, id).is_file() && !kept_lines(dir, SUMMARY, &|c| c == id).unwrap_or_default().is_empty()
-}
-
-/// Whether a cell needs no run: finished, or summarized.
-pub fn done(dir: &Path, id: &str) -> bool {
-    finished(dir, id).is_some() || summarized(dir, id)
+pub fn summarized<'a>(dir: &Path, cells: &'a [Cell]) -> Vec<&'a str> {
+    let listed: BTreeSet<String> = kept_lines(dir, SUMMARY, &|_| true).unwrap_or_default().iter().map(|l| l[0].to_string()).collect();
+    let only_summaries = |id: &str| listed.contains(id) && !cell_rows_path(dir, id).is_file() && succeeded(dir, id).is_some();
+    cells.iter().map(|c| c.id.as_str()).filter(|id| only_summaries(id)).collect()
 }
 
 /// An aggregate file and its columns.
@@ -185,10 +183,9 @@ pub fn carry_summaries(out: &Path, source: &Path, ids: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// What a rebuild keeps of `dir`'s aggregates: the lines of summarized cells, and the shared
-/// timings of models whose `shared/` file is not there (both absent from per-record rows).
-fn carried(dir: &Path, cells: &[Cell], shared: &BTreeMap<String, BTreeMap<String, f64>>) -> Result<[Vec<csv::StringRecord>; 3]> {
-    let ids: Vec<&str> = cells.iter().filter(|c| summarized(dir, &c.id)).map(|c| c.id.as_str()).collect();
+/// What a rebuild keeps of `dir`'s aggregates: the lines of the summarized cells `ids`, and the
+/// shared timings of models whose `shared/` file is not there (both absent from per-record rows).
+fn carried(dir: &Path, ids: &[&str], shared: &BTreeMap<String, BTreeMap<String, f64>>) -> Result<[Vec<csv::StringRecord>; 3]> {
     let of_cells = |c: &str| ids.contains(&c);
     let timing = |c: &str| of_cells(c) || c.strip_prefix("shared:").is_some_and(|label| !shared.contains_key(label));
     Ok([kept_lines(dir, SUMMARY, &of_cells)?, kept_lines(dir, CURVES, &of_cells)?, kept_lines(dir, TIMINGS, &timing)?])
@@ -277,11 +274,12 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     let mut results = csv_bytes::<ResultRow>(&[], Some(&RESULT_COLUMNS))?;
     let mut timings: Vec<(String, String, f64)> = Vec::new();
     let shared = shared_seconds(dir)?;
-    let [kept_summary, kept_curves, kept_timings] = carried(dir, cells, &shared)?;
+    let summarized = summarized(dir, cells);
+    let [kept_summary, kept_curves, kept_timings] = carried(dir, &summarized, &shared)?;
     for (label, phases) in shared {
         timings.extend(phases.into_iter().map(|(p, s)| (format!("shared:{label}"), p, s)));
     }
-    let mut done = cells.iter().filter(|c| summarized(dir, &c.id)).count();
+    let mut done = summarized.len();
     let sequential = protocol == Protocol::Sequential;
     // Per finished cell with rows: its first row (the cell's columns), summaries and, in the
     // sequential protocol, its summaries after each round.

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::resume::{self, Progress, Resume};
 use crate::output::{
-    carry_summaries, cell_record_path, cell_rows_path, csv_bytes, done, final_rows, finished, read_csv, rebuild, summarized, write_atomic, CellRecord,
+    carry_summaries, cell_record_path, cell_rows_path, csv_bytes, final_rows, finished, read_csv, rebuild, summarized, write_atomic, CellRecord,
     ResultRow, RESULT_COLUMNS,
 };
 use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
@@ -142,8 +142,10 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
         }
     }
     write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &stats_keys))?.as_bytes())?;
+    let summarized = summarized(&opts.out, &plan.cells);
+    let done = |id: &str| summarized.contains(&id) || finished(&opts.out, id).is_some();
     let mut pending: Vec<usize> = (0..plan.cells.len())
-        .filter(|&i| opts.selects(i, &plan.cells[i]) && !done(&opts.out, &plan.cells[i].id))
+        .filter(|&i| opts.selects(i, &plan.cells[i]) && !done(&plan.cells[i].id))
         .collect();
     // Smallest batches first (grid order within a batch size): every method's cheap cells land
     // before the long ones, so an interrupted sweep already compares all methods at small B.
@@ -674,18 +676,21 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
             }
         }
     }
-    let mut summarized_in: BTreeMap<&Path, Vec<&str>> = BTreeMap::new();
+    // Per source, the cells it holds only summaries of, and of those the ones taken from it.
+    let summarized: Vec<Vec<&str>> = dirs.iter().map(|d| summarized(d, &cells)).collect();
+    let mut carried: Vec<Vec<&str>> = vec![Vec::new(); dirs.len()];
     for cell in &cells {
-        if let Some(first) = dirs.iter().find(|d| finished(d, &cell.id).is_some()) {
-            let rows: Vec<ResultRow> = read_csv(&cell_rows_path(first, &cell.id))?;
+        let with_rows = dirs.iter().position(|d| finished(d, &cell.id).is_some());
+        let Some(i) = with_rows.or_else(|| summarized.iter().position(|ids| ids.contains(&cell.id.as_str()))) else { continue };
+        if with_rows.is_some() {
+            let rows: Vec<ResultRow> = read_csv(&cell_rows_path(&dirs[i], &cell.id))?;
             write_atomic(&cell_rows_path(out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
-            write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(first, &cell.id))?)?;
-        } else if let Some(first) = dirs.iter().find(|d| summarized(d, &cell.id)) {
-            write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(first, &cell.id))?)?;
-            summarized_in.entry(first.as_path()).or_default().push(&cell.id);
+        } else {
+            carried[i].push(&cell.id);
         }
+        write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(&dirs[i], &cell.id))?)?;
     }
-    for (source, ids) in &summarized_in {
+    for (source, ids) in dirs.iter().zip(&carried).filter(|(_, ids)| !ids.is_empty()) {
         carry_summaries(out, source, ids)?;
     }
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
