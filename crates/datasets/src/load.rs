@@ -22,6 +22,9 @@ pub enum Format {
     /// EasyEdit's flat records (`prompt`, `target_new`, `ground_truth`, `rephrase_prompt`,
     /// `locality_prompt`, `locality_ground_truth`, `subject`).
     Easyedit,
+    /// QAEdit's records (`id`, `prompt`, `target`, `subject`, `rephrase`, `locality`: a list of
+    /// `{loc, loc_ans}`).
+    Qaedit,
 }
 
 /// A records file and how to read it.
@@ -84,7 +87,7 @@ pub fn load(source: &DatasetSource) -> Result<Dataset> {
     let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| DataError::file(path, format!("not a JSON array of records: {e}")))?;
     let format = match source.format {
         Some(f) => f,
-        None => detect(items.first()).ok_or_else(|| DataError::file(path, "cannot tell the format from the first record (expected `requested_rewrite` (rome), `src`+`answers` (mend) or `prompt`+`target_new` (easyedit)); set `format`"))?,
+        None => detect(items.first()).ok_or_else(|| DataError::file(path, "cannot tell the format from the first record (expected `requested_rewrite` (rome), `src`+`answers` (mend), `prompt`+`target_new` (easyedit) or `prompt`+`target`+`locality` (qaedit)); set `format`"))?,
     };
     if format == Format::Mend && source.kind != DatasetKind::Zsre {
         return Err(DataError::file(path, format!("MEND-format records are zsRE, but the dataset kind is `{}`", source.kind.name())));
@@ -98,6 +101,7 @@ pub fn load(source: &DatasetSource) -> Result<Dataset> {
                 Format::Rome => rome(&fields),
                 Format::Mend => mend(&fields, index),
                 Format::Easyedit => easyedit(&fields, index),
+                Format::Qaedit => qaedit(&fields, index),
             };
             record.map_err(|message| DataError::Record { path: path.to_path_buf(), index, case_id: item.get("case_id").and_then(Value::as_u64), message })
         })
@@ -113,6 +117,8 @@ fn detect(first: Option<&Value>) -> Option<Format> {
         Some(Format::Mend)
     } else if has("prompt") && has("target_new") {
         Some(Format::Easyedit)
+    } else if has("prompt") && has("target") && has("locality") {
+        Some(Format::Qaedit)
     } else {
         None
     }
@@ -219,6 +225,41 @@ fn mend(f: &Fields, index: usize) -> FieldResult<Record> {
         },
         paraphrase_prompts: vec![f.string("rephrase")?],
         neighborhood: vec![Probe { prompt: format!("{}?", f.string("loc")?), answer: non_empty(f.string("loc_ans")?, "loc_ans")? }],
+        attribute_prompts: Vec::new(),
+        generation_prompts: Vec::new(),
+    })
+}
+
+/// QAEdit: the question is the rewrite prompt (its subject replaced by `{}`), `target` the new
+/// answer without the trailing ` *` some answers carry; `rephrase` the paraphrase; each
+/// `locality` pair a neighborhood probe answered by `loc_ans`. There is no old answer: the
+/// teacher-forced scores are zsRE's token accuracies, which do not use one.
+fn qaedit(f: &Fields, index: usize) -> FieldResult<Record> {
+    let subject = f.string("subject")?;
+    let target = f.string("target")?;
+    let target = target.trim().trim_end_matches('*').trim_end().to_string();
+    let Value::Array(pairs) = f.value("locality")? else { return Err("field `locality` must be a list of {loc, loc_ans}".into()) };
+    let neighborhood = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            let p = Fields { item: pair };
+            let field = |name: &str| p.string(name).map_err(|e| format!("locality[{i}]: {e}"));
+            Ok(Probe { prompt: non_empty(field("loc")?, "loc")?, answer: non_empty(field("loc_ans")?, "loc_ans")? })
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    Ok(Record {
+        case_id: f.value("id").ok().and_then(Value::as_u64).map_or_else(|| f.case_id(index), Ok)?,
+        rewrite: Rewrite {
+            prompt: template(&f.string("prompt")?, &subject, "prompt")?,
+            subject,
+            relation_id: None,
+            target_new: non_empty(target, "target")?,
+            target_new_id: None,
+            target_true: "<|endoftext|>".into(),
+        },
+        paraphrase_prompts: vec![non_empty(f.string("rephrase")?, "rephrase")?],
+        neighborhood,
         attribute_prompts: Vec::new(),
         generation_prompts: Vec::new(),
     })

@@ -12,6 +12,8 @@ pub enum DatasetKind {
     Mcf,
     /// zsRE question answering (MEND's split, as evaluated by ROME/MEMIT).
     Zsre,
+    /// QAEdit (WILD, Yang et al. 2025): real-world questions; scored as zsRE is.
+    Qaedit,
 }
 
 impl DatasetKind {
@@ -20,6 +22,7 @@ impl DatasetKind {
             Self::Counterfact => "counterfact",
             Self::Mcf => "mcf",
             Self::Zsre => "zsre",
+            Self::Qaedit => "qaedit",
         }
     }
 }

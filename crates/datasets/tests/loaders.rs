@@ -162,3 +162,23 @@ fn duplicates_and_conflicts_are_reported() {
     assert_eq!(report.conflicts, [vec![1000, 13]]);
     assert_eq!(report.describe().len(), 3);
 }
+
+/// QAEdit's records (the 16 shipped with the project): the question is the prompt, the trailing
+/// ` *` of an answer is dropped, every locality pair is a neighborhood probe.
+#[test]
+fn qaedit_records() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/qaedit/QAEdit_inter_first16.json");
+    let data = load(&source(DatasetKind::Qaedit, path)).unwrap();
+    assert_eq!(data.records.len(), 16);
+    let first = &data.records[0];
+    assert_eq!(first.case_id, 1104);
+    assert_eq!(first.rewrite.prompt, "who has the {}?");
+    assert_eq!(first.rewrite.prompt_text(), "who has the most 70 point games in nba history?");
+    assert_eq!(first.rewrite.target_new, "Wilt Chamberlain");
+    assert_eq!(first.paraphrase_prompts, ["Which NBA player holds the record for the most games scoring 70 points or more?"]);
+    assert_eq!(first.neighborhood.len(), 5);
+    assert_eq!((first.neighborhood[3].prompt.as_str(), first.neighborhood[3].answer.as_str()), ("when did the us host the world cup", "1994"));
+    assert!(data.records.iter().all(|r| r.neighborhood.len() == 5 && !r.rewrite.target_new.ends_with('*')));
+    let err = error(DatasetKind::Qaedit, r#"[{"id": 1, "prompt": "who is x?", "target": "y", "subject": "x", "rephrase": "r", "locality": [{"loc": "q"}]}]"#);
+    assert!(err.contains("locality[0]: missing field `loc_ans`"), "{err}");
+}

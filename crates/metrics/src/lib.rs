@@ -5,6 +5,7 @@
 //! probability differences in `[−1, 1]`, entropies in bits); [`summarize`] reports means ×100,
 //! the scale the papers print.
 
+pub mod answers;
 mod counterfact;
 mod generation;
 mod metric;
@@ -26,7 +27,7 @@ use editbench_editing::Result;
 /// metrics only when `generation` is given.
 pub fn evaluate<S: Scorer + Generator>(model: &S, kind: DatasetKind, records: &[Record], stage: Stage, generation: Option<&GenerationOptions>) -> Result<Vec<MetricRow>> {
     match kind {
-        DatasetKind::Zsre => zsre_rows(model, records, stage),
+        DatasetKind::Zsre | DatasetKind::Qaedit => zsre_rows(model, records, stage),
         DatasetKind::Counterfact | DatasetKind::Mcf => {
             let mut rows = counterfact_rows(model, records, stage)?;
             if let Some(options) = generation {

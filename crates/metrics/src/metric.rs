@@ -63,12 +63,36 @@ pub enum Metric {
     ParaphraseAcc,
     #[serde(rename = "neighborhood_acc")]
     NeighborhoodAcc,
+    /// Generated efficacy: the greedy answer to the rewrite prompt starts with the new object
+    /// (crate::answers).
+    #[serde(rename = "gen_ES")]
+    GenES,
+    /// Token F1 of the greedy answer to the rewrite prompt against the new object.
+    #[serde(rename = "gen_ES_F1")]
+    GenESF1,
+    /// Generated generalization: fraction of paraphrases answered with the new object.
+    #[serde(rename = "gen_PS")]
+    GenPS,
+    #[serde(rename = "gen_PS_F1")]
+    GenPSF1,
+    /// Generated locality: fraction of neighborhood prompts answered as the unedited model did.
+    #[serde(rename = "gen_NS")]
+    GenNS,
+    #[serde(rename = "gen_NS_F1")]
+    GenNSF1,
+    /// Fraction of neighborhood prompts answered with their dataset answer.
+    #[serde(rename = "gen_NA")]
+    GenNA,
+    /// Harmonic mean of gen_ES, gen_PS, gen_NS; derived by [`crate::summarize`].
+    #[serde(rename = "gen_S")]
+    GenS,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 26] = [
         Self::ES, Self::EM, Self::PS, Self::PM, Self::NS, Self::NM, Self::EA, Self::PA, Self::NA, Self::S, Self::GE, Self::RS,
         Self::PPL, Self::DWNORM, Self::DWREL, Self::RewriteAcc, Self::ParaphraseAcc, Self::NeighborhoodAcc,
+        Self::GenES, Self::GenESF1, Self::GenPS, Self::GenPSF1, Self::GenNS, Self::GenNSF1, Self::GenNA, Self::GenS,
     ];
 
     /// The factor summaries apply: 100 (the papers' percent scale) except for perplexity and
@@ -100,6 +124,14 @@ impl Metric {
             Self::RewriteAcc => "rewrite_acc",
             Self::ParaphraseAcc => "paraphrase_acc",
             Self::NeighborhoodAcc => "neighborhood_acc",
+            Self::GenES => "gen_ES",
+            Self::GenESF1 => "gen_ES_F1",
+            Self::GenPS => "gen_PS",
+            Self::GenPSF1 => "gen_PS_F1",
+            Self::GenNS => "gen_NS",
+            Self::GenNSF1 => "gen_NS_F1",
+            Self::GenNA => "gen_NA",
+            Self::GenS => "gen_S",
         }
     }
 

@@ -25,7 +25,7 @@ pub struct Summary {
 /// (zsRE).
 pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
     let mut groups: BTreeMap<(Stage, Metric), Vec<f64>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.metric != Metric::S) {
+    for r in rows.iter().filter(|r| !matches!(r.metric, Metric::S | Metric::GenS)) {
         groups.entry((r.stage, r.metric)).or_default().push(r.value);
     }
     let mut out: Vec<Summary> = groups
@@ -38,11 +38,16 @@ pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
         })
         .collect();
     for stage in [Stage::Pre, Stage::Post] {
-        for parts in [[Metric::ES, Metric::PS, Metric::NS], [Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc]] {
+        let families = [
+            (Metric::S, [Metric::ES, Metric::PS, Metric::NS]),
+            (Metric::S, [Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc]),
+            (Metric::GenS, [Metric::GenES, Metric::GenPS, Metric::GenNS]),
+        ];
+        for (score, parts) in families {
             let found: Vec<&Summary> = parts.iter().filter_map(|m| out.iter().find(|s| s.stage == stage && s.metric == *m)).collect();
             if found.len() == 3 {
                 let n = found.iter().map(|s| s.n).min().expect("three");
-                out.push(Summary { stage, metric: Metric::S, mean: harmonic_mean(found.iter().map(|s| s.mean)), stderr: None, n });
+                out.push(Summary { stage, metric: score, mean: harmonic_mean(found.iter().map(|s| s.mean)), stderr: None, n });
             }
         }
     }

@@ -85,7 +85,7 @@ fn manifest_list(run: &Run) -> String {
 
 /// Links to the run's CSV files that exist, relative to the report's directory.
 fn csv_links(run: &Run, out: &Path) -> String {
-    let links: Vec<String> = ["results.csv", "summary.csv", "curves.csv", "timings.csv"]
+    let links: Vec<String> = ["summary.csv", "curves.csv", "timings.csv"]
         .iter()
         .map(|f| run.source.join(f))
         .filter(|p| p.is_file())
@@ -97,7 +97,7 @@ fn csv_links(run: &Run, out: &Path) -> String {
     if links.is_empty() {
         String::new()
     } else {
-        format!("<p>Data: {}.</p>\n", links.join(", "))
+        format!("<p>Data: {}; raw rows per cell in cells/*.csv.gz (<code>editbench rows</code>).</p>\n", links.join(", "))
     }
 }
 

@@ -2,10 +2,12 @@
 //! booktabs, terminal) and comparison plots (PNG and SVG), from one or several results
 //! directories and optionally numbers typed from a paper, and a self-contained results page.
 
+pub mod claims;
 mod heatmap;
 mod html;
 mod load;
 mod plot;
+pub mod rows;
 mod table;
 
 pub use heatmap::{write_heatmap, HeatMap};

@@ -1,5 +1,6 @@
-//! Reading results directories (`results.csv` or only `summary.csv` and `curves.csv`,
-//! `timings.csv`, `manifest.json`) and paper numbers,
+//! Reading results directories (the cells' raw rows `cells/<id>.csv.gz`, or for runs committed
+//! before rows were kept only `summary.csv` and `curves.csv`; `timings.csv`, `manifest.json`) and
+//! paper numbers,
 //! and aggregating them: per table row and stage, every metric's mean ± standard error over records
 //! (S derived), through `editbench_metrics::summarize`.
 
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use editbench_metrics::{counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage};
 use serde::Deserialize;
+
+use crate::rows::{cell_rows_path, manifest_cell_ids, read_gz_csv};
 
 /// What identifies a row of the paper's tables: every grid axis but the seed (cells that differ
 /// only in their seed are one row, with the spread across seeds).
@@ -77,21 +80,22 @@ pub struct Run {
     pub manifest: Option<serde_json::Value>,
 }
 
+/// One raw row (`cells/<id>.csv.gz`).
 #[derive(Debug, Deserialize)]
-struct ResultLine {
-    cell_id: String,
-    model: String,
-    method: String,
-    distribution: String,
-    layers: String,
-    batch_size: usize,
-    n_edits: usize,
-    seed: u64,
-    round: usize,
-    case_id: u64,
-    stage: Stage,
-    metric: String,
-    value: f64,
+pub(crate) struct ResultLine {
+    pub cell_id: String,
+    pub model: String,
+    pub method: String,
+    pub distribution: String,
+    pub layers: String,
+    pub batch_size: usize,
+    pub n_edits: usize,
+    pub seed: u64,
+    pub round: usize,
+    pub case_id: u64,
+    pub stage: Stage,
+    pub metric: String,
+    pub value: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,25 +137,29 @@ fn combine_seeds(by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>>) -
         .collect()
 }
 
-/// Warns, naming them, about cells the manifest lists that have no rows in results.csv (a sweep
-/// still running, failed cells) or fewer rows than their own `cells/<id>.csv` (a cut file).
+/// Warns, naming them, about cells the manifest lists that have no raw rows (a sweep still
+/// running, failed cells).
 fn warn_missing_cells(dir: &Path, manifest: &serde_json::Value, lines: &[ResultLine]) {
-    let mut rows: BTreeMap<&str, usize> = BTreeMap::new();
-    for l in lines {
-        *rows.entry(l.cell_id.as_str()).or_default() += 1;
-    }
-    let cells = manifest["cells"].as_array().cloned().unwrap_or_default();
-    let ids: Vec<String> = cells.iter().filter_map(|c| c["id"].as_str().map(str::to_string)).collect();
-    let missing: Vec<&String> = ids.iter().filter(|id| !rows.contains_key(id.as_str())).collect();
+    let seen: BTreeSet<&str> = lines.iter().map(|l| l.cell_id.as_str()).collect();
+    let ids = manifest_cell_ids(manifest);
+    let missing: Vec<&str> = ids.iter().map(String::as_str).filter(|id| !seen.contains(id)).collect();
     if !missing.is_empty() {
-        tracing::warn!("{}: {} of the {} cells in manifest.json have no results in results.csv (still running or failed): {}", dir.display(), missing.len(), ids.len(), missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        tracing::warn!("{}: {} of the {} cells in manifest.json have no rows in cells/ (still running or failed): {}", dir.display(), missing.len(), ids.len(), missing.join(", "));
     }
-    for (id, n) in &rows {
-        let own = std::fs::read_to_string(dir.join("cells").join(format!("{id}.csv"))).ok().map(|t| t.lines().count().saturating_sub(1));
-        if let Some(own) = own.filter(|own| own != n) {
-            tracing::warn!("{}: results.csv has {n} rows of cell {id} but cells/{id}.csv has {own}: the file is cut; rerun `editbench run` to rebuild it", dir.display());
-        }
+}
+
+/// Whether `dir`'s tables come from raw rows: some cell has them and every cell summary.csv
+/// lists does (runs committed before rows were kept have only summary.csv).
+fn has_rows(dir: &Path, manifest: &serde_json::Value) -> Result<bool> {
+    let with_rows = |id: &str| cell_rows_path(dir, id).is_file();
+    if !manifest_cell_ids(manifest).iter().any(|id| with_rows(id)) {
+        return Ok(false);
     }
+    let path = dir.join("summary.csv");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    Ok(read_csv::<SummaryLine>(&path)?.iter().all(|l| with_rows(&l.cell_id)))
 }
 
 /// Per table row, the largest condition estimate and any pseudo-inverse use of its finished cells.
@@ -160,6 +168,10 @@ fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey,
     for (cell, key) in keys {
         let Ok(text) = std::fs::read_to_string(dir.join("cells").join(format!("{cell}.json"))) else { continue };
         let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        // Records written for runs committed before cells kept their solver's outcome say nothing.
+        if record["outcome"].is_null() {
+            continue;
+        }
         let note = notes.entry(key.clone()).or_default();
         if let Some(c) = record["outcome"]["max_condition_estimate"].as_f64() {
             note.max_condition = Some(note.max_condition.map_or(c, |m| m.max(c)));
@@ -170,17 +182,16 @@ fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey,
 }
 
 /// A results directory written by `editbench run` or `editbench merge` — or only its summary:
-/// without results.csv the table rows come from summary.csv (each cell's means ± standard errors),
-/// as committed for sweeps whose per-record rows are too large for git, and the sequential curves
-/// from curves.csv.
+/// without raw rows (runs committed before they were kept) the table rows come from summary.csv
+/// (each cell's means ± standard errors) and the sequential curves from curves.csv.
 pub fn load_run(dir: &Path) -> Result<Run> {
-    let from_rows = dir.join("results.csv").is_file() || !dir.join("summary.csv").is_file();
-    for file in ["manifest.json", if from_rows { "results.csv" } else { "summary.csv" }, "timings.csv"] {
+    let manifest = read_manifest(dir)?;
+    let from_rows = has_rows(dir, &manifest)?;
+    for file in [if from_rows { None } else { Some("summary.csv") }, Some("timings.csv")].into_iter().flatten() {
         if !dir.join(file).is_file() {
-            bail!("{}: not a results directory ({file} is missing)", dir.display());
+            bail!("{}: not a results directory ({file} is missing, and no cell has raw rows)", dir.display());
         }
     }
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?).with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
     let cells = if from_rows { cells_from_rows(dir, &manifest)? } else { cells_from_summaries(dir, &manifest)? };
     let Cells { keys, seeds, post, pre, curves } = cells;
     let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell])).unwrap_or_else(|| cell.to_string());
@@ -220,12 +231,33 @@ fn drop_layers_unless_an_axis(keys: &mut BTreeMap<String, RowKey>) {
     }
 }
 
-/// [`Cells`] from results.csv: every record's rows.
-fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
-    let lines: Vec<ResultLine> = read_csv(&dir.join("results.csv"))?;
-    if lines.is_empty() {
-        bail!("{}: results.csv holds no results (empty or header only); run the sweep first", dir.display());
+/// A results directory's `manifest.json`.
+pub(crate) fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("manifest.json");
+    if !path.is_file() {
+        bail!("{}: not a results directory (manifest.json is missing)", dir.display());
     }
+    serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The raw rows of every cell of the manifest that has them, in grid order.
+pub(crate) fn raw_lines(dir: &Path, manifest: &serde_json::Value) -> Result<Vec<ResultLine>> {
+    let mut lines: Vec<ResultLine> = Vec::new();
+    for id in manifest_cell_ids(manifest) {
+        let path = cell_rows_path(dir, &id);
+        if path.is_file() {
+            lines.extend(read_gz_csv::<ResultLine>(&path)?);
+        }
+    }
+    if lines.is_empty() {
+        bail!("{}: no cell has raw rows (cells/<id>.csv.gz); run the sweep first", dir.display());
+    }
+    Ok(lines)
+}
+
+/// [`Cells`] from the cells' raw rows: every record's rows.
+fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
+    let lines = raw_lines(dir, manifest)?;
     warn_missing_cells(dir, manifest, &lines);
     let sequential = manifest["sweep"]["protocol"] == "sequential";
     let mut unknown: BTreeMap<String, usize> = BTreeMap::new();

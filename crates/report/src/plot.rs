@@ -549,7 +549,10 @@ impl Timings<'_> {
 pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let present = |m: Metric| runs.iter().any(|r| r.post.values().any(|v| v.contains_key(&m)));
-    let headline: Vec<Metric> = [Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::PPL, Metric::DWREL]
+    let headline: Vec<Metric> = [
+        Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::GenES, Metric::GenPS,
+        Metric::GenNS, Metric::GenS, Metric::PPL, Metric::DWREL,
+    ]
         .into_iter()
         .filter(|&m| present(m))
         .collect();
@@ -565,7 +568,7 @@ pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
         figures.push(render(&MethodsSideBySide { runs, metric }, dir, &format!("methods-{}", metric.code()))?);
     }
     for run in runs.iter().filter(|r| !r.curves.is_empty()) {
-        for metric in [Metric::ES, Metric::PS, Metric::NS, Metric::PPL, Metric::DWREL].into_iter().filter(|&m| present(m)) {
+        for metric in [Metric::ES, Metric::PS, Metric::NS, Metric::GenES, Metric::GenPS, Metric::GenNS, Metric::PPL, Metric::DWREL].into_iter().filter(|&m| present(m)) {
             figures.push(render(&SequentialCurve { run, metric }, dir, &format!("sequential-{}-{}", run.label, metric.code()))?);
         }
     }

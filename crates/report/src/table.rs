@@ -1,6 +1,7 @@
 //! The paper's table layout: the unedited rows first, then method × distribution × batch size per
 //! model (and the layers, where they are an axis); columns ES PS NS S GE RS (+ EM PM NM,
-//! accuracies, perplexity and update norms) that have data, then what the solves reported; one row
+//! accuracies, the generated-answer scores gen_*, perplexity and update norms) that have data,
+//! then what the solves reported; one row
 //! per run when several runs are compared, followed by the differences to the first run.
 
 use editbench_metrics::Metric;
@@ -8,9 +9,10 @@ use editbench_metrics::Metric;
 use crate::load::{RowKey, Run, SolverNote, Summary};
 
 /// The metric columns in the papers' order.
-const ORDER: [Metric; 18] = [
+const ORDER: [Metric; 25] = [
     Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RS, Metric::EM, Metric::PM, Metric::NM, Metric::EA, Metric::PA, Metric::NA,
-    Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::PPL, Metric::DWREL, Metric::DWNORM,
+    Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::GenES, Metric::GenPS, Metric::GenNS, Metric::GenS, Metric::GenESF1,
+    Metric::GenPSF1, Metric::GenNSF1, Metric::PPL, Metric::DWREL, Metric::DWNORM,
 ];
 
 /// What identifies a line of the table.

@@ -68,7 +68,8 @@ fn report_page_renders_in_chromium() {
     assert!(!without_namespaces.contains("http://") && !without_namespaces.contains("https://"), "report.html refers to the network");
     // The manifest, the comparison and links to the CSV files that exist, relative to the page.
     assert!(html.contains("<dt>sweep file</dt>") && html.contains("id=\"differences\""), "manifest or comparison missing");
-    assert!(html.contains("href=\"../") && html.contains("results.csv</a>"), "no link to results.csv");
+    assert!(html.contains("href=\"../") && html.contains("timings.csv</a>"), "no link to timings.csv");
+    assert!(html.contains("cells/*.csv.gz"), "the raw rows are not named");
 
     let page = out.join("checked.html");
     let instrumented = html.replacen("<head>", &format!("<head>{ERRORS_HOOK}"), 1).replacen("</body>", &format!("{CHECK}</body>"), 1);

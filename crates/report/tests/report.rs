@@ -94,26 +94,34 @@ fn bad_input_is_named() {
     std::fs::write(&bad, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,QQ,60\n").unwrap();
     let err = load_paper(&bad, "p").unwrap_err().to_string();
     assert!(err.contains("line 2: unknown metric code `QQ`"), "{err}");
-    // A header-only results.csv is an error, not an empty table.
+    // Raw rows that are header only are an error, not an empty table.
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     write_run(&empty, "independent", &[]);
     let err = load_run(&empty).unwrap_err().to_string();
-    assert!(err.contains("results.csv holds no results (empty or header only)"), "{err}");
+    assert!(err.contains("not a results directory (summary.csv is missing, and no cell has raw rows)"), "{err}");
     std::fs::write(&bad, "model,method\ntiny,emmet\n").unwrap();
     let err = format!("{:#}", load_paper(&bad, "p").unwrap_err());
     assert!(err.contains("paper.csv: line 2"), "{err}");
 }
 
-/// A results directory written by hand: `rows` are `cell,layers,seed,round,case,stage,metric,value`.
+/// A results directory written by hand: `rows` are `cell,layers,seed,round,case,stage,metric,value`;
+/// each cell's raw rows in cells/<id>.csv.gz.
 fn write_run(dir: &Path, protocol: &str, rows: &[&str]) {
-    std::fs::write(dir.join("manifest.json"), format!(r#"{{"sweep": {{"protocol": "{protocol}", "dataset": {{"n_edits": 4}}, "eval": {{"sample": {{"n": 2}}}}}}}}"#)).unwrap();
-    let mut csv = String::from("cell_id,model,method,distribution,layers,batch_size,n_edits,seed,round,case_id,stage,metric,value\n");
+    let header = "cell_id,model,method,distribution,layers,batch_size,n_edits,seed,round,case_id,stage,metric,value\n";
+    let mut cells: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
     for r in rows {
         let f: Vec<&str> = r.split(',').collect();
-        csv += &format!("{},tiny,emmet,single,{},1,4,{},{},{},{},{},{}\n", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
+        let csv = cells.entry(f[0]).or_insert_with(|| header.to_string());
+        *csv += &format!("{},tiny,emmet,single,{},1,4,{},{},{},{},{},{}\n", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
     }
-    std::fs::write(dir.join("results.csv"), csv).unwrap();
+    let ids: Vec<String> = cells.keys().map(|c| format!(r#"{{"id": "{c}"}}"#)).collect();
+    let manifest = format!(r#"{{"sweep": {{"protocol": "{protocol}", "dataset": {{"n_edits": 4}}, "eval": {{"sample": {{"n": 2}}}}}}, "cells": [{}]}}"#, ids.join(", "));
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    std::fs::create_dir_all(dir.join("cells")).unwrap();
+    for (id, csv) in &cells {
+        std::fs::write(editbench_report::rows::cell_rows_path(dir, id), editbench_report::rows::gzip(csv.as_bytes()).unwrap()).unwrap();
+    }
     std::fs::write(dir.join("timings.csv"), "cell_id,phase,seconds\n").unwrap();
 }
 

@@ -16,6 +16,7 @@ use editbench_editing::stats::{collect_moments, gram_flops_per_key};
 use editbench_editing::targets::target_values;
 use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::{EditRequest, FamilyHparams, Method};
+use editbench_metrics::answers::AnswerOptions;
 use editbench_metrics::{counterfact_rows, generation_rows, summarize, GenerationOptions, Stage};
 use editbench_models::backend::{concurrent_passes, side_by_side};
 use editbench_models::{BackendTask, Hooks, Padding, PromptBatch};
@@ -395,9 +396,16 @@ impl BackendTask for EvalBench {
         let generation = generation_rows(&model, tested, Stage::Pre, &GenerationOptions::default())?;
         let generation_seconds = t.elapsed().as_secs_f64();
         let texts: usize = tested.iter().map(|r| r.generation_prompts.len()).sum();
+        let options = AnswerOptions::default();
+        let t = Instant::now();
+        let (answer_rows, _) = editbench_metrics::answers::answer_rows(&model, &records, Stage::Pre, &options, None)?;
+        let answering = t.elapsed().as_secs_f64();
+        let answers: serde_json::Map<String, Value> = summarize(&answer_rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
         Ok(json!({
             "records": records.len(),
             "scoring": scored,
+            "answers": { "options": options, "seconds": answering, "seconds_per_record": answering / records.len() as f64,
+                         "ratio_to_teacher_forced": answering / scoring, "pre_metrics": answers },
             "gemm": gemm,
             "pre_metrics": summary,
             "generation": { "records": tested.len(), "texts": texts, "tokens_per_text": GenerationOptions::default().max_len, "seconds": generation_seconds,

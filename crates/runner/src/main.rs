@@ -9,6 +9,7 @@ mod bench_scale;
 mod edit;
 mod memory;
 mod output;
+mod provenance;
 mod resume;
 mod run;
 mod sweep;
@@ -119,6 +120,10 @@ enum Command {
         /// interrupted cell from its last finished round, with the rows of an unbroken run.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_rounds: Option<u64>,
+        /// Write into results/committed/ although this binary was built from uncommitted code
+        /// changes (recorded in the manifest and every cell's provenance).
+        #[arg(long)]
+        allow_dirty: bool,
     },
     /// Combine the results directories of the shards of one sweep.
     Merge {
@@ -128,8 +133,12 @@ enum Command {
         /// Shard results directories.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+        /// Write into results/committed/ from a binary built from uncommitted code (recorded).
+        #[arg(long)]
+        allow_dirty: bool,
     },
-    /// Tables (Markdown, LaTeX), figures (PNG, SVG), report.md and the results page report.html.
+    /// Tables (Markdown, LaTeX), figures (PNG, SVG), report.md and the results page report.html;
+    /// first rebuilds each directory's summary.csv, curves.csv and timings.csv from its raw rows.
     Report {
         /// Results directories of `editbench run` (several are compared side by side).
         #[arg(required = true)]
@@ -143,6 +152,27 @@ enum Command {
         /// Where to write (default: the first results directory).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The paired comparisons behind the paper's claims (EMMET − MEMIT, spread − single), from a
+    /// batch run's raw rows: claims.md and claims.json in the directory (or --out).
+    Claims {
+        /// A results directory with raw rows (cells/<id>.csv.gz).
+        dir: PathBuf,
+        /// Bootstrap resamples of each ΔS.
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        /// Base seed; each comparison's bootstrap is seeded by it and the comparison's label.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write claims.md and claims.json (default: the results directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the raw rows of a results directory (every cell's cells/<id>.csv.gz, in grid order)
+    /// as one CSV on stdout, e.g. for pandas.
+    Rows {
+        /// A results directory of `editbench run` or `editbench merge`.
+        dir: PathBuf,
     },
     /// Causal tracing (ROME): which layers' states carry the facts of a CounterFact file, as
     /// heat maps, a CSV of effects per token class and layer, and the edit layers they suggest.
@@ -187,7 +217,7 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
-        Command::Run { sweep, out, sets, shard, cells, dry_run, memory, fail_fast, jobs, max_rounds } => {
+        Command::Run { sweep, out, sets, shard, cells, dry_run, memory, fail_fast, jobs, max_rounds, allow_dirty } => {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
@@ -198,10 +228,13 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
-            run::run(plan, &sets, run::RunOptions { out, shard, cells, fail_fast, jobs, max_rounds: max_rounds.map(|n| n as usize) })?;
+            run::run(plan, &sets, run::RunOptions { out, shard, cells, fail_fast, jobs, max_rounds: max_rounds.map(|n| n as usize), allow_dirty })?;
         }
-        Command::Merge { out, dirs } => run::merge(&out, &dirs)?,
+        Command::Merge { out, dirs, allow_dirty } => run::merge(&out, &dirs, allow_dirty)?,
         Command::Report { dirs, paper, paper_label, out } => {
+            for dir in &dirs {
+                run::rebuild_from_rows(dir)?;
+            }
             let mut runs = dirs.iter().map(|d| editbench_report::load_run(d)).collect::<Result<Vec<_>>>()?;
             if let Some(paper) = paper {
                 runs.push(editbench_report::load_paper(&paper, &paper_label)?);
@@ -209,6 +242,18 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.unwrap_or_else(|| dirs[0].clone());
             print!("{}", editbench_report::write_report(&runs, &out)?);
             eprintln!("report: {}", out.join("report.md").display());
+        }
+        Command::Claims { dir, bootstrap, seed, out } => {
+            let claims = editbench_report::claims::claims(&dir, bootstrap, seed)?;
+            let out = out.unwrap_or(dir);
+            let markdown = editbench_report::claims::markdown(&claims);
+            output::write_atomic(&out.join("claims.md"), markdown.as_bytes())?;
+            output::write_atomic(&out.join("claims.json"), serde_json::to_string_pretty(&claims)?.as_bytes())?;
+            print!("{markdown}");
+        }
+        Command::Rows { dir } => {
+            use std::io::Write;
+            std::io::stdout().write_all(editbench_report::rows::all_rows_csv(&dir)?.as_bytes())?;
         }
         Command::Trace(args) => {
             let backend = args.model.backend;

@@ -1,6 +1,6 @@
-//! The files of a results directory: per-cell rows and metadata under `cells/`, and the
-//! aggregates rebuilt from them (`results.csv`, `summary.csv`, `timings.csv`; for the sequential
-//! protocol `curves.csv`, the summaries after each round). Every write goes to a temporary file
+//! The files of a results directory: per-cell raw rows (`cells/<id>.csv.gz`) and records
+//! (`cells/<id>.json`), and the aggregates rebuilt from them (`summary.csv`, `timings.csv`; for
+//! the sequential protocol `curves.csv`, the summaries after each round). Every write goes to a temporary file
 //! first and is renamed into place, so a killed run leaves whole files only.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use editbench_metrics::{counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage, Summary};
-pub use editbench_report::read_csv;
+pub use editbench_report::rows::cell_rows_path;
+use editbench_report::rows::{gzip, read_gz_csv};
 use serde::{Deserialize, Serialize};
 
 use crate::sweep::{Cell, Protocol};
 
-/// One line of `results.csv`.
+/// One raw row: a metric of one record of a cell (`cells/<id>.csv.gz`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRow {
     pub cell_id: String,
@@ -67,6 +68,10 @@ pub struct CellRecord {
     pub seconds: BTreeMap<String, f64>,
     /// Adam steps per edit, largest condition estimate, pseudo-inverse use.
     pub outcome: serde_json::Value,
+    /// Per invocation that ran part of the cell: revision, build, machine, times (none in
+    /// records written before it was kept).
+    #[serde(default)]
+    pub provenance: Vec<crate::provenance::Segment>,
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory.
@@ -95,8 +100,14 @@ pub fn csv_bytes<T: Serialize>(rows: &[T], columns: Option<&[&str]>) -> Result<V
     Ok(w.into_inner()?)
 }
 
-pub fn cell_rows_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join("cells").join(format!("{id}.csv"))
+/// Writes a cell's raw rows (gzip'd CSV with a header).
+pub fn write_cell_rows(dir: &Path, id: &str, rows: &[ResultRow]) -> Result<()> {
+    write_atomic(&cell_rows_path(dir, id), &gzip(&csv_bytes(rows, Some(&RESULT_COLUMNS))?)?)
+}
+
+/// A cell's raw rows.
+pub fn read_cell_rows(dir: &Path, id: &str) -> Result<Vec<ResultRow>> {
+    read_gz_csv(&cell_rows_path(dir, id))
 }
 
 pub fn cell_record_path(dir: &Path, id: &str) -> PathBuf {
@@ -116,9 +127,9 @@ fn succeeded(dir: &Path, id: &str) -> Option<CellRecord> {
 }
 
 /// The cells among `cells` that succeeded but have only their aggregates in `dir` (one read of
-/// summary.csv; none where it is missing or unreadable): results committed to git keep
-/// `cells/<id>.json` and the cell's lines of summary.csv, curves.csv and timings.csv, not its
-/// per-record rows (too large). Such cells count as finished for runs and merges.
+/// summary.csv; none where it is missing or unreadable): results committed before raw rows were
+/// kept have `cells/<id>.json` and the cell's lines of summary.csv, curves.csv and timings.csv
+/// only. Such cells count as finished for runs and merges.
 pub fn summarized<'a>(dir: &Path, cells: &'a [Cell]) -> Vec<&'a str> {
     let listed: BTreeSet<String> = kept_lines(dir, SUMMARY, &|_| true).unwrap_or_default().iter().map(|l| l[0].to_string()).collect();
     let only_summaries = |id: &str| listed.contains(id) && !cell_rows_path(dir, id).is_file() && succeeded(dir, id).is_some();
@@ -188,7 +199,10 @@ pub fn carry_summaries(out: &Path, source: &Path, ids: &[&str]) -> Result<()> {
 fn carried(dir: &Path, ids: &[&str], shared: &BTreeMap<String, BTreeMap<String, f64>>) -> Result<[Vec<csv::StringRecord>; 3]> {
     let of_cells = |c: &str| ids.contains(&c);
     let timing = |c: &str| of_cells(c) || c.strip_prefix("shared:").is_some_and(|label| !shared.contains_key(label));
-    Ok([kept_lines(dir, SUMMARY, &of_cells)?, kept_lines(dir, CURVES, &of_cells)?, kept_lines(dir, TIMINGS, &timing)?])
+    // Without summarized cells nothing is kept from summary.csv and curves.csv (a damaged file is
+    // rebuilt from the raw rows, not read).
+    let of = |agg: Aggregate| if ids.is_empty() { Ok(Vec::new()) } else { kept_lines(dir, agg, &of_cells) };
+    Ok([of(SUMMARY)?, of(CURVES)?, kept_lines(dir, TIMINGS, &timing)?])
 }
 
 /// One line of `summary.csv`: a metric of a cell, mean ± standard error over records, ×100.
@@ -267,11 +281,10 @@ fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>>
     Ok(out)
 }
 
-/// Rebuilds `results.csv`, `summary.csv` and `timings.csv` (and for the sequential protocol
-/// `curves.csv`) from the finished cells among `cells` (in their order, edited under `protocol`)
+/// Rebuilds `summary.csv` and `timings.csv` (and for the sequential protocol `curves.csv`) from
+/// the raw rows of the finished cells among `cells` (in their order, edited under `protocol`)
 /// and the shared timings.
 pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> {
-    let mut results = csv_bytes::<ResultRow>(&[], Some(&RESULT_COLUMNS))?;
     let mut timings: Vec<(String, String, f64)> = Vec::new();
     let shared = shared_seconds(dir)?;
     let summarized = summarized(dir, cells);
@@ -287,8 +300,7 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     for cell in cells {
         let Some(record) = finished(dir, &cell.id) else { continue };
         done += 1;
-        let rows: Vec<ResultRow> = read_csv(&cell_rows_path(dir, &cell.id))?;
-        results.extend(csv_bytes(&rows, None)?);
+        let rows = read_cell_rows(dir, &cell.id)?;
         timings.extend(record.seconds.iter().map(|(p, s)| (cell.id.clone(), p.clone(), *s)));
         let Some(first) = rows.first().cloned() else { continue };
         let curve = if sequential { round_summaries(metric_rows(&rows)) } else { BTreeMap::new() };
@@ -296,7 +308,7 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     }
     let summary: Vec<SummaryRow> = aggregates.iter().flat_map(|(f, cell, _)| cell.iter().map(move |s| SummaryRow::new(f, s))).collect();
     let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
-    write_results(dir, &results, kept_summary.is_empty())?;
+    remove_stale_results(dir)?;
     let mut summary = csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?;
     append_lines(&mut summary, &kept_summary)?;
     write_atomic(&dir.join("summary.csv"), &summary)?;
@@ -315,17 +327,14 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     Ok(done)
 }
 
-/// Writes `results.csv` when it holds every finished cell; where some cells are only summarized,
-/// removes it instead, so that reports read summary.csv, which holds them all.
-fn write_results(dir: &Path, results: &[u8], complete: bool) -> Result<()> {
+/// Removes a `results.csv` left by an older editbench (all rows in one uncompressed file): the
+/// rows are in `cells/` now, and a stale copy would disagree with them.
+fn remove_stale_results(dir: &Path) -> Result<()> {
     let path = dir.join("results.csv");
-    if complete {
-        return write_atomic(&path, results);
-    }
     if path.is_file() {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        tracing::info!("{}: removed results.csv of an older editbench (rows are in cells/*.csv.gz)", dir.display());
     }
-    tracing::info!("{}: some cells hold only summaries (committed results); results.csv is not written, summary.csv holds every cell", dir.display());
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use editbench_models::LanguageModel;
 use serde::{Deserialize, Serialize};
 
 use crate::output::{csv_bytes, ResultRow, RESULT_COLUMNS};
+use crate::provenance::Segment;
 use crate::sweep::Cell;
 
 /// Where a sequential cell keeps its checkpoint, and how many rounds this invocation may run.
@@ -46,6 +47,9 @@ pub struct Progress {
     pub rounds_done: usize,
     /// The rounds after which an earlier invocation stopped and this cell was resumed.
     pub resumed_after: Vec<usize>,
+    /// The provenance of each invocation that ran rounds of this cell, up to its checkpoint.
+    #[serde(default)]
+    pub segments: Vec<Segment>,
 }
 
 impl Progress {
@@ -68,7 +72,7 @@ pub fn save<B: Backend>(resume: &Resume, model: &LanguageModel<B>, session: &Edi
         ("rounds".to_string(), rounds.to_string()),
         ("progress".to_string(), serde_json::to_string(progress)?),
         ("rows".to_string(), String::from_utf8(csv_bytes(&progress.rows, Some(&RESULT_COLUMNS))?)?),
-        ("git_revision".to_string(), option_env!("EDITBENCH_GIT_REVISION").unwrap_or("unknown").to_string()),
+        ("git_revision".to_string(), crate::provenance::revision()),
     ]);
     Checkpoint::take(model, session, editor, notes)?.write(&resume.path)?;
     Ok(())

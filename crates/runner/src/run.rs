@@ -17,6 +17,7 @@ use editbench_editing::stats::{model_sha256, paragraphs, sampled_indices, StatsS
 use editbench_editing::targets::TargetCache;
 use editbench_editing::{EditRequest, EditSession, Editor};
 use editbench_datasets::rng::SplitMix64;
+use editbench_metrics::answers::{AnswerOptions, UneditedAnswers};
 use editbench_metrics::{evaluate, summarize, GenerationOptions, Metric, MetricRow, Stage, TfIdf};
 use editbench_models::{BackendKind, BackendTask, LanguageModel};
 use faer::Mat;
@@ -24,10 +25,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::provenance::{self, Segment};
 use crate::resume::{self, Progress, Resume};
 use crate::output::{
-    carry_summaries, cell_record_path, cell_rows_path, csv_bytes, final_rows, finished, read_csv, rebuild, summarized, write_atomic, CellRecord,
-    ResultRow, RESULT_COLUMNS,
+    carry_summaries, cell_record_path, final_rows, finished, read_cell_rows, rebuild, summarized, write_atomic, write_cell_rows, CellRecord, ResultRow,
 };
 use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
 
@@ -45,6 +46,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Rounds each sequential cell runs in this invocation before it is paused at a checkpoint.
     pub max_rounds: Option<usize>,
+    /// Let a binary built from changed code write into results/committed/ (recorded).
+    pub allow_dirty: bool,
 }
 
 /// Parses `I/N` (0 ≤ I < N).
@@ -83,7 +86,10 @@ fn manifest(plan: &Plan, opts: &RunOptions, sets: &[String], dataset_sha256: &st
         "cells": plan.cells,
         "shard": opts.shard.map(|(i, n)| format!("{i}/{n}")),
         "editbench_version": env!("CARGO_PKG_VERSION"),
-        "git_revision": option_env!("EDITBENCH_GIT_REVISION").unwrap_or("unknown"),
+        "git_revision": crate::provenance::revision(),
+        "git_commit": provenance::COMMIT,
+        "cargo_features": provenance::features(),
+        "allow_dirty": opts.allow_dirty,
         "models": plan.sweep.models.iter().zip(model_hashes).map(|(m, h)| json!({ "name": m.label(), "path": m.path.display().to_string(), "sha256": h })).collect::<Vec<_>>(),
         "dataset": { "path": plan.sweep.dataset.path.display().to_string(), "sha256": dataset_sha256 },
         "stats_cache_keys": stats_keys,
@@ -126,6 +132,7 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
         bail!("--jobs {}: cells run side by side on the cpu backend only (this sweep runs on {:?})", opts.jobs, plan.backend);
     }
     check_cell_ids(&plan, &opts.cells)?;
+    provenance::check_committed(&opts.out, opts.allow_dirty)?;
     let (records, dataset_sha256) = records(&plan)?;
     let model_hashes = plan.sweep.models.iter().map(|m| model_sha256(&m.path)).collect::<editbench_editing::Result<Vec<_>>>()?;
     let manifest_path = opts.out.join("manifest.json");
@@ -264,7 +271,7 @@ impl BackendTask for SweepTask<'_> {
             }
             let degradation = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref());
             let held_out = degradation.map(|d| held_out_texts(&model, plan, m, d, &opts.out.join("held-out").join(format!("{label}.json")))).transpose()?;
-            let pre = pre_rows(&model, plan, &opts.out.join("pre"), &key, &sampled(&self.records, self.scored.as_ref()), held_out.as_deref(), &mut seconds)?;
+            let (pre, unedited) = pre_rows(&model, plan, &opts.out.join("pre"), &key, &sampled(&self.records, self.scored.as_ref()), held_out.as_deref(), &mut seconds)?;
 
             let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
             layers.sort_unstable();
@@ -283,12 +290,13 @@ impl BackendTask for SweepTask<'_> {
                 label: &label,
                 records: &self.records,
                 // The generation options are each cell's (seeded by it).
-                eval: CellEval { pre: &pre, scored: self.scored.as_ref(), held_out: held_out.as_deref(), generation: None },
+                eval: CellEval { pre: &pre, scored: self.scored.as_ref(), held_out: held_out.as_deref(), generation: None, answers: answers(plan, &unedited) },
                 covariances: &covariances,
                 reference: reference.as_ref(),
                 templates: Mutex::new(HashMap::new()),
                 target_cache: Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK).persisted_in(opts.out.join("targets")))),
                 max_rounds: opts.max_rounds,
+                machine: (plan.backend.to_string(), format!("{device:?}"), opts.allow_dirty),
             };
             let mut finish = |cell: &Cell, record: Option<CellRecord>| -> Result<()> {
                 let Some(record) = record else {
@@ -343,6 +351,8 @@ struct CellContext<'a> {
     target_cache: Arc<Mutex<TargetCache>>,
     /// `--max-rounds`: rounds a sequential cell runs in this invocation.
     max_rounds: Option<usize>,
+    /// Backend, device and `--allow-dirty`, for each cell's provenance.
+    machine: (String, String, bool),
 }
 
 impl CellContext<'_> {
@@ -350,11 +360,13 @@ impl CellContext<'_> {
     /// (with the error where it failed); `None` when `--max-rounds` paused it.
     fn run<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> Option<CellRecord> {
         let started = Instant::now();
-        let result = self.edit_and_score::<B>(model, cell).and_then(|run| match run {
-            CellRun::Finished(rows, seconds, outcome) => {
-                write_atomic(&cell_rows_path(self.out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
+        let (backend, device, allow_dirty) = &self.machine;
+        let segment = Segment::begin(backend, device, None, *allow_dirty);
+        let result = self.edit_and_score::<B>(model, cell, segment.clone()).and_then(|run| match run {
+            CellRun::Finished(rows, seconds, outcome, provenance) => {
+                write_cell_rows(self.out, &cell.id, &rows)?;
                 tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows, self.plan.sweep.protocol));
-                Ok(Some((seconds, outcome)))
+                Ok(Some((seconds, outcome, provenance)))
             }
             CellRun::Paused(done) => {
                 tracing::info!("cell {} paused after round {done} (--max-rounds); a rerun continues it", cell.id);
@@ -362,16 +374,17 @@ impl CellContext<'_> {
             }
         });
         match result {
-            Ok(Some((seconds, outcome))) => Some(CellRecord { cell: cell.clone(), error: None, seconds, outcome }),
+            Ok(Some((seconds, outcome, provenance))) => Some(CellRecord { cell: cell.clone(), error: None, seconds, outcome, provenance }),
             Ok(None) => None,
             Err(e) => {
                 tracing::error!("cell {} ({} {} B={}) failed: {e:#}", cell.id, cell.method, cell.distribution, cell.batch_size);
-                Some(CellRecord { cell: cell.clone(), error: Some(format!("{e:#}")), seconds: [("total".to_string(), started.elapsed().as_secs_f64())].into(), outcome: json!(null) })
+                let seconds = [("total".to_string(), started.elapsed().as_secs_f64())].into();
+                Some(CellRecord { cell: cell.clone(), error: Some(format!("{e:#}")), seconds, outcome: json!(null), provenance: vec![segment.end(0)] })
             }
         }
     }
 
-    fn edit_and_score<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> Result<CellRun> {
+    fn edit_and_score<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell, segment: Segment) -> Result<CellRun> {
         let plan = self.plan;
         // ROME's templates differ from the others'; from a file, fixed or sampled per method.
         let h = &cell.hparams;
@@ -395,7 +408,7 @@ impl CellContext<'_> {
         let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates.clone(), covs.clone())?.with_target_cache(self.target_cache.clone()));
         let eval = CellEval { generation: generation.as_ref(), ..self.eval };
         let resume = (plan.sweep.protocol == Protocol::Sequential).then(|| Resume::new(self.out, cell, self.max_rounds));
-        run_cell::<B>(model, plan, cell, editor, self.records, &eval, resume.as_ref())
+        run_cell::<B>(model, plan, cell, editor, self.records, &eval, resume.as_ref(), segment)
     }
 }
 
@@ -460,23 +473,50 @@ fn final_scores(rows: &[ResultRow], protocol: Protocol) -> String {
     scores.join(", ")
 }
 
-/// The unedited model's rows, computed once per model and dataset (`key`) and kept in `dir`.
-fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, dir: &Path, key: &str, records: &[Record], held_out: Option<&[Vec<u32>]>, seconds: &mut BTreeMap<String, f64>) -> Result<Vec<MetricRow>> {
+/// The generated-answer options of a sweep, with the unedited model's answers.
+fn answers<'a>(plan: &'a Plan, unedited: &'a UneditedAnswers) -> Option<(&'a AnswerOptions, &'a UneditedAnswers)> {
+    plan.sweep.eval.as_ref().and_then(|e| e.answers.as_ref()).map(|o| (o, unedited))
+}
+
+/// The unedited model's rows and its answers to the neighborhood prompts (with `eval.answers`),
+/// computed once per model and dataset (`key`) and kept in `dir`.
+fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, dir: &Path, key: &str, records: &[Record], held_out: Option<&[Vec<u32>]>, seconds: &mut BTreeMap<String, f64>) -> Result<(Vec<MetricRow>, UneditedAnswers)> {
     let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: 0, batch: 32, reference: None });
     let path = dir.join(format!("{key}{}.json", if generation.is_some() { "-gen" } else { "" }));
+    let answers_path = dir.join(format!("{key}-answers.json"));
     if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(rows) = serde_json::from_str::<Vec<MetricRow>>(&text) {
-            return Ok(rows);
+        let unedited = std::fs::read_to_string(&answers_path).ok().and_then(|t| serde_json::from_str::<UneditedAnswers>(&t).ok());
+        let wanted = plan.sweep.eval.as_ref().is_some_and(|e| e.answers.is_some());
+        match (serde_json::from_str::<Vec<MetricRow>>(&text), unedited) {
+            (Ok(rows), Some(unedited)) => return Ok((rows, unedited)),
+            (Ok(rows), None) if !wanted => return Ok((rows, UneditedAnswers::new())),
+            _ => tracing::warn!("{}: unreadable or incomplete; recomputing the unedited model's scores", path.display()),
         }
-        tracing::warn!("{}: unreadable; recomputing the unedited model's scores", path.display());
     }
     let t = Instant::now();
     let mut rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Pre, generation.as_ref())?;
+    let mut unedited = UneditedAnswers::new();
+    if let Some(options) = plan.sweep.eval.as_ref().and_then(|e| e.answers.as_ref()) {
+        let (answer_rows, answers) = editbench_metrics::answers::answer_rows(model, records, Stage::Pre, options, None)?;
+        rows.extend(answer_rows);
+        unedited = answers;
+        write_atomic(&answers_path, serde_json::to_string(&unedited)?.as_bytes())?;
+    }
     if let Some(texts) = held_out {
         rows.push(MetricRow { case_id: 0, stage: Stage::Pre, metric: Metric::PPL, value: perplexity(model, texts)? });
     }
     seconds.insert("eval_pre".into(), t.elapsed().as_secs_f64());
     write_atomic(&path, serde_json::to_string(&rows)?.as_bytes())?;
+    Ok((rows, unedited))
+}
+
+/// Every post-edit score of `records` on the edited `model`: teacher-forced (and the generation
+/// tests), and the generated answers with `eval.answers`.
+fn post_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, records: &[Record], eval: &CellEval) -> Result<Vec<MetricRow>> {
+    let mut rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Post, eval.generation)?;
+    if let Some((options, unedited)) = eval.answers {
+        rows.extend(editbench_metrics::answers::answer_rows(model, records, Stage::Post, options, Some(unedited))?.0);
+    }
     Ok(rows)
 }
 
@@ -490,6 +530,8 @@ struct CellEval<'a> {
     /// Tokenized held-out texts: perplexity and update norms are measured when given.
     held_out: Option<&'a [Vec<u32>]>,
     generation: Option<&'a GenerationOptions>,
+    /// Generated-answer options and the unedited model's neighborhood answers.
+    answers: Option<(&'a AnswerOptions, &'a UneditedAnswers)>,
 }
 
 /// The rounds after which degradation is measured: in the independent protocol (each batch is its
@@ -520,8 +562,9 @@ fn degradation_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>,
 
 /// How a cell's run ended.
 enum CellRun {
-    /// Every round done: the rows, seconds per phase and the solver's outcome.
-    Finished(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value),
+    /// Every round done: the rows, seconds per phase, the solver's outcome and the provenance of
+    /// each segment that ran it.
+    Finished(Vec<ResultRow>, BTreeMap<String, f64>, serde_json::Value, Vec<Segment>),
     /// A sequential cell stopped by `--max-rounds` after this many rounds, saved in its checkpoint.
     Paused(usize),
 }
@@ -537,6 +580,7 @@ fn run_cell<B: AutodiffBackend>(
     records: &[Record],
     eval: &CellEval,
     resume: Option<&Resume>,
+    segment: Segment,
 ) -> Result<CellRun> {
     let rounds: Vec<&[Record]> = records.chunks(cell.batch_size).collect();
     let mut session = EditSession::default();
@@ -546,6 +590,7 @@ fn run_cell<B: AutodiffBackend>(
         None => None,
     };
     let mut progress = restored.unwrap_or_else(|| Progress::new(eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect()));
+    let segment = Segment { rounds: resume.map(|_| [progress.rounds_done; 2]), ..segment };
     let measured = degradation_rounds(plan, cell, &rounds, eval.scored);
     let independent = plan.sweep.protocol == Protocol::Independent;
     let mut skipped = 0;
@@ -584,7 +629,7 @@ fn run_cell<B: AutodiffBackend>(
             if let Some(scored) = scored {
                 let sampled = sampled(scored, eval.scored);
                 if !sampled.is_empty() {
-                    progress.rows.extend(evaluate(&*model, plan.sweep.dataset.kind, &sampled, Stage::Post, eval.generation)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                    progress.rows.extend(post_rows(&*model, plan, &sampled, eval)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
                 }
             }
             if let (Some(texts), true) = (eval.held_out, measured.contains(&r)) {
@@ -596,7 +641,12 @@ fn run_cell<B: AutodiffBackend>(
                 session.revert(model);
                 editor = new_editor()?;
             } else if let (Some(resume), true) = (resume, r + 1 < rounds.len()) {
-                resume::save(resume, model, &session, &editor, cell, rounds.len(), &progress)?;
+                // The checkpoint lists this invocation too, up to now: a resumed cell names
+                // every invocation that ran its rounds.
+                progress.segments.push(segment.clone().end(r + 1));
+                let saved = resume::save(resume, model, &session, &editor, cell, rounds.len(), &progress);
+                progress.segments.pop();
+                saved?;
                 let took = round_started.elapsed().as_secs_f64();
                 tracing::info!("cell {}: round {} of {} done in {took:.0} s (target search {seconds_targets:.0} s, \
                     {steps:.1} Adam steps per edit); checkpoint saved", cell.id, r + 1, rounds.len());
@@ -613,12 +663,13 @@ fn run_cell<B: AutodiffBackend>(
     if paused {
         return Ok(CellRun::Paused(progress.rounds_done));
     }
+    progress.segments.push(segment.end(progress.rounds_done));
     if let Some(resume) = resume.filter(|r| r.path.is_file()) {
         std::fs::remove_file(&resume.path).with_context(|| format!("removing {}", resume.path.display()))?;
     }
     let outcome = json!({ "adam_steps": progress.steps, "max_condition_estimate": progress.condition, "used_pseudo_inverse": progress.pinv, "skipped_batches": skipped,
                           "threads": rayon::current_num_threads(), "resumed_after_rounds": progress.resumed_after });
-    Ok(CellRun::Finished(progress.rows, progress.seconds, outcome))
+    Ok(CellRun::Finished(progress.rows, progress.seconds, outcome, progress.segments))
 }
 
 /// Whether `out` holds anything a run produced: a finished cell or the unedited model's scores.
@@ -641,21 +692,45 @@ fn refuse_other_results(out: &Path, manifest: &serde_json::Value) -> Result<()> 
     Ok(())
 }
 
+/// Rebuilds the aggregates of a results directory from its raw rows (what `editbench report` does
+/// first); a directory with none (committed before rows were kept) is left as it is.
+pub fn rebuild_from_rows(dir: &Path) -> Result<()> {
+    let manifest = read_manifest(dir)?;
+    let cells: Vec<Cell> = serde_json::from_value(manifest["cells"].clone()).context("manifest cells")?;
+    if !cells.iter().any(|c| finished(dir, &c.id).is_some()) {
+        return Ok(());
+    }
+    let protocol = serde_json::from_value(manifest["sweep"]["protocol"].clone()).context("manifest sweep protocol")?;
+    rebuild(dir, &cells, protocol)?;
+    Ok(())
+}
+
+/// What a merged manifest keeps of one source: its directory, revision, machine and, where it
+/// was itself a merge, its own sources.
+fn source_provenance(dir: &Path, m: &serde_json::Value) -> serde_json::Value {
+    let keep = ["git_revision", "git_commit", "editbench_version", "cargo_features", "backend", "machine", "allow_dirty", "shard", "sources"];
+    let mut out = json!({ "dir": dir.display().to_string() });
+    for k in keep.iter().filter(|k| !m[**k].is_null()) {
+        out[*k] = m[*k].clone();
+    }
+    out
+}
+
+fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
+    let p = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
 /// `editbench merge`: copies the cells of shard directories into `out` and rebuilds the
 /// aggregates; the shards must come from the same sweep. A directory of committed results (cells
 /// with only their summaries) is merged too: its cells' aggregate lines are carried over.
-pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
+pub fn merge(out: &Path, dirs: &[PathBuf], allow_dirty: bool) -> Result<()> {
     if dirs.is_empty() {
         bail!("merge: give at least one results directory");
     }
-    let manifests: Vec<serde_json::Value> = dirs
-        .iter()
-        .map(|d| {
-            let p = d.join("manifest.json");
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
-        })
-        .collect::<Result<_>>()?;
+    provenance::check_committed(out, allow_dirty)?;
+    let manifests: Vec<serde_json::Value> = dirs.iter().map(|d| read_manifest(d)).collect::<Result<_>>()?;
     for (d, m) in dirs.iter().zip(&manifests).skip(1) {
         if identity(m) != identity(&manifests[0]) {
             bail!("merge: {} is from another sweep than {} (sweep file, --set, cells, models or dataset differ)", d.display(), dirs[0].display());
@@ -669,6 +744,10 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
     keys.dedup();
     merged["stats_cache_keys"] = json!(keys);
     merged["merged_from"] = json!(dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>());
+    // Every source's provenance: the revision and machine each part of the merge ran on.
+    let sources = dirs.iter().zip(&manifests).map(|(d, m)| source_provenance(d, m)).collect::<Vec<_>>();
+    merged["sources"] = json!(sources);
+    merged["merged_by"] = json!({ "git_revision": provenance::revision(), "allow_dirty": allow_dirty });
     for d in dirs {
         for sub in ["shared", "held-out"] {
             for entry in std::fs::read_dir(d.join(sub)).into_iter().flatten().flatten() {
@@ -683,8 +762,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
         let with_rows = dirs.iter().position(|d| finished(d, &cell.id).is_some());
         let Some(i) = with_rows.or_else(|| summarized.iter().position(|ids| ids.contains(&cell.id.as_str()))) else { continue };
         if with_rows.is_some() {
-            let rows: Vec<ResultRow> = read_csv(&cell_rows_path(&dirs[i], &cell.id))?;
-            write_atomic(&cell_rows_path(out, &cell.id), &csv_bytes(&rows, Some(&RESULT_COLUMNS))?)?;
+            write_cell_rows(out, &cell.id, &read_cell_rows(&dirs[i], &cell.id)?)?;
         } else {
             carried[i].push(&cell.id);
         }

@@ -66,6 +66,10 @@ pub struct EvalSpec {
     /// DWREL), measured after the edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degradation: Option<DegradationSpec>,
+    /// Generated-answer scores (`gen_*`): each prompt answered greedily by the model, beside the
+    /// teacher-forced ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<editbench_metrics::answers::AnswerOptions>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -401,8 +405,8 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
             bail!("{}: eval.degradation.path: no such file {}", at("eval.degradation"), path.display());
         }
     }
-    if s.generation.is_some() && s.dataset.kind == DatasetKind::Zsre {
-        bail!("{}: generation tests are CounterFact's; zsRE has no generation prompts", at("generation"));
+    if s.generation.is_some() && matches!(s.dataset.kind, DatasetKind::Zsre | DatasetKind::Qaedit) {
+        bail!("{}: generation tests are CounterFact's; {} has no generation prompts", at("generation"), s.dataset.kind.name());
     }
     Ok(())
 }

@@ -110,7 +110,7 @@ fn manifest<B: burn::tensor::backend::Backend>(a: &TraceArgs, dataset_sha256: &s
         "dataset": a.dataset, "dataset_sha256": dataset_sha256, "records": a.n,
         "window": a.window, "noise_multiple": a.noise, "embedding_std": unit, "noise_std": a.noise * unit,
         "samples": a.samples, "seed": a.seed,
-        "git_revision": option_env!("EDITBENCH_GIT_REVISION").unwrap_or("unknown"),
+        "git_revision": crate::provenance::revision(),
     })
 }
 

@@ -34,6 +34,13 @@ fn tiny_sweep(dir: &Path) -> PathBuf {
     path
 }
 
+/// Every raw row of a results directory as one CSV (`editbench rows`).
+fn raw_rows(dir: &Path) -> String {
+    let o = run(&["rows", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -163,7 +170,7 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     std::fs::write(full.join("manifest.json"), r#"{"sweep_sha256": "0", "cells": []}"#).unwrap();
     tiny_run(&sweep, &full, &[], None);
 
-    let results = read(&full.join("results.csv"));
+    let results = raw_rows(&full);
     let mut lines = results.lines();
     assert_eq!(lines.next(), Some("cell_id,model,method,distribution,layers,batch_size,n_edits,seed,round,case_id,stage,metric,value"));
     // 4 cells × 2 records × 9 metrics × (pre + post).
@@ -184,6 +191,22 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     assert_eq!(manifest["models"][0]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(manifest["stats_cache_keys"].as_array().unwrap().len(), 1);
     assert!(manifest["git_revision"].as_str().is_some());
+    // Every cell names the build and machine that ran it.
+    for record in cell_records(&full) {
+        let segments = record["provenance"].as_array().expect("provenance");
+        assert_eq!(segments.len(), 1, "{record}");
+        let s = &segments[0];
+        assert_eq!(s["commit"].as_str().unwrap().len(), 40, "{s}");
+        assert_eq!(s["dirty"].as_bool().unwrap(), s["diff_sha256"].is_string(), "{s}");
+        assert_eq!(s["backend"].as_str(), Some("cpu"), "{s}");
+        assert!(s["started"].as_str().unwrap() <= s["ended"].as_str().unwrap(), "{s}");
+        assert!(!s["cpu"].as_str().unwrap().is_empty() && s["threads"].as_u64().unwrap() >= 1, "{s}");
+    }
+    // The report rebuilds the aggregates from the raw rows: damaged aggregates come back exact.
+    std::fs::write(full.join("summary.csv"), "damaged").unwrap();
+    let o = run(&["report", full.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(&full.join("summary.csv")), summary, "summary rebuilt from raw rows");
 
     // Killed right after the unedited scores were written, then after the first target vectors,
     // then after the first cell, each time rerun: nothing lost, nothing duplicated, same bytes.
@@ -199,11 +222,11 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
         assert!(count(&resumed.join("cells"), "json") < 4, "{point}: the sweep had finished");
     }
     tiny_run(&sweep, &resumed, &[], None);
-    assert_eq!(read(&resumed.join("results.csv")), results, "resumed run differs");
+    assert_eq!(raw_rows(&resumed), results, "resumed run differs");
     assert_eq!(read(&resumed.join("summary.csv")), summary, "resumed summary differs");
     // A rerun of a finished sweep does no work and changes nothing.
     tiny_run(&sweep, &resumed, &[], None);
-    assert_eq!(read(&resumed.join("results.csv")), results);
+    assert_eq!(raw_rows(&resumed), results);
 
     // Two shards merged equal the unsharded run.
     let shards = [dir.path().join("s0"), dir.path().join("s1")];
@@ -212,12 +235,12 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     let merged = dir.path().join("merged");
     let o = run(&["merge", "--out", merged.to_str().unwrap(), shards[0].to_str().unwrap(), shards[1].to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(read(&merged.join("results.csv")), results, "merged shards differ from the full run");
+    assert_eq!(raw_rows(&merged), results, "merged shards differ from the full run");
     assert_eq!(read(&merged.join("summary.csv")), summary);
 
-    // Committed results keep only cells/*.json and the aggregates (per-record rows are too large
-    // for git): such a directory merges with a shard into every cell's summaries, without a
-    // results.csv that would miss its cells, and a run into the merged directory has nothing to do.
+    // Results committed before raw rows were kept hold only cells/*.json and the aggregates: such
+    // a directory merges with a shard into every cell's summaries, and a run into the merged
+    // directory has nothing to do.
     let committed = dir.path().join("committed");
     std::fs::create_dir_all(committed.join("cells")).unwrap();
     for file in ["manifest.json", "summary.csv", "timings.csv"] {
@@ -252,7 +275,7 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     let o = run(&["run", sweep.to_str().unwrap(), "--out", picked.to_str().unwrap(), "--cells", "nosuchcell"]);
     assert!(stderr(&o).contains("--cells nosuchcell: no such cell"), "{}", stderr(&o));
     tiny_run(&sweep, &picked, &[], None);
-    assert_eq!(read(&picked.join("results.csv")), results, "a run in two selections differs");
+    assert_eq!(raw_rows(&picked), results, "a run in two selections differs");
 
     // Two cells at a time, each on one thread: the same scores up to float rounding (a lone pass
     // instead of two side by side), every cell recorded as run on one thread.
@@ -308,7 +331,7 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     let failed = cell_records(&out);
     assert_eq!(failed.len(), 2, "both cells ran");
     assert!(failed.iter().all(|r| r["error"].as_str().unwrap().contains("no eigenvalue of C at layer 4 is below nullspace_threshold")), "{failed:?}");
-    assert_eq!(read(&out.join("results.csv")).lines().count(), 1, "no rows from failed cells");
+    assert_eq!(raw_rows(&out), "", "no rows from failed cells");
 
     let out = dir.path().join("paired");
     let o = run(&["run", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"]);
@@ -336,7 +359,7 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
         "--set", "eval={sample: {n: 1, seed: 3}, degradation: {texts: 3, max_length: 16, batches: 1}}",
     ];
     tiny_run(&sweep, &out, &sets, None);
-    let results = read(&out.join("results.csv"));
+    let results = raw_rows(&out);
     let rows: Vec<Vec<&str>> = results.lines().skip(1).map(|l| l.split(',').collect()).collect();
     let cases: std::collections::BTreeSet<&str> = rows.iter().filter(|r| r[11] != "PPL" && !r[11].starts_with("DW")).map(|r| r[9]).collect();
     assert_eq!(cases.len(), 1, "one sampled record scored: {cases:?}");
@@ -359,7 +382,7 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     assert_eq!(cells.len(), 1);
     assert_eq!(cells[0]["outcome"]["skipped_batches"], 1, "{}", cells[0]["outcome"]);
     assert_eq!(cells[0]["outcome"]["adam_steps"].as_array().unwrap().len(), 1, "one edit searched");
-    let post = |dir: &Path| read(&dir.join("results.csv")).lines().filter(|l| l.contains(",post,") && !l.contains("PPL") && !l.contains(",DW")).map(|l| l.split(',').skip(9).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    let post = |dir: &Path| raw_rows(dir).lines().filter(|l| l.contains(",post,") && !l.contains("PPL") && !l.contains(",DW")).map(|l| l.split(',').skip(9).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
     assert_eq!(post(&only_sample), post(&out), "the sampled record scores the same");
     // `first: true` scores the first record; degradation is measured after its batch only, and
     // the other batch is not edited.
@@ -368,14 +391,14 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     tiny_run(&sweep, &first, &sets, None);
     let dataset: serde_json::Value = serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json"))).unwrap();
     let first_case = dataset[0]["case_id"].to_string();
-    let results = read(&first.join("results.csv"));
+    let results = raw_rows(&first);
     let scored: std::collections::BTreeSet<&str> = results.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|r| r[11] == "ES").map(|r| r[9]).collect();
     assert_eq!(scored, [first_case.as_str()].into(), "{results}");
     assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 1, "PPL after the one scored batch");
     let cell = cell_records(&first).remove(0);
     assert_eq!(cell["outcome"]["skipped_batches"], 1, "{}", cell["outcome"]);
-    // Without results.csv (as committed where the per-record rows are too large for git), the
-    // report reads the same tables from summary.csv.
+    // Without raw rows (runs committed before they were kept), the report reads the same tables
+    // from summary.csv.
     let summaries = dir.path().join("summaries-only");
     std::fs::create_dir(&summaries).unwrap();
     for file in ["manifest.json", "summary.csv", "timings.csv"] {
@@ -407,12 +430,12 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     ];
     let unbroken = dir.path().join("unbroken");
     tiny_run(&sweep, &unbroken, &sets, None);
-    let results = read(&unbroken.join("results.csv"));
+    let results = raw_rows(&unbroken);
     assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 3, "PPL after every round: {results}");
     let checkpoints = |out: &Path| count(&out.join("checkpoints"), "safetensors");
     assert_eq!(checkpoints(&unbroken), 0, "a finished cell leaves no checkpoint");
-    // curves.csv has each round's summaries; with summary.csv alone (as committed) the report
-    // draws the curves results.csv gives.
+    // curves.csv has each round's summaries; with summary.csv alone (as committed before raw rows
+    // were kept) the report draws the curves the raw rows give.
     let curves = read(&unbroken.join("curves.csv"));
     assert_eq!(curves.lines().filter(|l| l.contains(",PPL,")).count(), 3, "{curves}");
     let summaries = dir.path().join("summaries-only");
@@ -440,15 +463,19 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
         assert_eq!((count(&paused.join("cells"), "json"), checkpoints(&paused)), (0, 1), "after round {round}");
     }
     tiny_run(&sweep, &paused, &sets, None);
-    assert_eq!(read(&paused.join("results.csv")), results, "paused and resumed run differs");
+    assert_eq!(raw_rows(&paused), results, "paused and resumed run differs");
     assert_eq!(cell_records(&paused)[0]["outcome"]["resumed_after_rounds"], serde_json::json!([1, 2]));
+    // One provenance segment per invocation, with the rounds each ran.
+    let segments = cell_records(&paused)[0]["provenance"].clone();
+    let rounds: Vec<serde_json::Value> = segments.as_array().unwrap().iter().map(|s| s["rounds"].clone()).collect();
+    assert_eq!(rounds, [serde_json::json!([0, 1]), serde_json::json!([1, 2]), serde_json::json!([2, 3])], "{segments}");
     assert_eq!(checkpoints(&paused), 0);
 
     // Killed as soon as the first checkpoint is written.
     let killed = dir.path().join("killed");
     tiny_run(&sweep, &killed, &sets, Some(&|o: &Path| checkpoints(o) > 0));
     tiny_run(&sweep, &killed, &sets, None);
-    assert_eq!(read(&killed.join("results.csv")), results, "killed and resumed run differs");
+    assert_eq!(raw_rows(&killed), results, "killed and resumed run differs");
 
     // A damaged checkpoint is set aside and the cell starts over.
     let damaged = dir.path().join("damaged");
@@ -457,7 +484,7 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 8]).unwrap();
     tiny_run(&sweep, &damaged, &sets, None);
-    assert_eq!(read(&damaged.join("results.csv")), results, "restarted run differs");
+    assert_eq!(raw_rows(&damaged), results, "restarted run differs");
     assert_eq!(count(&damaged.join("checkpoints"), "unusable"), 1);
     assert_eq!(cell_records(&damaged)[0]["outcome"]["resumed_after_rounds"], serde_json::json!([]));
 }
