@@ -101,6 +101,12 @@ pub enum BenchCommand {
         /// Records whose generation prompts are also sampled (0: none).
         #[arg(long, default_value_t = 2)]
         generation: usize,
+        /// Generated answers: prompts continued together.
+        #[arg(long, default_value_t = AnswerOptions::default().batch)]
+        answer_batch: usize,
+        /// Generated answers: token budget of an answer.
+        #[arg(long, default_value_t = AnswerOptions::default().max_new_tokens)]
+        answer_tokens: usize,
         #[command(flatten)]
         out: Out,
     },
@@ -150,7 +156,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, mpes, out } => {
             (with_backend(&model, TargetsBench { model: model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
         }
-        BenchCommand::Eval { model, records, n, generation, out } => (with_backend(&model, EvalBench { model: model.clone(), records, n, generation })?, out),
+        BenchCommand::Eval { model, records, n, generation, answer_batch, answer_tokens, out } => {
+            let answers = AnswerOptions { batch: answer_batch, max_new_tokens: answer_tokens };
+            (with_backend(&model, EvalBench { model: model.clone(), records, n, generation, answers })?, out)
+        }
         BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
         BenchCommand::Dtype(args) => (with_backend(&args.model, args.task())?, args.out),
         BenchCommand::Rows(args) => (with_backend(&args.model, args.task())?, args.out),
@@ -377,6 +386,7 @@ struct EvalBench {
     records: PathBuf,
     n: usize,
     generation: usize,
+    answers: AnswerOptions,
 }
 
 impl BackendTask for EvalBench {
@@ -396,7 +406,7 @@ impl BackendTask for EvalBench {
         let generation = generation_rows(&model, tested, Stage::Pre, &GenerationOptions::default())?;
         let generation_seconds = t.elapsed().as_secs_f64();
         let texts: usize = tested.iter().map(|r| r.generation_prompts.len()).sum();
-        let options = AnswerOptions::default();
+        let options = self.answers.clone();
         let t = Instant::now();
         let (answer_rows, _) = editbench_metrics::answers::answer_rows(&model, &records, Stage::Pre, &options, None)?;
         let answering = t.elapsed().as_secs_f64();
