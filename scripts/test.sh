@@ -33,4 +33,4 @@ fi
 scripts/fetch_smollm2.sh
 
 # The cuda backend is compiled (it needs no GPU or CUDA toolkit to build) but not run here.
-cargo test --release --workspace --features editbench/wgpu,editbench/cuda "$@"
+cargo test --release --workspace --no-fail-fast --features editbench/wgpu,editbench/cuda "$@"

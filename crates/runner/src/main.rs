@@ -6,6 +6,7 @@ mod bench_all;
 mod bench_dtype;
 mod bench_rows;
 mod bench_scale;
+mod docs;
 mod edit;
 mod memory;
 mod output;
@@ -168,6 +169,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fill the generated blocks of the documentation (`<!-- editbench:include FILE -->` …
+    /// `<!-- editbench:end -->`) from the result files they name.
+    Docs {
+        /// Only report the documents whose blocks differ from their files (exit 1 if any).
+        #[arg(long)]
+        check: bool,
+        /// Documents (default: README.md and docs/*.md).
+        files: Vec<PathBuf>,
+    },
     /// Print the raw rows of a results directory (every cell's cells/<id>.csv.gz, in grid order)
     /// as one CSV on stdout, e.g. for pandas.
     Rows {
@@ -250,6 +260,17 @@ fn run(cli: Cli) -> Result<()> {
             output::write_atomic(&out.join("claims.md"), markdown.as_bytes())?;
             output::write_atomic(&out.join("claims.json"), serde_json::to_string_pretty(&claims)?.as_bytes())?;
             print!("{markdown}");
+        }
+        Command::Docs { check, files } => {
+            let root = PathBuf::from(".");
+            let files = if files.is_empty() { docs::default_documents(&root) } else { files };
+            let differ = docs::run(&files, &root, check)?;
+            for doc in &differ {
+                eprintln!("{}: {}", doc.display(), if check { "generated blocks differ from their files (run `editbench docs`)" } else { "updated" });
+            }
+            if check && !differ.is_empty() {
+                anyhow::bail!("{} document(s) out of date", differ.len());
+            }
         }
         Command::Rows { dir } => {
             use std::io::Write;

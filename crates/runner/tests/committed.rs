@@ -79,3 +79,10 @@ fn every_committed_run_is_rebuilt_from_its_raw_rows() {
         }
     }
 }
+
+/// The generated blocks of README.md and docs/*.md equal the result files they name.
+#[test]
+fn generated_documentation_blocks_are_up_to_date() {
+    let o = Command::new(env!("CARGO_BIN_EXE_editbench")).args(["docs", "--check"]).current_dir(root()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
