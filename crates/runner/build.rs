@@ -14,7 +14,15 @@ fn git(args: &[&str]) -> Option<Vec<u8>> {
 }
 
 fn main() {
-    for path in ["../../.git/HEAD", "../../.git/index", "../../.git/refs", "../../crates", "../../vendor", "../../Cargo.toml", "../../Cargo.lock"] {
+    for path in [
+        "../../.git/HEAD",
+        "../../.git/index",
+        "../../.git/refs",
+        "../../crates",
+        "../../vendor",
+        "../../Cargo.toml",
+        "../../Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
     let Some(commit) = git(&["rev-parse", "HEAD"]) else { return };
@@ -29,13 +37,21 @@ fn main() {
     hash.update(&diff);
     for name in untracked.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         hash.update(name);
-        hash.update(std::fs::read(std::path::Path::new("../..").join(String::from_utf8_lossy(name).as_ref())).unwrap_or_default());
+        hash.update(
+            std::fs::read(
+                std::path::Path::new("../..").join(String::from_utf8_lossy(name).as_ref()),
+            )
+            .unwrap_or_default(),
+        );
     }
     let dirty = !diff.is_empty() || !untracked.is_empty();
     let short = &commit[..commit.len().min(12)];
     println!("cargo:rustc-env=EDITBENCH_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=EDITBENCH_GIT_DIRTY={dirty}");
-    println!("cargo:rustc-env=EDITBENCH_GIT_DIFF_SHA256={}", if dirty { hex(&hash.finalize()) } else { String::new() });
+    println!(
+        "cargo:rustc-env=EDITBENCH_GIT_DIFF_SHA256={}",
+        if dirty { hex(&hash.finalize()) } else { String::new() }
+    );
     println!("cargo:rustc-env=EDITBENCH_GIT_REVISION={short}{}", if dirty { "-dirty" } else { "" });
 }
 

@@ -46,7 +46,10 @@ pub struct DatasetSource {
 const PUBLISHED: [(&str, &str); 4] = [
     ("counterfact.json", "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9fc6f"),
     ("counterfact_dev.json", "73ae24aca529de3d6c72841095d6e140b84d3d7e35618f7406979182479b38df"),
-    ("counterfact_easyedit.json", "91781adf8bfa17b59bb7e1289734f8a5ff0fce7f1fbb6803207f9b884d5d3992"),
+    (
+        "counterfact_easyedit.json",
+        "91781adf8bfa17b59bb7e1289734f8a5ff0fce7f1fbb6803207f9b884d5d3992",
+    ),
     ("zsre_mend_train_1k.json", "99cc940a952bef3cb83f0f46384934c0b7084d658be82ab41c939998f2e1c63f"),
 ];
 
@@ -82,15 +85,25 @@ pub fn load(source: &DatasetSource) -> Result<Dataset> {
         }
     }
     if let Some(published) = published_sha256(path).filter(|h| *h != sha256) {
-        tracing::warn!("{}: sha256 {sha256} differs from the published file of that name ({published})", path.display());
+        tracing::warn!(
+            "{}: sha256 {sha256} differs from the published file of that name ({published})",
+            path.display()
+        );
     }
-    let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| DataError::file(path, format!("not a JSON array of records: {e}")))?;
+    let items: Vec<Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| DataError::file(path, format!("not a JSON array of records: {e}")))?;
     let format = match source.format {
         Some(f) => f,
         None => detect(items.first()).ok_or_else(|| DataError::file(path, "cannot tell the format from the first record (expected `requested_rewrite` (rome), `src`+`answers` (mend), `prompt`+`target_new` (easyedit) or `prompt`+`target`+`locality` (qaedit)); set `format`"))?,
     };
     if format == Format::Mend && source.kind != DatasetKind::Zsre {
-        return Err(DataError::file(path, format!("MEND-format records are zsRE, but the dataset kind is `{}`", source.kind.name())));
+        return Err(DataError::file(
+            path,
+            format!(
+                "MEND-format records are zsRE, but the dataset kind is `{}`",
+                source.kind.name()
+            ),
+        ));
     }
     let records = items
         .iter()
@@ -103,7 +116,12 @@ pub fn load(source: &DatasetSource) -> Result<Dataset> {
                 Format::Easyedit => easyedit(&fields, index),
                 Format::Qaedit => qaedit(&fields, index),
             };
-            record.map_err(|message| DataError::Record { path: path.to_path_buf(), index, case_id: item.get("case_id").and_then(Value::as_u64), message })
+            record.map_err(|message| DataError::Record {
+                path: path.to_path_buf(),
+                index,
+                case_id: item.get("case_id").and_then(Value::as_u64),
+                message,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Dataset { kind: source.kind, records, sha256 })
@@ -133,7 +151,9 @@ type FieldResult<T> = std::result::Result<T, String>;
 
 impl Fields<'_> {
     fn value(&self, path: &str) -> FieldResult<&Value> {
-        path.split('.').try_fold(self.item, |v, key| v.get(key).ok_or_else(|| format!("missing field `{path}`")))
+        path.split('.').try_fold(self.item, |v, key| {
+            v.get(key).ok_or_else(|| format!("missing field `{path}`"))
+        })
     }
 
     fn string(&self, path: &str) -> FieldResult<String> {
@@ -144,8 +164,17 @@ impl Fields<'_> {
     }
 
     fn strings(&self, path: &str) -> FieldResult<Vec<String>> {
-        let Value::Array(items) = self.value(path)? else { return Err(format!("field `{path}` must be a list of strings")) };
-        items.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("field `{path}` must be a list of strings, found {v}"))).collect()
+        let Value::Array(items) = self.value(path)? else {
+            return Err(format!("field `{path}` must be a list of strings"));
+        };
+        items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("field `{path}` must be a list of strings, found {v}"))
+            })
+            .collect()
     }
 
     fn optional_string(&self, path: &str) -> FieldResult<Option<String>> {
@@ -158,7 +187,9 @@ impl Fields<'_> {
     fn case_id(&self, index: usize) -> FieldResult<u64> {
         match self.item.get("case_id") {
             None => Ok(index as u64),
-            Some(v) => v.as_u64().ok_or_else(|| format!("field `case_id` must be a non-negative integer, found {v}")),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                format!("field `case_id` must be a non-negative integer, found {v}")
+            }),
         }
     }
 }
@@ -187,20 +218,34 @@ fn non_empty(value: String, field: &str) -> FieldResult<String> {
 
 fn rome(f: &Fields) -> FieldResult<Record> {
     let subject = f.string("requested_rewrite.subject")?;
-    let prompt = template(&f.string("requested_rewrite.prompt")?, &subject, "requested_rewrite.prompt")?;
-    let target_true = non_empty(f.string("requested_rewrite.target_true.str")?, "requested_rewrite.target_true.str")?;
+    let prompt =
+        template(&f.string("requested_rewrite.prompt")?, &subject, "requested_rewrite.prompt")?;
+    let target_true = non_empty(
+        f.string("requested_rewrite.target_true.str")?,
+        "requested_rewrite.target_true.str",
+    )?;
     Ok(Record {
-        case_id: f.value("case_id")?.as_u64().ok_or("field `case_id` must be a non-negative integer")?,
+        case_id: f
+            .value("case_id")?
+            .as_u64()
+            .ok_or("field `case_id` must be a non-negative integer")?,
         rewrite: Rewrite {
             prompt,
             subject,
             relation_id: f.optional_string("requested_rewrite.relation_id")?,
-            target_new: non_empty(f.string("requested_rewrite.target_new.str")?, "requested_rewrite.target_new.str")?,
+            target_new: non_empty(
+                f.string("requested_rewrite.target_new.str")?,
+                "requested_rewrite.target_new.str",
+            )?,
             target_new_id: f.optional_string("requested_rewrite.target_new.id")?,
             target_true: target_true.clone(),
         },
         paraphrase_prompts: f.strings("paraphrase_prompts")?,
-        neighborhood: f.strings("neighborhood_prompts")?.into_iter().map(|prompt| Probe { prompt, answer: target_true.clone() }).collect(),
+        neighborhood: f
+            .strings("neighborhood_prompts")?
+            .into_iter()
+            .map(|prompt| Probe { prompt, answer: target_true.clone() })
+            .collect(),
         attribute_prompts: f.strings("attribute_prompts").unwrap_or_default(),
         generation_prompts: f.strings("generation_prompts").unwrap_or_default(),
     })
@@ -212,7 +257,10 @@ fn rome(f: &Fields) -> FieldResult<Record> {
 fn mend(f: &Fields, index: usize) -> FieldResult<Record> {
     let subject = f.string("subject")?;
     let answers = f.strings("answers")?;
-    let answer = answers.first().filter(|a| !a.trim().is_empty()).ok_or("field `answers` must hold a non-empty first answer")?;
+    let answer = answers
+        .first()
+        .filter(|a| !a.trim().is_empty())
+        .ok_or("field `answers` must hold a non-empty first answer")?;
     Ok(Record {
         case_id: f.case_id(index)?,
         rewrite: Rewrite {
@@ -224,7 +272,10 @@ fn mend(f: &Fields, index: usize) -> FieldResult<Record> {
             target_true: "<|endoftext|>".into(),
         },
         paraphrase_prompts: vec![f.string("rephrase")?],
-        neighborhood: vec![Probe { prompt: format!("{}?", f.string("loc")?), answer: non_empty(f.string("loc_ans")?, "loc_ans")? }],
+        neighborhood: vec![Probe {
+            prompt: format!("{}?", f.string("loc")?),
+            answer: non_empty(f.string("loc_ans")?, "loc_ans")?,
+        }],
         attribute_prompts: Vec::new(),
         generation_prompts: Vec::new(),
     })
@@ -238,14 +289,19 @@ fn qaedit(f: &Fields, index: usize) -> FieldResult<Record> {
     let subject = f.string("subject")?;
     let target = f.string("target")?;
     let target = target.trim().trim_end_matches('*').trim_end().to_string();
-    let Value::Array(pairs) = f.value("locality")? else { return Err("field `locality` must be a list of {loc, loc_ans}".into()) };
+    let Value::Array(pairs) = f.value("locality")? else {
+        return Err("field `locality` must be a list of {loc, loc_ans}".into());
+    };
     let neighborhood = pairs
         .iter()
         .enumerate()
         .map(|(i, pair)| {
             let p = Fields { item: pair };
             let field = |name: &str| p.string(name).map_err(|e| format!("locality[{i}]: {e}"));
-            Ok(Probe { prompt: non_empty(field("loc")?, "loc")?, answer: non_empty(field("loc_ans")?, "loc_ans")? })
+            Ok(Probe {
+                prompt: non_empty(field("loc")?, "loc")?,
+                answer: non_empty(field("loc_ans")?, "loc_ans")?,
+            })
         })
         .collect::<FieldResult<Vec<_>>>()?;
     Ok(Record {
@@ -268,7 +324,10 @@ fn qaedit(f: &Fields, index: usize) -> FieldResult<Record> {
 fn easyedit(f: &Fields, index: usize) -> FieldResult<Record> {
     let subject = f.string("subject")?;
     let neighborhood = match f.optional_string("locality_prompt")? {
-        Some(prompt) => vec![Probe { prompt, answer: non_empty(f.string("locality_ground_truth")?, "locality_ground_truth")? }],
+        Some(prompt) => vec![Probe {
+            prompt,
+            answer: non_empty(f.string("locality_ground_truth")?, "locality_ground_truth")?,
+        }],
         None => Vec::new(),
     };
     Ok(Record {

@@ -18,7 +18,10 @@ pub enum Selection {
     /// The first `n` records in file order.
     First(usize),
     /// `n` records drawn without replacement, in the drawn order.
-    Sample { n: usize, seed: u64 },
+    Sample {
+        n: usize,
+        seed: u64,
+    },
     /// These case ids, in this order.
     Ids(Vec<u64>),
 }
@@ -37,13 +40,19 @@ impl TryFrom<Value> for Selection {
                 match key.as_str() {
                     "first" => Ok(Self::First(count(x)?)),
                     "sample" => {
-                        let field = |name: &str| x.get(name).and_then(Value::as_u64).ok_or_else(bad);
-                        if x.as_object().is_some_and(|m| m.keys().any(|k| k != "n" && k != "seed")) {
+                        let field =
+                            |name: &str| x.get(name).and_then(Value::as_u64).ok_or_else(bad);
+                        if x.as_object().is_some_and(|m| m.keys().any(|k| k != "n" && k != "seed"))
+                        {
                             return Err(bad());
                         }
                         Ok(Self::Sample { n: field("n")? as usize, seed: field("seed")? })
                     }
-                    "ids" => x.as_array().and_then(|ids| ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()).map(Self::Ids).ok_or_else(bad),
+                    "ids" => x
+                        .as_array()
+                        .and_then(|ids| ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
+                        .map(Self::Ids)
+                        .ok_or_else(bad),
                     _ => Err(bad()),
                 }
             }
@@ -65,7 +74,12 @@ impl From<Selection> for Value {
 
 impl Selection {
     pub fn apply(&self, records: &[Record]) -> Result<Vec<Record>> {
-        let too_many = |n: usize| DataError::Selection(format!("{n} records requested but the dataset has {}", records.len()));
+        let too_many = |n: usize| {
+            DataError::Selection(format!(
+                "{n} records requested but the dataset has {}",
+                records.len()
+            ))
+        };
         Ok(match self {
             Self::All => records.to_vec(),
             Self::First(n) if *n > records.len() => return Err(too_many(*n)),
@@ -78,9 +92,13 @@ impl Selection {
             }
             Self::Ids(ids) => {
                 let by_id: HashMap<u64, &Record> = records.iter().map(|r| (r.case_id, r)).collect();
-                let missing: Vec<String> = ids.iter().filter(|id| !by_id.contains_key(id)).map(u64::to_string).collect();
+                let missing: Vec<String> =
+                    ids.iter().filter(|id| !by_id.contains_key(id)).map(u64::to_string).collect();
                 if !missing.is_empty() {
-                    return Err(DataError::Selection(format!("case ids not in the dataset: {}", missing.join(", "))));
+                    return Err(DataError::Selection(format!(
+                        "case ids not in the dataset: {}",
+                        missing.join(", ")
+                    )));
                 }
                 ids.iter().map(|id| by_id[id].clone()).collect()
             }
@@ -101,21 +119,30 @@ pub struct Consistency {
 
 impl Consistency {
     pub fn is_clean(&self) -> bool {
-        self.duplicate_case_ids.is_empty() && self.duplicate_edits.is_empty() && self.conflicts.is_empty()
+        self.duplicate_case_ids.is_empty()
+            && self.duplicate_edits.is_empty()
+            && self.conflicts.is_empty()
     }
 
     /// One line per kind of problem found.
     pub fn describe(&self) -> Vec<String> {
-        let groups = |g: &[Vec<u64>]| g.iter().map(|ids| format!("{ids:?}")).collect::<Vec<_>>().join(" ");
+        let groups =
+            |g: &[Vec<u64>]| g.iter().map(|ids| format!("{ids:?}")).collect::<Vec<_>>().join(" ");
         let mut lines = Vec::new();
         if !self.duplicate_case_ids.is_empty() {
             lines.push(format!("duplicate case ids: {:?}", self.duplicate_case_ids));
         }
         if !self.duplicate_edits.is_empty() {
-            lines.push(format!("identical edits (same subject, relation and new object): {}", groups(&self.duplicate_edits)));
+            lines.push(format!(
+                "identical edits (same subject, relation and new object): {}",
+                groups(&self.duplicate_edits)
+            ));
         }
         if !self.conflicts.is_empty() {
-            lines.push(format!("conflicting edits (same subject and relation, different new objects): {}", groups(&self.conflicts)));
+            lines.push(format!(
+                "conflicting edits (same subject and relation, different new objects): {}",
+                groups(&self.conflicts)
+            ));
         }
         lines
     }
@@ -129,9 +156,17 @@ pub fn consistency(records: &[Record]) -> Consistency {
     for r in records {
         *ids.entry(r.case_id).or_default() += 1;
         let relation = r.rewrite.relation_id.as_deref().unwrap_or(&r.rewrite.prompt);
-        by_fact.entry((r.rewrite.subject.as_str(), relation)).or_default().entry(r.rewrite.target_new.as_str()).or_default().push(r.case_id);
+        by_fact
+            .entry((r.rewrite.subject.as_str(), relation))
+            .or_default()
+            .entry(r.rewrite.target_new.as_str())
+            .or_default()
+            .push(r.case_id);
     }
-    let mut out = Consistency { duplicate_case_ids: ids.into_iter().filter(|&(_, n)| n > 1).map(|(id, _)| id).collect(), ..Default::default() };
+    let mut out = Consistency {
+        duplicate_case_ids: ids.into_iter().filter(|&(_, n)| n > 1).map(|(id, _)| id).collect(),
+        ..Default::default()
+    };
     for targets in by_fact.into_values() {
         out.duplicate_edits.extend(targets.values().filter(|ids| ids.len() > 1).cloned());
         if targets.len() > 1 {

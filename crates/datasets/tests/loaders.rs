@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use editbench_datasets::{consistency, load, DataError, DatasetKind, DatasetSource, Format, Selection};
+use editbench_datasets::{
+    consistency, load, DataError, DatasetKind, DatasetSource, Format, Selection,
+};
 
 fn shared(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
@@ -28,21 +30,30 @@ fn error(kind: DatasetKind, text: &str) -> String {
 
 #[test]
 fn counterfact_dev_in_rome_format() {
-    let data = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json"))).unwrap();
+    let data = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json")))
+        .unwrap();
     assert_eq!(data.records.len(), 2191);
     assert_eq!(data.sha256, "73ae24aca529de3d6c72841095d6e140b84d3d7e35618f7406979182479b38df");
     let first = &data.records[0];
     assert_eq!(first.case_id, 13);
     assert_eq!(first.rewrite.prompt_text(), "Ferrari F40, developed by");
-    assert_eq!((first.rewrite.target_new.as_str(), first.rewrite.target_true.as_str()), ("Microsoft", "Ferrari"));
+    assert_eq!(
+        (first.rewrite.target_new.as_str(), first.rewrite.target_true.as_str()),
+        ("Microsoft", "Ferrari")
+    );
     assert_eq!(first.rewrite.relation_id.as_deref(), Some("P176"));
-    assert_eq!((first.paraphrase_prompts.len(), first.neighborhood.len(), first.generation_prompts.len()), (2, 10, 10));
+    assert_eq!(
+        (first.paraphrase_prompts.len(), first.neighborhood.len(), first.generation_prompts.len()),
+        (2, 10, 10)
+    );
     assert!(first.neighborhood.iter().all(|p| p.answer == "Ferrari"));
 }
 
 #[test]
 fn counterfact_in_easyedit_format() {
-    let data = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_easyedit.json"))).unwrap();
+    let data =
+        load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_easyedit.json")))
+            .unwrap();
     assert_eq!(data.records.len(), 20817);
     let first = &data.records[0];
     assert_eq!(first.case_id, 1);
@@ -62,13 +73,18 @@ fn zsre_in_mend_format() {
     assert_eq!(first.rewrite.prompt, "What is the product made by {}?");
     assert_eq!(first.rewrite.target_new, "uniform");
     assert_eq!(first.paraphrase_prompts, ["What will be the product of UniFirst?"]);
-    assert_eq!(first.neighborhood[0].prompt, "nq question: john goodman's character in the big lebowski?");
+    assert_eq!(
+        first.neighborhood[0].prompt,
+        "nq question: john goodman's character in the big lebowski?"
+    );
     assert_eq!(first.neighborhood[0].answer, "Walter Sobchak");
 }
 
 #[test]
 fn mend_records_must_be_zsre() {
-    let (_dir, path) = broken(r#"[{"subject": "A", "src": "Who is A?", "answers": ["b"], "rephrase": "r", "loc": "l", "loc_ans": "x"}]"#);
+    let (_dir, path) = broken(
+        r#"[{"subject": "A", "src": "Who is A?", "answers": ["b"], "rephrase": "r", "loc": "l", "loc_ans": "x"}]"#,
+    );
     let err = load(&source(DatasetKind::Counterfact, path)).unwrap_err().to_string();
     assert!(err.contains("MEND-format records are zsRE"), "{err}");
 }
@@ -76,7 +92,9 @@ fn mend_records_must_be_zsre() {
 #[test]
 fn broken_files_name_the_record_and_field() {
     let rewrite = r#""requested_rewrite": {"prompt": "{} is in", "subject": "X", "target_new": {"str": "A"}, "target_true": {"str": "B"}}"#;
-    let good = format!(r#"{{"case_id": 7, {rewrite}, "paraphrase_prompts": [], "neighborhood_prompts": []}}"#);
+    let good = format!(
+        r#"{{"case_id": 7, {rewrite}, "paraphrase_prompts": [], "neighborhood_prompts": []}}"#
+    );
     let cases = [
         (format!("[{good}, {{\"case_id\": 8}}]"), "record 1 (case_id 8): missing field `requested_rewrite.subject`"),
         (format!("[{good}, {}]", good.replace(r#""str": "A""#, r#""str": 3"#)), "record 1 (case_id 7): field `requested_rewrite.target_new.str` must be a string, found 3"),
@@ -92,7 +110,8 @@ fn broken_files_name_the_record_and_field() {
         assert!(err.contains(expected), "expected `{expected}` in `{err}`");
     }
     let zsre = r#"[{"subject": "A", "src": "Who is A?", "answers": [], "rephrase": "r", "loc": "l", "loc_ans": "x"}]"#;
-    assert!(error(DatasetKind::Zsre, zsre).contains("record 0: field `answers` must hold a non-empty first answer"));
+    assert!(error(DatasetKind::Zsre, zsre)
+        .contains("record 0: field `answers` must hold a non-empty first answer"));
 }
 
 #[test]
@@ -109,8 +128,12 @@ fn a_given_sha256_must_match() {
 
 #[test]
 fn selections() {
-    let records = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json"))).unwrap().records;
-    let ids = |s: &Selection| s.apply(&records).unwrap().iter().map(|r| r.case_id).collect::<Vec<_>>();
+    let records =
+        load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json")))
+            .unwrap()
+            .records;
+    let ids =
+        |s: &Selection| s.apply(&records).unwrap().iter().map(|r| r.case_id).collect::<Vec<_>>();
     assert_eq!(ids(&Selection::First(3)), [13, 18, 37]);
     assert_eq!(ids(&Selection::Ids(vec![37, 13])), [37, 13]);
     let sample = ids(&Selection::Sample { n: 50, seed: 1 });
@@ -121,8 +144,16 @@ fn selections() {
     unique.dedup();
     assert_eq!(unique.len(), 50);
     assert_eq!(ids(&Selection::All).len(), 2191);
-    assert!(Selection::First(3000).apply(&records).unwrap_err().to_string().contains("3000 records requested but the dataset has 2191"));
-    assert!(Selection::Ids(vec![13, 14]).apply(&records).unwrap_err().to_string().contains("case ids not in the dataset: 14"));
+    assert!(Selection::First(3000)
+        .apply(&records)
+        .unwrap_err()
+        .to_string()
+        .contains("3000 records requested but the dataset has 2191"));
+    assert!(Selection::Ids(vec![13, 14])
+        .apply(&records)
+        .unwrap_err()
+        .to_string()
+        .contains("case ids not in the dataset: 14"));
 }
 
 #[test]
@@ -130,9 +161,18 @@ fn selections_read_from_their_file_forms() {
     let parse = |text: &str| serde_json::from_str::<Selection>(text).map_err(|e| e.to_string());
     assert_eq!(parse(r#""all""#).unwrap(), Selection::All);
     assert_eq!(parse(r#"{"first": 16}"#).unwrap(), Selection::First(16));
-    assert_eq!(parse(r#"{"sample": {"n": 5, "seed": 37}}"#).unwrap(), Selection::Sample { n: 5, seed: 37 });
+    assert_eq!(
+        parse(r#"{"sample": {"n": 5, "seed": 37}}"#).unwrap(),
+        Selection::Sample { n: 5, seed: 37 }
+    );
     assert_eq!(parse(r#"{"ids": [13, 18]}"#).unwrap(), Selection::Ids(vec![13, 18]));
-    for bad in [r#""some""#, r#"{"first": -1}"#, r#"{"sample": {"n": 5}}"#, r#"{"sample": {"n": 5, "seed": 1, "x": 2}}"#, r#"{"first": 1, "ids": []}"#] {
+    for bad in [
+        r#""some""#,
+        r#"{"first": -1}"#,
+        r#"{"sample": {"n": 5}}"#,
+        r#"{"sample": {"n": 5, "seed": 1, "x": 2}}"#,
+        r#"{"first": 1, "ids": []}"#,
+    ] {
         assert!(parse(bad).unwrap_err().contains("selection must be `all`, {first: N}"), "{bad}");
     }
     let round_trip = serde_json::to_string(&Selection::Sample { n: 5, seed: 37 }).unwrap();
@@ -141,7 +181,10 @@ fn selections_read_from_their_file_forms() {
 
 #[test]
 fn duplicates_and_conflicts_are_reported() {
-    let records = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json"))).unwrap().records;
+    let records =
+        load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json")))
+            .unwrap()
+            .records;
     // The dev split has real ones: 11 (subject, relation) pairs asked for two or three objects,
     // and one fact asked twice through different prompts.
     let dev = consistency(&records);
@@ -167,7 +210,8 @@ fn duplicates_and_conflicts_are_reported() {
 /// ` *` of an answer is dropped, every locality pair is a neighborhood probe.
 #[test]
 fn qaedit_records() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/qaedit/QAEdit_inter_first16.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/qaedit/QAEdit_inter_first16.json");
     let data = load(&source(DatasetKind::Qaedit, path)).unwrap();
     assert_eq!(data.records.len(), 16);
     let first = &data.records[0];
@@ -175,10 +219,22 @@ fn qaedit_records() {
     assert_eq!(first.rewrite.prompt, "who has the {}?");
     assert_eq!(first.rewrite.prompt_text(), "who has the most 70 point games in nba history?");
     assert_eq!(first.rewrite.target_new, "Wilt Chamberlain");
-    assert_eq!(first.paraphrase_prompts, ["Which NBA player holds the record for the most games scoring 70 points or more?"]);
+    assert_eq!(
+        first.paraphrase_prompts,
+        ["Which NBA player holds the record for the most games scoring 70 points or more?"]
+    );
     assert_eq!(first.neighborhood.len(), 5);
-    assert_eq!((first.neighborhood[3].prompt.as_str(), first.neighborhood[3].answer.as_str()), ("when did the us host the world cup", "1994"));
-    assert!(data.records.iter().all(|r| r.neighborhood.len() == 5 && !r.rewrite.target_new.ends_with('*')));
-    let err = error(DatasetKind::Qaedit, r#"[{"id": 1, "prompt": "who is x?", "target": "y", "subject": "x", "rephrase": "r", "locality": [{"loc": "q"}]}]"#);
+    assert_eq!(
+        (first.neighborhood[3].prompt.as_str(), first.neighborhood[3].answer.as_str()),
+        ("when did the us host the world cup", "1994")
+    );
+    assert!(data
+        .records
+        .iter()
+        .all(|r| r.neighborhood.len() == 5 && !r.rewrite.target_new.ends_with('*')));
+    let err = error(
+        DatasetKind::Qaedit,
+        r#"[{"id": 1, "prompt": "who is x?", "target": "y", "subject": "x", "rephrase": "r", "locality": [{"loc": "q"}]}]"#,
+    );
     assert!(err.contains("locality[0]: missing field `loc_ans`"), "{err}");
 }

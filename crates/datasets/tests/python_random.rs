@@ -4,7 +4,11 @@ use editbench_datasets::rng::PythonRandom;
 use serde_json::Value;
 
 fn fixture() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/python_random.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/python_random.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -13,7 +17,8 @@ fn getrandbits_matches_cpython() {
     for case in fixture()["words"].as_array().unwrap() {
         let mut r = PythonRandom::new(case["seed"].as_u64().unwrap());
         let words: Vec<u64> = (0..8).map(|_| r.getrandbits(32) as u64).collect();
-        let expected: Vec<u64> = case["words"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
+        let expected: Vec<u64> =
+            case["words"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
         assert_eq!(words, expected, "seed {}", case["seed"]);
     }
 }
@@ -24,7 +29,8 @@ fn shuffle_matches_cpython() {
         let n = case["n"].as_u64().unwrap() as usize;
         let mut items: Vec<u64> = (0..n as u64).collect();
         PythonRandom::new(case["seed"].as_u64().unwrap()).shuffle(&mut items);
-        let expected: Vec<u64> = case["first"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
+        let expected: Vec<u64> =
+            case["first"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
         assert_eq!(items[..expected.len()], expected[..], "seed {} n {n}", case["seed"]);
     }
 }

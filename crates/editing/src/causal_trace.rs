@@ -10,7 +10,9 @@ use std::str::FromStr;
 use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use editbench_datasets::rng::SplitMix64;
 use editbench_models::backend::{concurrent_passes, side_by_side};
-use editbench_models::{Hooks, LanguageModel, Padding, Patch, PromptBatch, Site, Start, TextTokenizer, Trace};
+use editbench_models::{
+    Hooks, LanguageModel, Padding, Patch, PromptBatch, Site, Start, TextTokenizer, Trace,
+};
 
 use crate::error::{EditError, Result};
 use crate::keys::host;
@@ -51,7 +53,9 @@ impl TraceKind {
     pub fn layers(self, layer: usize, window: usize, num_layers: usize) -> Range<usize> {
         match self {
             Self::Hidden => layer..layer + 1,
-            Self::Mlp | Self::Attn => layer.saturating_sub(window / 2)..(layer + window.div_ceil(2)).min(num_layers),
+            Self::Mlp | Self::Attn => {
+                layer.saturating_sub(window / 2)..(layer + window.div_ceil(2)).min(num_layers)
+            }
         }
     }
 }
@@ -59,7 +63,9 @@ impl TraceKind {
 impl FromStr for TraceKind {
     type Err = EditError;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| EditError::Input(format!("unknown trace kind `{s}`: expected hidden, mlp or attn")))
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            EditError::Input(format!("unknown trace kind `{s}`: expected hidden, mlp or attn"))
+        })
     }
 }
 
@@ -75,16 +81,35 @@ pub struct TracePrompt {
 
 impl TracePrompt {
     /// `prompt` (with `{}` where `subject` goes) and the first token of `answer` after it.
-    pub fn new(tokenizer: &TextTokenizer, prompt: &str, subject: &str, answer: &str) -> Result<Self> {
-        let start = prompt.find("{}").ok_or_else(|| EditError::Input(format!("prompt `{prompt}` has no `{{}}` for the subject")))?;
+    pub fn new(
+        tokenizer: &TextTokenizer,
+        prompt: &str,
+        subject: &str,
+        answer: &str,
+    ) -> Result<Self> {
+        let start = prompt.find("{}").ok_or_else(|| {
+            EditError::Input(format!("prompt `{prompt}` has no `{{}}` for the subject"))
+        })?;
         let (text, end) = (prompt.replacen("{}", subject, 1), start + subject.len());
         let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
-        let overlapping = || offsets.iter().enumerate().filter(|(_, &(s, e))| e > s && s < end && e > start).map(|(i, _)| i);
+        let overlapping = || {
+            offsets
+                .iter()
+                .enumerate()
+                .filter(|(_, &(s, e))| e > s && s < end && e > start)
+                .map(|(i, _)| i)
+        };
         let subject_tokens = match (overlapping().next(), overlapping().last()) {
             (Some(first), Some(last)) => first..last + 1,
-            _ => return Err(EditError::Input(format!("subject `{subject}` not found in the tokens of `{text}`"))),
+            _ => {
+                return Err(EditError::Input(format!(
+                    "subject `{subject}` not found in the tokens of `{text}`"
+                )))
+            }
         };
-        let answer = *target_ids(tokenizer, &text, answer)?.first().ok_or_else(|| EditError::Input(format!("answer `{answer}` has no tokens")))?;
+        let answer = *target_ids(tokenizer, &text, answer)?
+            .first()
+            .ok_or_else(|| EditError::Input(format!("answer `{answer}` has no tokens")))?;
         Ok(Self { ids, subject: subject_tokens, answer })
     }
 }
@@ -98,10 +123,13 @@ pub fn embedding_std<B: Backend>(model: &LanguageModel<B>, subjects: &[String]) 
         values.extend(host(model.token_embeddings(&tokenizer.encode_plain(subject)?))?);
     }
     if values.len() < 2 {
-        return Err(EditError::Input("no subject tokens to measure the embeddings' spread on".into()));
+        return Err(EditError::Input(
+            "no subject tokens to measure the embeddings' spread on".into(),
+        ));
     }
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;
+    let var =
+        values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;
     Ok(var.sqrt())
 }
 
@@ -135,30 +163,62 @@ pub struct Tracer<'m, B: Backend> {
 }
 
 impl<'m, B: Backend> Tracer<'m, B> {
-    pub fn new(model: &'m LanguageModel<B>, prompt: TracePrompt, corruption: &Corruption) -> Result<Self> {
+    pub fn new(
+        model: &'m LanguageModel<B>,
+        prompt: TracePrompt,
+        corruption: &Corruption,
+    ) -> Result<Self> {
         let (t, d, samples) = (prompt.ids.len(), model.dims.hidden_size, corruption.samples.max(1));
         if prompt.answer as usize >= model.dims.vocab_size {
-            return Err(EditError::Input(format!("answer token {} is outside the vocabulary (size {})", prompt.answer, model.dims.vocab_size)));
+            return Err(EditError::Input(format!(
+                "answer token {} is outside the vocabulary (size {})",
+                prompt.answer, model.dims.vocab_size
+            )));
         }
         let capture: Vec<usize> = (0..model.dims.num_layers).collect();
         let hooks = Hooks { capture, logits_at: Some(vec![t - 1]), ..Hooks::default() };
         let clean = model.forward(&model.batch(&[prompt.ids.clone()], Padding::Right)?, &hooks);
         let clean_logits = host(clean.logits.clone().expect("full pass"))?;
-        let known = clean_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32) == Some(prompt.answer);
+        let known = clean_logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            == Some(prompt.answer);
 
         let mut rng = SplitMix64::new(corruption.seed);
         let noise: Vec<f32> = (0..samples * t * d)
-            .map(|i| if prompt.subject.contains(&(i / d % t)) { (corruption.noise * rng.next_gaussian()) as f32 } else { 0.0 })
+            .map(|i| {
+                if prompt.subject.contains(&(i / d % t)) {
+                    (corruption.noise * rng.next_gaussian()) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
-        let noise = Tensor::<B, 3>::from_data(TensorData::new(noise, [samples, t, d]), &model.device());
-        let corrupted_embeddings = model.token_embeddings(&prompt.ids).unsqueeze_dim::<3>(0) + noise;
-        let rows = Rows { model, prompt: &prompt, samples, corrupted_embeddings: &corrupted_embeddings };
+        let noise =
+            Tensor::<B, 3>::from_data(TensorData::new(noise, [samples, t, d]), &model.device());
+        let corrupted_embeddings =
+            model.token_embeddings(&prompt.ids).unsqueeze_dim::<3>(0) + noise;
+        let rows =
+            Rows { model, prompt: &prompt, samples, corrupted_embeddings: &corrupted_embeddings };
         let (batch, patches) = rows.corrupted(1)?;
-        let corrupted = model.forward_patched(Start::Tokens, &batch, &Hooks { logits_at: Some(rows.last_columns(1)), ..hooks }, &patches);
+        let corrupted = model.forward_patched(
+            Start::Tokens,
+            &batch,
+            &Hooks { logits_at: Some(rows.last_columns(1)), ..hooks },
+            &patches,
+        );
         let mean = |p: Vec<f64>| p.iter().sum::<f64>() / p.len() as f64;
         Ok(Self {
-            clean_probability: answer_probabilities(clean.logits.clone().expect("full pass"), prompt.answer)?[0],
-            corrupted_probability: mean(answer_probabilities(corrupted.logits.clone().expect("full pass"), prompt.answer)?),
+            clean_probability: answer_probabilities(
+                clean.logits.clone().expect("full pass"),
+                prompt.answer,
+            )?[0],
+            corrupted_probability: mean(answer_probabilities(
+                corrupted.logits.clone().expect("full pass"),
+                prompt.answer,
+            )?),
             model,
             prompt,
             samples,
@@ -174,14 +234,20 @@ impl<'m, B: Backend> Tracer<'m, B> {
     }
 
     fn rows(&self) -> Rows<'_, B> {
-        Rows { model: self.model, prompt: &self.prompt, samples: self.samples, corrupted_embeddings: &self.corrupted_embeddings }
+        Rows {
+            model: self.model,
+            prompt: &self.prompt,
+            samples: self.samples,
+            corrupted_embeddings: &self.corrupted_embeddings,
+        }
     }
 
     /// The answer's probability (mean over the corrupted runs) with the clean `kind` states of each
     /// set restored — `(token, layer)` pairs; every set is one group of rows of a single pass that
     /// starts at the lowest restored layer (the corrupted runs are the same below it).
     pub fn restored(&self, kind: TraceKind, sets: &[Vec<(usize, usize)>]) -> Result<Vec<f64>> {
-        let (t, groups, num_layers) = (self.prompt.ids.len(), sets.len(), self.model.dims.num_layers);
+        let (t, groups, num_layers) =
+            (self.prompt.ids.len(), sets.len(), self.model.dims.num_layers);
         let mut layers: Vec<usize> = sets.iter().flatten().map(|&(_, layer)| layer).collect();
         layers.sort_unstable();
         layers.dedup();
@@ -192,23 +258,42 @@ impl<'m, B: Backend> Tracer<'m, B> {
             0 => Start::Tokens,
             _ => {
                 patches.clear();
-                Start::After { layer: first - 1, hidden: self.corrupted.layers[&(first - 1)].hidden.clone().repeat_dim(0, groups) }
+                Start::After {
+                    layer: first - 1,
+                    hidden: self.corrupted.layers[&(first - 1)]
+                        .hidden
+                        .clone()
+                        .repeat_dim(0, groups),
+                }
             }
         };
         for layer in layers {
             let mut mask = vec![0f32; groups * self.samples * t];
             for (group, set) in sets.iter().enumerate() {
                 for &(token, _) in set.iter().filter(|&&(_, l)| l == layer) {
-                    (0..self.samples).for_each(|s| mask[((group * self.samples) + s) * t + token] = 1.0);
+                    (0..self.samples)
+                        .for_each(|s| mask[((group * self.samples) + s) * t + token] = 1.0);
                 }
             }
-            let mask = Tensor::from_data(TensorData::new(mask, [groups * self.samples, t, 1]), &self.model.device());
-            patches.push(Patch { site: kind.site(), layer, mask, value: self.clean_state(kind, layer) });
+            let mask = Tensor::from_data(
+                TensorData::new(mask, [groups * self.samples, t, 1]),
+                &self.model.device(),
+            );
+            patches.push(Patch {
+                site: kind.site(),
+                layer,
+                mask,
+                value: self.clean_state(kind, layer),
+            });
         }
         let hooks = Hooks { logits_at: Some(rows.last_columns(groups)), ..Hooks::default() };
-        let logits = self.model.forward_patched(start, &batch, &hooks, &patches).logits.expect("full pass");
+        let logits =
+            self.model.forward_patched(start, &batch, &hooks, &patches).logits.expect("full pass");
         let probabilities = answer_probabilities(logits, self.prompt.answer)?;
-        Ok(probabilities.chunks(self.samples).map(|group| group.iter().sum::<f64>() / self.samples as f64).collect())
+        Ok(probabilities
+            .chunks(self.samples)
+            .map(|group| group.iter().sum::<f64>() / self.samples as f64)
+            .collect())
     }
 
     /// The clean run's `kind` activations of `layer`, `[1, t, d]`.
@@ -227,13 +312,23 @@ impl<'m, B: Backend> Tracer<'m, B> {
     /// gains from it. States before the subject are the same in the clean and corrupted runs
     /// (attention is causal), so restoring them gives the corrupted probability without a pass.
     pub fn grid(&self, kind: TraceKind, window: usize) -> Result<Vec<Vec<f64>>> {
-        let (t, num_layers, first) = (self.prompt.ids.len(), self.model.dims.num_layers, self.prompt.subject.start);
+        let (t, num_layers, first) =
+            (self.prompt.ids.len(), self.model.dims.num_layers, self.prompt.subject.start);
         let mut restored = vec![vec![self.corrupted_probability; num_layers]; t];
         let layers: Vec<usize> = (0..num_layers).collect();
-        let sets = |layer: usize| -> Vec<Vec<(usize, usize)>> { (first..t).map(|token| kind.layers(layer, window, num_layers).map(|l| (token, l)).collect()).collect() };
-        side_by_side(&layers, concurrent_passes::<B>(&self.model.device()), |&layer| self.restored(kind, &sets(layer)), |&layer, column| {
-            column.into_iter().enumerate().for_each(|(i, p)| restored[first + i][layer] = p);
-        })?;
+        let sets = |layer: usize| -> Vec<Vec<(usize, usize)>> {
+            (first..t)
+                .map(|token| kind.layers(layer, window, num_layers).map(|l| (token, l)).collect())
+                .collect()
+        };
+        side_by_side(
+            &layers,
+            concurrent_passes::<B>(&self.model.device()),
+            |&layer| self.restored(kind, &sets(layer)),
+            |&layer, column| {
+                column.into_iter().enumerate().for_each(|(i, p)| restored[first + i][layer] = p);
+            },
+        )?;
         Ok(restored)
     }
 }
@@ -252,7 +347,15 @@ impl<B: Backend> Rows<'_, B> {
         let rows = groups * self.samples;
         let batch = self.model.batch(&vec![self.prompt.ids.clone(); rows], Padding::Right)?;
         let mask = Tensor::ones([rows, self.prompt.ids.len(), 1], &self.model.device());
-        Ok((batch, vec![Patch { site: Site::Embedding, layer: 0, mask, value: self.corrupted_embeddings.clone().repeat_dim(0, groups) }]))
+        Ok((
+            batch,
+            vec![Patch {
+                site: Site::Embedding,
+                layer: 0,
+                mask,
+                value: self.corrupted_embeddings.clone().repeat_dim(0, groups),
+            }],
+        ))
     }
 
     /// Flat positions of the last column of each of the `groups × samples` rows.
@@ -265,7 +368,8 @@ impl<B: Backend> Rows<'_, B> {
 /// Softmax probability of `answer` at each scored position of `logits: [1, n, vocab]`.
 fn answer_probabilities<B: Backend>(logits: Tensor<B, 3>, answer: u32) -> Result<Vec<f64>> {
     let [_, n, _] = logits.dims();
-    let probabilities = activation::softmax(logits, 2).slice([0..1, 0..n, answer as usize..answer as usize + 1]);
+    let probabilities =
+        activation::softmax(logits, 2).slice([0..1, 0..n, answer as usize..answer as usize + 1]);
     Ok(host(probabilities)?.into_iter().map(f64::from).collect())
 }
 
@@ -282,7 +386,14 @@ pub enum TokenClass {
 }
 
 impl TokenClass {
-    pub const ALL: [Self; 6] = [Self::FirstSubject, Self::MiddleSubject, Self::LastSubject, Self::FirstSubsequent, Self::FurtherTokens, Self::LastToken];
+    pub const ALL: [Self; 6] = [
+        Self::FirstSubject,
+        Self::MiddleSubject,
+        Self::LastSubject,
+        Self::FirstSubsequent,
+        Self::FurtherTokens,
+        Self::LastToken,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -301,7 +412,9 @@ impl TokenClass {
         let (first_subject, after) = (subject.start, subject.end);
         match self {
             Self::FirstSubject => first_subject..first_subject + 1,
-            Self::MiddleSubject => first_subject + 1..after.saturating_sub(1).max(first_subject + 1),
+            Self::MiddleSubject => {
+                first_subject + 1..after.saturating_sub(1).max(first_subject + 1)
+            }
             Self::LastSubject => after - 1..after,
             Self::FirstSubsequent => after..(after + 1).min(len),
             Self::FurtherTokens => (after + 1).min(len)..(len - 1).max((after + 1).min(len)),
@@ -343,16 +456,28 @@ pub fn class_effects(traces: &[&TracedPrompt], num_layers: usize) -> Vec<ClassEf
         for layer in 0..num_layers {
             let observations: Vec<(f64, f64)> = traces
                 .iter()
-                .flat_map(|p| class.positions(&p.subject, p.restored.len()).map(move |t| (p.restored[t][layer], p.restored[t][layer] - p.corrupted)))
+                .flat_map(|p| {
+                    class
+                        .positions(&p.subject, p.restored.len())
+                        .map(move |t| (p.restored[t][layer], p.restored[t][layer] - p.corrupted))
+                })
                 .collect();
             let n = observations.len();
             if n == 0 {
                 continue;
             }
             let mean_effect = observations.iter().map(|o| o.1).sum::<f64>() / n as f64;
-            let var = observations.iter().map(|o| (o.1 - mean_effect).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
+            let var = observations.iter().map(|o| (o.1 - mean_effect).powi(2)).sum::<f64>()
+                / (n.max(2) - 1) as f64;
             let mean_restored = observations.iter().map(|o| o.0).sum::<f64>() / n as f64;
-            out.push(ClassEffect { class, layer, n, mean_restored, mean_effect, sem_effect: (var / n as f64).sqrt() });
+            out.push(ClassEffect {
+                class,
+                layer,
+                n,
+                mean_restored,
+                mean_effect,
+                sem_effect: (var / n as f64).sqrt(),
+            });
         }
     }
     out
@@ -361,7 +486,11 @@ pub fn class_effects(traces: &[&TracedPrompt], num_layers: usize) -> Vec<ClassEf
 /// The layer whose mean effect for `class` is largest (ROME's and MEMIT's edit layer is where the
 /// MLP effect at the last subject token peaks).
 pub fn peak_layer(effects: &[ClassEffect], class: TokenClass) -> Option<usize> {
-    effects.iter().filter(|e| e.class == class).max_by(|a, b| a.mean_effect.total_cmp(&b.mean_effect)).map(|e| e.layer)
+    effects
+        .iter()
+        .filter(|e| e.class == class)
+        .max_by(|a, b| a.mean_effect.total_cmp(&b.mean_effect))
+        .map(|e| e.layer)
 }
 
 #[cfg(test)]
@@ -397,14 +526,23 @@ mod tests {
 
     #[test]
     fn class_effects_average_every_token_of_a_class() {
-        let trace = |restored: Vec<Vec<f64>>, corrupted| TracedPrompt { subject: 0..3, clean: 1.0, corrupted, known: true, restored };
+        let trace = |restored: Vec<Vec<f64>>, corrupted| TracedPrompt {
+            subject: 0..3,
+            clean: 1.0,
+            corrupted,
+            known: true,
+            restored,
+        };
         let a = trace(vec![vec![0.5, 0.1], vec![0.3, 0.2], vec![0.4, 0.9], vec![0.2, 0.2]], 0.1);
         let b = trace(vec![vec![0.7, 0.1], vec![0.5, 0.6], vec![0.2, 0.5], vec![0.1, 0.1]], 0.0);
         let effects = class_effects(&[&a, &b], 2);
-        let get = |class, layer| effects.iter().find(|e| e.class == class && e.layer == layer).unwrap();
+        let get =
+            |class, layer| effects.iter().find(|e| e.class == class && e.layer == layer).unwrap();
         let first = get(TokenClass::FirstSubject, 0);
         assert_eq!(first.n, 2);
-        assert!((first.mean_restored - 0.6).abs() < 1e-12 && (first.mean_effect - 0.55).abs() < 1e-12);
+        assert!(
+            (first.mean_restored - 0.6).abs() < 1e-12 && (first.mean_effect - 0.55).abs() < 1e-12
+        );
         // Effects 0.4 and 0.7: sample variance 0.045, standard error √(0.045 / 2) = 0.15.
         assert!((first.sem_effect - 0.15).abs() < 1e-12);
         assert!((get(TokenClass::LastSubject, 1).mean_effect - 0.65).abs() < 1e-12);

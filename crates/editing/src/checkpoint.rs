@@ -39,14 +39,21 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// What `session` and `editor` have written into `model`, with `notes`.
-    pub fn take<B: Backend>(model: &LanguageModel<B>, session: &EditSession<B>, editor: &Editor, notes: BTreeMap<String, String>) -> Result<Self> {
+    pub fn take<B: Backend>(
+        model: &LanguageModel<B>,
+        session: &EditSession<B>,
+        editor: &Editor,
+        notes: BTreeMap<String, String>,
+    ) -> Result<Self> {
         let weights = session
             .edited_layers()
             .into_iter()
             .map(|layer| {
                 let w = model.mlp_out(layer).matrix();
                 let shape = w.dims().to_vec();
-                let data = w.into_data().to_vec::<f32>().map_err(|e| EditError::Input(format!("reading layer {layer}'s weight: {e:?}")))?;
+                let data = w.into_data().to_vec::<f32>().map_err(|e| {
+                    EditError::Input(format!("reading layer {layer}'s weight: {e:?}"))
+                })?;
                 Ok((layer, (shape, data)))
             })
             .collect::<Result<_>>()?;
@@ -57,20 +64,33 @@ impl Checkpoint {
     /// original weights, which `session` records for its revert) and its earlier keys into
     /// `editor`; refused, with `model`, `session` and `editor` unchanged, when a layer or a shape
     /// does not fit them.
-    pub fn restore<B: Backend>(&self, model: &mut LanguageModel<B>, session: &mut EditSession<B>, editor: &mut Editor) -> Result<()> {
+    pub fn restore<B: Backend>(
+        &self,
+        model: &mut LanguageModel<B>,
+        session: &mut EditSession<B>,
+        editor: &mut Editor,
+    ) -> Result<()> {
         for (&layer, (shape, _)) in &self.weights {
             if layer >= model.dims.num_layers {
-                return Err(EditError::Input(format!("checkpoint: layer {layer} is beyond the model's {} layers", model.dims.num_layers)));
+                return Err(EditError::Input(format!(
+                    "checkpoint: layer {layer} is beyond the model's {} layers",
+                    model.dims.num_layers
+                )));
             }
             let expected = model.mlp_out(layer).matrix().dims().to_vec();
             if *shape != expected {
-                return Err(EditError::Input(format!("checkpoint: layer {layer}'s weight is {shape:?}, the model's {expected:?}")));
+                return Err(EditError::Input(format!(
+                    "checkpoint: layer {layer}'s weight is {shape:?}, the model's {expected:?}"
+                )));
             }
         }
         editor.set_previous_keys(self.previous.clone())?;
         let device = model.device();
         for (&layer, (shape, data)) in &self.weights {
-            let w = Tensor::<B, 2>::from_data(TensorData::new(data.clone(), [shape[0], shape[1]]), &device);
+            let w = Tensor::<B, 2>::from_data(
+                TensorData::new(data.clone(), [shape[0], shape[1]]),
+                &device,
+            );
             session.record_original(layer, model.mlp_out(layer).matrix());
             model.mlp_out_mut(layer).set_matrix(w);
         }
@@ -84,14 +104,32 @@ impl Checkpoint {
         }
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (layer, (shape, data)) in &self.weights {
-            tensors.push((format!("weight.{layer}"), Dtype::F32, shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()));
+            tensors.push((
+                format!("weight.{layer}"),
+                Dtype::F32,
+                shape.clone(),
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
         }
         for (layer, m) in &self.previous {
-            tensors.push((format!("previous.{layer}"), Dtype::F64, vec![m.nrows(), m.ncols()], f64_bytes(m)));
+            tensors.push((
+                format!("previous.{layer}"),
+                Dtype::F64,
+                vec![m.nrows(), m.ncols()],
+                f64_bytes(m),
+            ));
         }
         let mut metadata: HashMap<String, String> = self.notes.clone().into_iter().collect();
-        metadata.insert(CHECKSUM.into(), checksum(tensors.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice()))));
-        let views = tensors.iter().map(|(name, dtype, shape, bytes)| (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches the data")));
+        metadata.insert(
+            CHECKSUM.into(),
+            checksum(tensors.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice()))),
+        );
+        let views = tensors.iter().map(|(name, dtype, shape, bytes)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches the data"),
+            )
+        });
         write_atomic(path, views, metadata)
     }
 
@@ -99,28 +137,41 @@ impl Checkpoint {
     /// an error naming it.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| EditError::file(path, e))?;
-        let corrupt = |what: String| EditError::file(path, format!("not a readable checkpoint ({what})"));
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let mut notes: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let corrupt =
+            |what: String| EditError::file(path, format!("not a readable checkpoint ({what})"));
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut notes: BTreeMap<String, String> =
+            header.metadata().clone().unwrap_or_default().into_iter().collect();
         let expected = notes.remove(CHECKSUM).ok_or_else(|| corrupt("no checksum".into()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let named: Vec<(String, TensorView<'_>)> = st.tensors();
         if checksum(named.iter().map(|(name, view)| (name.as_str(), view.data()))) != expected {
             return Err(corrupt("checksum mismatch".into()));
         }
         let mut checkpoint = Self { weights: BTreeMap::new(), previous: BTreeMap::new(), notes };
         for (name, view) in named {
-            let (kind, layer) = name.split_once('.').and_then(|(k, l)| Some((k, l.parse::<usize>().ok()?))).ok_or_else(|| corrupt(format!("tensor `{name}`")))?;
+            let (kind, layer) = name
+                .split_once('.')
+                .and_then(|(k, l)| Some((k, l.parse::<usize>().ok()?)))
+                .ok_or_else(|| corrupt(format!("tensor `{name}`")))?;
             let shape = view.shape().to_vec();
             match (kind, view.dtype(), shape.as_slice()) {
                 ("weight", Dtype::F32, [_, _]) => {
-                    let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+                    let data = view
+                        .data()
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                        .collect();
                     checkpoint.weights.insert(layer, (shape, data));
                 }
                 ("previous", Dtype::F64, &[r, c]) => {
                     checkpoint.previous.insert(layer, f64_matrix(r, c, view.data()));
                 }
-                _ => return Err(corrupt(format!("tensor `{name}` ({:?}, {shape:?})", view.dtype()))),
+                _ => {
+                    return Err(corrupt(format!("tensor `{name}` ({:?}, {shape:?})", view.dtype())))
+                }
             }
         }
         Ok(checkpoint)

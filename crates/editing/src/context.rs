@@ -24,7 +24,11 @@ pub struct ContextTemplates {
 
 impl ContextTemplates {
     /// The templates `h` asks for: from its `template_file`, else fixed or sampled ([`Self::for_method`]).
-    pub fn for_hparams<B: Backend>(model: &LanguageModel<B>, method: Method, h: &MethodHparams) -> Result<Self> {
+    pub fn for_hparams<B: Backend>(
+        model: &LanguageModel<B>,
+        method: Method,
+        h: &MethodHparams,
+    ) -> Result<Self> {
         match &h.template_file {
             Some(path) => Self::load(path, method),
             None => Self::for_method(model, method, h.templates, h.template_seed),
@@ -33,11 +37,17 @@ impl ContextTemplates {
 
     /// The templates `method` uses: MEMIT/EMMET/AlphaEdit `[["{}"], 5 × 10 tokens]`; ROME one
     /// group `["{}", 10 × 5 tokens, 10 × 10 tokens]` (a flat mean over 21).
-    pub fn for_method<B: Backend>(model: &LanguageModel<B>, method: Method, kind: TemplateKind, seed: u64) -> Result<Self> {
+    pub fn for_method<B: Backend>(
+        model: &LanguageModel<B>,
+        method: Method,
+        kind: TemplateKind,
+        seed: u64,
+    ) -> Result<Self> {
         let bare = vec!["{}".to_string()];
         if kind == TemplateKind::Fixed {
             let fixed: Vec<String> = SEED_WORDS.iter().map(|w| format!("{w}. {{}}")).collect();
-            let groups = if method.is_rank_one() { vec![[bare, fixed].concat()] } else { vec![bare, fixed] };
+            let groups =
+                if method.is_rank_one() { vec![[bare, fixed].concat()] } else { vec![bare, fixed] };
             return Ok(Self { groups });
         }
         if !method.is_rank_one() {
@@ -68,17 +78,31 @@ impl ContextTemplates {
     /// flat `rome` list), from which `method`'s templates are taken.
     pub fn load(path: &Path, method: Method) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EditError::file(path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| EditError::file(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| EditError::file(path, e))?;
         let official = if method.is_rank_one() { "rome" } else { "memit_emmet" };
         let parsed = match (value.get("groups"), value.get(official)) {
             (Some(groups), _) => serde_json::from_value(groups.clone()),
-            (None, Some(rome)) if method.is_rank_one() => serde_json::from_value(rome.clone()).map(|flat| vec![flat]),
+            (None, Some(rome)) if method.is_rank_one() => {
+                serde_json::from_value(rome.clone()).map(|flat| vec![flat])
+            }
             (None, Some(groups)) => serde_json::from_value(groups.clone()),
-            (None, None) => return Err(EditError::file(path, format!("expected a `groups` list (or the official file's `{official}`)"))),
+            (None, None) => {
+                return Err(EditError::file(
+                    path,
+                    format!("expected a `groups` list (or the official file's `{official}`)"),
+                ))
+            }
         };
         let groups: Vec<Vec<String>> = parsed.map_err(|e| EditError::file(path, e))?;
-        if groups.is_empty() || groups.iter().any(Vec::is_empty) || groups.iter().flatten().any(|t| t.matches("{}").count() != 1) {
-            return Err(EditError::file(path, "every template group needs templates, each with exactly one `{}`"));
+        if groups.is_empty()
+            || groups.iter().any(Vec::is_empty)
+            || groups.iter().flatten().any(|t| t.matches("{}").count() != 1)
+        {
+            return Err(EditError::file(
+                path,
+                "every template group needs templates, each with exactly one `{}`",
+            ));
         }
         Ok(Self { groups })
     }
@@ -87,10 +111,17 @@ impl ContextTemplates {
 /// One sample per start text, top-k sampled until `max_len` tokens in total (prompt included),
 /// each turned into a template `"<text>. {}"` with braces in the text replaced by spaces.
 /// Row `i` is drawn with seed `seed + i`.
-fn sample<B: Backend>(model: &LanguageModel<B>, starts: &[&str], max_len: usize, seed: u64) -> Result<Vec<String>> {
+fn sample<B: Backend>(
+    model: &LanguageModel<B>,
+    starts: &[&str],
+    max_len: usize,
+    seed: u64,
+) -> Result<Vec<String>> {
     let tokenizer = model.tokenizer()?;
-    let starts = starts.iter().map(|s| tokenizer.encode(s)).collect::<editbench_models::Result<Vec<_>>>()?;
-    let mut rngs: Vec<SplitMix64> = (0..starts.len() as u64).map(|i| SplitMix64::new(seed.wrapping_add(i))).collect();
+    let starts =
+        starts.iter().map(|s| tokenizer.encode(s)).collect::<editbench_models::Result<Vec<_>>>()?;
+    let mut rngs: Vec<SplitMix64> =
+        (0..starts.len() as u64).map(|i| SplitMix64::new(seed.wrapping_add(i))).collect();
     sample_top_k(model, starts, max_len, &mut rngs)?
         .iter()
         .map(|ids| {
@@ -99,7 +130,6 @@ fn sample<B: Backend>(model: &LanguageModel<B>, starts: &[&str], max_len: usize,
         })
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -110,8 +140,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
         std::fs::write(&path, r#"{"source": "x", "memit_emmet": [["{}"], ["A. {}", "B. {}"]], "rome": ["{}", "C. {}"]}"#).unwrap();
-        assert_eq!(ContextTemplates::load(&path, Method::Emmet).unwrap().groups, vec![vec!["{}"], vec!["A. {}", "B. {}"]]);
-        assert_eq!(ContextTemplates::load(&path, Method::Rome).unwrap().groups, vec![vec!["{}", "C. {}"]]);
+        assert_eq!(
+            ContextTemplates::load(&path, Method::Emmet).unwrap().groups,
+            vec![vec!["{}"], vec!["A. {}", "B. {}"]]
+        );
+        assert_eq!(
+            ContextTemplates::load(&path, Method::Rome).unwrap().groups,
+            vec![vec!["{}", "C. {}"]]
+        );
         let saved = dir.path().join("s.json");
         ContextTemplates { groups: vec![vec!["{}".into()]] }.save(&saved).unwrap();
         assert_eq!(ContextTemplates::load(&saved, Method::Rome).unwrap(), ContextTemplates::bare());

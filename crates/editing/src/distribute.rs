@@ -54,7 +54,11 @@ impl<B: Backend> EditSession<B> {
         self.originals
             .iter()
             .map(|(&layer, original)| {
-                let read = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().map_err(|e| EditError::Input(format!("reading weights: {e:?}")));
+                let read = |t: Tensor<B, 2>| {
+                    t.into_data()
+                        .to_vec::<f32>()
+                        .map_err(|e| EditError::Input(format!("reading weights: {e:?}")))
+                };
                 let (now, before) = (read(model.mlp_out(layer).matrix())?, read(original.clone())?);
                 let (change, norm) = frobenius_change(&now, &before);
                 Ok((layer, change, norm))
@@ -104,7 +108,13 @@ pub struct Editor {
 }
 
 impl Editor {
-    pub fn new(method: Method, distribution: Distribution, hparams: MethodHparams, templates: ContextTemplates, covariances: BTreeMap<usize, Mat<f64>>) -> Result<Self> {
+    pub fn new(
+        method: Method,
+        distribution: Distribution,
+        hparams: MethodHparams,
+        templates: ContextTemplates,
+        covariances: BTreeMap<usize, Mat<f64>>,
+    ) -> Result<Self> {
         let layers = hparams.layers(distribution);
         if let Some(l) = layers.iter().find(|l| !covariances.contains_key(l)) {
             return Err(EditError::Input(format!("no key statistics for layer {l}")));
@@ -112,17 +122,35 @@ impl Editor {
         let mut projectors = BTreeMap::new();
         if method == Method::Alphaedit {
             for &l in &layers {
-                let (p, dim) = null_space_projector(covariances[&l].as_ref(), hparams.nullspace_threshold).map_err(|error| EditError::Solve { layer: l, error })?;
+                let (p, dim) =
+                    null_space_projector(covariances[&l].as_ref(), hparams.nullspace_threshold)
+                        .map_err(|error| EditError::Solve { layer: l, error })?;
                 if dim == 0 {
                     return Err(EditError::Input(format!("AlphaEdit: no eigenvalue of C at layer {l} is below nullspace_threshold {}; raise it", hparams.nullspace_threshold)));
                 }
-                tracing::info!("layer {l}: null space of dimension {dim} (eigenvalues of C below {})", hparams.nullspace_threshold);
+                tracing::info!(
+                    "layer {l}: null space of dimension {dim} (eigenvalues of C below {})",
+                    hparams.nullspace_threshold
+                );
                 projectors.insert(l, p);
             }
         }
         let zeros = |l: usize| Mat::zeros(covariances[&l].nrows(), covariances[&l].nrows());
-        let previous = if method.keeps_previous_keys() { layers.iter().map(|&l| (l, zeros(l))).collect() } else { BTreeMap::new() };
-        Ok(Self { method, distribution, hparams, templates, covariances, projectors, previous, target_cache: None })
+        let previous = if method.keeps_previous_keys() {
+            layers.iter().map(|&l| (l, zeros(l))).collect()
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Self {
+            method,
+            distribution,
+            hparams,
+            templates,
+            covariances,
+            projectors,
+            previous,
+            target_cache: None,
+        })
     }
 
     /// Takes targets from (and adds them to) `cache` while the model is unedited.
@@ -145,36 +173,64 @@ impl Editor {
     /// `previous` holds exactly this editor's layers at its key width.
     pub fn set_previous_keys(&mut self, previous: BTreeMap<usize, Mat<f64>>) -> Result<()> {
         let fits = previous.len() == self.previous.len()
-            && previous.iter().all(|(l, m)| self.previous.get(l).is_some_and(|own| (own.nrows(), own.ncols()) == (m.nrows(), m.ncols())));
+            && previous.iter().all(|(l, m)| {
+                self.previous
+                    .get(l)
+                    .is_some_and(|own| (own.nrows(), own.ncols()) == (m.nrows(), m.ncols()))
+            });
         if !fits {
-            let shapes = |p: &BTreeMap<usize, Mat<f64>>| p.iter().map(|(l, m)| format!("{l}: {}×{}", m.nrows(), m.ncols())).collect::<Vec<_>>();
-            return Err(EditError::Input(format!("earlier keys for layers {:?}; this {:?} editor keeps {:?}", shapes(&previous), self.method, shapes(&self.previous))));
+            let shapes = |p: &BTreeMap<usize, Mat<f64>>| {
+                p.iter()
+                    .map(|(l, m)| format!("{l}: {}×{}", m.nrows(), m.ncols()))
+                    .collect::<Vec<_>>()
+            };
+            return Err(EditError::Input(format!(
+                "earlier keys for layers {:?}; this {:?} editor keeps {:?}",
+                shapes(&previous),
+                self.method,
+                shapes(&self.previous)
+            )));
         }
         self.previous = previous;
         Ok(())
     }
 
     /// Writes `requests` into `model` (ROME: one after another; the others: as one batch).
-    pub fn apply<B: AutodiffBackend>(&mut self, model: &mut LanguageModel<B::InnerBackend>, requests: &[EditRequest], session: &mut EditSession<B::InnerBackend>) -> Result<EditOutcome> {
+    pub fn apply<B: AutodiffBackend>(
+        &mut self,
+        model: &mut LanguageModel<B::InnerBackend>,
+        requests: &[EditRequest],
+        session: &mut EditSession<B::InnerBackend>,
+    ) -> Result<EditOutcome> {
         for r in requests {
             r.check()?;
         }
         let mut outcome = EditOutcome { layers: self.layers(), ..Default::default() };
-        let batches: Vec<&[EditRequest]> = if self.method.is_rank_one() { requests.chunks(1).collect() } else { vec![requests] };
+        let batches: Vec<&[EditRequest]> =
+            if self.method.is_rank_one() { requests.chunks(1).collect() } else { vec![requests] };
         for batch in batches {
             self.apply_batch::<B>(model, batch, session, &mut outcome)?;
         }
         Ok(outcome)
     }
 
-    fn apply_batch<B: AutodiffBackend>(&mut self, model: &mut LanguageModel<B::InnerBackend>, requests: &[EditRequest], session: &mut EditSession<B::InnerBackend>, outcome: &mut EditOutcome) -> Result<()> {
+    fn apply_batch<B: AutodiffBackend>(
+        &mut self,
+        model: &mut LanguageModel<B::InnerBackend>,
+        requests: &[EditRequest],
+        session: &mut EditSession<B::InnerBackend>,
+        outcome: &mut EditOutcome,
+    ) -> Result<()> {
         let layers = self.layers();
         let top = *layers.last().expect("at least one layer");
         // ROME's target lives in the MLP output of the edited layer, the others' in the residual stream.
         let space = if self.method.is_rank_one() { Activation::Value } else { Activation::Hidden };
         let t = Instant::now();
         let targets = match &self.target_cache {
-            Some(cache) if session.originals.is_empty() => cache.lock().expect("target cache lock").targets::<B>(model, requests, &self.templates, top, space, &self.hparams)?,
+            Some(cache) if session.originals.is_empty() => cache
+                .lock()
+                .expect("target cache lock")
+                .targets::<B>(model, requests, &self.templates, top, space, &self.hparams)?,
             _ => target_values::<B>(model, requests, &self.templates, top, space, &self.hparams)?,
         };
         outcome.seconds_targets += t.elapsed().as_secs_f64();
@@ -184,7 +240,11 @@ impl Editor {
         // blocks from the layer edited last.
         let t = Instant::now();
         let mut averaged = LayerKeys::new(model, requests, &self.templates)?;
-        let mut bare = if self.method.is_rank_one() { Some(LayerKeys::new(model, requests, &ContextTemplates::bare())?) } else { None };
+        let mut bare = if self.method.is_rank_one() {
+            Some(LayerKeys::new(model, requests, &ContextTemplates::bare())?)
+        } else {
+            None
+        };
         let mut at_top = PromptActivation::new(model, requests)?;
         outcome.seconds_keys += t.elapsed().as_secs_f64();
         let mut written = Vec::new();
@@ -202,12 +262,24 @@ impl Editor {
                 // r-ROME memorises v* on the averaged key: R = v* − W k̄ = (v* − W k_p) + W (k_p − k̄).
                 residual += weight_times(model, layer, &(k_p - &k));
             }
-            tracing::debug!("layer {layer}: ‖K‖ {:.3e}, ‖Z − H‖ {:.3e}, ‖R‖ {:.3e}", k.norm_l2(), remaining.norm_l2(), residual.norm_l2());
-            let update = self.solve(layer, k.as_ref(), bare_keys.as_ref(), residual.as_ref(), requests.len())?;
-            outcome.max_condition_estimate = match (outcome.max_condition_estimate, update.condition_estimate) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            tracing::debug!(
+                "layer {layer}: ‖K‖ {:.3e}, ‖Z − H‖ {:.3e}, ‖R‖ {:.3e}",
+                k.norm_l2(),
+                remaining.norm_l2(),
+                residual.norm_l2()
+            );
+            let update = self.solve(
+                layer,
+                k.as_ref(),
+                bare_keys.as_ref(),
+                residual.as_ref(),
+                requests.len(),
+            )?;
+            outcome.max_condition_estimate =
+                match (outcome.max_condition_estimate, update.condition_estimate) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
             outcome.used_pseudo_inverse |= update.used_pseudo_inverse;
             let w = model.mlp_out(layer).matrix();
             session.record_original(layer, w.clone());
@@ -220,7 +292,8 @@ impl Editor {
             // A layer's keys depend only on the blocks below it and its own input side, which the
             // later edits of this batch (at higher layers' output projections) leave as they were.
             for (layer, k) in written {
-                *self.previous.get_mut(&layer).expect("previous keys per layer") += &k * k.transpose();
+                *self.previous.get_mut(&layer).expect("previous keys per layer") +=
+                    &k * k.transpose();
             }
         }
         Ok(())
@@ -228,31 +301,73 @@ impl Editor {
 
     /// The method's closed-form update for one layer (spec §5); `bare_keys` are the rank-one
     /// methods' bare-prompt keys `k_p`.
-    fn solve(&self, layer: usize, k: MatRef<'_, f64>, bare_keys: Option<&Mat<f64>>, r: MatRef<'_, f64>, batch: usize) -> Result<crate::solver::Update> {
+    fn solve(
+        &self,
+        layer: usize,
+        k: MatRef<'_, f64>,
+        bare_keys: Option<&Mat<f64>>,
+        r: MatRef<'_, f64>,
+        batch: usize,
+    ) -> Result<crate::solver::Update> {
         let h = &self.hparams;
         let c = &self.covariances[&layer];
         let result = match self.method {
             Method::Rome => {
                 let constraint_keys = bare_keys.expect("ROME reads the bare-prompt keys").as_ref();
-                preservation_memorization_update(c.as_ref(), k, r, Memorization::Asymmetric { constraint_keys })
+                preservation_memorization_update(
+                    c.as_ref(),
+                    k,
+                    r,
+                    Memorization::Asymmetric { constraint_keys },
+                )
             }
-            Method::RRome => preservation_memorization_update(c.as_ref(), k, r, Memorization::Equality { mu: 0.0 }),
+            Method::RRome => preservation_memorization_update(
+                c.as_ref(),
+                k,
+                r,
+                Memorization::Equality { mu: 0.0 },
+            ),
             Method::Emmet => {
                 let mu = if batch > 1 { h.emmet_lambda } else { 0.0 };
                 let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
-                preservation_memorization_update(preserved.as_ref(), k, r, Memorization::Equality { mu })
+                preservation_memorization_update(
+                    preserved.as_ref(),
+                    k,
+                    r,
+                    Memorization::Equality { mu },
+                )
             }
             Method::Memit => {
                 let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
-                preservation_memorization_update(preserved.as_ref(), k, r, Memorization::LeastSquares { lambda: 1.0 })
+                preservation_memorization_update(
+                    preserved.as_ref(),
+                    k,
+                    r,
+                    Memorization::LeastSquares { lambda: 1.0 },
+                )
             }
             Method::Encore => {
-                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda) + &self.previous[&layer];
-                preservation_memorization_update(preserved.as_ref(), k, r, Memorization::LeastSquares { lambda: 1.0 })
+                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda)
+                    + &self.previous[&layer];
+                preservation_memorization_update(
+                    preserved.as_ref(),
+                    k,
+                    r,
+                    Memorization::LeastSquares { lambda: 1.0 },
+                )
             }
             Method::Alphaedit => {
                 let (p, previous) = (&self.projectors[&layer], &self.previous[&layer]);
-                preservation_memorization_update(c.as_ref(), k, r, Memorization::NullSpace { projector: p.as_ref(), previous: previous.as_ref(), alpha: h.alphaedit_l2 })
+                preservation_memorization_update(
+                    c.as_ref(),
+                    k,
+                    r,
+                    Memorization::NullSpace {
+                        projector: p.as_ref(),
+                        previous: previous.as_ref(),
+                        alpha: h.alphaedit_l2,
+                    },
+                )
             }
         };
         result.map_err(|error| EditError::Solve { layer, error })
@@ -306,11 +421,21 @@ mod tests {
         let c = Mat::from_fn(d, d, |i, j| if i == j { 1.0 + i as f64 } else { 0.1 });
         let k = Mat::from_fn(d, 2, |i, j| ((i + 2 * j) as f64).sin());
         let r = Mat::from_fn(3, 2, |i, j| (i as f64 - j as f64) * 0.5);
-        let yaml = "layer: 0\nspread_layers: [0]\nmom2_update_weight: 3.0\nupdate_norm_lambda: 2.0\n";
+        let yaml =
+            "layer: 0\nspread_layers: [0]\nmom2_update_weight: 3.0\nupdate_norm_lambda: 2.0\n";
         let h: MethodHparams = serde_norway::from_str(yaml).unwrap();
-        let editor = Editor::new(Method::Memit, Distribution::Single, h, ContextTemplates::bare(), [(0, c.clone())].into()).unwrap();
+        let editor = Editor::new(
+            Method::Memit,
+            Distribution::Single,
+            h,
+            ContextTemplates::bare(),
+            [(0, c.clone())].into(),
+        )
+        .unwrap();
         let update = editor.solve(0, k.as_ref(), None, r.as_ref(), 2).unwrap();
-        let system = &c * faer::Scale(3.0) + Mat::<f64>::identity(d, d) * faer::Scale(2.0) + &k * k.transpose();
+        let system = &c * faer::Scale(3.0)
+            + Mat::<f64>::identity(d, d) * faer::Scale(2.0)
+            + &k * k.transpose();
         let lhs = &update.delta * system;
         assert!((lhs - &r * k.transpose()).norm_l2() < 1e-10);
     }
@@ -319,7 +444,14 @@ mod tests {
     fn editor(method: Method, c: &Mat<f64>, weight: f64, nu: f64) -> Editor {
         let yaml = format!("layer: 0\nspread_layers: [0]\nmom2_update_weight: {weight}\nupdate_norm_lambda: {nu}\n");
         let h: MethodHparams = serde_norway::from_str(&yaml).unwrap();
-        Editor::new(method, Distribution::Single, h, ContextTemplates::bare(), [(0, c.clone())].into()).unwrap()
+        Editor::new(
+            method,
+            Distribution::Single,
+            h,
+            ContextTemplates::bare(),
+            [(0, c.clone())].into(),
+        )
+        .unwrap()
     }
 
     /// A checkpoint's earlier keys replace an editor's only when they name its layers at its width.
@@ -327,7 +459,11 @@ mod tests {
     fn earlier_keys_of_other_layers_or_widths_are_refused() {
         let c = Mat::<f64>::identity(4, 4);
         let mut encore = editor(Method::Encore, &c, 1.0, 0.0);
-        for wrong in [BTreeMap::from([(1, Mat::zeros(4, 4))]), BTreeMap::from([(0, Mat::zeros(3, 3))]), BTreeMap::new()] {
+        for wrong in [
+            BTreeMap::from([(1, Mat::zeros(4, 4))]),
+            BTreeMap::from([(0, Mat::zeros(3, 3))]),
+            BTreeMap::new(),
+        ] {
             let error = encore.set_previous_keys(wrong).unwrap_err().to_string();
             assert!(error.contains("this Encore editor keeps [\"0: 4×4\"]"), "{error}");
         }
@@ -356,10 +492,25 @@ mod tests {
     fn encore_is_memit_at_nu_zero_and_its_update_shrinks_with_nu() {
         for seed in 0..5 {
             let (c, k, r) = problem(8, 3, seed);
-            let memit = editor(Method::Memit, &c, 2.0, 0.0).solve(0, k.as_ref(), None, r.as_ref(), 3).unwrap().delta;
-            let encore = editor(Method::Encore, &c, 2.0, 0.0).solve(0, k.as_ref(), None, r.as_ref(), 3).unwrap().delta;
+            let memit = editor(Method::Memit, &c, 2.0, 0.0)
+                .solve(0, k.as_ref(), None, r.as_ref(), 3)
+                .unwrap()
+                .delta;
+            let encore = editor(Method::Encore, &c, 2.0, 0.0)
+                .solve(0, k.as_ref(), None, r.as_ref(), 3)
+                .unwrap()
+                .delta;
             assert!((&memit - &encore).norm_l2() < 1e-12 * memit.norm_l2(), "seed {seed}");
-            let norms: Vec<f64> = [0.0, 0.1, 1.0, 10.0, 100.0].iter().map(|&nu| editor(Method::Encore, &c, 2.0, nu).solve(0, k.as_ref(), None, r.as_ref(), 3).unwrap().delta.norm_l2()).collect();
+            let norms: Vec<f64> = [0.0, 0.1, 1.0, 10.0, 100.0]
+                .iter()
+                .map(|&nu| {
+                    editor(Method::Encore, &c, 2.0, nu)
+                        .solve(0, k.as_ref(), None, r.as_ref(), 3)
+                        .unwrap()
+                        .delta
+                        .norm_l2()
+                })
+                .collect();
             assert!(norms.windows(2).all(|w| w[1] < w[0]), "seed {seed}: {norms:?}");
         }
     }
@@ -374,9 +525,15 @@ mod tests {
             let mut encore = editor(Method::Encore, &c, 1.0, 0.0);
             *encore.previous.get_mut(&0).unwrap() += &k1 * k1.transpose();
             let with = encore.solve(0, k2.as_ref(), None, r2.as_ref(), 3).unwrap().delta;
-            let without = editor(Method::Memit, &c, 1.0, 0.0).solve(0, k2.as_ref(), None, r2.as_ref(), 3).unwrap().delta;
+            let without = editor(Method::Memit, &c, 1.0, 0.0)
+                .solve(0, k2.as_ref(), None, r2.as_ref(), 3)
+                .unwrap()
+                .delta;
             let (moved_with, moved_without) = ((&with * &k1).norm_l2(), (&without * &k1).norm_l2());
-            assert!(moved_with < moved_without, "seed {seed}: ‖ΔW K₁‖ {moved_with:e} vs MEMIT {moved_without:e}");
+            assert!(
+                moved_with < moved_without,
+                "seed {seed}: ‖ΔW K₁‖ {moved_with:e} vs MEMIT {moved_without:e}"
+            );
             // The system solved is (C + K₁K₁ᵀ + K₂K₂ᵀ) as in encore_main.py.
             let system = &c + &k1 * k1.transpose() + &k2 * k2.transpose();
             assert!((&with * system - &r2 * k2.transpose()).norm_l2() < 1e-9, "seed {seed}");

@@ -214,7 +214,14 @@ pub struct StatsHparams {
 
 impl Default for StatsHparams {
     fn default() -> Self {
-        Self { samples: Samples::default(), keys_per_dim: d::keys_per_dim(), max_length: d::max_length(), batch_tokens: d::batch_tokens(), seed: 0, sampler: Sampler::default() }
+        Self {
+            samples: Samples::default(),
+            keys_per_dim: d::keys_per_dim(),
+            max_length: d::max_length(),
+            batch_tokens: d::batch_tokens(),
+            seed: 0,
+            sampler: Sampler::default(),
+        }
     }
 }
 
@@ -247,7 +254,11 @@ impl FromStr for Samples {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "auto" => Ok(Self::Auto(AutoKeyword::Auto)),
-            n => n.parse().map(Self::Count).map_err(|_| EditError::Input(format!("samples `{n}`: expected a number of paragraphs or `auto`"))),
+            n => n.parse().map(Self::Count).map_err(|_| {
+                EditError::Input(format!(
+                    "samples `{n}`: expected a number of paragraphs or `auto`"
+                ))
+            }),
         }
     }
 }
@@ -297,9 +308,14 @@ pub struct FamilyHparams {
 impl FamilyHparams {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EditError::file(path, e))?;
-        let mut family: Self = serde_norway::from_str(&text).map_err(|e| EditError::file(path, e))?;
+        let mut family: Self =
+            serde_norway::from_str(&text).map_err(|e| EditError::file(path, e))?;
         if family.encore.is_none() {
-            family.encore = Some(MethodHparams { update_norm_lambda: 10.0, mpes_patience: Some(2), ..family.memit.clone() });
+            family.encore = Some(MethodHparams {
+                update_norm_lambda: 10.0,
+                mpes_patience: Some(2),
+                ..family.memit.clone()
+            });
         }
         Ok(family)
     }
@@ -317,15 +333,26 @@ impl FamilyHparams {
 
     /// Checks every layer against the model's depth.
     pub fn check_layers(&self, num_layers: usize) -> Result<()> {
-        for method in [Method::Rome, Method::RRome, Method::Memit, Method::Emmet, Method::Alphaedit, Method::Encore] {
+        for method in [
+            Method::Rome,
+            Method::RRome,
+            Method::Memit,
+            Method::Emmet,
+            Method::Alphaedit,
+            Method::Encore,
+        ] {
             let (name, h) = (method.to_string(), self.method(method));
             let mut all = h.spread_layers.clone();
             all.push(h.layer);
             if let Some(bad) = all.iter().find(|&&l| l >= num_layers) {
-                return Err(EditError::Input(format!("{name}: layer {bad} is out of range (the model has {num_layers} layers)")));
+                return Err(EditError::Input(format!(
+                    "{name}: layer {bad} is out of range (the model has {num_layers} layers)"
+                )));
             }
             if h.spread_layers.is_empty() || h.spread_layers.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(EditError::Input(format!("{name}: spread_layers must be non-empty and ascending")));
+                return Err(EditError::Input(format!(
+                    "{name}: spread_layers must be non-empty and ascending"
+                )));
             }
         }
         Ok(())
@@ -340,7 +367,10 @@ mod tests {
     fn samples_are_a_count_or_auto_and_a_count_keeps_its_old_spelling() {
         // A count serialises as the bare number it always was, so existing statistics caches stay valid.
         assert_eq!(serde_json::to_value(Samples::Count(2000)).unwrap(), serde_json::json!(2000));
-        assert_eq!(serde_json::to_value(Samples::Auto(AutoKeyword::Auto)).unwrap(), serde_json::json!("auto"));
+        assert_eq!(
+            serde_json::to_value(Samples::Auto(AutoKeyword::Auto)).unwrap(),
+            serde_json::json!("auto")
+        );
         let h: StatsHparams = serde_norway::from_str("samples: auto\nkeys_per_dim: 4").unwrap();
         assert_eq!((h.samples, h.keys_per_dim), (Samples::Auto(AutoKeyword::Auto), 4.0));
         let h: StatsHparams = serde_norway::from_str("samples: 300").unwrap();
@@ -348,19 +378,32 @@ mod tests {
         assert!(serde_norway::from_str::<StatsHparams>("samples: all").is_err());
         assert_eq!("auto".parse::<Samples>().unwrap().to_string(), "auto");
         assert_eq!("64".parse::<Samples>().unwrap(), Samples::Count(64));
-        assert!("-3".parse::<Samples>().unwrap_err().to_string().contains("expected a number of paragraphs or `auto`"));
+        assert!("-3"
+            .parse::<Samples>()
+            .unwrap_err()
+            .to_string()
+            .contains("expected a number of paragraphs or `auto`"));
     }
 
     /// Every hyperparameter file the project ships parses, and its layers fit its model's depth.
     #[test]
     fn every_shipped_hparams_file_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hparams");
-        let depth = [("smollm2.yaml", 30), ("gpt-j-6b.yaml", 28), ("llama-2-7b.yaml", 32), ("gpt2-xl.yaml", 48)];
+        let depth = [
+            ("smollm2.yaml", 30),
+            ("gpt-j-6b.yaml", 28),
+            ("llama-2-7b.yaml", 32),
+            ("gpt2-xl.yaml", 48),
+        ];
         for (file, layers) in depth {
-            let family = FamilyHparams::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let family =
+                FamilyHparams::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
             family.check_layers(layers).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
-        let shipped = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml")).count();
+        let shipped = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
+            .count();
         assert_eq!(shipped, depth.len(), "a new hparams file needs a line here");
     }
 }

@@ -23,18 +23,25 @@ pub struct Located {
 /// `template` with the request prompt in its `{}`, the subject in the prompt's `{}`, then `suffix`;
 /// `lookup` is the last token whose text starts before the subject ends (robust to leading spaces,
 /// a subject at the start, and a last subject piece merged with what follows).
-pub fn locate(tokenizer: &TextTokenizer, template: &str, request: &EditRequest, suffix: &str) -> Result<Located> {
+pub fn locate(
+    tokenizer: &TextTokenizer,
+    template: &str,
+    request: &EditRequest,
+    suffix: &str,
+) -> Result<Located> {
     let with_prompt = template.replacen("{}", &request.prompt, 1);
-    let start = with_prompt
-        .find("{}")
-        .ok_or_else(|| EditError::Input(format!("prompt `{}` has no `{{}}` for the subject", request.prompt)))?;
+    let start = with_prompt.find("{}").ok_or_else(|| {
+        EditError::Input(format!("prompt `{}` has no `{{}}` for the subject", request.prompt))
+    })?;
     let text = format!("{}{}", with_prompt.replacen("{}", &request.subject, 1), suffix);
     let subject_end = start + request.subject.len();
     let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
-    let lookup = offsets
-        .iter()
-        .rposition(|&(s, e)| e > s && s < subject_end)
-        .ok_or_else(|| EditError::Input(format!("subject `{}` not found in the tokens of `{text}`", request.subject)))?;
+    let lookup = offsets.iter().rposition(|&(s, e)| e > s && s < subject_end).ok_or_else(|| {
+        EditError::Input(format!(
+            "subject `{}` not found in the tokens of `{text}`",
+            request.subject
+        ))
+    })?;
     Ok(Located { ids, lookup })
 }
 
@@ -50,7 +57,12 @@ pub enum Activation {
 }
 
 /// `activation` of `layer` at each sentence's located token: a row-major `[n, width]` buffer.
-pub fn activations_at<B: Backend>(model: &LanguageModel<B>, sentences: &[Located], layer: usize, activation: Activation) -> Result<Vec<f32>> {
+pub fn activations_at<B: Backend>(
+    model: &LanguageModel<B>,
+    sentences: &[Located],
+    layer: usize,
+    activation: Activation,
+) -> Result<Vec<f32>> {
     BottomUp::new(sentences.to_vec()).read(model, layer, activation, 0)
 }
 
@@ -84,8 +96,17 @@ impl<B: Backend> BottomUp<B> {
     /// `activation` of `layer` at each sentence's located token, as [`activations_at`]. Keeps the
     /// input of block `edited` (≤ `layer`): until the next read the caller may change blocks
     /// `edited` and above only.
-    pub fn read(&mut self, model: &LanguageModel<B>, layer: usize, activation: Activation, edited: usize) -> Result<Vec<f32>> {
-        assert!(edited <= layer, "the kept input (block {edited}) must lie at or below the layer read ({layer})");
+    pub fn read(
+        &mut self,
+        model: &LanguageModel<B>,
+        layer: usize,
+        activation: Activation,
+        edited: usize,
+    ) -> Result<Vec<f32>> {
+        assert!(
+            edited <= layer,
+            "the kept input (block {edited}) must lie at or below the layer read ({layer})"
+        );
         let (from, kept) = match self.kept.take() {
             Some((from, kept)) if from <= edited => (from, kept),
             _ => (0, Vec::new()),
@@ -97,7 +118,9 @@ impl<B: Backend> BottomUp<B> {
             let ids: Vec<Vec<u32>> = chunk.iter().map(|s| s.ids.clone()).collect();
             let batch = model.batch(&ids, Padding::Right)?;
             let (first, start) = match kept.get(c) {
-                Some(input) if from > 0 => (from, Start::After { layer: from - 1, hidden: input.clone() }),
+                Some(input) if from > 0 => {
+                    (from, Start::After { layer: from - 1, hidden: input.clone() })
+                }
                 _ => (0, Start::Tokens),
             };
             let below = (edited > first).then(|| edited - 1);
@@ -123,7 +146,12 @@ impl<B: Backend> BottomUp<B> {
 }
 
 /// Rows `[n, width]` of a captured activation at `(row r, columns[r])`.
-pub fn rows_at<B: Backend>(trace: &Trace<B>, layer: usize, activation: Activation, columns: &[usize]) -> Tensor<B, 2> {
+pub fn rows_at<B: Backend>(
+    trace: &Trace<B>,
+    layer: usize,
+    activation: Activation,
+    columns: &[usize],
+) -> Tensor<B, 2> {
     let captured = &trace.layers[&layer];
     let x = match activation {
         Activation::Key => captured.key.clone(),
@@ -137,12 +165,19 @@ pub fn rows_at<B: Backend>(trace: &Trace<B>, layer: usize, activation: Activatio
 }
 
 pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data().to_vec::<f32>().map_err(|e| EditError::Input(format!("reading a tensor back: {e:?}")))
+    t.into_data()
+        .to_vec::<f32>()
+        .map_err(|e| EditError::Input(format!("reading a tensor back: {e:?}")))
 }
 
 /// The keys `K ∈ R^{d_in×n}` of `requests` at `layer` (spec §3.3): for each request the mean over
 /// template groups of the mean over the group's templates.
-pub fn keys<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templates: &ContextTemplates, layer: usize) -> Result<Mat<f64>> {
+pub fn keys<B: Backend>(
+    model: &LanguageModel<B>,
+    requests: &[EditRequest],
+    templates: &ContextTemplates,
+    layer: usize,
+) -> Result<Mat<f64>> {
     LayerKeys::new(model, requests, templates)?.at(model, layer, 0)
 }
 
@@ -155,7 +190,11 @@ pub struct LayerKeys<B: Backend> {
 }
 
 impl<B: Backend> LayerKeys<B> {
-    pub fn new(model: &LanguageModel<B>, requests: &[EditRequest], templates: &ContextTemplates) -> Result<Self> {
+    pub fn new(
+        model: &LanguageModel<B>,
+        requests: &[EditRequest],
+        templates: &ContextTemplates,
+    ) -> Result<Self> {
         let tokenizer = model.tokenizer()?;
         let mut sentences = Vec::new();
         for request in requests {
@@ -168,7 +207,12 @@ impl<B: Backend> LayerKeys<B> {
     }
 
     /// [`keys`] at `layer`, keeping the input of block `edited` ([`BottomUp::read`]).
-    pub fn at(&mut self, model: &LanguageModel<B>, layer: usize, edited: usize) -> Result<Mat<f64>> {
+    pub fn at(
+        &mut self,
+        model: &LanguageModel<B>,
+        layer: usize,
+        edited: usize,
+    ) -> Result<Mat<f64>> {
         let d = model.dims.intermediate_size;
         let flat = self.reader.read(model, layer, Activation::Key, edited)?;
         let per_request: usize = self.groups.iter().sum();
@@ -195,12 +239,19 @@ pub struct PromptActivation<B: Backend> {
 impl<B: Backend> PromptActivation<B> {
     pub fn new(model: &LanguageModel<B>, requests: &[EditRequest]) -> Result<Self> {
         let tokenizer = model.tokenizer()?;
-        let sentences = requests.iter().map(|r| locate(tokenizer, "{}", r, "")).collect::<Result<Vec<_>>>()?;
+        let sentences =
+            requests.iter().map(|r| locate(tokenizer, "{}", r, "")).collect::<Result<Vec<_>>>()?;
         Ok(Self { reader: BottomUp::new(sentences), requests: requests.len() })
     }
 
     /// `activation` at `layer`, keeping the input of block `edited` ([`BottomUp::read`]).
-    pub fn at(&mut self, model: &LanguageModel<B>, layer: usize, activation: Activation, edited: usize) -> Result<Mat<f64>> {
+    pub fn at(
+        &mut self,
+        model: &LanguageModel<B>,
+        layer: usize,
+        activation: Activation,
+        edited: usize,
+    ) -> Result<Mat<f64>> {
         let flat = self.reader.read(model, layer, activation, edited)?;
         Ok(to_columns(&flat, self.requests, flat.len() / self.requests))
     }

@@ -35,7 +35,10 @@ impl EditRequest {
 
     pub fn check(&self) -> crate::Result<()> {
         if self.prompt.matches("{}").count() != 1 {
-            return Err(crate::EditError::Input(format!("prompt `{}` must contain exactly one `{{}}` for the subject", self.prompt)));
+            return Err(crate::EditError::Input(format!(
+                "prompt `{}` must contain exactly one `{{}}` for the subject",
+                self.prompt
+            )));
         }
         if self.subject.trim().is_empty() || self.target_new.trim().is_empty() {
             return Err(crate::EditError::Input("subject and target must not be empty".into()));
@@ -47,6 +50,12 @@ impl EditRequest {
 impl From<&Record> for EditRequest {
     fn from(record: &Record) -> Self {
         let r = &record.rewrite;
-        Self { case_id: Some(record.case_id), prompt: r.prompt.clone(), subject: r.subject.clone(), target_new: r.target_new.clone(), target_true: Some(r.target_true.clone()) }
+        Self {
+            case_id: Some(record.case_id),
+            prompt: r.prompt.clone(),
+            subject: r.subject.clone(),
+            target_new: r.target_new.clone(),
+            target_true: Some(r.target_true.clone()),
+        }
     }
 }

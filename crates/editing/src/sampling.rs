@@ -13,7 +13,12 @@ const TOP_K: usize = 5;
 /// Extends every sequence of `seqs` to `max_len` tokens in total (prompt included), all rows in
 /// one KV-cached batch per step (shorter prompts left-padded); row `r` draws from `rngs[r]`, so a row's
 /// sample does not depend on which other rows share its batch.
-pub fn sample_top_k<B: Backend>(model: &LanguageModel<B>, seqs: Vec<Vec<u32>>, max_len: usize, rngs: &mut [SplitMix64]) -> Result<Vec<Vec<u32>>> {
+pub fn sample_top_k<B: Backend>(
+    model: &LanguageModel<B>,
+    seqs: Vec<Vec<u32>>,
+    max_len: usize,
+    rngs: &mut [SplitMix64],
+) -> Result<Vec<Vec<u32>>> {
     assert_eq!(seqs.len(), rngs.len(), "one generator per row");
     Ok(model.extend(seqs, max_len, |row, logits| Some(top_k_sample(logits, &mut rngs[row])))?)
 }

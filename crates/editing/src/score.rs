@@ -55,11 +55,16 @@ impl Continuation {
 
 /// Teacher-forced scores of each `(prompt, target)` pair. Sequences are sorted by length and
 /// packed into passes of about [`TOKENS_PER_PASS`] tokens; results come back in input order.
-pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, String)]) -> Result<Vec<Continuation>> {
+pub fn teacher_forced<B: Backend>(
+    model: &LanguageModel<B>,
+    pairs: &[(String, String)],
+) -> Result<Vec<Continuation>> {
     let tokenizer = model.tokenizer()?;
     let encoded = pairs
         .iter()
-        .map(|(prompt, target)| Ok((tokenizer.encode(prompt)?, target_ids(tokenizer, prompt, target)?)))
+        .map(|(prompt, target)| {
+            Ok((tokenizer.encode(prompt)?, target_ids(tokenizer, prompt, target)?))
+        })
         .collect::<Result<Vec<_>>>()?;
     teacher_forced_ids(model, &encoded)
 }
@@ -69,7 +74,10 @@ pub fn teacher_forced<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, St
 /// each target continues it on its own branch ([`PromptTree`]). Rows are sorted by length and
 /// packed into passes of about [`TOKENS_PER_PASS`] tokens, run side by side on the CPU
 /// ([`concurrent_passes`]); results come back in input order.
-pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Continuation>> {
+pub fn teacher_forced_ids<B: Backend>(
+    model: &LanguageModel<B>,
+    encoded: &[(Vec<u32>, Vec<u32>)],
+) -> Result<Vec<Continuation>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
     for (i, (prompt, target)) in encoded.iter().enumerate() {
@@ -85,11 +93,14 @@ pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<
         });
         groups[group].push(i);
     }
-    let columns = |group: &[usize]| encoded[group[0]].0.len() + group.iter().map(|&i| encoded[i].1.len() - 1).sum::<usize>();
+    let columns = |group: &[usize]| {
+        encoded[group[0]].0.len() + group.iter().map(|&i| encoded[i].1.len() - 1).sum::<usize>()
+    };
     groups.sort_by_key(|g| columns(g));
     // Small jobs are split so that every concurrent pass has work.
     let concurrent = concurrent_passes::<B>(&model.device());
-    let budget = TOKENS_PER_PASS.min(groups.iter().map(|g| columns(g)).sum::<usize>().div_ceil(concurrent));
+    let budget =
+        TOKENS_PER_PASS.min(groups.iter().map(|g| columns(g)).sum::<usize>().div_ceil(concurrent));
     let mut passes = Vec::new();
     let mut start = 0;
     while start < groups.len() {
@@ -101,18 +112,24 @@ pub fn teacher_forced_ids<B: Backend>(model: &LanguageModel<B>, encoded: &[(Vec<
         start = end;
     }
     let mut out = vec![None; encoded.len()];
-    side_by_side(&passes, concurrent, |pass| score_pass(model, encoded, pass), |_, scored| {
-        for (i, scored) in scored {
-            out[i] = Some(scored);
-        }
-    })?;
+    side_by_side(
+        &passes,
+        concurrent,
+        |pass| score_pass(model, encoded, pass),
+        |_, scored| {
+            for (i, scored) in scored {
+                out[i] = Some(scored);
+            }
+        },
+    )?;
     Ok(out.into_iter().map(|c| c.expect("every pair scored")).collect())
 }
 
 /// Perplexity of `texts` (token ids): `exp` of the mean NLL of every token after each text's
 /// first, predicted from the tokens before it. Texts shorter than two tokens are skipped.
 pub fn perplexity<B: Backend>(model: &LanguageModel<B>, texts: &[Vec<u32>]) -> Result<f64> {
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().filter(|t| t.len() > 1).map(|t| (t[..1].to_vec(), t[1..].to_vec())).collect();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+        texts.iter().filter(|t| t.len() > 1).map(|t| (t[..1].to_vec(), t[1..].to_vec())).collect();
     Ok(perplexity_of(&teacher_forced_ids(model, &pairs)?))
 }
 
@@ -145,7 +162,10 @@ mod tests {
 }
 
 /// Mean token NLL of each `(prompt, target)` pair.
-pub fn continuation_nll<B: Backend>(model: &LanguageModel<B>, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+pub fn continuation_nll<B: Backend>(
+    model: &LanguageModel<B>,
+    pairs: &[(String, String)],
+) -> Result<Vec<f64>> {
     Ok(teacher_forced(model, pairs)?.iter().map(Continuation::mean_nll).collect())
 }
 
@@ -174,17 +194,30 @@ fn score_pass<B: Backend>(
         for (b, &pair) in group.iter().enumerate() {
             let start = tree.branch_start(b);
             let before = |j: usize| if j == 0 { tree.prompt.len() - 1 } else { start + j - 1 };
-            labels.extend(encoded[pair].1.iter().enumerate().map(|(j, &tok)| (first + b, row * t + before(j), tok)));
+            labels.extend(
+                encoded[pair]
+                    .1
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &tok)| (first + b, row * t + before(j), tok)),
+            );
         }
     }
     let at: Vec<usize> = labels.iter().map(|l| l.1).collect();
-    let logits = model.forward(&batch, &Hooks { logits_at: Some(at), ..Hooks::default() }).logits.expect("full pass");
+    let logits = model
+        .forward(&batch, &Hooks { logits_at: Some(at), ..Hooks::default() })
+        .logits
+        .expect("full pass");
     let logits = logits.reshape([labels.len(), model.dims.vocab_size]);
-    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]), &model.device());
+    let index = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]),
+        &model.device(),
+    );
     let best: Vec<i64> = logits.clone().argmax(1).into_data().iter::<i64>().collect();
     let logprobs = host(activation::log_softmax(logits, 1).gather(1, index))?;
     let empty = || Continuation { logprobs: Vec::new(), argmax: Vec::new() };
-    let mut out: Vec<(usize, Continuation)> = groups.iter().flatten().map(|&i| (i, empty())).collect();
+    let mut out: Vec<(usize, Continuation)> =
+        groups.iter().flatten().map(|&i| (i, empty())).collect();
     for (((slot, _, tok), lp), best) in labels.iter().zip(logprobs).zip(best) {
         let scored = &mut out[*slot].1;
         scored.logprobs.push(lp as f64);

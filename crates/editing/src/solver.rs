@@ -58,13 +58,21 @@ pub fn preservation_memorization_update(
 ) -> Result<Update, SolveError> {
     let d_in = c.nrows();
     if c.ncols() != d_in || keys.nrows() != d_in || residuals.ncols() != keys.ncols() {
-        return Err(SolveError::Shape { c: (c.nrows(), c.ncols()), keys: (keys.nrows(), keys.ncols()), residuals: (residuals.nrows(), residuals.ncols()) });
+        return Err(SolveError::Shape {
+            c: (c.nrows(), c.ncols()),
+            keys: (keys.nrows(), keys.ncols()),
+            residuals: (residuals.nrows(), residuals.ncols()),
+        });
     }
     let update = match memorization {
         Memorization::Equality { mu } => equality(c, keys, residuals, mu)?,
-        Memorization::Asymmetric { constraint_keys } => asymmetric(c, keys, constraint_keys, residuals)?,
+        Memorization::Asymmetric { constraint_keys } => {
+            asymmetric(c, keys, constraint_keys, residuals)?
+        }
         Memorization::LeastSquares { lambda } => least_squares(c, keys, residuals, lambda)?,
-        Memorization::NullSpace { projector, previous, alpha } => null_space(projector, previous, keys, residuals, alpha)?,
+        Memorization::NullSpace { projector, previous, alpha } => {
+            null_space(projector, previous, keys, residuals, alpha)?
+        }
     };
     if update.delta.col_iter().any(|col| col.iter().any(|x| !x.is_finite())) {
         return Err(SolveError::NonFinite);
@@ -73,24 +81,41 @@ pub fn preservation_memorization_update(
 }
 
 /// EMMET / ROME (spec §5.4, §5.2): `Y = C⁻¹K`, `D = KᵀY + μI`, `ΔW = R D⁻¹ Yᵀ`.
-fn equality(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, residuals: MatRef<'_, f64>, mu: f64) -> Result<Update, SolveError> {
-    let c_inv_k = c.llt(Side::Lower).map_err(|_| SolveError::NotPositiveDefinite(c.nrows()))?.solve(keys);
+fn equality(
+    c: MatRef<'_, f64>,
+    keys: MatRef<'_, f64>,
+    residuals: MatRef<'_, f64>,
+    mu: f64,
+) -> Result<Update, SolveError> {
+    let c_inv_k =
+        c.llt(Side::Lower).map_err(|_| SolveError::NotPositiveDefinite(c.nrows()))?.solve(keys);
     let mut d = keys.transpose() * &c_inv_k;
     symmetrize(&mut d);
     for i in 0..d.nrows() {
         d[(i, i)] += mu;
     }
-    let (d_inv_yt, condition_estimate, used_pseudo_inverse) = solve_symmetric(&d, c_inv_k.transpose(), "KᵀC⁻¹K")?;
+    let (d_inv_yt, condition_estimate, used_pseudo_inverse) =
+        solve_symmetric(&d, c_inv_k.transpose(), "KᵀC⁻¹K")?;
     Ok(Update { delta: residuals * d_inv_yt, condition_estimate, used_pseudo_inverse })
 }
 
 /// Official ROME (spec §5.2): `Y = C⁻¹K`, `D = K_pᵀY`, `ΔW = R D⁻¹ Yᵀ`. `D` is not symmetric, so
 /// it is solved by LU; a singular `D` is an error (ROME's edit cannot be written then).
-fn asymmetric(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, constraint: MatRef<'_, f64>, residuals: MatRef<'_, f64>) -> Result<Update, SolveError> {
+fn asymmetric(
+    c: MatRef<'_, f64>,
+    keys: MatRef<'_, f64>,
+    constraint: MatRef<'_, f64>,
+    residuals: MatRef<'_, f64>,
+) -> Result<Update, SolveError> {
     if constraint.nrows() != keys.nrows() || constraint.ncols() != keys.ncols() {
-        return Err(SolveError::Shape { c: (c.nrows(), c.ncols()), keys: (constraint.nrows(), constraint.ncols()), residuals: (residuals.nrows(), residuals.ncols()) });
+        return Err(SolveError::Shape {
+            c: (c.nrows(), c.ncols()),
+            keys: (constraint.nrows(), constraint.ncols()),
+            residuals: (residuals.nrows(), residuals.ncols()),
+        });
     }
-    let c_inv_k = c.llt(Side::Lower).map_err(|_| SolveError::NotPositiveDefinite(c.nrows()))?.solve(keys);
+    let c_inv_k =
+        c.llt(Side::Lower).map_err(|_| SolveError::NotPositiveDefinite(c.nrows()))?.solve(keys);
     let d = constraint.transpose() * &c_inv_k;
     let d_inv_yt = d.partial_piv_lu().solve(c_inv_k.transpose());
     if d_inv_yt.col_iter().any(|col| col.iter().any(|x| !x.is_finite())) {
@@ -100,7 +125,12 @@ fn asymmetric(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, constraint: MatRef<'_, 
 }
 
 /// MEMIT (spec §5.3): `(λC + KKᵀ) X = K`, `ΔW = R Xᵀ`.
-fn least_squares(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, residuals: MatRef<'_, f64>, lambda: f64) -> Result<Update, SolveError> {
+fn least_squares(
+    c: MatRef<'_, f64>,
+    keys: MatRef<'_, f64>,
+    residuals: MatRef<'_, f64>,
+    lambda: f64,
+) -> Result<Update, SolveError> {
     let mut a = keys * keys.transpose() + c * faer::Scale(lambda);
     symmetrize(&mut a);
     let (x, condition_estimate, used_pseudo_inverse) = solve_symmetric(&a, keys, "λC + KKᵀ")?;
@@ -109,7 +139,13 @@ fn least_squares(c: MatRef<'_, f64>, keys: MatRef<'_, f64>, residuals: MatRef<'_
 
 /// AlphaEdit (spec §5.5, as jianghoucheng/AlphaEdit `AlphaEdit_main.py` solves it):
 /// `(P (KKᵀ + K_pK_pᵀ) + αI) U = P K Rᵀ`, `ΔW = Uᵀ` (the transpose of the spec's form).
-fn null_space(p: MatRef<'_, f64>, previous: MatRef<'_, f64>, keys: MatRef<'_, f64>, residuals: MatRef<'_, f64>, alpha: f64) -> Result<Update, SolveError> {
+fn null_space(
+    p: MatRef<'_, f64>,
+    previous: MatRef<'_, f64>,
+    keys: MatRef<'_, f64>,
+    residuals: MatRef<'_, f64>,
+    alpha: f64,
+) -> Result<Update, SolveError> {
     let mut a = p * (keys * keys.transpose() + previous);
     for i in 0..a.nrows() {
         a[(i, i)] += alpha;
@@ -119,7 +155,11 @@ fn null_space(p: MatRef<'_, f64>, previous: MatRef<'_, f64>, keys: MatRef<'_, f6
     if u.col_iter().any(|col| col.iter().any(|x| !x.is_finite())) {
         return Err(SolveError::Singular("P(KKᵀ + K_pK_pᵀ) + αI"));
     }
-    Ok(Update { delta: u.transpose().to_owned(), condition_estimate: None, used_pseudo_inverse: false })
+    Ok(Update {
+        delta: u.transpose().to_owned(),
+        condition_estimate: None,
+        used_pseudo_inverse: false,
+    })
 }
 
 fn symmetrize(a: &mut Mat<f64>) {
@@ -138,17 +178,26 @@ const MAX_CONDITION: f64 = 1e12;
 
 /// Solves `A X = B` for symmetric `A`: Cholesky if `A` is positive definite, otherwise the
 /// pseudo-inverse from its eigendecomposition (logged, and reported in [`Update`]).
-fn solve_symmetric(a: &Mat<f64>, b: MatRef<'_, f64>, name: &'static str) -> Result<(Mat<f64>, Option<f64>, bool), SolveError> {
+fn solve_symmetric(
+    a: &Mat<f64>,
+    b: MatRef<'_, f64>,
+    name: &'static str,
+) -> Result<(Mat<f64>, Option<f64>, bool), SolveError> {
     if let Ok(llt) = a.llt(Side::Lower) {
         let pivots: Vec<f64> = (0..a.nrows()).map(|i| llt.L()[(i, i)]).collect();
-        let (lo, hi) = pivots.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        let (lo, hi) =
+            pivots.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &p| (lo.min(p), hi.max(p)));
         let condition = (hi / lo).powi(2);
         if condition < MAX_CONDITION {
             return Ok((llt.solve(b), Some(condition), false));
         }
         tracing::warn!("{name} ({}×{}) is numerically singular (condition ≈ {condition:.1e}): solving with its pseudo-inverse", a.nrows(), a.ncols());
     } else {
-        tracing::warn!("{name} ({}×{}) is not positive definite: solving with its pseudo-inverse", a.nrows(), a.ncols());
+        tracing::warn!(
+            "{name} ({}×{}) is not positive definite: solving with its pseudo-inverse",
+            a.nrows(),
+            a.ncols()
+        );
     }
     let eig = a.self_adjoint_eigen(Side::Lower).map_err(|_| SolveError::Singular(name))?;
     Ok((eig.pseudoinverse() * b, None, true))
@@ -156,8 +205,13 @@ fn solve_symmetric(a: &Mat<f64>, b: MatRef<'_, f64>, name: &'static str) -> Resu
 
 /// `P = Û Ûᵀ`, the projector onto the eigenvectors of `C` whose eigenvalues are below `threshold`
 /// (AlphaEdit's `get_project`: an absolute threshold on the singular values of the normalised C).
-pub fn null_space_projector(c: MatRef<'_, f64>, threshold: f64) -> Result<(Mat<f64>, usize), SolveError> {
-    let eig = c.self_adjoint_eigen(Side::Lower).map_err(|_| SolveError::Singular("C eigendecomposition"))?;
+pub fn null_space_projector(
+    c: MatRef<'_, f64>,
+    threshold: f64,
+) -> Result<(Mat<f64>, usize), SolveError> {
+    let eig = c
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| SolveError::Singular("C eigendecomposition"))?;
     let small: Vec<usize> = (0..c.nrows()).filter(|&i| eig.S()[i] < threshold).collect();
     let u = Mat::from_fn(c.nrows(), small.len(), |i, j| eig.U()[(i, small[j])]);
     Ok((&u * u.transpose(), small.len()))
@@ -267,17 +321,39 @@ mod tests {
         let (c, k, r) = problem(7, 16, 6, 2);
         let k = Mat::from_fn(16, 2, |i, _| k[(i, 0)]);
         let r = Mat::from_fn(6, 2, |i, _| r[(i, 0)]);
-        let u = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), Memorization::Equality { mu: 0.0 }).unwrap();
+        let u = preservation_memorization_update(
+            c.as_ref(),
+            k.as_ref(),
+            r.as_ref(),
+            Memorization::Equality { mu: 0.0 },
+        )
+        .unwrap();
         assert!(u.used_pseudo_inverse);
         assert!(rel_err((&u.delta * &k).as_ref(), r.as_ref()) < 1e-6);
     }
 
     #[test]
     fn indefinite_c_is_an_error() {
-        let c = Mat::<f64>::from_fn(4, 4, |i, j| if i == j { if i == 0 { -1.0 } else { 1.0 } } else { 0.0 });
+        let c = Mat::<f64>::from_fn(4, 4, |i, j| {
+            if i == j {
+                if i == 0 {
+                    -1.0
+                } else {
+                    1.0
+                }
+            } else {
+                0.0
+            }
+        });
         let k = Mat::<f64>::ones(4, 1);
         let r = Mat::<f64>::ones(2, 1);
-        let err = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), Memorization::Equality { mu: 0.0 }).unwrap_err();
+        let err = preservation_memorization_update(
+            c.as_ref(),
+            k.as_ref(),
+            r.as_ref(),
+            Memorization::Equality { mu: 0.0 },
+        )
+        .unwrap_err();
         assert_eq!(err, SolveError::NotPositiveDefinite(4));
     }
 }

@@ -65,7 +65,10 @@ pub fn model_sha256(path: &Path) -> Result<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| EditError::file(path, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "safetensors")
+                || p.file_name().is_some_and(|n| n == "config.json")
+        })
         .collect();
     files.sort();
     let mut hasher = Sha256::new();
@@ -78,7 +81,11 @@ pub fn model_sha256(path: &Path) -> Result<String> {
 impl StatsSource {
     /// The moments of every layer in `layers`, from the cache where valid, computed otherwise
     /// (all missing layers in one pass over the corpus).
-    pub fn moments<B: Backend>(&self, model: &LanguageModel<B>, layers: &[usize]) -> Result<BTreeMap<usize, KeyMoments>> {
+    pub fn moments<B: Backend>(
+        &self,
+        model: &LanguageModel<B>,
+        layers: &[usize],
+    ) -> Result<BTreeMap<usize, KeyMoments>> {
         let keys = self.cache_keys(model, layers)?;
         let mut found = BTreeMap::new();
         let mut missing = Vec::new();
@@ -109,7 +116,11 @@ impl StatsSource {
     }
 
     /// One JSON description per layer of everything the statistics depend on.
-    pub fn cache_keys<B: Backend>(&self, model: &LanguageModel<B>, layers: &[usize]) -> Result<Vec<String>> {
+    pub fn cache_keys<B: Backend>(
+        &self,
+        model: &LanguageModel<B>,
+        layers: &[usize],
+    ) -> Result<Vec<String>> {
         let model_hash = model_sha256(&model.path)?;
         let corpus_hash = file_sha256(&self.corpus)?;
         Ok(layers
@@ -140,12 +151,14 @@ impl StatsSource {
 
 fn read_cache(path: &Path, key: &str) -> std::result::Result<KeyMoments, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("corrupt file: {e}"))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("corrupt file: {e}"))?;
     let meta = metadata.metadata().as_ref().ok_or("no metadata")?;
     if meta.get("key").map(String::as_str) != Some(key) {
         return Err("written for other settings".into());
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("corrupt file: {e}"))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("corrupt file: {e}"))?;
     let view = st.tensor("sum").map_err(|e| e.to_string())?;
     if hex::encode(Sha256::digest(view.data())) != *meta.get("checksum").ok_or("no checksum")? {
         return Err("checksum mismatch".into());
@@ -157,7 +170,8 @@ fn read_cache(path: &Path, key: &str) -> std::result::Result<KeyMoments, String>
 fn write_cache(path: &Path, key: &str, m: &KeyMoments) -> Result<()> {
     let bytes = f64_bytes(&m.sum);
     let checksum = hex::encode(Sha256::digest(&bytes));
-    let view = TensorView::new(Dtype::F64, vec![m.sum.nrows(), m.sum.ncols()], &bytes).expect("shape matches the data");
+    let view = TensorView::new(Dtype::F64, vec![m.sum.nrows(), m.sum.ncols()], &bytes)
+        .expect("shape matches the data");
     let metadata = std::collections::HashMap::from([
         ("key".to_string(), key.to_string()),
         ("count".to_string(), m.count.to_string()),
@@ -171,19 +185,30 @@ fn write_cache(path: &Path, key: &str, m: &KeyMoments) -> Result<()> {
 /// text per line.
 pub fn corpus_texts(corpus: &Path) -> Result<Vec<String>> {
     let content = std::fs::read_to_string(corpus).map_err(|e| EditError::file(corpus, e))?;
-    let field = |v: &serde_json::Value, at: String| v.get("text").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| EditError::file(corpus, format!("{at}: no string field `text`")));
+    let field = |v: &serde_json::Value, at: String| {
+        v.get("text")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| EditError::file(corpus, format!("{at}: no string field `text`")))
+    };
     match corpus.extension().and_then(|e| e.to_str()) {
         Some("jsonl") => content
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                let v: serde_json::Value = serde_json::from_str(l).map_err(|e| EditError::file(corpus, format!("line {}: {e}", i + 1)))?;
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .map_err(|e| EditError::file(corpus, format!("line {}: {e}", i + 1)))?;
                 field(&v, format!("line {}", i + 1))
             })
             .collect(),
         Some("json") => {
-            let items: Vec<serde_json::Value> = serde_json::from_str(&content).map_err(|e| EditError::file(corpus, format!("expected a JSON array of {{\"text\": ...}} objects: {e}")))?;
+            let items: Vec<serde_json::Value> = serde_json::from_str(&content).map_err(|e| {
+                EditError::file(
+                    corpus,
+                    format!("expected a JSON array of {{\"text\": ...}} objects: {e}"),
+                )
+            })?;
             items.iter().enumerate().map(|(i, v)| field(v, format!("record {i}"))).collect()
         }
         _ => Ok(content.lines().map(|l| l.trim_end_matches('\r').to_string()).collect()),
@@ -192,7 +217,8 @@ pub fn corpus_texts(corpus: &Path) -> Result<Vec<String>> {
 
 /// The corpus's paragraphs: its non-empty texts, in file order.
 pub fn paragraphs(corpus: &Path) -> Result<Vec<String>> {
-    let texts: Vec<String> = corpus_texts(corpus)?.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    let texts: Vec<String> =
+        corpus_texts(corpus)?.into_iter().filter(|l| !l.trim().is_empty()).collect();
     if texts.is_empty() {
         return Err(EditError::file(corpus, "no non-empty texts"));
     }
@@ -217,9 +243,14 @@ pub fn sampled_indices(n: usize, h: &StatsHparams) -> Vec<usize> {
 const REFERENCE_SAMPLER_SEED: u64 = 1;
 
 /// The sampled paragraphs, tokenized and truncated, longest first.
-fn sampled_paragraphs<B: Backend>(model: &LanguageModel<B>, corpus: &Path, h: &StatsHparams) -> Result<Vec<Vec<u32>>> {
+fn sampled_paragraphs<B: Backend>(
+    model: &LanguageModel<B>,
+    corpus: &Path,
+    h: &StatsHparams,
+) -> Result<Vec<Vec<u32>>> {
     let texts = paragraphs(corpus)?;
-    let lines: Vec<&str> = sampled_indices(texts.len(), h).into_iter().map(|i| texts[i].as_str()).collect();
+    let lines: Vec<&str> =
+        sampled_indices(texts.len(), h).into_iter().map(|i| texts[i].as_str()).collect();
     let tokenizer = model.tokenizer()?;
     let max_length = h.max_length.min(model.dims.max_positions);
     // With `auto`, paragraphs are taken in order until the keys wanted are there.
@@ -259,24 +290,54 @@ fn pack(seqs: &[Vec<u32>], budget: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// One pass over the corpus accumulating `Σ k kᵀ` for every layer in `layers`.
-pub fn collect_moments<B: Backend>(model: &LanguageModel<B>, layers: &[usize], corpus: &Path, h: &StatsHparams) -> Result<BTreeMap<usize, KeyMoments>> {
+pub fn collect_moments<B: Backend>(
+    model: &LanguageModel<B>,
+    layers: &[usize],
+    corpus: &Path,
+    h: &StatsHparams,
+) -> Result<BTreeMap<usize, KeyMoments>> {
     let seqs = sampled_paragraphs(model, corpus, h)?;
     let total: u64 = seqs.iter().map(|s| s.len() as u64).sum();
     let d = model.dims.intermediate_size;
-    let mut sums: BTreeMap<usize, Vec<f64>> = layers.iter().map(|&l| (l, vec![0.0; d * d])).collect();
+    let mut sums: BTreeMap<usize, Vec<f64>> =
+        layers.iter().map(|&l| (l, vec![0.0; d * d])).collect();
     let bar = ProgressBar::new(total).with_message(format!("key statistics, layers {layers:?}"));
-    bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}")
+            .expect("valid template"),
+    );
     let started = Instant::now();
-    let grams_of = |range: &std::ops::Range<usize>| batch_grams(model, &seqs[range.clone()], layers);
-    side_by_side(&pack(&seqs, h.batch_tokens), concurrent_passes::<B>(&model.device()), grams_of, |range, grams| {
-        for (layer, blocks) in grams {
-            add_lower_gram(&blocks, sums.get_mut(&layer).expect("a requested layer"));
-        }
-        bar.inc(seqs[range.clone()].iter().map(Vec::len).sum::<usize>() as u64);
-    })?;
+    let grams_of =
+        |range: &std::ops::Range<usize>| batch_grams(model, &seqs[range.clone()], layers);
+    side_by_side(
+        &pack(&seqs, h.batch_tokens),
+        concurrent_passes::<B>(&model.device()),
+        grams_of,
+        |range, grams| {
+            for (layer, blocks) in grams {
+                add_lower_gram(&blocks, sums.get_mut(&layer).expect("a requested layer"));
+            }
+            bar.inc(seqs[range.clone()].iter().map(Vec::len).sum::<usize>() as u64);
+        },
+    )?;
     bar.finish_and_clear();
-    tracing::info!("key statistics for layers {layers:?}: {total} tokens in {:.1} s ({:.0} tokens/s)", started.elapsed().as_secs_f64(), total as f64 / started.elapsed().as_secs_f64());
-    Ok(sums.into_iter().map(|(l, s)| (l, KeyMoments { sum: Mat::from_fn(d, d, |i, j| s[i.max(j) * d + i.min(j)]), count: total })).collect())
+    tracing::info!(
+        "key statistics for layers {layers:?}: {total} tokens in {:.1} s ({:.0} tokens/s)",
+        started.elapsed().as_secs_f64(),
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(sums
+        .into_iter()
+        .map(|(l, s)| {
+            (
+                l,
+                KeyMoments {
+                    sum: Mat::from_fn(d, d, |i, j| s[i.max(j) * d + i.min(j)]),
+                    count: total,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Row blocks the Gram matrix `KᵀK` of a batch is computed in: block `i` (rows `i·d/n..(i+1)·d/n`)
@@ -297,14 +358,29 @@ pub fn gram_flops_per_key(d: usize) -> f64 {
 
 /// One forward pass over `seqs`: for each of `layers`, [`lower_gram`] of its keys at the real
 /// (not padding) tokens.
-fn batch_grams<B: Backend>(model: &LanguageModel<B>, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Vec<(usize, LowerGram)>> {
+fn batch_grams<B: Backend>(
+    model: &LanguageModel<B>,
+    seqs: &[Vec<u32>],
+    layers: &[usize],
+) -> Result<Vec<(usize, LowerGram)>> {
     let batch = model.batch(seqs, Padding::Right)?;
     let trace = model.forward(&batch, &Hooks::capture_only(layers));
     let ([b, t], d) = (batch.ids.dims(), model.dims.intermediate_size);
-    let real: Vec<i64> = (0..b * t).filter(|i| (i % t) < batch.lengths[i / t]).map(|i| i as i64).collect();
+    let real: Vec<i64> =
+        (0..b * t).filter(|i| (i % t) < batch.lengths[i / t]).map(|i| i as i64).collect();
     let count = real.len();
     let real = Tensor::<B, 1, Int>::from_data(TensorData::new(real, [count]), &model.device());
-    layers.iter().map(|&layer| Ok((layer, lower_gram(trace.layers[&layer].key.clone().reshape([b * t, d]).select(0, real.clone()))?))).collect()
+    layers
+        .iter()
+        .map(|&layer| {
+            Ok((
+                layer,
+                lower_gram(
+                    trace.layers[&layer].key.clone().reshape([b * t, d]).select(0, real.clone()),
+                )?,
+            ))
+        })
+        .collect()
 }
 
 /// The lower block triangle of `KᵀK` (`K: [n, d]`), as `(rows, values)` per row block: rows
@@ -371,9 +447,18 @@ mod tests {
             p
         };
         assert_eq!(corpus_texts(&write("a.txt", "one\r\ntwo\n")).unwrap(), ["one", "two"]);
-        assert_eq!(corpus_texts(&write("b.jsonl", "{\"text\": \"one\", \"id\": 1}\n\n{\"text\": \"two\"}\n")).unwrap(), ["one", "two"]);
+        assert_eq!(
+            corpus_texts(&write(
+                "b.jsonl",
+                "{\"text\": \"one\", \"id\": 1}\n\n{\"text\": \"two\"}\n"
+            ))
+            .unwrap(),
+            ["one", "two"]
+        );
         assert_eq!(corpus_texts(&write("c.json", "[{\"text\": \"one\"}]")).unwrap(), ["one"]);
-        let err = corpus_texts(&write("d.jsonl", "{\"text\": \"one\"}\n{\"title\": 2}\n")).unwrap_err().to_string();
+        let err = corpus_texts(&write("d.jsonl", "{\"text\": \"one\"}\n{\"title\": 2}\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.ends_with("d.jsonl: line 2: no string field `text`"), "{err}");
         let err = corpus_texts(&write("e.jsonl", "{oops\n")).unwrap_err().to_string();
         assert!(err.contains("e.jsonl: line 1: key must be a string"), "{err}");
@@ -381,11 +466,18 @@ mod tests {
 
     #[test]
     fn the_reference_sampler_visits_paragraphs_in_the_official_order() {
-        let h = StatsHparams { samples: Samples::Count(2000), sampler: Sampler::Reference, ..StatsHparams::default() };
+        let h = StatsHparams {
+            samples: Samples::Count(2000),
+            sampler: Sampler::Reference,
+            ..StatsHparams::default()
+        };
         let order = sampled_indices(10_033, &h);
         assert_eq!(order.len(), 2000);
         assert_eq!(order[..10], [5820, 5297, 5591, 7577, 9552, 6372, 563, 1527, 4713, 6346]);
-        let seeded = sampled_indices(10_033, &StatsHparams { samples: Samples::Count(2000), ..StatsHparams::default() });
+        let seeded = sampled_indices(
+            10_033,
+            &StatsHparams { samples: Samples::Count(2000), ..StatsHparams::default() },
+        );
         assert_ne!(seeded[..10], order[..10]);
     }
 

@@ -62,9 +62,22 @@ struct Layout {
     bare_row: Vec<usize>,
 }
 
-fn layout<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templates: &ContextTemplates) -> Result<Layout> {
+fn layout<B: Backend>(
+    model: &LanguageModel<B>,
+    requests: &[EditRequest],
+    templates: &ContextTemplates,
+) -> Result<Layout> {
     let tokenizer = model.tokenizer()?;
-    let mut l = Layout { sequences: vec![], edit_of_row: vec![], lookup: vec![], ranges: vec![], label_positions: vec![], kl_rows: vec![], label_weight: vec![], bare_row: vec![] };
+    let mut l = Layout {
+        sequences: vec![],
+        edit_of_row: vec![],
+        lookup: vec![],
+        ranges: vec![],
+        label_positions: vec![],
+        kl_rows: vec![],
+        label_weight: vec![],
+        bare_row: vec![],
+    };
     let n_templates = templates.count();
     for (e, request) in requests.iter().enumerate() {
         let target = target_ids(tokenizer, &request.prompt_text(), &request.target())?;
@@ -96,7 +109,11 @@ fn layout<B: Backend>(model: &LanguageModel<B>, requests: &[EditRequest], templa
     Ok(l)
 }
 
-fn int_tensor<B: Backend, const D: usize>(values: Vec<i64>, shape: [usize; D], device: &B::Device) -> Tensor<B, D, Int> {
+fn int_tensor<B: Backend, const D: usize>(
+    values: Vec<i64>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D, Int> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
@@ -124,8 +141,11 @@ pub fn target_values<B: AutodiffBackend>(
     }
     let chunks: Vec<&[EditRequest]> = requests.chunks(size).collect();
     let mut found = Vec::with_capacity(requests.len());
-    let search_chunk = |chunk: &&[EditRequest]| search::<B>(model, chunk, templates, layer, space, h);
-    side_by_side(&chunks, concurrent, search_chunk, |chunk, targets| found.extend((0..chunk.len()).map(|j| targets.found(j))))?;
+    let search_chunk =
+        |chunk: &&[EditRequest]| search::<B>(model, chunk, templates, layer, space, h);
+    side_by_side(&chunks, concurrent, search_chunk, |chunk, targets| {
+        found.extend((0..chunk.len()).map(|j| targets.found(j)))
+    })?;
     Ok(Targets::from_found(&found.iter().collect::<Vec<_>>(), model.dims.hidden_size))
 }
 
@@ -149,9 +169,13 @@ fn search<B: AutodiffBackend>(
     let (e, d) = (requests.len(), model.dims.hidden_size);
     let grad_model = LanguageModel::<B>::from_inner(model);
     let concurrent = concurrent_passes::<B::InnerBackend>(&device);
-    let parts = split_rows(&l.ranges, concurrent).into_iter().map(|rows| Part::new(&grad_model, &l, rows, e, layer, space)).collect::<Result<Vec<_>>>()?;
+    let parts = split_rows(&l.ranges, concurrent)
+        .into_iter()
+        .map(|rows| Part::new(&grad_model, &l, rows, e, layer, space))
+        .collect::<Result<Vec<_>>>()?;
     let v_init = initial_values(&parts, &l);
-    let step_flops: f64 = parts.iter().map(|p| step_pass_flops(&grad_model, &p.groups, layer, p.scored)).sum();
+    let step_flops: f64 =
+        parts.iter().map(|p| step_pass_flops(&grad_model, &p.groups, layer, p.scored)).sum();
     let label_edit: Vec<usize> = l.label_positions.iter().map(|p| l.edit_of_row[p.0]).collect();
 
     let mut delta = Tensor::<B::InnerBackend, 2>::zeros([e, d], &device);
@@ -162,13 +186,19 @@ fn search<B: AutodiffBackend>(
     // MPES: per edit, consecutive evaluations at which the target was the most probable everywhere.
     let mut most_probable_for = vec![0usize; e];
     let init_sq = Tensor::<B, 1>::from_inner(v_init.clone().powi_scalar(2).sum_dim(1).reshape([e]));
-    let bar = indicatif::ProgressBar::new(h.v_num_grad_steps as u64).with_message(format!("target search, {e} edit(s) at layer {layer}"));
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} step {pos}/{len} [{elapsed}]").expect("valid template"));
+    let bar = indicatif::ProgressBar::new(h.v_num_grad_steps as u64)
+        .with_message(format!("target search, {e} edit(s) at layer {layer}"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} step {pos}/{len} [{elapsed}]")
+            .expect("valid template"),
+    );
 
     for it in 0..h.v_num_grad_steps {
         bar.set_position(it as u64);
         let mut passes = Vec::with_capacity(parts.len());
-        let forward = |p: &Part<B>| p.forward(&grad_model, delta.clone(), layer, h, p.first.then_some(&init_sq));
+        let forward = |p: &Part<B>| {
+            p.forward(&grad_model, delta.clone(), layer, h, p.first.then_some(&init_sq))
+        };
         side_by_side(&parts, concurrent, forward, |_, pass| passes.push(pass))?;
         losses = vec![0.0; e];
         for pass in &passes {
@@ -176,30 +206,51 @@ fn search<B: AutodiffBackend>(
         }
         tracing::debug!("target search step {it}: losses {losses:.4?}");
         if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
-            return Err(EditError::Input(format!("target search diverged at step {it} for `{}` (loss {})", requests[bad].prompt_text(), losses[bad])));
+            return Err(EditError::Input(format!(
+                "target search diverged at step {it} for `{}` (loss {})",
+                requests[bad].prompt_text(),
+                losses[bad]
+            )));
         }
         for (a, &loss) in active.iter_mut().zip(&losses) {
             *a &= loss >= LOSS_TARGET;
         }
         if let Some(patience) = h.mpes_patience {
             let correct = most_probable(&parts, &passes, &l);
-            for (a, stop) in active.iter_mut().zip(mpes_stop(&correct, &label_edit, &mut most_probable_for, patience)) {
+            for (a, stop) in active.iter_mut().zip(mpes_stop(
+                &correct,
+                &label_edit,
+                &mut most_probable_for,
+                patience,
+            )) {
                 *a &= !stop;
             }
         }
-        bar.set_message(format!("target search at layer {layer}: {} of {e} edit(s) still above loss {LOSS_TARGET}", active.iter().filter(|&&a| a).count()));
+        bar.set_message(format!(
+            "target search at layer {layer}: {} of {e} edit(s) still above loss {LOSS_TARGET}",
+            active.iter().filter(|&&a| a).count()
+        ));
         if it + 1 == h.v_num_grad_steps || !active.iter().any(|&a| a) {
             break;
         }
         let mut grads = Vec::with_capacity(parts.len());
-        side_by_side(&passes, concurrent, |pass| Ok::<_, EditError>(pass.gradient()), |_, grad| grads.push(grad))?;
+        side_by_side(
+            &passes,
+            concurrent,
+            |pass| Ok::<_, EditError>(pass.gradient()),
+            |_, grad| grads.push(grad),
+        )?;
         let grad = grads.into_iter().reduce(|a, b| a + b).expect("at least one part");
         // Input gradients only (the weights are constants): each product of the step's pass once more.
         editbench_models::flops::add(step_flops);
         for (s, &a) in steps.iter_mut().zip(&active) {
             *s += a as usize;
         }
-        let mask = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(active.iter().map(|&a| a as u8 as f32).collect::<Vec<_>>(), [e, 1]), &device).expand([e, d]);
+        let mask = Tensor::<B::InnerBackend, 2>::from_data(
+            TensorData::new(active.iter().map(|&a| a as u8 as f32).collect::<Vec<_>>(), [e, 1]),
+            &device,
+        )
+        .expand([e, d]);
         (delta, m, v) = adam_step(delta, m, v, grad, mask, h.v_lr, it + 1);
         delta = clamp_rows(delta, v_init.clone(), h.clamp_norm_factor);
     }
@@ -217,12 +268,20 @@ fn initial_values<B: AutodiffBackend>(parts: &[Part<B>], l: &Layout) -> Tensor<B
         concatenated[*row] = i;
     }
     let device = groups[0].index.device();
-    let bare = int_tensor(l.bare_row.iter().map(|&r| concatenated[r] as i64).collect(), [l.bare_row.len()], &device);
+    let bare = int_tensor(
+        l.bare_row.iter().map(|&r| concatenated[r] as i64).collect(),
+        [l.bare_row.len()],
+        &device,
+    );
     Tensor::cat(groups.iter().map(|g| g.at_lookup.clone()).collect(), 0).select(0, bare).inner()
 }
 
 /// Whether each label of the layout was its position's most probable token in this step's `passes`.
-fn most_probable<B: AutodiffBackend>(parts: &[Part<B>], passes: &[PartPass<B>], l: &Layout) -> Vec<bool> {
+fn most_probable<B: AutodiffBackend>(
+    parts: &[Part<B>],
+    passes: &[PartPass<B>],
+    l: &Layout,
+) -> Vec<bool> {
     let mut correct = vec![false; l.label_positions.len()];
     for (part, pass) in parts.iter().zip(passes) {
         let top = pass.top.as_ref().expect("MPES asks for the most probable tokens");
@@ -244,10 +303,12 @@ fn split_rows(ranges: &[Range<usize>], parts: usize) -> Vec<Vec<usize>> {
         lightest.0 += ranges[r].len();
         lightest.1.push(r);
     }
-    sets.into_iter().map(|(_, mut rows)| {
-        rows.sort_unstable();
-        rows
-    }).collect()
+    sets.into_iter()
+        .map(|(_, mut rows)| {
+            rows.sort_unstable();
+            rows
+        })
+        .collect()
 }
 
 /// Rows of the search that one thread runs forward and backward, with the loss terms of their scored
@@ -293,15 +354,31 @@ impl<B: AutodiffBackend> PartPass<B> {
 
 impl<B: AutodiffBackend> Part<B> {
     /// The part of the layout's `rows` (sorted), for `edits` edits.
-    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, edits: usize, layer: usize, space: Activation) -> Result<Self> {
+    fn new(
+        model: &LanguageModel<B>,
+        l: &Layout,
+        rows: Vec<usize>,
+        edits: usize,
+        layer: usize,
+        space: Activation,
+    ) -> Result<Self> {
         let device = model.device();
         let ranges: Vec<Range<usize>> = rows.iter().map(|&r| l.ranges[r].clone()).collect();
-        let groups = group_rows(&ranges).into_iter().map(|at| Group::new(model, l, at.iter().map(|&i| rows[i]).collect(), at, layer, space)).collect::<Result<Vec<_>>>()?;
+        let groups = group_rows(&ranges)
+            .into_iter()
+            .map(|at| Group::new(model, l, at.iter().map(|&i| rows[i]).collect(), at, layer, space))
+            .collect::<Result<Vec<_>>>()?;
         let here = |row: usize| rows.binary_search(&row).is_ok();
-        let labels: Vec<usize> = (0..l.label_positions.len()).filter(|&j| here(l.label_positions[j].0)).collect();
+        let labels: Vec<usize> =
+            (0..l.label_positions.len()).filter(|&j| here(l.label_positions[j].0)).collect();
         let kl_edits: Vec<usize> = (0..edits).filter(|&k| here(l.kl_rows[k].0)).collect();
-        let scored: Vec<(usize, usize)> = labels.iter().map(|&j| (l.label_positions[j].0, l.label_positions[j].1)).chain(kl_edits.iter().map(|&k| l.kl_rows[k])).collect();
-        let (hooks, order) = logits_hooks(&groups, &places(&groups, l.ranges.len()), &l.ranges, &scored);
+        let scored: Vec<(usize, usize)> = labels
+            .iter()
+            .map(|&j| (l.label_positions[j].0, l.label_positions[j].1))
+            .chain(kl_edits.iter().map(|&k| l.kl_rows[k]))
+            .collect();
+        let (hooks, order) =
+            logits_hooks(&groups, &places(&groups, l.ranges.len()), &l.ranges, &scored);
         let n = scored.len();
         let (mut row_label, mut assign) = (vec![0i64; n], vec![0.0f32; edits * n]);
         for (i, &j) in labels.iter().enumerate() {
@@ -314,12 +391,19 @@ impl<B: AutodiffBackend> Part<B> {
             let mut of_edit = vec![0.0f32; edits * k];
             kl_edits.iter().enumerate().for_each(|(i, &edit)| of_edit[edit * k + i] = 1.0);
             let at = order[labels.len()..].iter().map(|&r| r as i64).collect();
-            (int_tensor(at, [k], &device), Tensor::from_data(TensorData::new(of_edit, [edits, k]), &device))
+            (
+                int_tensor(at, [k], &device),
+                Tensor::from_data(TensorData::new(of_edit, [edits, k]), &device),
+            )
         });
         Ok(Self {
             groups,
             hooks,
-            row_edit: int_tensor(rows.iter().map(|&r| l.edit_of_row[r] as i64).collect(), [rows.len()], &device),
+            row_edit: int_tensor(
+                rows.iter().map(|&r| l.edit_of_row[r] as i64).collect(),
+                [rows.len()],
+                &device,
+            ),
             labels: int_tensor(row_label, [n, 1], &device),
             assign: Tensor::from_data(TensorData::new(assign, [edits, n]), &device),
             kl,
@@ -332,18 +416,40 @@ impl<B: AutodiffBackend> Part<B> {
 
     /// The part's loss per edit at `delta` (spec §4): the NLL of its labels, the KL term of its KL
     /// rows, and where `init_sq` (‖v_init‖² per edit) is given, the norm term.
-    fn forward(&self, model: &LanguageModel<B>, delta: Tensor<B::InnerBackend, 2>, layer: usize, h: &MethodHparams, init_sq: Option<&Tensor<B, 1>>) -> Result<PartPass<B>> {
+    fn forward(
+        &self,
+        model: &LanguageModel<B>,
+        delta: Tensor<B::InnerBackend, 2>,
+        layer: usize,
+        h: &MethodHparams,
+        init_sq: Option<&Tensor<B, 1>>,
+    ) -> Result<PartPass<B>> {
         let edits = self.assign.dims()[0];
         let leaf = Tensor::<B, 2>::from_inner(delta).require_grad();
         let row_deltas = leaf.clone().select(0, self.row_edit.clone());
         let logits = self.groups.iter().zip(&self.hooks).map(|(g, hooks)| {
-            let start = Start::After { layer, hidden: add_at_first_column(g.hidden.clone(), row_deltas.clone().select(0, g.index.clone())) };
-            let logits = model.forward_from(start, &g.suffixes, hooks, Some(&mut g.cache.clone())).logits.expect("full pass");
+            let start = Start::After {
+                layer,
+                hidden: add_at_first_column(
+                    g.hidden.clone(),
+                    row_deltas.clone().select(0, g.index.clone()),
+                ),
+            };
+            let logits = model
+                .forward_from(start, &g.suffixes, hooks, Some(&mut g.cache.clone()))
+                .logits
+                .expect("full pass");
             logits.squeeze_dim::<2>(0)
         });
         let log_probs = activation::log_softmax(Tensor::cat(logits.collect(), 0), 1);
-        let top = h.mpes_patience.map(|_| log_probs.clone().inner().argmax(1).into_data().iter::<i64>().collect());
-        let mut loss = self.assign.clone().matmul(log_probs.clone().gather(1, self.labels.clone()).neg()).reshape([edits]);
+        let top = h
+            .mpes_patience
+            .map(|_| log_probs.clone().inner().argmax(1).into_data().iter::<i64>().collect());
+        let mut loss = self
+            .assign
+            .clone()
+            .matmul(log_probs.clone().gather(1, self.labels.clone()).neg())
+            .reshape([edits]);
         if let Some((rows, of_edit)) = &self.kl {
             let kl_lp = log_probs.select(0, rows.clone());
             let reference = self.kl_reference.get_or_init(|| kl_lp.clone().detach()).clone();
@@ -352,7 +458,8 @@ impl<B: AutodiffBackend> Part<B> {
         }
         if let Some(init_sq) = init_sq {
             // ‖δ‖, with a tiny offset so its gradient at δ = 0 is 0 rather than NaN (as torch.norm's).
-            let delta_norm = (leaf.clone().powi_scalar(2).sum_dim(1).reshape([edits]) + 1e-24).sqrt();
+            let delta_norm =
+                (leaf.clone().powi_scalar(2).sum_dim(1).reshape([edits]) + 1e-24).sqrt();
             loss = loss + delta_norm / init_sq.clone() * h.v_weight_decay;
         }
         let losses = host(loss.clone().inner())?;
@@ -363,15 +470,24 @@ impl<B: AutodiffBackend> Part<B> {
 /// MPES (arXiv 2502.01636): an edit's search stops once its target was the most probable token at
 /// every label position (`correct`, with `label_edit` the edit of each label) for more than
 /// `patience` consecutive evaluations; `counts` carries those runs between steps.
-fn mpes_stop(correct: &[bool], label_edit: &[usize], counts: &mut [usize], patience: usize) -> Vec<bool> {
+fn mpes_stop(
+    correct: &[bool],
+    label_edit: &[usize],
+    counts: &mut [usize],
+    patience: usize,
+) -> Vec<bool> {
     let mut all = vec![true; counts.len()];
     for (&c, &e) in correct.iter().zip(label_edit) {
         all[e] &= c;
     }
-    counts.iter_mut().zip(&all).map(|(n, &ok)| {
-        *n = if ok { *n + 1 } else { 0 };
-        *n > patience
-    }).collect()
+    counts
+        .iter_mut()
+        .zip(&all)
+        .map(|(n, &ok)| {
+            *n = if ok { *n + 1 } else { 0 };
+            *n > patience
+        })
+        .collect()
 }
 
 /// Rows of the search whose recomputed tokens are run as one padded pass, with what the search
@@ -391,24 +507,44 @@ struct Group<B: Backend> {
 }
 
 impl<B: Backend> Group<B> {
-    fn new(model: &LanguageModel<B>, l: &Layout, rows: Vec<usize>, index: Vec<usize>, layer: usize, space: Activation) -> Result<Self> {
-        let batch = model.batch(&rows.iter().map(|&r| l.sequences[r].clone()).collect::<Vec<_>>(), Padding::Right)?;
+    fn new(
+        model: &LanguageModel<B>,
+        l: &Layout,
+        rows: Vec<usize>,
+        index: Vec<usize>,
+        layer: usize,
+        space: Activation,
+    ) -> Result<Self> {
+        let batch = model.batch(
+            &rows.iter().map(|&r| l.sequences[r].clone()).collect::<Vec<_>>(),
+            Padding::Right,
+        )?;
         let ranges: Vec<Range<usize>> = rows.iter().map(|&r| l.ranges[r].clone()).collect();
         let mut cache = KvCache::default();
         // Every block runs (their keys and values are cached); no logits are needed.
-        let hooks = Hooks { capture: vec![layer], stop_after: Some(model.dims.num_layers - 1), ..Hooks::default() };
+        let hooks = Hooks {
+            capture: vec![layer],
+            stop_after: Some(model.dims.num_layers - 1),
+            ..Hooks::default()
+        };
         let trace = model.forward_cached(&batch, &hooks, Some(&mut cache));
         let lookup: Vec<usize> = rows.iter().map(|&r| l.lookup[r]).collect();
         let at_lookup = rows_at(&trace, layer, space, &lookup);
         let hidden = batch.take(trace.layers[&layer].hidden.clone(), &ranges);
-        let index = int_tensor(index.iter().map(|&i| i as i64).collect(), [index.len()], &model.device());
+        let index =
+            int_tensor(index.iter().map(|&i| i as i64).collect(), [index.len()], &model.device());
         Ok(Self { rows, index, cache, hidden, suffixes: batch.suffixes(&ranges)?, at_lookup })
     }
 }
 
 /// Matrix-product FLOPs of one step's pass (the blocks above `layer` on every group's recomputed
 /// tokens, the head at the `scored` positions), as [`editbench_models::flops`] counts them.
-fn step_pass_flops<B: Backend>(model: &LanguageModel<B>, groups: &[Group<B>], layer: usize, scored: usize) -> f64 {
+fn step_pass_flops<B: Backend>(
+    model: &LanguageModel<B>,
+    groups: &[Group<B>],
+    layer: usize,
+    scored: usize,
+) -> f64 {
     let blocks = model.dims.num_layers - layer - 1;
     let pass = |g: &Group<B>| {
         let (rows, t) = (g.suffixes.rows(), g.suffixes.width());
@@ -441,7 +577,8 @@ fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
     let mut lengths: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
     lengths.sort_unstable();
     lengths.dedup();
-    let count: Vec<usize> = lengths.iter().map(|&n| ranges.iter().filter(|r| r.len() == n).count()).collect();
+    let count: Vec<usize> =
+        lengths.iter().map(|&n| ranges.iter().filter(|r| r.len() == n).count()).collect();
     // best[j]: cheapest grouping of the first j lengths, whose last group starts at cut[j].
     let (mut best, mut cut) = (vec![0usize; lengths.len() + 1], vec![0usize; lengths.len() + 1]);
     for j in 1..=lengths.len() {
@@ -467,7 +604,12 @@ fn group_rows(ranges: &[Range<usize>]) -> Vec<Vec<usize>> {
 /// Per group, the hooks that compute logits at its share of the `scored` `(row, token)` pairs
 /// (rows recomputed from `ranges[row].start`); and `order`: the row of each scored pair, in `scored`
 /// order, in the groups' concatenated logits.
-fn logits_hooks<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], ranges: &[Range<usize>], scored: &[(usize, usize)]) -> (Vec<Hooks>, Vec<usize>) {
+fn logits_hooks<B: Backend>(
+    groups: &[Group<B>],
+    place: &[(usize, usize)],
+    ranges: &[Range<usize>],
+    scored: &[(usize, usize)],
+) -> (Vec<Hooks>, Vec<usize>) {
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     let mut items: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     for (k, &(row, token)) in scored.iter().enumerate() {
@@ -479,7 +621,8 @@ fn logits_hooks<B: Backend>(groups: &[Group<B>], place: &[(usize, usize)], range
     for (j, &k) in items.iter().flatten().enumerate() {
         order[k] = j;
     }
-    let hooks = at.into_iter().map(|at| Hooks { logits_at: Some(at), ..Hooks::default() }).collect();
+    let hooks =
+        at.into_iter().map(|at| Hooks { logits_at: Some(at), ..Hooks::default() }).collect();
     (hooks, order)
 }
 
@@ -494,7 +637,15 @@ fn add_at_first_column<B: Backend>(hidden: Tensor<B, 3>, deltas: Tensor<B, 2>) -
 }
 
 /// One Adam step (β = (0.9, 0.999), ε = 1e-8, no weight decay) on the rows where `mask` is 1.
-fn adam_step<B: Backend>(x: Tensor<B, 2>, m: Tensor<B, 2>, v: Tensor<B, 2>, grad: Tensor<B, 2>, mask: Tensor<B, 2>, lr: f64, step: usize) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+fn adam_step<B: Backend>(
+    x: Tensor<B, 2>,
+    m: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    lr: f64,
+    step: usize,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
     let (b1, b2) = ADAM_BETAS;
     let m = m * b1 + grad.clone() * (1.0 - b1);
     let v = v * b2 + grad.powi_scalar(2) * (1.0 - b2);
@@ -549,13 +700,24 @@ impl Targets {
     /// Edit `j`'s share.
     fn found(&self, j: usize) -> Found {
         let column = |m: &Mat<f64>| m.col(j).iter().copied().collect();
-        Found { z: column(&self.z), v_init: column(&self.v_init), steps: self.steps[j], loss: self.loss[j] }
+        Found {
+            z: column(&self.z),
+            v_init: column(&self.v_init),
+            steps: self.steps[j],
+            loss: self.loss[j],
+        }
     }
 
     /// The targets of the edits `found`, in order (`d = d_model`).
     fn from_found(found: &[&Found], d: usize) -> Self {
-        let matrix = |f: fn(&Found) -> &Vec<f64>| Mat::from_fn(d, found.len(), |r, c| f(found[c])[r]);
-        Self { z: matrix(|f| &f.z), v_init: matrix(|f| &f.v_init), steps: found.iter().map(|f| f.steps).collect(), loss: found.iter().map(|f| f.loss).collect() }
+        let matrix =
+            |f: fn(&Found) -> &Vec<f64>| Mat::from_fn(d, found.len(), |r, c| f(found[c])[r]);
+        Self {
+            z: matrix(|f| &f.z),
+            v_init: matrix(|f| &f.v_init),
+            steps: found.iter().map(|f| f.steps).collect(),
+            loss: found.iter().map(|f| f.loss).collect(),
+        }
     }
 }
 
@@ -580,24 +742,49 @@ impl TargetCache {
     fn load_chunk(&self, key: &str, chunk: usize, requests: &[EditRequest]) -> Option<Vec<Found>> {
         let path = self.chunk_path(key, chunk)?;
         let file: ChunkFile = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-        let valid = file.key == key && file.requests == requests && file.found.len() == requests.len();
+        let valid =
+            file.key == key && file.requests == requests && file.found.len() == requests.len();
         if !valid {
-            tracing::warn!("{}: written for other settings or requests; searching again", path.display());
+            tracing::warn!(
+                "{}: written for other settings or requests; searching again",
+                path.display()
+            );
         }
         valid.then_some(file.found)
     }
 
-    fn save_chunk(&self, key: &str, chunk: usize, requests: &[EditRequest], found: &[Found]) -> Result<()> {
+    fn save_chunk(
+        &self,
+        key: &str,
+        chunk: usize,
+        requests: &[EditRequest],
+        found: &[Found],
+    ) -> Result<()> {
         let Some(path) = self.chunk_path(key, chunk) else { return Ok(()) };
-        let file = ChunkFile { key: key.to_string(), requests: requests.to_vec(), found: found.to_vec() };
+        let file =
+            ChunkFile { key: key.to_string(), requests: requests.to_vec(), found: found.to_vec() };
         let json = serde_json::to_string(&file).expect("targets serialise");
-        tensor_file::replace_file(&path, |tmp| std::fs::write(tmp, json).map_err(|e| EditError::file(tmp, e)))
+        tensor_file::replace_file(&path, |tmp| {
+            std::fs::write(tmp, json).map_err(|e| EditError::file(tmp, e))
+        })
     }
 
     /// [`target_values`] of `requests` on the unedited `model`, from the cache where present.
     /// Requests outside the canonical list are searched directly.
-    pub fn targets<B: AutodiffBackend>(&mut self, model: &LanguageModel<B::InnerBackend>, requests: &[EditRequest], templates: &ContextTemplates, layer: usize, space: Activation, h: &MethodHparams) -> Result<Targets> {
-        let Some(indices) = requests.iter().map(|r| self.requests.iter().position(|c| c == r)).collect::<Option<Vec<usize>>>() else {
+    pub fn targets<B: AutodiffBackend>(
+        &mut self,
+        model: &LanguageModel<B::InnerBackend>,
+        requests: &[EditRequest],
+        templates: &ContextTemplates,
+        layer: usize,
+        space: Activation,
+        h: &MethodHparams,
+    ) -> Result<Targets> {
+        let Some(indices) = requests
+            .iter()
+            .map(|r| self.requests.iter().position(|c| c == r))
+            .collect::<Option<Vec<usize>>>()
+        else {
             return target_values::<B>(model, requests, templates, layer, space, h);
         };
         let mut key = serde_json::json!({
@@ -612,7 +799,11 @@ impl TargetCache {
             key["weight_dtype"] = serde_json::json!(model.dtype());
         }
         let key = key.to_string();
-        let mut chunks: Vec<usize> = indices.iter().filter(|&&i| !self.found.contains_key(&(key.clone(), i))).map(|i| i / self.chunk).collect();
+        let mut chunks: Vec<usize> = indices
+            .iter()
+            .filter(|&&i| !self.found.contains_key(&(key.clone(), i)))
+            .map(|i| i / self.chunk)
+            .collect();
         chunks.dedup();
         for c in chunks {
             let range = c * self.chunk..((c + 1) * self.chunk).min(self.requests.len());
@@ -620,8 +811,10 @@ impl TargetCache {
             let found = match self.load_chunk(&key, c, chunk_requests) {
                 Some(found) => found,
                 None => {
-                    let targets = target_values::<B>(model, chunk_requests, templates, layer, space, h)?;
-                    let found: Vec<Found> = (0..chunk_requests.len()).map(|j| targets.found(j)).collect();
+                    let targets =
+                        target_values::<B>(model, chunk_requests, templates, layer, space, h)?;
+                    let found: Vec<Found> =
+                        (0..chunk_requests.len()).map(|j| targets.found(j)).collect();
                     self.save_chunk(&key, c, chunk_requests, &found)?;
                     found
                 }
@@ -645,7 +838,12 @@ mod tests {
 
     #[test]
     fn targets_split_into_edits_and_join_back_in_order() {
-        let t = Targets { z: Mat::from_fn(3, 4, |i, j| (10 * i + j) as f64), v_init: Mat::from_fn(3, 4, |i, j| -((10 * i + j) as f64)), steps: vec![1, 2, 3, 4], loss: vec![0.1, 0.2, 0.3, 0.4] };
+        let t = Targets {
+            z: Mat::from_fn(3, 4, |i, j| (10 * i + j) as f64),
+            v_init: Mat::from_fn(3, 4, |i, j| -((10 * i + j) as f64)),
+            steps: vec![1, 2, 3, 4],
+            loss: vec![0.1, 0.2, 0.3, 0.4],
+        };
         let found: Vec<Found> = [2, 0].iter().map(|&j| t.found(j)).collect();
         let joined = Targets::from_found(&found.iter().collect::<Vec<_>>(), 3);
         assert_eq!(joined.z, Mat::from_fn(3, 2, |i, j| (10 * i + [2, 0][j]) as f64));
@@ -693,7 +891,9 @@ mod tests {
         let mixed: Vec<usize> = (0..200).map(|i| if i % 2 == 0 { 1 } else { 20 }).collect();
         let groups = group_rows(&ranges(&mixed));
         assert_eq!(groups.len(), 2);
-        assert!(groups[0].iter().all(|&r| mixed[r] == 1) && groups[1].iter().all(|&r| mixed[r] == 20));
+        assert!(
+            groups[0].iter().all(|&r| mixed[r] == 1) && groups[1].iter().all(|&r| mixed[r] == 20)
+        );
         // Every row exactly once, whatever the lengths.
         let lengths: Vec<usize> = (0..300).map(|i| 1 + (i * 7919) % 13).collect();
         let mut all: Vec<usize> = group_rows(&ranges(&lengths)).concat();

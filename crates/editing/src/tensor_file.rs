@@ -16,13 +16,21 @@ pub(crate) fn f64_bytes(m: &Mat<f64>) -> Vec<u8> {
 
 /// The `rows × cols` matrix whose row-major little-endian f64 bytes are `bytes`.
 pub(crate) fn f64_matrix(rows: usize, cols: usize, bytes: &[u8]) -> Mat<f64> {
-    let values: Vec<f64> = bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+    let values: Vec<f64> =
+        bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
     Mat::from_fn(rows, cols, |i, j| values[i * cols + j])
 }
 
 /// Writes `tensors` with `metadata` to `path` atomically ([`replace_file`]).
-pub(crate) fn write_atomic<'a>(path: &Path, tensors: impl IntoIterator<Item = (String, TensorView<'a>)>, metadata: HashMap<String, String>) -> Result<()> {
-    replace_file(path, |tmp| safetensors::serialize_to_file(tensors, Some(metadata), tmp).map_err(|e| EditError::file(tmp, e)))
+pub(crate) fn write_atomic<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (String, TensorView<'a>)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    replace_file(path, |tmp| {
+        safetensors::serialize_to_file(tensors, Some(metadata), tmp)
+            .map_err(|e| EditError::file(tmp, e))
+    })
 }
 
 /// Writes `path` through a temporary file (filled by `write`) renamed into place, its directory

@@ -39,19 +39,31 @@ fn edit(model: &mut LanguageModel<Cpu>, layer: usize) {
 #[test]
 fn reads_after_edits_below_equal_full_passes() {
     for name in ["tiny-llama-gqa-tied", "tiny-gptj", "tiny-gpt2"] {
-        let d = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap().dims.hidden_size;
+        let d = LanguageModel::<Cpu>::load(&fixture(name), &Default::default())
+            .unwrap()
+            .dims
+            .hidden_size;
         // Every chunk's input kept; the first chunk's only (its 64 sentences of at most 9 tokens); none.
         for budget in [usize::MAX, 64 * 9 * d * 4, 0] {
-            let mut model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
+            let mut model =
+                LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
             let all = sentences(model.dims.vocab_size);
             let top = model.dims.num_layers - 1;
             let mut keys = BottomUp::new(all.clone()).with_budget(budget);
             let mut hidden = BottomUp::new(all.clone()).with_budget(budget);
             for layer in 0..=top {
                 let got = keys.read(&model, layer, Activation::Key, layer).unwrap();
-                assert_eq!(got, activations_at(&model, &all, layer, Activation::Key).unwrap(), "{name}, budget {budget}: keys at {layer}");
+                assert_eq!(
+                    got,
+                    activations_at(&model, &all, layer, Activation::Key).unwrap(),
+                    "{name}, budget {budget}: keys at {layer}"
+                );
                 let got = hidden.read(&model, top, Activation::Hidden, layer).unwrap();
-                assert_eq!(got, activations_at(&model, &all, top, Activation::Hidden).unwrap(), "{name}, budget {budget}: block {top} output, edits below {layer}");
+                assert_eq!(
+                    got,
+                    activations_at(&model, &all, top, Activation::Hidden).unwrap(),
+                    "{name}, budget {budget}: block {top} output, edits below {layer}"
+                );
                 edit(&mut model, layer);
             }
         }

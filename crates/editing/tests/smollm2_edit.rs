@@ -11,7 +11,7 @@ use editbench_editing::hparams::{Samples, StatsHparams, TemplateKind};
 use editbench_editing::score::continuation_nll;
 use editbench_editing::stats::collect_moments;
 use editbench_editing::{Distribution, EditRequest, EditSession, Editor, FamilyHparams, Method};
-use editbench_models::{LanguageModel, Padding, Hooks};
+use editbench_models::{Hooks, LanguageModel, Padding};
 
 type Cpu = editbench_models::backend::Cpu;
 
@@ -26,8 +26,13 @@ struct Case {
 
 fn counterfact_cases(n: usize) -> Vec<Case> {
     let path = root().join("../shared/data/counterfact/counterfact_dev.json");
-    let data = load(&DatasetSource { kind: DatasetKind::Counterfact, path, format: None, sha256: None }).unwrap();
-    data.records[..n].iter().map(|r| Case { request: r.into(), neighbor: r.neighborhood[0].prompt.clone() }).collect()
+    let data =
+        load(&DatasetSource { kind: DatasetKind::Counterfact, path, format: None, sha256: None })
+            .unwrap();
+    data.records[..n]
+        .iter()
+        .map(|r| Case { request: r.into(), neighbor: r.neighborhood[0].prompt.clone() })
+        .collect()
 }
 
 fn greedy_next(model: &LanguageModel<Cpu>, prompts: &[String]) -> Vec<i64> {
@@ -36,7 +41,8 @@ fn greedy_next(model: &LanguageModel<Cpu>, prompts: &[String]) -> Vec<i64> {
     let batch = model.batch(&seqs, Padding::Left).unwrap();
     let t = batch.width();
     let last = (0..seqs.len()).map(|r| r * t + t - 1).collect();
-    let logits = model.forward(&batch, &Hooks { logits_at: Some(last), ..Hooks::default() }).logits.unwrap();
+    let logits =
+        model.forward(&batch, &Hooks { logits_at: Some(last), ..Hooks::default() }).logits.unwrap();
     logits.argmax(2).into_data().to_vec::<i64>().unwrap()
 }
 
@@ -46,7 +52,10 @@ fn efficacy(model: &LanguageModel<Cpu>, cases: &[Case]) -> usize {
         .iter()
         .flat_map(|c| {
             let p = c.request.prompt_text();
-            [(p.clone(), c.request.target()), (p, format!(" {}", c.request.target_true.clone().unwrap()))]
+            [
+                (p.clone(), c.request.target()),
+                (p, format!(" {}", c.request.target_true.clone().unwrap())),
+            ]
         })
         .collect();
     let nll = continuation_nll(model, &pairs).unwrap();
@@ -76,8 +85,16 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
     for method in [Method::Emmet, Method::Memit] {
         let mut hparams = family.method(method).clone();
         hparams.templates = TemplateKind::Fixed;
-        let templates = ContextTemplates::for_method(&model, method, TemplateKind::Fixed, 0).unwrap();
-        let mut editor = Editor::new(method, Distribution::Single, hparams, templates, [(layer, c.clone())].into()).unwrap();
+        let templates =
+            ContextTemplates::for_method(&model, method, TemplateKind::Fixed, 0).unwrap();
+        let mut editor = Editor::new(
+            method,
+            Distribution::Single,
+            hparams,
+            templates,
+            [(layer, c.clone())].into(),
+        )
+        .unwrap();
         let mut session = EditSession::default();
         let t = Instant::now();
         let outcome = editor.apply::<Autodiff<Cpu>>(&mut model, &requests, &mut session).unwrap();
@@ -89,9 +106,16 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
             pre_neighbors.iter().zip(&post_neighbors).filter(|(a, b)| a == b).count()
         );
         assert!(post_efficacy >= 7, "{method}: efficacy {post_efficacy}/8");
-        assert_eq!(pre_neighbors[0], post_neighbors[0], "{method} changed an unrelated prompt's prediction");
+        assert_eq!(
+            pre_neighbors[0], post_neighbors[0],
+            "{method} changed an unrelated prompt's prediction"
+        );
         session.revert(&mut model);
-        assert_eq!(model.logits(&[1, 2, 3]).unwrap().into_data(), original, "{method}: revert did not restore the model");
+        assert_eq!(
+            model.logits(&[1, 2, 3]).unwrap().into_data(),
+            original,
+            "{method}: revert did not restore the model"
+        );
     }
 }
 
@@ -105,14 +129,24 @@ fn spread_over_one_layer_equals_single() {
     let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
     let stats = StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() };
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
-    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let templates =
+        ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
     let mut edited = Vec::new();
     for distribution in [Distribution::Single, Distribution::Spread] {
         let mut hparams = family.emmet.clone();
         hparams.spread_layers = vec![layer];
-        let mut editor = Editor::new(Method::Emmet, distribution, hparams, templates.clone(), [(layer, c.clone())].into()).unwrap();
+        let mut editor = Editor::new(
+            Method::Emmet,
+            distribution,
+            hparams,
+            templates.clone(),
+            [(layer, c.clone())].into(),
+        )
+        .unwrap();
         let mut session = EditSession::default();
-        editor.apply::<Autodiff<Cpu>>(&mut model, std::slice::from_ref(&request), &mut session).unwrap();
+        editor
+            .apply::<Autodiff<Cpu>>(&mut model, std::slice::from_ref(&request), &mut session)
+            .unwrap();
         edited.push(model.mlp_out(layer).matrix().into_data());
         session.revert(&mut model);
     }
@@ -125,21 +159,43 @@ fn spread_over_one_layer_equals_single() {
 /// gradients are summed.
 #[test]
 fn a_batched_target_search_equals_searching_each_edit_alone() {
-    use editbench_editing::targets::target_values;
     use editbench_editing::keys::Activation;
-    let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
+    use editbench_editing::targets::target_values;
+    let model = LanguageModel::<Cpu>::load(
+        &root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &Default::default(),
+    )
+    .unwrap();
     let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
     h.v_num_grad_steps = 5;
     let requests: Vec<EditRequest> = counterfact_cases(3).into_iter().map(|c| c.request).collect();
-    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
-    let search = |requests: &[EditRequest]| target_values::<Autodiff<Cpu>>(&model, requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
+    let templates =
+        ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let search = |requests: &[EditRequest]| {
+        target_values::<Autodiff<Cpu>>(
+            &model,
+            requests,
+            &templates,
+            h.layer,
+            Activation::Hidden,
+            &h,
+        )
+        .unwrap()
+    };
     let together = search(&requests);
     let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for (i, request) in requests.iter().enumerate() {
         let alone = two_threads.install(|| search(std::slice::from_ref(request)));
-        let delta = (0..model.dims.hidden_size).map(|r| (together.z[(r, i)] - alone.z[(r, 0)]).abs()).fold(0.0, f64::max);
-        let moved = (0..model.dims.hidden_size).map(|r| (alone.z[(r, 0)] - alone.v_init[(r, 0)]).abs()).fold(0.0, f64::max);
-        eprintln!("edit {i}: max |Δz| = {delta:e}, max |z − v_init| = {moved:e}, loss {:.4} vs {:.4}", together.loss[i], alone.loss[0]);
+        let delta = (0..model.dims.hidden_size)
+            .map(|r| (together.z[(r, i)] - alone.z[(r, 0)]).abs())
+            .fold(0.0, f64::max);
+        let moved = (0..model.dims.hidden_size)
+            .map(|r| (alone.z[(r, 0)] - alone.v_init[(r, 0)]).abs())
+            .fold(0.0, f64::max);
+        eprintln!(
+            "edit {i}: max |Δz| = {delta:e}, max |z − v_init| = {moved:e}, loss {:.4} vs {:.4}",
+            together.loss[i], alone.loss[0]
+        );
         assert!(moved > 0.1, "the search did not move z");
         assert!(delta < 1e-3 * moved, "edit {i}: batched z differs by {delta:e}");
         assert_eq!(together.steps[i], alone.steps[0]);
@@ -158,25 +214,48 @@ fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
     let request = counterfact_cases(1).remove(0).request;
     let layer = family.rome.layer;
     let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
-    let c = collect_moments(&model, &[layer], &corpus, &StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() }).unwrap()[&layer].covariance();
-    let templates = ContextTemplates::for_method(&model, Method::Rome, TemplateKind::Fixed, 0).unwrap();
+    let c = collect_moments(
+        &model,
+        &[layer],
+        &corpus,
+        &StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() },
+    )
+    .unwrap()[&layer]
+        .covariance();
+    let templates =
+        ContextTemplates::for_method(&model, Method::Rome, TemplateKind::Fixed, 0).unwrap();
     let averaged = keys(&model, std::slice::from_ref(&request), &templates, layer).unwrap();
-    let bare = keys(&model, std::slice::from_ref(&request), &ContextTemplates::bare(), layer).unwrap();
+    let bare =
+        keys(&model, std::slice::from_ref(&request), &ContextTemplates::bare(), layer).unwrap();
     let mut written = Vec::new();
     for (method, key) in [(Method::Rome, &bare), (Method::RRome, &averaged)] {
         let mut h = family.method(method).clone();
         h.v_num_grad_steps = 6;
-        let mut editor = Editor::new(method, Distribution::Single, h, templates.clone(), [(layer, c.clone())].into()).unwrap();
+        let mut editor = Editor::new(
+            method,
+            Distribution::Single,
+            h,
+            templates.clone(),
+            [(layer, c.clone())].into(),
+        )
+        .unwrap();
         let mut session = EditSession::default();
-        editor.apply::<Autodiff<Cpu>>(&mut model, std::slice::from_ref(&request), &mut session).unwrap();
+        editor
+            .apply::<Autodiff<Cpu>>(&mut model, std::slice::from_ref(&request), &mut session)
+            .unwrap();
         let w = model.mlp_out(layer).matrix().into_data().to_vec::<f32>().unwrap();
         let d_in = key.nrows();
-        written.push((0..w.len() / d_in).map(|i| (0..d_in).map(|j| w[i * d_in + j] as f64 * key[(j, 0)]).sum::<f64>()).collect::<Vec<f64>>());
+        written.push(
+            (0..w.len() / d_in)
+                .map(|i| (0..d_in).map(|j| w[i * d_in + j] as f64 * key[(j, 0)]).sum::<f64>())
+                .collect::<Vec<f64>>(),
+        );
         session.revert(&mut model);
     }
     let diff = written[0].iter().zip(&written[1]).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let norm = written[0].iter().map(|a| a * a).sum::<f64>().sqrt();
-    let bare_vs_averaged = (0..bare.nrows()).map(|j| (bare[(j, 0)] - averaged[(j, 0)]).powi(2)).sum::<f64>().sqrt();
+    let bare_vs_averaged =
+        (0..bare.nrows()).map(|j| (bare[(j, 0)] - averaged[(j, 0)]).powi(2)).sum::<f64>().sqrt();
     eprintln!("‖W_rome k_p − W_rrome k̄‖ = {diff:e} of {norm:e}; ‖k_p − k̄‖ = {bare_vs_averaged:e}");
     assert!(bare_vs_averaged > 1e-2, "the templates did not change the key");
     assert!(diff < 1e-4 * norm, "the two forms do not write the same v*");
@@ -188,21 +267,30 @@ fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
 fn a_persisted_target_cache_is_read_back_exactly() {
     use editbench_editing::keys::Activation;
     use editbench_editing::targets::TargetCache;
-    let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
+    let model = LanguageModel::<Cpu>::load(
+        &root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &Default::default(),
+    )
+    .unwrap();
     let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
     h.v_num_grad_steps = 3;
     let requests: Vec<EditRequest> = counterfact_cases(2).into_iter().map(|c| c.request).collect();
-    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let templates =
+        ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let search = |h: &editbench_editing::MethodHparams| {
-        TargetCache::new(requests.clone(), 1).persisted_in(dir.path().to_path_buf()).targets::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, h).unwrap()
+        TargetCache::new(requests.clone(), 1)
+            .persisted_in(dir.path().to_path_buf())
+            .targets::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, h)
+            .unwrap()
     };
     let first = search(&h);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "one file per chunk");
     // Mark the files: a cache that reads them returns the marked values.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
-        let mut file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         file["found"][0]["loss"] = serde_json::json!(123.0);
         std::fs::write(&path, file.to_string()).unwrap();
     }
@@ -220,19 +308,56 @@ fn a_persisted_target_cache_is_read_back_exactly() {
 fn mpes_stops_the_search_once_the_target_ranks_first() {
     use editbench_editing::keys::Activation;
     use editbench_editing::targets::target_values;
-    let model = LanguageModel::<Cpu>::load(&root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &Default::default()).unwrap();
+    let model = LanguageModel::<Cpu>::load(
+        &root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &Default::default(),
+    )
+    .unwrap();
     let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
     let requests: Vec<EditRequest> = counterfact_cases(2).into_iter().map(|c| c.request).collect();
-    let templates = ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
-    let full = target_values::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
+    let templates =
+        ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
+    let full = target_values::<Autodiff<Cpu>>(
+        &model,
+        &requests,
+        &templates,
+        h.layer,
+        Activation::Hidden,
+        &h,
+    )
+    .unwrap();
     h.mpes_patience = Some(0);
-    let early = target_values::<Autodiff<Cpu>>(&model, &requests, &templates, h.layer, Activation::Hidden, &h).unwrap();
-    eprintln!("Adam steps: full {:?}, MPES {:?}; loss {:?} vs {:?}", full.steps, early.steps, full.loss, early.loss);
+    let early = target_values::<Autodiff<Cpu>>(
+        &model,
+        &requests,
+        &templates,
+        h.layer,
+        Activation::Hidden,
+        &h,
+    )
+    .unwrap();
+    eprintln!(
+        "Adam steps: full {:?}, MPES {:?}; loss {:?} vs {:?}",
+        full.steps, early.steps, full.loss, early.loss
+    );
     assert!(early.steps.iter().zip(&full.steps).all(|(e, f)| e <= f));
-    assert!(early.steps.iter().sum::<usize>() < full.steps.iter().sum::<usize>(), "MPES saved no step");
+    assert!(
+        early.steps.iter().sum::<usize>() < full.steps.iter().sum::<usize>(),
+        "MPES saved no step"
+    );
     // Alone, the edit's rows run as two parts: the most probable tokens are read from both.
     let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    let alone = two_threads.install(|| target_values::<Autodiff<Cpu>>(&model, &requests[..1], &templates, h.layer, Activation::Hidden, &h).unwrap());
+    let alone = two_threads.install(|| {
+        target_values::<Autodiff<Cpu>>(
+            &model,
+            &requests[..1],
+            &templates,
+            h.layer,
+            Activation::Hidden,
+            &h,
+        )
+        .unwrap()
+    });
     assert_eq!(alone.steps[0], early.steps[0]);
 }
 
@@ -242,16 +367,30 @@ fn auto_samples_stop_once_the_statistics_hold_keys_per_dim_times_d_in_keys() {
     let model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
     let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
     let d = model.dims.intermediate_size as u64;
-    let auto = |keys_per_dim| StatsHparams { samples: Samples::Auto(editbench_editing::hparams::AutoKeyword::Auto), keys_per_dim, ..StatsHparams::default() };
+    let auto = |keys_per_dim| StatsHparams {
+        samples: Samples::Auto(editbench_editing::hparams::AutoKeyword::Auto),
+        keys_per_dim,
+        ..StatsHparams::default()
+    };
     let one = collect_moments(&model, &[2], &corpus, &auto(1.0)).unwrap()[&2].count;
     let two = collect_moments(&model, &[2], &corpus, &auto(2.0)).unwrap()[&2].count;
     // At least m · d_in keys, and no more than one paragraph (≤ max_length tokens) beyond.
     assert!(one >= d && one < d + 1024, "{one} keys for m = 1, d_in = {d}");
     assert!(two >= 2 * d && two < 2 * d + 1024 && two > one, "{two} keys for m = 2");
     // The cache tells m apart; a count's cache key is what it was before `auto` existed.
-    let source = |h| editbench_editing::stats::StatsSource { corpus: corpus.clone(), hparams: h, cache_dir: None };
+    let source = |h| editbench_editing::stats::StatsSource {
+        corpus: corpus.clone(),
+        hparams: h,
+        cache_dir: None,
+    };
     let keys = |h| source(h).cache_keys(&model, &[2]).unwrap().remove(0);
     assert_ne!(keys(auto(1.0)), keys(auto(2.0)));
-    assert!(keys(auto(1.0)).contains("\"samples\":\"auto\"") && keys(StatsHparams::default()).contains("\"samples\":2000"));
-    assert!(!keys(StatsHparams::default()).contains("keys_per_dim"), "a count's cache key is unchanged");
+    assert!(
+        keys(auto(1.0)).contains("\"samples\":\"auto\"")
+            && keys(StatsHparams::default()).contains("\"samples\":2000")
+    );
+    assert!(
+        !keys(StatsHparams::default()).contains("keys_per_dim"),
+        "a count's cache key is unchanged"
+    );
 }

@@ -65,7 +65,10 @@ impl<B: Backend> Answerer for LanguageModel<B> {
         let tokenizer = self.tokenizer()?;
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(options.batch.max(1)) {
-            let starts = chunk.iter().map(|p| tokenizer.encode(p)).collect::<editbench_models::Result<Vec<_>>>()?;
+            let starts = chunk
+                .iter()
+                .map(|p| tokenizer.encode(p))
+                .collect::<editbench_models::Result<Vec<_>>>()?;
             let lengths: Vec<usize> = starts.iter().map(Vec::len).collect();
             let budget = lengths.iter().max().copied().unwrap_or(0) + options.max_new_tokens;
             // Per row: tokens generated, and whether its last one ended the answer.
@@ -107,7 +110,11 @@ pub fn cut(text: &str) -> String {
 /// collapsed; as words.
 pub fn normalized_words(text: &str) -> Vec<String> {
     let lower: String = text.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    lower.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).map(str::to_string).collect()
+    lower
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A dataset answer as matched: QAEdit marks some answers with a trailing ` *`, which is not
@@ -171,7 +178,13 @@ fn prompts(records: &[Record]) -> Vec<String> {
 /// The generated-answer rows of `records`, and what the neighborhood prompts were answered (the
 /// reference of later stages). Neighborhood locality (`gen_NS`, `gen_NS_F1`) is scored against
 /// `unedited` where given; at the unedited stage it is 1 by definition and is not written.
-pub fn answer_rows(model: &impl Answerer, records: &[Record], stage: Stage, options: &AnswerOptions, unedited: Option<&UneditedAnswers>) -> Result<(Vec<MetricRow>, UneditedAnswers)> {
+pub fn answer_rows(
+    model: &impl Answerer,
+    records: &[Record],
+    stage: Stage,
+    options: &AnswerOptions,
+    unedited: Option<&UneditedAnswers>,
+) -> Result<(Vec<MetricRow>, UneditedAnswers)> {
     let all = prompts(records);
     let answers = model.answer(&all, options)?;
     if answers.len() != all.len() {
@@ -196,12 +209,25 @@ pub fn answer_rows(model: &impl Answerer, records: &[Record], stage: Stage, opti
         push(Metric::GenESF1, mean(rewrite.iter().map(|a| token_f1(a, new))));
         push(Metric::GenPS, mean(paraphrases.iter().map(|a| hit(a, new))));
         push(Metric::GenPSF1, mean(paraphrases.iter().map(|a| token_f1(a, new))));
-        push(Metric::GenNA, mean(neighbors.iter().zip(&r.neighborhood).map(|(a, p)| hit(a, &p.answer))));
+        push(
+            Metric::GenNA,
+            mean(neighbors.iter().zip(&r.neighborhood).map(|(a, p)| hit(a, &p.answer))),
+        );
         if let Some(reference) = unedited {
-            let before = |p: &editbench_datasets::Probe| reference.get(&p.prompt).map(String::as_str).unwrap_or_default().to_string();
-            let kept = |a: &String, b: &str| f64::from(u8::from(normalized_words(a) == normalized_words(b)));
-            push(Metric::GenNS, mean(neighbors.iter().zip(&r.neighborhood).map(|(a, p)| kept(a, &before(p)))));
-            push(Metric::GenNSF1, mean(neighbors.iter().zip(&r.neighborhood).map(|(a, p)| token_f1(a, &before(p)))));
+            let before = |p: &editbench_datasets::Probe| {
+                reference.get(&p.prompt).map(String::as_str).unwrap_or_default().to_string()
+            };
+            let kept = |a: &String, b: &str| {
+                f64::from(u8::from(normalized_words(a) == normalized_words(b)))
+            };
+            push(
+                Metric::GenNS,
+                mean(neighbors.iter().zip(&r.neighborhood).map(|(a, p)| kept(a, &before(p)))),
+            );
+            push(
+                Metric::GenNSF1,
+                mean(neighbors.iter().zip(&r.neighborhood).map(|(a, p)| token_f1(a, &before(p)))),
+            );
         }
         for (a, p) in neighbors.iter().zip(&r.neighborhood) {
             neighborhood.insert(p.prompt.clone(), (*a).clone());
@@ -261,9 +287,19 @@ mod tests {
         use editbench_datasets::{Probe, Rewrite};
         Record {
             case_id: 7,
-            rewrite: Rewrite { prompt: "{} speaks".into(), subject: "Ann".into(), relation_id: None, target_new: "French".into(), target_new_id: None, target_true: "English".into() },
+            rewrite: Rewrite {
+                prompt: "{} speaks".into(),
+                subject: "Ann".into(),
+                relation_id: None,
+                target_new: "French".into(),
+                target_new_id: None,
+                target_true: "English".into(),
+            },
             paraphrase_prompts: vec!["P1".into(), "P2".into()],
-            neighborhood: vec![Probe { prompt: "N1".into(), answer: "English".into() }, Probe { prompt: "N2".into(), answer: "English".into() }],
+            neighborhood: vec![
+                Probe { prompt: "N1".into(), answer: "English".into() },
+                Probe { prompt: "N2".into(), answer: "English".into() },
+            ],
             attribute_prompts: vec![],
             generation_prompts: vec![],
         }
@@ -271,18 +307,33 @@ mod tests {
 
     #[test]
     fn rows_score_each_prompt_family_and_locality_against_the_unedited_answers() {
-        let texts = [("Ann speaks", "French"), ("P1", "French too"), ("P2", "English"), ("N1", "English"), ("N2", "German")];
+        let texts = [
+            ("Ann speaks", "French"),
+            ("P1", "French too"),
+            ("P2", "English"),
+            ("N1", "English"),
+            ("N2", "German"),
+        ];
         let model = Fixed(texts.iter().map(|(p, a)| (p.to_string(), a.to_string())).collect());
-        let (pre, reference) = answer_rows(&model, &[record()], Stage::Pre, &AnswerOptions::default(), None).unwrap();
+        let (pre, reference) =
+            answer_rows(&model, &[record()], Stage::Pre, &AnswerOptions::default(), None).unwrap();
         assert!(pre.iter().all(|r| r.metric != Metric::GenNS), "no locality at the unedited stage");
         assert_eq!(reference["N2"], "German");
-        let value = |rows: &[MetricRow], m: Metric| rows.iter().find(|r| r.metric == m).map(|r| r.value);
+        let value =
+            |rows: &[MetricRow], m: Metric| rows.iter().find(|r| r.metric == m).map(|r| r.value);
         assert_eq!(value(&pre, Metric::GenES), Some(1.0));
         assert_eq!(value(&pre, Metric::GenPS), Some(0.5));
         assert_eq!(value(&pre, Metric::GenNA), Some(0.5));
         let mut edited = model.0.clone();
         edited.insert("N2".into(), "French".into());
-        let (post, _) = answer_rows(&Fixed(edited), &[record()], Stage::Post, &AnswerOptions::default(), Some(&reference)).unwrap();
+        let (post, _) = answer_rows(
+            &Fixed(edited),
+            &[record()],
+            Stage::Post,
+            &AnswerOptions::default(),
+            Some(&reference),
+        )
+        .unwrap();
         assert_eq!(value(&post, Metric::GenNS), Some(0.5));
         assert_eq!(value(&post, Metric::GenNSF1), Some(0.5));
     }

@@ -19,7 +19,11 @@ struct Queued {
 }
 
 /// ES EM PS PM NS NM EA PA NA of every record, all prompts scored in batched passes.
-pub fn counterfact_rows(scorer: &impl Scorer, records: &[Record], stage: Stage) -> Result<Vec<MetricRow>> {
+pub fn counterfact_rows(
+    scorer: &impl Scorer,
+    records: &[Record],
+    stage: Stage,
+) -> Result<Vec<MetricRow>> {
     let mut batch = PairBatch::new();
     let queued: Vec<Queued> = records
         .iter()
@@ -28,15 +32,30 @@ pub fn counterfact_rows(scorer: &impl Scorer, records: &[Record], stage: Stage) 
             let prompt = r.rewrite.prompt_text();
             Queued {
                 rewrite: (batch.push([prompt.clone()], new), batch.push([prompt], truth)),
-                paraphrase: (batch.push(r.paraphrase_prompts.clone(), new), batch.push(r.paraphrase_prompts.clone(), truth)),
-                neighborhood: r.neighborhood.iter().map(|p| (batch.push([p.prompt.clone()], new), batch.push([p.prompt.clone()], &p.answer))).collect(),
+                paraphrase: (
+                    batch.push(r.paraphrase_prompts.clone(), new),
+                    batch.push(r.paraphrase_prompts.clone(), truth),
+                ),
+                neighborhood: r
+                    .neighborhood
+                    .iter()
+                    .map(|p| {
+                        (
+                            batch.push([p.prompt.clone()], new),
+                            batch.push([p.prompt.clone()], &p.answer),
+                        )
+                    })
+                    .collect(),
             }
         })
         .collect();
     let scored = batch.score(scorer)?;
     let mut rows = Vec::new();
     for (record, q) in records.iter().zip(queued) {
-        let pairs = |(new, other): (Range<usize>, Range<usize>)| -> Vec<(&Continuation, &Continuation)> { scored[new].iter().zip(&scored[other]).collect() };
+        let pairs =
+            |(new, other): (Range<usize>, Range<usize>)| -> Vec<(&Continuation, &Continuation)> {
+                scored[new].iter().zip(&scored[other]).collect()
+            };
         let rewrite = pairs(q.rewrite);
         let paraphrase = pairs(q.paraphrase);
         let neighborhood: Vec<_> = q.neighborhood.into_iter().flat_map(pairs).collect();
@@ -51,10 +70,30 @@ pub fn counterfact_rows(scorer: &impl Scorer, records: &[Record], stage: Stage) 
             (Metric::NS, Metric::NM, Metric::NA, &neighborhood, false),
         ] {
             // (the expected continuation, the other one)
-            let oriented: Vec<(&Continuation, &Continuation)> = group.iter().map(|&(new, other)| if new_wins { (new, other) } else { (other, new) }).collect();
-            push(metric_s, mean(oriented.iter().map(|(want, other)| f64::from(u8::from(want.mean_nll() < other.mean_nll())))));
-            push(metric_m, mean(oriented.iter().map(|(want, other)| (-want.mean_nll()).exp() - (-other.mean_nll()).exp())));
-            push(metric_a, mean(oriented.iter().map(|(want, _)| f64::from(u8::from(want.all_argmax())))));
+            let oriented: Vec<(&Continuation, &Continuation)> = group
+                .iter()
+                .map(|&(new, other)| if new_wins { (new, other) } else { (other, new) })
+                .collect();
+            push(
+                metric_s,
+                mean(
+                    oriented.iter().map(|(want, other)| {
+                        f64::from(u8::from(want.mean_nll() < other.mean_nll()))
+                    }),
+                ),
+            );
+            push(
+                metric_m,
+                mean(
+                    oriented
+                        .iter()
+                        .map(|(want, other)| (-want.mean_nll()).exp() - (-other.mean_nll()).exp()),
+                ),
+            );
+            push(
+                metric_a,
+                mean(oriented.iter().map(|(want, _)| f64::from(u8::from(want.all_argmax())))),
+            );
         }
     }
     Ok(rows)

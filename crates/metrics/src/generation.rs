@@ -25,7 +25,10 @@ pub trait Generator {
 impl<B: Backend> Generator for LanguageModel<B> {
     fn sample(&self, prompts: &[String], max_len: usize, seeds: &[u64]) -> Result<Vec<String>> {
         let tokenizer = self.tokenizer()?;
-        let starts = prompts.iter().map(|p| tokenizer.encode(p)).collect::<editbench_models::Result<Vec<_>>>()?;
+        let starts = prompts
+            .iter()
+            .map(|p| tokenizer.encode(p))
+            .collect::<editbench_models::Result<Vec<_>>>()?;
         let mut rngs: Vec<SplitMix64> = seeds.iter().map(|&s| SplitMix64::new(s)).collect();
         sample_top_k(self, starts, max_len, &mut rngs)?
             .iter()
@@ -56,15 +59,32 @@ impl Default for GenerationOptions {
 }
 
 /// GE (and RS where reference texts exist) of the selected records.
-pub fn generation_rows(generator: &impl Generator, records: &[Record], stage: Stage, options: &GenerationOptions) -> Result<Vec<MetricRow>> {
-    let tested: Vec<&Record> = records.iter().filter(|r| r.case_id % options.interval.max(1) == 0 && !r.generation_prompts.is_empty()).collect();
+pub fn generation_rows(
+    generator: &impl Generator,
+    records: &[Record],
+    stage: Stage,
+    options: &GenerationOptions,
+) -> Result<Vec<MetricRow>> {
+    let tested: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.case_id % options.interval.max(1) == 0 && !r.generation_prompts.is_empty())
+        .collect();
     let jobs: Vec<(usize, String, u64)> = tested
         .iter()
         .enumerate()
-        .flat_map(|(k, r)| r.generation_prompts.iter().enumerate().map(move |(i, p)| (k, p.clone(), text_seed(options.seed, r.case_id, i))))
+        .flat_map(|(k, r)| {
+            r.generation_prompts
+                .iter()
+                .enumerate()
+                .map(move |(i, p)| (k, p.clone(), text_seed(options.seed, r.case_id, i)))
+        })
         .collect();
-    let bar = ProgressBar::new(jobs.len() as u64).with_message(format!("generation ({})", stage.code()));
-    bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} texts [{elapsed} < {eta}]").expect("valid template"));
+    let bar =
+        ProgressBar::new(jobs.len() as u64).with_message(format!("generation ({})", stage.code()));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} texts [{elapsed} < {eta}]")
+            .expect("valid template"),
+    );
     let mut texts: HashMap<usize, Vec<String>> = HashMap::new();
     for chunk in jobs.chunks(options.batch.max(1)) {
         let prompts: Vec<String> = chunk.iter().map(|j| j.1.clone()).collect();
@@ -79,11 +99,22 @@ pub fn generation_rows(generator: &impl Generator, records: &[Record], stage: St
     for (k, record) in tested.iter().enumerate() {
         let texts = &texts[&k];
         let row = |metric, value| MetricRow { case_id: record.case_id, stage, metric, value };
-        rows.push(row(Metric::GE, mean(texts.iter().map(|t| ngram_entropy(t))).expect("at least one text")));
+        rows.push(row(
+            Metric::GE,
+            mean(texts.iter().map(|t| ngram_entropy(t))).expect("at least one text"),
+        ));
         let r = &record.rewrite;
-        let reference = options.reference.as_ref().zip(r.relation_id.as_deref().zip(r.target_new_id.as_deref()));
-        if let Some(snippets) = reference.and_then(|(tfidf, (rel, id))| Some(tfidf).zip(tfidf.snippets(rel, id))) {
-            rows.push(row(Metric::RS, snippets.0.similarity(&texts.join(" "), &snippets.1.join(" "))));
+        let reference = options
+            .reference
+            .as_ref()
+            .zip(r.relation_id.as_deref().zip(r.target_new_id.as_deref()));
+        if let Some(snippets) =
+            reference.and_then(|(tfidf, (rel, id))| Some(tfidf).zip(tfidf.snippets(rel, id)))
+        {
+            rows.push(row(
+                Metric::RS,
+                snippets.0.similarity(&texts.join(" "), &snippets.1.join(" ")),
+            ));
         }
     }
     Ok(rows)
@@ -91,7 +122,10 @@ pub fn generation_rows(generator: &impl Generator, records: &[Record], stage: St
 
 /// The seed of text `i` of a record: independent of batching and of the other records.
 fn text_seed(seed: u64, case_id: u64, i: usize) -> u64 {
-    let mut rng = SplitMix64::new(seed ^ case_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut rng = SplitMix64::new(
+        seed ^ case_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
     rng.next_u64()
 }
 
@@ -114,7 +148,13 @@ pub fn ngram_entropy(text: &str) -> f64 {
 /// of NLTK (no sentence splitter, no quote rewriting) that agrees on ordinary prose.
 pub fn word_tokens(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
-    let inner = |i: usize| ['.', ',', '-', '\''].contains(&chars[i]) && i > 0 && i + 1 < chars.len() && chars[i - 1].is_alphanumeric() && chars[i + 1].is_alphanumeric();
+    let inner = |i: usize| {
+        ['.', ',', '-', '\''].contains(&chars[i])
+            && i > 0
+            && i + 1 < chars.len()
+            && chars[i - 1].is_alphanumeric()
+            && chars[i + 1].is_alphanumeric()
+    };
     let mut tokens = Vec::new();
     let mut i = 0;
     while i < chars.len() {
@@ -136,7 +176,9 @@ pub fn word_tokens(text: &str) -> Vec<String> {
 
 fn split_clitic(word: String, tokens: &mut Vec<String>) {
     let lower = word.to_lowercase();
-    let clitic = ["n't", "'s", "'re", "'ve", "'ll", "'d", "'m"].into_iter().find(|c| lower.ends_with(c) && lower.len() > c.len());
+    let clitic = ["n't", "'s", "'re", "'ve", "'ll", "'d", "'m"]
+        .into_iter()
+        .find(|c| lower.ends_with(c) && lower.len() > c.len());
     match clitic {
         Some(c) => {
             let (stem, tail) = word.split_at(word.len() - c.len());
@@ -153,8 +195,14 @@ mod tests {
 
     #[test]
     fn treebank_like_tokens() {
-        assert_eq!(word_tokens("Paris isn't far, it's 1,000 km away."), ["Paris", "is", "n't", "far", ",", "it", "'s", "1,000", "km", "away", "."]);
-        assert_eq!(word_tokens("well-known (\"quoted\")"), ["well-known", "(", "\"", "quoted", "\"", ")"]);
+        assert_eq!(
+            word_tokens("Paris isn't far, it's 1,000 km away."),
+            ["Paris", "is", "n't", "far", ",", "it", "'s", "1,000", "km", "away", "."]
+        );
+        assert_eq!(
+            word_tokens("well-known (\"quoted\")"),
+            ["well-known", "(", "\"", "quoted", "\"", ")"]
+        );
     }
 
     #[test]

@@ -25,7 +25,13 @@ use editbench_editing::Result;
 
 /// Every metric of `kind` for `records` on the model behind `scorer`/`generator`; generation
 /// metrics only when `generation` is given.
-pub fn evaluate<S: Scorer + Generator>(model: &S, kind: DatasetKind, records: &[Record], stage: Stage, generation: Option<&GenerationOptions>) -> Result<Vec<MetricRow>> {
+pub fn evaluate<S: Scorer + Generator>(
+    model: &S,
+    kind: DatasetKind,
+    records: &[Record],
+    stage: Stage,
+    generation: Option<&GenerationOptions>,
+) -> Result<Vec<MetricRow>> {
     match kind {
         DatasetKind::Zsre | DatasetKind::Qaedit => zsre_rows(model, records, stage),
         DatasetKind::Counterfact | DatasetKind::Mcf => {

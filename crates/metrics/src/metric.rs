@@ -90,9 +90,32 @@ pub enum Metric {
 
 impl Metric {
     pub const ALL: [Metric; 26] = [
-        Self::ES, Self::EM, Self::PS, Self::PM, Self::NS, Self::NM, Self::EA, Self::PA, Self::NA, Self::S, Self::GE, Self::RS,
-        Self::PPL, Self::DWNORM, Self::DWREL, Self::RewriteAcc, Self::ParaphraseAcc, Self::NeighborhoodAcc,
-        Self::GenES, Self::GenESF1, Self::GenPS, Self::GenPSF1, Self::GenNS, Self::GenNSF1, Self::GenNA, Self::GenS,
+        Self::ES,
+        Self::EM,
+        Self::PS,
+        Self::PM,
+        Self::NS,
+        Self::NM,
+        Self::EA,
+        Self::PA,
+        Self::NA,
+        Self::S,
+        Self::GE,
+        Self::RS,
+        Self::PPL,
+        Self::DWNORM,
+        Self::DWREL,
+        Self::RewriteAcc,
+        Self::ParaphraseAcc,
+        Self::NeighborhoodAcc,
+        Self::GenES,
+        Self::GenESF1,
+        Self::GenPS,
+        Self::GenPSF1,
+        Self::GenNS,
+        Self::GenNSF1,
+        Self::GenNA,
+        Self::GenS,
     ];
 
     /// The factor summaries apply: 100 (the papers' percent scale) except for perplexity and
@@ -176,7 +199,11 @@ impl PairBatch {
     }
 
     /// Queues `(prompt, target)` for each prompt; returns the range of their results.
-    pub fn push(&mut self, prompts: impl IntoIterator<Item = String>, target: &str) -> std::ops::Range<usize> {
+    pub fn push(
+        &mut self,
+        prompts: impl IntoIterator<Item = String>,
+        target: &str,
+    ) -> std::ops::Range<usize> {
         let start = self.pairs.len();
         self.pairs.extend(prompts.into_iter().map(|p| (p, spaced(target))));
         start..self.pairs.len()
@@ -184,7 +211,9 @@ impl PairBatch {
 
     pub fn score(&self, scorer: &impl Scorer) -> Result<Vec<Continuation>> {
         let scored = scorer.score(&self.pairs)?;
-        if scored.len() != self.pairs.len() || scored.iter().any(|c| c.logprobs.is_empty() || c.logprobs.len() != c.argmax.len()) {
+        if scored.len() != self.pairs.len()
+            || scored.iter().any(|c| c.logprobs.is_empty() || c.logprobs.len() != c.argmax.len())
+        {
             return Err(EditError::Input("the scorer returned a malformed result".into()));
         }
         Ok(scored)
@@ -207,8 +236,14 @@ mod tests {
         let mut x = 0.09666411566575489f64;
         for i in 0..2000u64 {
             x = (x * 3.7 + i as f64 * 1e-7).fract() - 0.5;
-            let row = MetricRow { case_id: i, stage: Stage::Pre, metric: Metric::NM, value: x / (1.0 + i as f64) };
-            let back: MetricRow = serde_json::from_str(&serde_json::to_string(&row).unwrap()).unwrap();
+            let row = MetricRow {
+                case_id: i,
+                stage: Stage::Pre,
+                metric: Metric::NM,
+                value: x / (1.0 + i as f64),
+            };
+            let back: MetricRow =
+                serde_json::from_str(&serde_json::to_string(&row).unwrap()).unwrap();
             assert_eq!(back.value.to_bits(), row.value.to_bits(), "{}", row.value);
         }
     }

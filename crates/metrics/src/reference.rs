@@ -43,26 +43,43 @@ struct Snippet {
 impl TfIdf {
     pub fn load(files: &ReferenceFiles) -> Result<Self> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| EditError::file(p, e));
-        let vocab: HashMap<String, usize> = serde_json::from_slice(&read(&files.tfidf_vocab)?).map_err(|e| EditError::file(&files.tfidf_vocab, e))?;
-        let idf = read_npy_vector(&read(&files.idf)?).map_err(|e| EditError::file(&files.idf, e))?;
+        let vocab: HashMap<String, usize> = serde_json::from_slice(&read(&files.tfidf_vocab)?)
+            .map_err(|e| EditError::file(&files.tfidf_vocab, e))?;
+        let idf =
+            read_npy_vector(&read(&files.idf)?).map_err(|e| EditError::file(&files.idf, e))?;
         if let Some((word, &i)) = vocab.iter().find(|(_, &i)| i >= idf.len()) {
-            return Err(EditError::file(&files.tfidf_vocab, format!("`{word}` has index {i} but idf.npy has {} entries", idf.len())));
+            return Err(EditError::file(
+                &files.tfidf_vocab,
+                format!("`{word}` has index {i} but idf.npy has {} entries", idf.len()),
+            ));
         }
-        let groups: Vec<SnippetGroup> = serde_json::from_slice(&read(&files.attribute_snippets)?).map_err(|e| EditError::file(&files.attribute_snippets, e))?;
+        let groups: Vec<SnippetGroup> =
+            serde_json::from_slice(&read(&files.attribute_snippets)?)
+                .map_err(|e| EditError::file(&files.attribute_snippets, e))?;
         let mut snippets: HashMap<(String, String), Vec<String>> = HashMap::new();
         for g in groups {
-            snippets.entry((g.relation_id, g.target_id)).or_default().extend(g.samples.into_iter().map(|s| s.text));
+            snippets
+                .entry((g.relation_id, g.target_id))
+                .or_default()
+                .extend(g.samples.into_iter().map(|s| s.text));
         }
         Ok(Self { vocab, idf, snippets })
     }
 
-    pub fn from_parts(vocab: HashMap<String, usize>, idf: Vec<f64>, snippets: HashMap<(String, String), Vec<String>>) -> Self {
+    pub fn from_parts(
+        vocab: HashMap<String, usize>,
+        idf: Vec<f64>,
+        snippets: HashMap<(String, String), Vec<String>>,
+    ) -> Self {
         Self { vocab, idf, snippets }
     }
 
     /// Snippets about subjects with object `target_id` under `relation_id`.
     pub fn snippets(&self, relation_id: &str, target_id: &str) -> Option<&[String]> {
-        self.snippets.get(&(relation_id.to_string(), target_id.to_string())).map(Vec::as_slice).filter(|s| !s.is_empty())
+        self.snippets
+            .get(&(relation_id.to_string(), target_id.to_string()))
+            .map(Vec::as_slice)
+            .filter(|s| !s.is_empty())
     }
 
     /// L2-normalised TF-IDF vector of `text`, sparse.
@@ -87,7 +104,9 @@ impl TfIdf {
 
 /// scikit-learn's default analyzer: lower case, tokens matching `(?u)\b\w\w+\b`.
 fn sklearn_words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.chars().count() >= 2).map(str::to_lowercase)
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.chars().count() >= 2)
+        .map(str::to_lowercase)
 }
 
 /// A 1-D little-endian float array from a `.npy` file (format versions 1–3).
@@ -97,10 +116,14 @@ fn read_npy_vector(bytes: &[u8]) -> std::result::Result<Vec<f64>, String> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
         v => return Err(format!("unsupported .npy version {v}")),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or("truncated header")?).map_err(|e| e.to_string())?;
+    let header =
+        std::str::from_utf8(bytes.get(start..start + header_len).ok_or("truncated header")?)
+            .map_err(|e| e.to_string())?;
     let data = &bytes[start + header_len..];
     if header.contains("'fortran_order': True") {
         return Err("fortran-ordered arrays are not supported".into());
@@ -117,7 +140,13 @@ fn read_npy_vector(bytes: &[u8]) -> std::result::Result<Vec<f64>, String> {
     }
     Ok(data
         .chunks_exact(width)
-        .map(|c| if width == 8 { f64::from_le_bytes(c.try_into().expect("8 bytes")) } else { f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64 })
+        .map(|c| {
+            if width == 8 {
+                f64::from_le_bytes(c.try_into().expect("8 bytes"))
+            } else {
+                f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64
+            }
+        })
         .collect())
 }
 
@@ -126,7 +155,8 @@ mod tests {
     use super::*;
 
     fn npy(values: &[f64]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}", values.len());
+        let mut header =
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}", values.len());
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -147,7 +177,8 @@ mod tests {
     #[test]
     fn tfidf_cosine_by_hand() {
         // vocab: paris 0 (idf 2), france 1 (idf 1), capital 2 (idf 3); "a" is too short to count.
-        let vocab = [("paris", 0), ("france", 1), ("capital", 2)].map(|(w, i)| (w.to_string(), i)).into();
+        let vocab =
+            [("paris", 0), ("france", 1), ("capital", 2)].map(|(w, i)| (w.to_string(), i)).into();
         let t = TfIdf::from_parts(vocab, vec![2.0, 1.0, 3.0], HashMap::new());
         // a = "Paris, France a": (2, 1, 0)/√5; b = "capital of FRANCE": (0, 1, 3)/√10.
         let expected = 1.0 / (5f64.sqrt() * 10f64.sqrt());

@@ -33,7 +33,11 @@ pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
         .map(|((stage, metric), values)| {
             let n = values.len();
             let mean = values.iter().sum::<f64>() / n as f64;
-            let stderr = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() / (n as f64).sqrt() * metric.scale());
+            let stderr = (n > 1).then(|| {
+                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+                    / (n as f64).sqrt()
+                    * metric.scale()
+            });
             Summary { stage, metric, mean: mean * metric.scale(), stderr, n }
         })
         .collect();
@@ -44,10 +48,19 @@ pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
             (Metric::GenS, [Metric::GenES, Metric::GenPS, Metric::GenNS]),
         ];
         for (score, parts) in families {
-            let found: Vec<&Summary> = parts.iter().filter_map(|m| out.iter().find(|s| s.stage == stage && s.metric == *m)).collect();
+            let found: Vec<&Summary> = parts
+                .iter()
+                .filter_map(|m| out.iter().find(|s| s.stage == stage && s.metric == *m))
+                .collect();
             if found.len() == 3 {
                 let n = found.iter().map(|s| s.n).min().expect("three");
-                out.push(Summary { stage, metric: score, mean: harmonic_mean(found.iter().map(|s| s.mean)), stderr: None, n });
+                out.push(Summary {
+                    stage,
+                    metric: score,
+                    mean: harmonic_mean(found.iter().map(|s| s.mean)),
+                    stderr: None,
+                    n,
+                });
             }
         }
     }
@@ -69,11 +82,15 @@ fn harmonic_mean(values: impl Iterator<Item = f64>) -> f64 {
 /// with `every_batch` (the independent protocol, where each round is its own batch written into the
 /// unedited model) every round's, so the perplexity and update norms of several measured batches
 /// are all counted.
-pub fn counted_rows(rows: impl IntoIterator<Item = (usize, MetricRow)>, every_batch: bool) -> Vec<MetricRow> {
+pub fn counted_rows(
+    rows: impl IntoIterator<Item = (usize, MetricRow)>,
+    every_batch: bool,
+) -> Vec<MetricRow> {
     let mut latest: BTreeMap<(usize, u64, Stage, Metric), (usize, MetricRow)> = BTreeMap::new();
     for (round, row) in rows {
         let batch = if every_batch { round } else { 0 };
-        let slot = latest.entry((batch, row.case_id, row.stage, row.metric)).or_insert((round, row));
+        let slot =
+            latest.entry((batch, row.case_id, row.stage, row.metric)).or_insert((round, row));
         if round >= slot.0 {
             *slot = (round, row);
         }
@@ -83,7 +100,9 @@ pub fn counted_rows(rows: impl IntoIterator<Item = (usize, MetricRow)>, every_ba
 
 /// A sequential run's curve: per round, the summaries of the post-edit rows measured after it
 /// (the records edited so far, perplexity, update norms).
-pub fn round_summaries(rows: impl IntoIterator<Item = (usize, MetricRow)>) -> BTreeMap<usize, Vec<Summary>> {
+pub fn round_summaries(
+    rows: impl IntoIterator<Item = (usize, MetricRow)>,
+) -> BTreeMap<usize, Vec<Summary>> {
     let mut by_round: BTreeMap<usize, Vec<MetricRow>> = BTreeMap::new();
     for (round, row) in rows.into_iter().filter(|(_, r)| r.stage == Stage::Post) {
         by_round.entry(round).or_default().push(row);
@@ -104,8 +123,19 @@ mod tests {
     #[test]
     fn counted_rows_keep_every_batch_or_the_latest_round() {
         let row = |case_id, metric, value| MetricRow { case_id, stage: Stage::Post, metric, value };
-        let rows = [(1, row(0, Metric::PPL, 20.0)), (2, row(0, Metric::PPL, 30.0)), (3, row(0, Metric::PPL, 40.0)), (3, row(7, Metric::ES, 1.0))];
-        let ppl = |every_batch| -> Vec<f64> { counted_rows(rows, every_batch).iter().filter(|r| r.metric == Metric::PPL).map(|r| r.value).collect() };
+        let rows = [
+            (1, row(0, Metric::PPL, 20.0)),
+            (2, row(0, Metric::PPL, 30.0)),
+            (3, row(0, Metric::PPL, 40.0)),
+            (3, row(7, Metric::ES, 1.0)),
+        ];
+        let ppl = |every_batch| -> Vec<f64> {
+            counted_rows(rows, every_batch)
+                .iter()
+                .filter(|r| r.metric == Metric::PPL)
+                .map(|r| r.value)
+                .collect()
+        };
         assert_eq!(ppl(true), [20.0, 30.0, 40.0]);
         assert_eq!(ppl(false), [40.0]);
         assert_eq!(counted_rows(rows, false).len(), 2);
@@ -122,8 +152,14 @@ mod tests {
             (2, row(Stage::Post, Metric::PPL, 30.0)),
         ];
         let curve = round_summaries(rows);
-        assert_eq!(curve.keys().copied().collect::<Vec<_>>(), [1, 2], "the unedited rows are no round of the curve");
-        let mean = |round, metric| curve[&round].iter().find(|s| s.metric == metric).map(|s| (s.mean, s.n));
+        assert_eq!(
+            curve.keys().copied().collect::<Vec<_>>(),
+            [1, 2],
+            "the unedited rows are no round of the curve"
+        );
+        let mean = |round, metric| {
+            curve[&round].iter().find(|s| s.metric == metric).map(|s| (s.mean, s.n))
+        };
         assert_eq!(mean(1, Metric::ES), Some((100.0, 1)));
         assert_eq!(mean(2, Metric::ES), Some((50.0, 2)));
         assert_eq!(mean(2, Metric::PPL), Some((30.0, 1)));

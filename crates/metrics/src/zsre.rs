@@ -14,14 +14,21 @@ pub fn zsre_rows(scorer: &impl Scorer, records: &[Record], stage: Stage) -> Resu
         .iter()
         .map(|r| {
             let new = &r.rewrite.target_new;
-            let neighborhood: Vec<_> = r.neighborhood.iter().map(|p| batch.push([p.prompt.clone()], &p.answer)).collect();
-            (batch.push([r.rewrite.prompt_text()], new), batch.push(r.paraphrase_prompts.clone(), new), neighborhood)
+            let neighborhood: Vec<_> =
+                r.neighborhood.iter().map(|p| batch.push([p.prompt.clone()], &p.answer)).collect();
+            (
+                batch.push([r.rewrite.prompt_text()], new),
+                batch.push(r.paraphrase_prompts.clone(), new),
+                neighborhood,
+            )
         })
         .collect();
     let scored = batch.score(scorer)?;
     let mut rows = Vec::new();
     for (record, (rewrite, paraphrase, neighborhood)) in records.iter().zip(queued) {
-        let accuracy = |ranges: Vec<std::ops::Range<usize>>| mean(ranges.into_iter().flat_map(|r| scored[r].iter().map(|c| c.token_accuracy())));
+        let accuracy = |ranges: Vec<std::ops::Range<usize>>| {
+            mean(ranges.into_iter().flat_map(|r| scored[r].iter().map(|c| c.token_accuracy())))
+        };
         for (metric, value) in [
             (Metric::RewriteAcc, accuracy(vec![rewrite])),
             (Metric::ParaphraseAcc, accuracy(vec![paraphrase])),

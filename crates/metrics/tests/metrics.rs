@@ -11,22 +11,48 @@ struct Fake(HashMap<(String, String), Continuation>);
 
 impl Fake {
     fn new(entries: &[(&str, &str, &[f64], &[bool])]) -> Self {
-        Self(entries.iter().map(|&(p, t, probs, top)| ((p.to_string(), t.to_string()), Continuation { logprobs: probs.iter().map(|p| p.ln()).collect(), argmax: top.to_vec() })).collect())
+        Self(
+            entries
+                .iter()
+                .map(|&(p, t, probs, top)| {
+                    (
+                        (p.to_string(), t.to_string()),
+                        Continuation {
+                            logprobs: probs.iter().map(|p| p.ln()).collect(),
+                            argmax: top.to_vec(),
+                        },
+                    )
+                })
+                .collect(),
+        )
     }
 }
 
 impl Scorer for Fake {
     fn score(&self, pairs: &[(String, String)]) -> editbench_editing::Result<Vec<Continuation>> {
-        Ok(pairs.iter().map(|p| self.0.get(p).unwrap_or_else(|| panic!("unexpected pair {p:?}")).clone()).collect())
+        Ok(pairs
+            .iter()
+            .map(|p| self.0.get(p).unwrap_or_else(|| panic!("unexpected pair {p:?}")).clone())
+            .collect())
     }
 }
 
 fn record(case_id: u64, paraphrases: &[&str], neighbors: &[&str]) -> Record {
     Record {
         case_id,
-        rewrite: Rewrite { prompt: "{} speaks".into(), subject: "Anna".into(), relation_id: None, target_new: "English".into(), target_new_id: None, target_true: "French".into() },
+        rewrite: Rewrite {
+            prompt: "{} speaks".into(),
+            subject: "Anna".into(),
+            relation_id: None,
+            target_new: "English".into(),
+            target_new_id: None,
+            target_true: "French".into(),
+        },
         paraphrase_prompts: paraphrases.iter().map(|s| s.to_string()).collect(),
-        neighborhood: neighbors.iter().map(|p| Probe { prompt: p.to_string(), answer: "French".into() }).collect(),
+        neighborhood: neighbors
+            .iter()
+            .map(|p| Probe { prompt: p.to_string(), answer: "French".into() })
+            .collect(),
         attribute_prompts: vec![],
         generation_prompts: vec![],
     }
@@ -60,7 +86,8 @@ fn counterfact_metrics_by_hand() {
         ("N2", " English", &[0.6, 0.6], &[y, y]),
         ("N2", " French", &[0.2], &[n]),
     ]);
-    let rows = counterfact_rows(&fake, &[record(7, &["P1", "P2"], &["N1", "N2"])], Stage::Post).unwrap();
+    let rows =
+        counterfact_rows(&fake, &[record(7, &["P1", "P2"], &["N1", "N2"])], Stage::Post).unwrap();
     assert!(rows.iter().all(|r| r.case_id == 7 && r.stage == Stage::Post));
     close(value(&rows, Metric::ES), 1.0);
     close(value(&rows, Metric::EM), (0.5f64 * 0.8).sqrt() - 0.3);
@@ -78,7 +105,8 @@ fn counterfact_metrics_by_hand() {
 fn zsre_token_accuracy_by_hand() {
     let mut r = record(3, &["Who does Anna speak to?"], &[]);
     r.rewrite.prompt = "What does {} speak?".into();
-    r.neighborhood = vec![Probe { prompt: "nq question: who?".into(), answer: "Walter Sobchak".into() }];
+    r.neighborhood =
+        vec![Probe { prompt: "nq question: who?".into(), answer: "Walter Sobchak".into() }];
     let fake = Fake::new(&[
         ("What does Anna speak?", " English", &[0.5, 0.5, 0.5], &[true, true, false]),
         ("Who does Anna speak to?", " English", &[0.5, 0.5, 0.5], &[false, true, false]),
@@ -94,9 +122,18 @@ fn zsre_token_accuracy_by_hand() {
 fn summary_means_standard_errors_and_score() {
     let row = |case_id, metric, value| MetricRow { case_id, stage: Stage::Post, metric, value };
     let rows = [
-        row(1, Metric::ES, 1.0), row(2, Metric::ES, 0.0), row(3, Metric::ES, 1.0), row(4, Metric::ES, 1.0),
-        row(1, Metric::PS, 0.5), row(2, Metric::PS, 0.5), row(3, Metric::PS, 0.5), row(4, Metric::PS, 0.5),
-        row(1, Metric::NS, 0.2), row(2, Metric::NS, 0.4), row(3, Metric::NS, 0.6), row(4, Metric::NS, 0.8),
+        row(1, Metric::ES, 1.0),
+        row(2, Metric::ES, 0.0),
+        row(3, Metric::ES, 1.0),
+        row(4, Metric::ES, 1.0),
+        row(1, Metric::PS, 0.5),
+        row(2, Metric::PS, 0.5),
+        row(3, Metric::PS, 0.5),
+        row(4, Metric::PS, 0.5),
+        row(1, Metric::NS, 0.2),
+        row(2, Metric::NS, 0.4),
+        row(3, Metric::NS, 0.6),
+        row(4, Metric::NS, 0.8),
     ];
     let summary = summarize(&rows);
     let get = |m| *summary.iter().find(|s| s.metric == m).unwrap();

@@ -21,7 +21,13 @@ fn model() -> LanguageModel<Cpu> {
 }
 
 fn dataset(kind: DatasetKind, rel: &str) -> Dataset {
-    load(&DatasetSource { kind, path: root().join("../shared/data").join(rel), format: None, sha256: None }).unwrap()
+    load(&DatasetSource {
+        kind,
+        path: root().join("../shared/data").join(rel),
+        format: None,
+        sha256: None,
+    })
+    .unwrap()
 }
 
 fn sorted(mut rows: Vec<MetricRow>) -> Vec<MetricRow> {
@@ -40,21 +46,40 @@ fn assert_same(batched: &[MetricRow], single: &[MetricRow]) {
 #[test]
 fn unedited_counterfact_scores_match_the_reference() {
     let model = model();
-    let records = &dataset(DatasetKind::Counterfact, "counterfact/counterfact_dev.json").records[..16];
+    let records =
+        &dataset(DatasetKind::Counterfact, "counterfact/counterfact_dev.json").records[..16];
     let summary = summarize(&counterfact_rows(&model, records, Stage::Pre).unwrap());
     let mean = |m: Metric| summary.iter().find(|s| s.metric == m).unwrap().mean;
     // The reference's "pre" row for the first 16 records (BASELINE.md).
-    let reference = [(Metric::ES, 50.0), (Metric::PS, 40.6), (Metric::NS, 54.4), (Metric::S, 47.6), (Metric::EM, -2.8), (Metric::PM, -6.7), (Metric::NM, 3.0), (Metric::EA, 0.0), (Metric::PA, 0.0), (Metric::NA, 1.2)];
+    let reference = [
+        (Metric::ES, 50.0),
+        (Metric::PS, 40.6),
+        (Metric::NS, 54.4),
+        (Metric::S, 47.6),
+        (Metric::EM, -2.8),
+        (Metric::PM, -6.7),
+        (Metric::NM, 3.0),
+        (Metric::EA, 0.0),
+        (Metric::PA, 0.0),
+        (Metric::NA, 1.2),
+    ];
     for (metric, expected) in reference {
         eprintln!("{:>3}: {:6.2} (reference {expected})", metric.code(), mean(metric));
-        assert!((mean(metric) - expected).abs() < 0.1, "{}: {} vs reference {expected}", metric.code(), mean(metric));
+        assert!(
+            (mean(metric) - expected).abs() < 0.1,
+            "{}: {} vs reference {expected}",
+            metric.code(),
+            mean(metric)
+        );
     }
 }
 
 #[test]
 fn batched_scoring_equals_one_record_at_a_time() {
     let model = model();
-    let one_by_one = |records: &[Record], f: &dyn Fn(&[Record]) -> Vec<MetricRow>| sorted(records.chunks(1).flat_map(f).collect());
+    let one_by_one = |records: &[Record], f: &dyn Fn(&[Record]) -> Vec<MetricRow>| {
+        sorted(records.chunks(1).flat_map(f).collect())
+    };
     let cf = &dataset(DatasetKind::Counterfact, "counterfact/counterfact_dev.json").records[..4];
     let score_cf = |r: &[Record]| counterfact_rows(&model, r, Stage::Pre).unwrap();
     assert_same(&sorted(score_cf(cf)), &one_by_one(cf, &score_cf));

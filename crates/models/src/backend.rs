@@ -51,8 +51,15 @@ pub fn side_by_side<T: Sync, R: Send, E: Send>(
         let results: Vec<std::result::Result<R, E>> = match group {
             [item] => vec![pass(item)],
             _ => std::thread::scope(|s| {
-                let running: Vec<_> = group.iter().zip(&pools).map(|(item, pool)| s.spawn(|| pool.install(|| pass(item)))).collect();
-                running.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+                let running: Vec<_> = group
+                    .iter()
+                    .zip(&pools)
+                    .map(|(item, pool)| s.spawn(|| pool.install(|| pass(item))))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .collect()
             }),
         };
         for (item, result) in group.iter().zip(results) {
@@ -65,7 +72,15 @@ pub fn side_by_side<T: Sync, R: Send, E: Send>(
 /// `n` rayon pools of one thread each (none when `n` ≤ 1: a lone pass needs none).
 fn one_thread_pools(n: usize) -> Vec<rayon::ThreadPool> {
     let n = if n > 1 { n } else { 0 };
-    (0..n).map(|i| rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("pass-{i}")).build().expect("a thread for a pass")).collect()
+    (0..n)
+        .map(|i| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("pass-{i}"))
+                .build()
+                .expect("a thread for a pass")
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -61,9 +61,16 @@ pub struct PromptBatch<B: Backend> {
 }
 
 impl<B: Backend> PromptBatch<B> {
-    pub fn new(sequences: &[Vec<u32>], padding: Padding, pad_id: u32, device: &B::Device) -> Result<Self> {
+    pub fn new(
+        sequences: &[Vec<u32>],
+        padding: Padding,
+        pad_id: u32,
+        device: &B::Device,
+    ) -> Result<Self> {
         if sequences.is_empty() || sequences.iter().any(|s| s.is_empty()) {
-            return Err(ModelError::Input("a batch needs at least one sequence and no empty sequence".into()));
+            return Err(ModelError::Input(
+                "a batch needs at least one sequence and no empty sequence".into(),
+            ));
         }
         let b = sequences.len();
         let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
@@ -83,10 +90,12 @@ impl<B: Backend> PromptBatch<B> {
                 key_mask[col] = 0.0;
             }
         }
-        let causal: Vec<f32> = (0..t * t).map(|ij| if ij % t <= ij / t { 0.0 } else { MASKED }).collect();
+        let causal: Vec<f32> =
+            (0..t * t).map(|ij| if ij % t <= ij / t { 0.0 } else { MASKED }).collect();
         let causal = Tensor::<B, 2>::from_data(TensorData::new(causal, [t, t]), device);
         let keys = Tensor::<B, 2>::from_data(TensorData::new(key_mask, [b, t]), device);
-        let mask = causal.reshape([1, 1, t, t]).expand([b, 1, t, t]) + keys.reshape([b, 1, 1, t]).expand([b, 1, t, t]);
+        let mask = causal.reshape([1, 1, t, t]).expand([b, 1, t, t])
+            + keys.reshape([b, 1, 1, t]).expand([b, 1, t, t]);
         Ok(Self {
             ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
             positions: Tensor::from_data(TensorData::new(positions, [b, t]), device),
@@ -103,14 +112,17 @@ impl<B: Backend> PromptBatch<B> {
     /// prompt is computed once for all its branches. Rows are right-padded.
     pub fn trees(trees: &[PromptTree], pad_id: u32, device: &B::Device) -> Result<Self> {
         if trees.is_empty() || trees.iter().any(|tree| tree.prompt.is_empty()) {
-            return Err(ModelError::Input("a batch needs at least one prompt and no empty prompt".into()));
+            return Err(ModelError::Input(
+                "a batch needs at least one prompt and no empty prompt".into(),
+            ));
         }
         let (b, t) = (trees.len(), trees.iter().map(PromptTree::columns).max().unwrap_or(0));
         let (mut ids, mut positions) = (vec![pad_id as i64; b * t], vec![0i64; b * t]);
         let mut mask = vec![MASKED; b * t * t];
         for (row, tree) in trees.iter().enumerate() {
             let n = tree.prompt.len();
-            let branches = tree.branches.iter().enumerate().map(|(i, branch)| (tree.branch_start(i), *branch));
+            let branches =
+                tree.branches.iter().enumerate().map(|(i, branch)| (tree.branch_start(i), *branch));
             for (start, tokens) in std::iter::once((0, tree.prompt)).chain(branches) {
                 let first = if start == 0 { 0 } else { n };
                 for (j, &id) in tokens.iter().enumerate() {
@@ -143,10 +155,18 @@ impl<B: Backend> PromptBatch<B> {
         let b = self.rows();
         assert_eq!(next.len(), b, "one token per row");
         let columns = self.past + self.width() + 1;
-        let key_mask: Vec<f32> = (0..b * columns).map(|i| if i % columns < self.offsets[i / columns] { MASKED } else { 0.0 }).collect();
+        let key_mask: Vec<f32> = (0..b * columns)
+            .map(|i| if i % columns < self.offsets[i / columns] { MASKED } else { 0.0 })
+            .collect();
         Self {
-            ids: Tensor::from_data(TensorData::new(next.iter().map(|&id| id as i64).collect::<Vec<_>>(), [b, 1]), device),
-            positions: Tensor::from_data(TensorData::new(self.lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [b, 1]), device),
+            ids: Tensor::from_data(
+                TensorData::new(next.iter().map(|&id| id as i64).collect::<Vec<_>>(), [b, 1]),
+                device,
+            ),
+            positions: Tensor::from_data(
+                TensorData::new(self.lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [b, 1]),
+                device,
+            ),
             mask: Tensor::from_data(TensorData::new(key_mask, [b, 1, 1, columns]), device),
             lengths: self.lengths.iter().map(|n| n + 1).collect(),
             offsets: self.offsets.clone(),
@@ -161,14 +181,23 @@ impl<B: Backend> PromptBatch<B> {
     /// `i − start`. For passes that recompute only what follows a change at `ranges[r].start`.
     pub fn suffixes(&self, ranges: &[std::ops::Range<usize>]) -> Result<Self> {
         let b = self.rows();
-        if self.past != 0 || ranges.len() != b || ranges.iter().zip(&self.lengths).any(|(r, &n)| r.start >= r.end || r.end > n) {
+        if self.past != 0
+            || ranges.len() != b
+            || ranges.iter().zip(&self.lengths).any(|(r, &n)| r.start >= r.end || r.end > n)
+        {
             return Err(ModelError::Input(format!("suffixes of a fresh batch need one non-empty range within each of its {b} rows, got {ranges:?}")));
         }
         let device = self.ids.device();
         let (width, t) = (self.width(), ranges.iter().map(|r| r.len()).max().unwrap_or(0));
-        let all_ids = self.ids.to_data().convert::<i64>().to_vec::<i64>().map_err(|e| ModelError::Input(format!("reading token ids back: {e:?}")))?;
+        let all_ids = self
+            .ids
+            .to_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .map_err(|e| ModelError::Input(format!("reading token ids back: {e:?}")))?;
         let columns = width + t;
-        let (mut ids, mut positions, mut mask) = (vec![0i64; b * t], vec![0i64; b * t], vec![MASKED; b * t * columns]);
+        let (mut ids, mut positions, mut mask) =
+            (vec![0i64; b * t], vec![0i64; b * t], vec![MASKED; b * t * columns]);
         for (row, range) in ranges.iter().enumerate() {
             let cached = self.offsets[row]..self.offsets[row] + range.start;
             for (i, token) in range.clone().enumerate() {
@@ -197,7 +226,11 @@ impl<B: Backend> PromptBatch<B> {
         let flat: Vec<i64> = ranges
             .iter()
             .enumerate()
-            .flat_map(|(row, r)| (0..t).map(move |i| (row * width + self.column(row, r.start + i.min(r.len() - 1))) as i64))
+            .flat_map(|(row, r)| {
+                (0..t).map(move |i| {
+                    (row * width + self.column(row, r.start + i.min(r.len() - 1))) as i64
+                })
+            })
             .collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * t]), &x.device());
         x.reshape([b * width, d]).select(0, index).reshape([b, t, d])
@@ -237,11 +270,20 @@ mod tests {
 
     #[test]
     fn tree_rows_attend_to_the_prompt_and_their_own_branch() {
-        let trees = [PromptTree { prompt: &[1, 2], branches: vec![&[3, 4], &[], &[5]] }, PromptTree { prompt: &[6], branches: vec![] }];
+        let trees = [
+            PromptTree { prompt: &[1, 2], branches: vec![&[3, 4], &[], &[5]] },
+            PromptTree { prompt: &[6], branches: vec![] },
+        ];
         let batch = PromptBatch::<Cpu>::trees(&trees, 0, &Default::default()).unwrap();
         assert_eq!(batch.ids.to_data().to_vec::<i64>().unwrap(), [1, 2, 3, 4, 5, 6, 0, 0, 0, 0]);
-        assert_eq!(batch.positions.to_data().to_vec::<i64>().unwrap(), [0, 1, 2, 3, 2, 0, 0, 0, 0, 0]);
-        assert_eq!(allowed(&batch, 0), [vec![0], vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3], vec![0, 1, 4]]);
+        assert_eq!(
+            batch.positions.to_data().to_vec::<i64>().unwrap(),
+            [0, 1, 2, 3, 2, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            allowed(&batch, 0),
+            [vec![0], vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3], vec![0, 1, 4]]
+        );
         assert_eq!(allowed(&batch, 1), [vec![0], vec![1], vec![2], vec![3], vec![4]]);
         assert_eq!((batch.lengths.clone(), trees[0].branch_start(2)), (vec![5, 1], 4));
     }

@@ -51,16 +51,27 @@ pub enum Start<B: Backend> {
 impl<B: Backend> Start<B> {
     /// The first block to run and its input; `table` is the `[vocab, d]` embedding matrix, whose
     /// rows are patched by the [`Site::Embedding`] patches.
-    pub(crate) fn input(self, table: Tensor<B, 2>, ids: &Tensor<B, 2, Int>, patches: &[Patch<B>]) -> (usize, Tensor<B, 3>) {
+    pub(crate) fn input(
+        self,
+        table: Tensor<B, 2>,
+        ids: &Tensor<B, 2, Int>,
+        patches: &[Patch<B>],
+    ) -> (usize, Tensor<B, 3>) {
         match self {
-            Self::Tokens => (0, LayerPatches { patches, layer: 0 }.apply(Site::Embedding, embed(table, ids))),
+            Self::Tokens => {
+                (0, LayerPatches { patches, layer: 0 }.apply(Site::Embedding, embed(table, ids)))
+            }
             Self::After { layer, hidden } => (layer + 1, hidden),
         }
     }
 }
 
 /// `past` followed by the new columns' keys and values.
-pub(crate) fn extend_kv<B: Backend>(past: Option<KeyValues<B>>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> KeyValues<B> {
+pub(crate) fn extend_kv<B: Backend>(
+    past: Option<KeyValues<B>>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> KeyValues<B> {
     match past {
         None => (k, v),
         Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
@@ -71,7 +82,14 @@ pub(crate) trait Block<B: Backend> {
     /// What every block reads besides its input (the rotary tables; nothing for GPT-2).
     type Shared;
     /// One block on `x`, with `patches` applied to its attention and MLP outputs.
-    fn forward(&self, x: Tensor<B, 3>, shared: &Self::Shared, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B>;
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        shared: &Self::Shared,
+        batch: &PromptBatch<B>,
+        past: Option<KeyValues<B>>,
+        patches: LayerPatches<'_, B>,
+    ) -> BlockOutput<B>;
 }
 
 /// Rows of the embedding matrix `[vocab, d]` for `ids: [b, t]`.
@@ -89,7 +107,10 @@ pub(crate) fn scored_positions<B: Backend>(x: Tensor<B, 3>, hooks: &Hooks) -> Te
 }
 
 /// The rows `rows` of `table` `[n, d]`, in that order: `[rows.len(), d]`.
-pub(crate) fn select_rows<B: Backend>(table: Tensor<B, 2>, rows: impl ExactSizeIterator<Item = usize>) -> Tensor<B, 2> {
+pub(crate) fn select_rows<B: Backend>(
+    table: Tensor<B, 2>,
+    rows: impl ExactSizeIterator<Item = usize>,
+) -> Tensor<B, 2> {
     let n = rows.len();
     let index = TensorData::new(rows.map(|i| i as i64).collect::<Vec<_>>(), [n]);
     let device = table.device();

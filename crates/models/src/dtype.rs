@@ -56,7 +56,12 @@ impl WeightDType {
     /// f16 on wgpu (WGSL's `f16`, offered by lavapipe and current GPU drivers) and cuda, bf16 on cuda
     /// only (WGSL has none). The CPU backend stores no half floats.
     pub fn stored_on(self, backend: BackendKind) -> bool {
-        matches!((self, backend), (Self::F32, _) | (Self::F16, BackendKind::Wgpu | BackendKind::Cuda) | (Self::BF16, BackendKind::Cuda))
+        matches!(
+            (self, backend),
+            (Self::F32, _)
+                | (Self::F16, BackendKind::Wgpu | BackendKind::Cuda)
+                | (Self::BF16, BackendKind::Cuda)
+        )
     }
 
     /// `data` rounded to the nearest value of this dtype (ties to even), kept in f32.
@@ -69,7 +74,11 @@ impl WeightDType {
     }
 
     /// `host` on `device` in this dtype, or rounded to it in f32 where `B` cannot store it.
-    pub fn place<B: Backend, const D: usize>(self, host: HostTensor, device: &B::Device) -> Tensor<B, D> {
+    pub fn place<B: Backend, const D: usize>(
+        self,
+        host: HostTensor,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         let HostTensor { shape, mut data } = host;
         if self.stored_natively::<B>(device) {
             return Tensor::from_data(TensorData::new(data, shape), (device, self.burn()));

@@ -11,33 +11,15 @@ pub enum ModelError {
     #[error("{path}: invalid JSON: {cause}")]
     Json { path: PathBuf, cause: serde_json::Error },
     #[error("{path}: field `{field}`: {message}")]
-    Config {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Config { path: PathBuf, field: String, message: String },
     #[error("{path}: unknown architecture `{found}` (supported: {supported})")]
-    UnknownArchitecture {
-        path: PathBuf,
-        found: String,
-        supported: &'static str,
-    },
+    UnknownArchitecture { path: PathBuf, found: String, supported: &'static str },
     #[error("{path}: tensor `{tensor}` is missing")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        path: PathBuf,
-        tensor: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    Shape { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{path}: tensor `{tensor}` has unsupported type {dtype} (supported: {supported})")]
-    UnsupportedDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-        supported: &'static str,
-    },
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String, supported: &'static str },
     #[error("{path}: malformed file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: tokenizer: {message}")]
@@ -66,7 +48,11 @@ impl ModelError {
     pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Format { path: path.into(), message: message.into() }
     }
-    pub(crate) fn config(path: impl Into<PathBuf>, field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn config(
+        path: impl Into<PathBuf>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self::Config { path: path.into(), field: field.to_string(), message: message.into() }
     }
 }

@@ -89,7 +89,14 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            ModelError::format(self.path, format!("truncated: needs {n} bytes at offset {}, file has {}", self.pos, self.bytes.len()))
+            ModelError::format(
+                self.path,
+                format!(
+                    "truncated: needs {n} bytes at offset {}, file has {}",
+                    self.pos,
+                    self.bytes.len()
+                ),
+            )
         })?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
@@ -103,12 +110,22 @@ impl<'a> Cursor<'a> {
     }
     fn len(&mut self) -> Result<usize> {
         let n = self.u64()?;
-        usize::try_from(n).ok().filter(|&n| n <= self.bytes.len()).ok_or_else(|| ModelError::format(self.path, format!("truncated or corrupt: length {n} at offset {} exceeds the file size {}", self.pos, self.bytes.len())))
+        usize::try_from(n).ok().filter(|&n| n <= self.bytes.len()).ok_or_else(|| {
+            ModelError::format(
+                self.path,
+                format!(
+                    "truncated or corrupt: length {n} at offset {} exceeds the file size {}",
+                    self.pos,
+                    self.bytes.len()
+                ),
+            )
+        })
     }
     fn string(&mut self) -> Result<String> {
         let n = self.len()?;
         let raw = self.take(n)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| ModelError::format(self.path, "a string is not UTF-8"))
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| ModelError::format(self.path, "a string is not UTF-8"))
     }
     fn value(&mut self, kind: u32) -> Result<Value> {
         Ok(match kind {
@@ -129,7 +146,9 @@ impl<'a> Cursor<'a> {
             10 => Value::Uint(self.u64()?),
             11 => Value::Int(self.u64()? as i64),
             12 => Value::Float(f64::from_bits(self.u64()?)),
-            other => return Err(ModelError::format(self.path, format!("unknown metadata type {other}"))),
+            other => {
+                return Err(ModelError::format(self.path, format!("unknown metadata type {other}")))
+            }
         })
     }
 }
@@ -145,7 +164,10 @@ impl GgufFile {
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(ModelError::format(path, format!("GGUF version {version} is not supported (2 or 3)")));
+            return Err(ModelError::format(
+                path,
+                format!("GGUF version {version} is not supported (2 or 3)"),
+            ));
         }
         let n_tensors = c.len()?;
         let n_kv = c.len()?;
@@ -185,9 +207,19 @@ impl GgufFile {
             let len = count / per_block * block_bytes;
             let start = data_start + offset;
             if start + len > map.len() {
-                return Err(ModelError::format(path, format!("truncated: tensor `{name}` needs bytes {start}..{} of {}", start + len, map.len())));
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "truncated: tensor `{name}` needs bytes {start}..{} of {}",
+                        start + len,
+                        map.len()
+                    ),
+                ));
             }
-            tensors.insert(name, TensorInfo { shape: dims.into_iter().rev().collect(), kind, start, len });
+            tensors.insert(
+                name,
+                TensorInfo { shape: dims.into_iter().rev().collect(), kind, start, len },
+            );
         }
         Ok(Self { path: path.to_path_buf(), map, metadata, tensors })
     }
@@ -203,7 +235,11 @@ impl GgufFile {
     pub fn string(&self, key: &str) -> Result<&str> {
         match self.field(key)? {
             Value::String(s) => Ok(s),
-            other => Err(ModelError::config(&self.path, key, format!("expected a string, found {other:?}"))),
+            other => Err(ModelError::config(
+                &self.path,
+                key,
+                format!("expected a string, found {other:?}"),
+            )),
         }
     }
 
@@ -211,14 +247,22 @@ impl GgufFile {
         match self.field(key)? {
             Value::Uint(v) => Ok(*v),
             Value::Int(v) if *v >= 0 => Ok(*v as u64),
-            other => Err(ModelError::config(&self.path, key, format!("expected an unsigned integer, found {other:?}"))),
+            other => Err(ModelError::config(
+                &self.path,
+                key,
+                format!("expected an unsigned integer, found {other:?}"),
+            )),
         }
     }
 
     pub fn float(&self, key: &str) -> Result<f64> {
         match self.field(key)? {
             Value::Float(v) => Ok(*v),
-            other => Err(ModelError::config(&self.path, key, format!("expected a float, found {other:?}"))),
+            other => Err(ModelError::config(
+                &self.path,
+                key,
+                format!("expected a float, found {other:?}"),
+            )),
         }
     }
 
@@ -228,10 +272,18 @@ impl GgufFile {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(ModelError::config(&self.path, key, format!("expected strings, found {other:?}"))),
+                    other => Err(ModelError::config(
+                        &self.path,
+                        key,
+                        format!("expected strings, found {other:?}"),
+                    )),
                 })
                 .collect(),
-            other => Err(ModelError::config(&self.path, key, format!("expected an array, found {other:?}"))),
+            other => Err(ModelError::config(
+                &self.path,
+                key,
+                format!("expected an array, found {other:?}"),
+            )),
         }
     }
 
@@ -246,24 +298,42 @@ impl GgufFile {
     pub fn llama_config(&self) -> Result<LlamaConfig> {
         let arch = self.string("general.architecture")?;
         if arch != "llama" {
-            return Err(ModelError::UnknownArchitecture { path: self.path.clone(), found: arch.to_string(), supported: "llama" });
+            return Err(ModelError::UnknownArchitecture {
+                path: self.path.clone(),
+                found: arch.to_string(),
+                supported: "llama",
+            });
         }
         let u = |k: &str| self.uint(&format!("llama.{k}")).map(|v| v as usize);
         let hidden_size = u("embedding_length")?;
         let num_heads = u("attention.head_count")?;
         let num_kv_heads = u("attention.head_count_kv").unwrap_or(num_heads);
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(ModelError::config(&self.path, "llama.attention.head_count_kv", format!("{num_kv_heads} does not divide {num_heads}")));
+            return Err(ModelError::config(
+                &self.path,
+                "llama.attention.head_count_kv",
+                format!("{num_kv_heads} does not divide {num_heads}"),
+            ));
         }
         // Rescaled rotary frequencies (a scaling type, or LLaMA-3's `rope_freqs` factors) would
         // change the math; they are refused rather than ignored.
         if let Some(kind) = self.string("llama.rope.scaling.type").ok().filter(|k| *k != "none") {
-            return Err(ModelError::config(&self.path, "llama.rope.scaling.type", format!("`{kind}` is not supported in GGUF files (use the Hugging Face checkpoint)")));
+            return Err(ModelError::config(
+                &self.path,
+                "llama.rope.scaling.type",
+                format!(
+                    "`{kind}` is not supported in GGUF files (use the Hugging Face checkpoint)"
+                ),
+            ));
         }
         if self.tensors.contains_key("rope_freqs.weight") {
             return Err(ModelError::config(&self.path, "rope_freqs.weight", "LLaMA-3 frequency scaling is not supported in GGUF files (use the Hugging Face checkpoint)"));
         }
-        let embed = self.tensors.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: "token_embd.weight".into() })?;
+        let embed =
+            self.tensors.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: "token_embd.weight".into(),
+            })?;
         Ok(LlamaConfig {
             vocab_size: embed.shape[0],
             hidden_size,
@@ -289,9 +359,13 @@ impl GgufFile {
 pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
     let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     match kind {
-        GgmlType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        GgmlType::F32 => {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
         GgmlType::F16 => bytes.chunks_exact(2).map(half).collect(),
-        GgmlType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        GgmlType::BF16 => {
+            bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
         // d: f16, then 32 signed bytes; x = d·q.
         GgmlType::Q8_0 => bytes
             .chunks_exact(34)
@@ -444,8 +518,14 @@ mod tests {
 
     #[test]
     fn hf_names_map_to_gguf_names() {
-        assert_eq!(gguf_name("model.layers.7.mlp.down_proj.weight").as_deref(), Some("blk.7.ffn_down.weight"));
-        assert_eq!(gguf_name("model.layers.0.self_attn.o_proj.weight").as_deref(), Some("blk.0.attn_output.weight"));
+        assert_eq!(
+            gguf_name("model.layers.7.mlp.down_proj.weight").as_deref(),
+            Some("blk.7.ffn_down.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.o_proj.weight").as_deref(),
+            Some("blk.0.attn_output.weight")
+        );
         assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
         assert_eq!(gguf_name("model.layers.0.mlp.nope.weight"), None);
     }

@@ -68,19 +68,41 @@ impl Gpt2HfConfig {
         let exact_gelu = match self.activation_function.as_str() {
             "gelu_new" | "gelu_pytorch_tanh" => false,
             "gelu" => true,
-            other => return Err(ModelError::config(path, "activation_function", format!("`{other}` is not supported (gelu_new, gelu)"))),
+            other => {
+                return Err(ModelError::config(
+                    path,
+                    "activation_function",
+                    format!("`{other}` is not supported (gelu_new, gelu)"),
+                ))
+            }
         };
         if !self.scale_attn_weights {
-            return Err(ModelError::config(path, "scale_attn_weights", "false is not supported (attention scores are scaled by 1/√head_dim)"));
+            return Err(ModelError::config(
+                path,
+                "scale_attn_weights",
+                "false is not supported (attention scores are scaled by 1/√head_dim)",
+            ));
         }
         if self.scale_attn_by_inverse_layer_idx {
-            return Err(ModelError::config(path, "scale_attn_by_inverse_layer_idx", "true is not supported"));
+            return Err(ModelError::config(
+                path,
+                "scale_attn_by_inverse_layer_idx",
+                "true is not supported",
+            ));
         }
         if self.reorder_and_upcast_attn {
-            return Err(ModelError::config(path, "reorder_and_upcast_attn", "true is not supported"));
+            return Err(ModelError::config(
+                path,
+                "reorder_and_upcast_attn",
+                "true is not supported",
+            ));
         }
         if self.n_head == 0 || self.n_embd % self.n_head != 0 {
-            return Err(ModelError::config(path, "n_head", format!("{} does not divide n_embd {}", self.n_head, self.n_embd)));
+            return Err(ModelError::config(
+                path,
+                "n_head",
+                format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
+            ));
         }
         Ok(Gpt2Config {
             vocab_size: self.vocab_size,
@@ -134,24 +156,45 @@ pub struct Gpt2<B: Backend> {
 }
 
 impl<B: Backend> Gpt2Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> (Tensor<B, 3>, KeyValues<B>) {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        batch: &PromptBatch<B>,
+        past: Option<KeyValues<B>>,
+    ) -> (Tensor<B, 3>, KeyValues<B>) {
         let [b, t, _] = x.dims();
         let qkv = self.c_attn.forward(x);
         let d = qkv.dims()[2] / 3;
-        let part = |i: usize| split_heads(qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]), self.num_heads);
+        let part = |i: usize| {
+            split_heads(qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]), self.num_heads)
+        };
         let (k, v) = decoder::extend_kv(past, part(1), part(2));
-        (self.c_proj.forward(merge_heads(attention(part(0), k.clone(), v.clone(), &batch.mask))), (k, v))
+        (
+            self.c_proj.forward(merge_heads(attention(part(0), k.clone(), v.clone(), &batch.mask))),
+            (k, v),
+        )
     }
 }
 
 impl<B: Backend> Block<B> for Gpt2Block<B> {
     type Shared = ();
-    fn forward(&self, x: Tensor<B, 3>, _: &(), batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        _: &(),
+        batch: &PromptBatch<B>,
+        past: Option<KeyValues<B>>,
+        patches: LayerPatches<'_, B>,
+    ) -> BlockOutput<B> {
         let (attended, kv) = self.attn.forward(self.ln_1.forward(x.clone()), batch, past);
         let attention = patches.apply(Site::Attention, attended);
         let h = x + attention.clone();
         let up = self.mlp.c_fc.forward(self.ln_2.forward(h.clone()));
-        let key = if self.mlp.exact_gelu { activation::gelu(up) } else { activation::gelu_approximate(up) };
+        let key = if self.mlp.exact_gelu {
+            activation::gelu(up)
+        } else {
+            activation::gelu_approximate(up)
+        };
         let value = patches.apply(Site::Mlp, self.mlp.c_proj.forward(key.clone()));
         BlockOutput { hidden: h + value.clone(), key, value, attention, kv }
     }
@@ -160,46 +203,84 @@ impl<B: Backend> Block<B> for Gpt2Block<B> {
 impl<B: Backend> Gpt2<B> {
     /// Loads the weights named as in Hugging Face's `GPT2LMHeadModel` (with or without the
     /// `transformer.` prefix).
-    pub fn load(config: &Gpt2Config, source: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        config: &Gpt2Config,
+        source: &dyn TensorSource,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = config;
         let (d, m) = (c.hidden_size, c.intermediate_size);
-        let prefix = if source.get("transformer.wte.weight")?.is_some() { "transformer." } else { "" };
+        let prefix =
+            if source.get("transformer.wte.weight")?.is_some() { "transformer." } else { "" };
         let layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("{prefix}h.{i}");
-                let conv = |name: &str, shape| Linear::load_conv1d(source, &format!("{p}.{name}"), shape, device);
-                let norm = |name: &str| LayerNorm::load(source, &format!("{p}.{name}"), d, c.layer_norm_eps, device);
+                let conv = |name: &str, shape| {
+                    Linear::load_conv1d(source, &format!("{p}.{name}"), shape, device)
+                };
+                let norm = |name: &str| {
+                    LayerNorm::load(source, &format!("{p}.{name}"), d, c.layer_norm_eps, device)
+                };
                 Ok(Gpt2Block {
                     ln_1: norm("ln_1")?,
-                    attn: Gpt2Attention { c_attn: conv("attn.c_attn", [d, 3 * d])?, c_proj: conv("attn.c_proj", [d, d])?, num_heads: c.num_heads },
+                    attn: Gpt2Attention {
+                        c_attn: conv("attn.c_attn", [d, 3 * d])?,
+                        c_proj: conv("attn.c_proj", [d, d])?,
+                        num_heads: c.num_heads,
+                    },
                     ln_2: norm("ln_2")?,
-                    mlp: Gpt2Mlp { c_fc: conv("mlp.c_fc", [d, m])?, c_proj: conv("mlp.c_proj", [m, d])?, exact_gelu: c.exact_gelu },
+                    mlp: Gpt2Mlp {
+                        c_fc: conv("mlp.c_fc", [d, m])?,
+                        c_proj: conv("mlp.c_proj", [m, d])?,
+                        exact_gelu: c.exact_gelu,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let wte = fetch(source, &format!("{prefix}wte.weight"), &[c.vocab_size, d])?;
         let wte = Param::from_tensor(source.weight_dtype().place(wte, device));
-        let lm_head = OutputHead::load_or_tie(source, c.tie_word_embeddings, &wte, [c.vocab_size, d], device)?;
+        let lm_head = OutputHead::load_or_tie(
+            source,
+            c.tie_word_embeddings,
+            &wte,
+            [c.vocab_size, d],
+            device,
+        )?;
         Ok(Self {
             lm_head,
             wte,
-            wpe: Param::from_tensor(fetch(source, &format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?.into_tensor(device)),
+            wpe: Param::from_tensor(
+                fetch(source, &format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?
+                    .into_tensor(device),
+            ),
             layers,
             ln_f: LayerNorm::load(source, &format!("{prefix}ln_f"), d, c.layer_norm_eps, device)?,
             prefix: prefix.to_string(),
         })
     }
 
-    pub(crate) fn forward(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub(crate) fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        start: Start<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let batch = pass.batch;
         let (first, mut x) = start.input(self.wte.val(), &batch.ids, pass.patches);
         if first == 0 {
             let [b, t, d] = x.dims();
-            x = x + self.wpe.val().select(0, batch.positions.clone().reshape([b * t])).reshape([b, t, d]);
+            x = x + self
+                .wpe
+                .val()
+                .select(0, batch.positions.clone().reshape([b * t]))
+                .reshape([b, t, d]);
         }
-        if let Some(x) = decoder::run_blocks(&self.layers, (first, x), &(), pass, &mut trace, cache) {
-            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), pass.hooks)));
+        if let Some(x) = decoder::run_blocks(&self.layers, (first, x), &(), pass, &mut trace, cache)
+        {
+            trace.logits = Some(
+                self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), pass.hooks)),
+            );
         }
         trace
     }

@@ -11,7 +11,10 @@ use crate::batch::PromptBatch;
 use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
-use crate::layers::{attention, merge_heads, split_heads, LayerNorm, Linear, OutputHead, RopeScaling, Rotary, RotaryPairing};
+use crate::layers::{
+    attention, merge_heads, split_heads, LayerNorm, Linear, OutputHead, RopeScaling, Rotary,
+    RotaryPairing,
+};
 use crate::weights::{fetch, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: gptj`) that matter here.
@@ -59,18 +62,34 @@ pub struct GptJConfig {
 impl GptJHfConfig {
     pub fn into_config(self, path: &Path) -> Result<GptJConfig> {
         if self.activation_function != "gelu_new" {
-            return Err(ModelError::config(path, "activation_function", format!("`{}` is not supported (only gelu_new)", self.activation_function)));
+            return Err(ModelError::config(
+                path,
+                "activation_function",
+                format!("`{}` is not supported (only gelu_new)", self.activation_function),
+            ));
         }
         if self.tie_word_embeddings {
-            return Err(ModelError::config(path, "tie_word_embeddings", "GPT-J has a separate, biased lm_head; tied embeddings are not supported"));
+            return Err(ModelError::config(
+                path,
+                "tie_word_embeddings",
+                "GPT-J has a separate, biased lm_head; tied embeddings are not supported",
+            ));
         }
         if self.n_head == 0 || self.n_embd % self.n_head != 0 {
-            return Err(ModelError::config(path, "n_head", format!("{} does not divide n_embd {}", self.n_head, self.n_embd)));
+            return Err(ModelError::config(
+                path,
+                "n_head",
+                format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
+            ));
         }
         let head_dim = self.n_embd / self.n_head;
         let rotary_dim = self.rotary_dim.unwrap_or(head_dim);
         if rotary_dim > head_dim || rotary_dim % 2 != 0 {
-            return Err(ModelError::config(path, "rotary_dim", format!("{rotary_dim} must be even and at most the head size {head_dim}")));
+            return Err(ModelError::config(
+                path,
+                "rotary_dim",
+                format!("{rotary_dim} must be even and at most the head size {head_dim}"),
+            ));
         }
         Ok(GptJConfig {
             vocab_size: self.vocab_size,
@@ -119,30 +138,61 @@ pub struct GptJ<B: Backend> {
 
 impl<B: Backend> Block<B> for GptJBlock<B> {
     type Shared = Rotary<B>;
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: &Rotary<B>,
+        batch: &PromptBatch<B>,
+        past: Option<KeyValues<B>>,
+        patches: LayerPatches<'_, B>,
+    ) -> BlockOutput<B> {
         let n = self.ln_1.forward(x.clone());
         let a = &self.attn;
-        let q = rotary.apply(split_heads(a.q_proj.forward(n.clone()), a.num_heads), &batch.positions);
-        let k = rotary.apply(split_heads(a.k_proj.forward(n.clone()), a.num_heads), &batch.positions);
-        let (k, v) = decoder::extend_kv(past, k, split_heads(a.v_proj.forward(n.clone()), a.num_heads));
-        let attended = patches.apply(Site::Attention, a.out_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask))));
+        let q =
+            rotary.apply(split_heads(a.q_proj.forward(n.clone()), a.num_heads), &batch.positions);
+        let k =
+            rotary.apply(split_heads(a.k_proj.forward(n.clone()), a.num_heads), &batch.positions);
+        let (k, v) =
+            decoder::extend_kv(past, k, split_heads(a.v_proj.forward(n.clone()), a.num_heads));
+        let attended = patches.apply(
+            Site::Attention,
+            a.out_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask))),
+        );
         let key = activation::gelu_approximate(self.mlp.fc_in.forward(n));
         let value = patches.apply(Site::Mlp, self.mlp.fc_out.forward(key.clone()));
-        BlockOutput { hidden: x + attended.clone() + value.clone(), key, value, attention: attended, kv: (k, v) }
+        BlockOutput {
+            hidden: x + attended.clone() + value.clone(),
+            key,
+            value,
+            attention: attended,
+            kv: (k, v),
+        }
     }
 }
 
 impl<B: Backend> GptJ<B> {
     /// Loads the weights named as in Hugging Face's `GPTJForCausalLM`.
-    pub fn load(config: &GptJConfig, source: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        config: &GptJConfig,
+        source: &dyn TensorSource,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = config;
         let (d, m) = (c.hidden_size, c.intermediate_size);
         let layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("transformer.h.{i}");
-                let linear = |name: &str, shape, bias| Linear::load(source, &format!("{p}.{name}"), shape, bias, device);
+                let linear = |name: &str, shape, bias| {
+                    Linear::load(source, &format!("{p}.{name}"), shape, bias, device)
+                };
                 Ok(GptJBlock {
-                    ln_1: LayerNorm::load(source, &format!("{p}.ln_1"), d, c.layer_norm_eps, device)?,
+                    ln_1: LayerNorm::load(
+                        source,
+                        &format!("{p}.ln_1"),
+                        d,
+                        c.layer_norm_eps,
+                        device,
+                    )?,
                     attn: GptJAttention {
                         q_proj: linear("attn.q_proj", [d, d], false)?,
                         k_proj: linear("attn.k_proj", [d, d], false)?,
@@ -150,24 +200,47 @@ impl<B: Backend> GptJ<B> {
                         out_proj: linear("attn.out_proj", [d, d], false)?,
                         num_heads: c.num_heads,
                     },
-                    mlp: GptJMlp { fc_in: linear("mlp.fc_in", [m, d], true)?, fc_out: linear("mlp.fc_out", [d, m], true)? },
+                    mlp: GptJMlp {
+                        fc_in: linear("mlp.fc_in", [m, d], true)?,
+                        fc_out: linear("mlp.fc_out", [d, m], true)?,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            wte: Param::from_tensor(source.weight_dtype().place(fetch(source, "transformer.wte.weight", &[c.vocab_size, d])?, device)),
+            wte: Param::from_tensor(
+                source
+                    .weight_dtype()
+                    .place(fetch(source, "transformer.wte.weight", &[c.vocab_size, d])?, device),
+            ),
             layers,
             ln_f: LayerNorm::load(source, "transformer.ln_f", d, c.layer_norm_eps, device)?,
             lm_head: OutputHead::load(source, "lm_head", [c.vocab_size, d], true, device)?,
-            rotary: Rotary::new(c.rotary_dim, 10_000.0, &RopeScaling::None, c.max_position_embeddings, RotaryPairing::Interleaved, device),
+            rotary: Rotary::new(
+                c.rotary_dim,
+                10_000.0,
+                &RopeScaling::None,
+                c.max_position_embeddings,
+                RotaryPairing::Interleaved,
+                device,
+            ),
         })
     }
 
-    pub(crate) fn forward(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub(crate) fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        start: Start<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let input = start.input(self.wte.val(), &pass.batch.ids, pass.patches);
-        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, pass, &mut trace, cache) {
-            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), pass.hooks)));
+        if let Some(x) =
+            decoder::run_blocks(&self.layers, input, &self.rotary, pass, &mut trace, cache)
+        {
+            trace.logits = Some(
+                self.lm_head.forward(decoder::scored_positions(self.ln_f.forward(x), pass.hooks)),
+            );
         }
         trace
     }

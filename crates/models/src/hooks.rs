@@ -27,7 +27,11 @@ impl Hooks {
 
     /// Capture `layers` and stop after the highest of them (statistics need nothing above).
     pub fn capture_only(layers: &[usize]) -> Self {
-        Self { capture: layers.to_vec(), stop_after: layers.iter().copied().max(), ..Self::default() }
+        Self {
+            capture: layers.to_vec(),
+            stop_after: layers.iter().copied().max(),
+            ..Self::default()
+        }
     }
 }
 
@@ -56,7 +60,8 @@ impl<B: Backend> Trace<B> {
     /// Records layer `layer`'s activations if `hooks` asks for them.
     pub(crate) fn record(&mut self, hooks: &Hooks, layer: usize, out: &BlockOutput<B>) {
         if hooks.capture.contains(&layer) {
-            let (key, value, hidden, attention) = (out.key.clone(), out.value.clone(), out.hidden.clone(), out.attention.clone());
+            let (key, value, hidden, attention) =
+                (out.key.clone(), out.value.clone(), out.hidden.clone(), out.attention.clone());
             self.layers.insert(layer, LayerTrace { key, value, hidden, attention });
         }
     }

@@ -30,14 +30,27 @@ impl<B: Backend> Linear<B> {
 
     /// Loads a Hugging Face `Conv1D` (GPT-2): `{prefix}.weight` stored as `[d_in, d_out]`, and
     /// `{prefix}.bias`.
-    pub fn load_conv1d(source: &dyn TensorSource, prefix: &str, [d_in, d_out]: [usize; 2], device: &B::Device) -> Result<Self> {
+    pub fn load_conv1d(
+        source: &dyn TensorSource,
+        prefix: &str,
+        [d_in, d_out]: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Self> {
         let weight = fetch(source, &format!("{prefix}.weight"), &[d_in, d_out])?;
         let bias = fetch(source, &format!("{prefix}.bias"), &[d_out])?;
-        Ok(Self { weight: Param::from_tensor(source.weight_dtype().place(weight, device)), bias: Some(Param::from_tensor(bias.into_tensor(device))) })
+        Ok(Self {
+            weight: Param::from_tensor(source.weight_dtype().place(weight, device)),
+            bias: Some(Param::from_tensor(bias.into_tensor(device))),
+        })
     }
 
     /// From a Hugging Face `[d_out, d_in]` weight, kept in `dtype`.
-    pub fn from_host(weight: &HostTensor, bias: Option<HostTensor>, dtype: WeightDType, device: &B::Device) -> Self {
+    pub fn from_host(
+        weight: &HostTensor,
+        bias: Option<HostTensor>,
+        dtype: WeightDType,
+        device: &B::Device,
+    ) -> Self {
         Self {
             weight: Param::from_tensor(dtype.place(weight.transposed(), device)),
             bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))),
@@ -61,14 +74,23 @@ impl<B: Backend> Linear<B> {
 }
 
 /// `{prefix}.weight` (`[d_out, d_in]`) and, if `bias`, `{prefix}.bias` (`[d_out]`), as stored.
-fn fetch_weight_and_bias(source: &dyn TensorSource, prefix: &str, [d_out, d_in]: [usize; 2], bias: bool) -> Result<(HostTensor, Option<HostTensor>)> {
+fn fetch_weight_and_bias(
+    source: &dyn TensorSource,
+    prefix: &str,
+    [d_out, d_in]: [usize; 2],
+    bias: bool,
+) -> Result<(HostTensor, Option<HostTensor>)> {
     let weight = fetch(source, &format!("{prefix}.weight"), &[d_out, d_in])?;
     let bias = if bias { Some(fetch(source, &format!("{prefix}.bias"), &[d_out])?) } else { None };
     Ok((weight, bias))
 }
 
 /// `f` applied to `x` `[…, d_in]` as one `[rows, d_in]` matrix, plus `bias` `[d_out]`: `[…, d_out]`.
-fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>, bias: Option<&Param<Tensor<B, 1>>>) -> Tensor<B, D> {
+fn on_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+    bias: Option<&Param<Tensor<B, 1>>>,
+) -> Tensor<B, D> {
     let mut dims = x.dims();
     let rows = x.shape().num_elements() / dims[D - 1];
     let mut y = f(x.reshape([rows, dims[D - 1]]));
@@ -94,24 +116,47 @@ pub struct OutputHead<B: Backend> {
 
 impl<B: Backend> OutputHead<B> {
     /// Loads `{prefix}.weight` (`[vocab, d_model]`) and, if `bias`, `{prefix}.bias`.
-    pub fn load(source: &dyn TensorSource, prefix: &str, shape: [usize; 2], bias: bool, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        source: &dyn TensorSource,
+        prefix: &str,
+        shape: [usize; 2],
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Self> {
         let (weight, bias) = fetch_weight_and_bias(source, prefix, shape, bias)?;
         Ok(Self::from_host(weight, bias, source.weight_dtype(), device))
     }
 
     /// `lm_head.weight` (`[vocab, d_model]`, no bias), or, when `tie` (the config's
     /// `tie_word_embeddings`), the token `embeddings` themselves; a missing untied head is an error.
-    pub fn load_or_tie(source: &dyn TensorSource, tie: bool, embeddings: &Param<Tensor<B, 2>>, shape: [usize; 2], device: &B::Device) -> Result<Self> {
+    pub fn load_or_tie(
+        source: &dyn TensorSource,
+        tie: bool,
+        embeddings: &Param<Tensor<B, 2>>,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Self> {
         match fetch_optional(source, "lm_head.weight", &shape)? {
             Some(head) if !tie => Ok(Self::from_host(head, None, source.weight_dtype(), device)),
             _ if tie => Ok(Self::tied(embeddings)),
-            _ => Err(ModelError::MissingTensor { path: source.path().to_path_buf(), tensor: "lm_head.weight".into() }),
+            _ => Err(ModelError::MissingTensor {
+                path: source.path().to_path_buf(),
+                tensor: "lm_head.weight".into(),
+            }),
         }
     }
 
     /// From a `[vocab, d_model]` weight (a head's, or a tied one's embeddings), kept in `dtype`.
-    pub fn from_host(weight: HostTensor, bias: Option<HostTensor>, dtype: WeightDType, device: &B::Device) -> Self {
-        Self { weight: Param::from_tensor(dtype.place(weight, device)), bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))) }
+    pub fn from_host(
+        weight: HostTensor,
+        bias: Option<HostTensor>,
+        dtype: WeightDType,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            weight: Param::from_tensor(dtype.place(weight, device)),
+            bias: bias.map(|b| Param::from_tensor(b.into_tensor(device))),
+        }
     }
 
     /// A head tied to the token embeddings `[vocab, d_model]`: the same tensor, not a copy.
@@ -148,7 +193,13 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn load(source: &dyn TensorSource, name: &str, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        source: &dyn TensorSource,
+        name: &str,
+        d: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
         let weight = fetch(source, name, &[d])?.into_tensor(device);
         Ok(Self { weight: Param::from_tensor(weight), eps })
     }
@@ -168,7 +219,13 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
-    pub fn load(source: &dyn TensorSource, prefix: &str, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        source: &dyn TensorSource,
+        prefix: &str,
+        d: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
         let weight = fetch(source, &format!("{prefix}.weight"), &[d])?.into_tensor(device);
         let bias = fetch(source, &format!("{prefix}.bias"), &[d])?.into_tensor(device);
         Ok(Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias), eps })
@@ -224,7 +281,12 @@ impl RopeScaling {
         match *self {
             RopeScaling::None => plain.collect(),
             RopeScaling::Linear { factor } => plain.map(|f| (f as f64 / factor) as f32).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => plain
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_positions,
+            } => plain
                 .map(|f| {
                     let f = f as f64;
                     let wavelength = 2.0 * std::f64::consts::PI / f;
@@ -233,7 +295,8 @@ impl RopeScaling {
                     } else if wavelength > original_max_positions / low_freq_factor {
                         (f / factor) as f32
                     } else {
-                        let smooth = (original_max_positions / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (original_max_positions / wavelength - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         ((1.0 - smooth) * f / factor + smooth * f) as f32
                     }
                 })
@@ -245,7 +308,14 @@ impl RopeScaling {
 impl<B: Backend> Rotary<B> {
     /// Frequencies `θ_j = base^(−2j/dim)`, rescaled by `scaling`, computed in f32 like the
     /// reference implementations.
-    pub fn new(dim: usize, base: f64, scaling: &RopeScaling, max_positions: usize, pairing: RotaryPairing, device: &B::Device) -> Self {
+    pub fn new(
+        dim: usize,
+        base: f64,
+        scaling: &RopeScaling,
+        max_positions: usize,
+        pairing: RotaryPairing,
+        device: &B::Device,
+    ) -> Self {
         let half = dim / 2;
         let inv_freq = scaling.inverse_frequencies(dim, base);
         let mut cos = Vec::with_capacity(max_positions * dim);
@@ -259,7 +329,9 @@ impl<B: Backend> Rotary<B> {
             cos.extend((0..dim).map(|j| column(j).cos() as f32));
             sin.extend((0..dim).map(|j| column(j).sin() as f32));
         }
-        let table = |v: Vec<f32>| HostTensor { shape: vec![max_positions, dim], data: v }.into_tensor(device);
+        let table = |v: Vec<f32>| {
+            HostTensor { shape: vec![max_positions, dim], data: v }.into_tensor(device)
+        };
         Self { cos: table(cos), sin: table(sin), dim, pairing }
     }
 
@@ -276,7 +348,10 @@ impl<B: Backend> Rotary<B> {
         let (rot, pass) = if self.dim == hd {
             (x, None)
         } else {
-            (x.clone().slice([0..b, 0..h, 0..t, 0..self.dim]), Some(x.slice([0..b, 0..h, 0..t, self.dim..hd])))
+            (
+                x.clone().slice([0..b, 0..h, 0..t, 0..self.dim]),
+                Some(x.slice([0..b, 0..h, 0..t, self.dim..hd])),
+            )
         };
         let turned = match self.pairing {
             RotaryPairing::Half => rotate_half(rot.clone()),
@@ -315,7 +390,12 @@ fn rotate_every_two<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 ///
 /// The `h / h_kv` query heads that share a key/value head are stacked into one product of
 /// `h / h_kv · t` rows, so keys and values are never repeated per query head.
-pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [b, h, t, d] = q.dims();
     let [_, h_kv, t_k, _] = k.dims();
     let rep = h / h_kv;

@@ -14,7 +14,10 @@ use crate::decoder::{self, Block, BlockOutput, KeyValues, KvCache, Pass, Start};
 use crate::dtype::as_f32;
 use crate::error::{ModelError, Result};
 use crate::hooks::{LayerPatches, Site, Trace};
-use crate::layers::{attention, merge_heads, silu, split_heads, Linear, OutputHead, RmsNorm, RopeScaling, Rotary, RotaryPairing};
+use crate::layers::{
+    attention, merge_heads, silu, split_heads, Linear, OutputHead, RmsNorm, RopeScaling, Rotary,
+    RotaryPairing,
+};
 use crate::weights::{fetch, HostTensor, TensorSource};
 
 /// The fields of a Hugging Face `config.json` (`model_type: llama`, `mistral` or `qwen2`) that
@@ -88,13 +91,24 @@ pub struct LlamaConfig {
 
 /// A number of a rope-scaling object, or an error naming `field.key`.
 fn rope_number(params: &serde_json::Value, field: &str, key: &str, path: &Path) -> Result<f64> {
-    params.get(key).and_then(|v| v.as_f64()).ok_or_else(|| ModelError::config(path, &format!("{field}.{key}"), "a number is required"))
+    params
+        .get(key)
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| ModelError::config(path, &format!("{field}.{key}"), "a number is required"))
 }
 
 /// The frequency scaling described by `params` (the object under `field`).
-fn rope_scaling(params: Option<&serde_json::Value>, field: &str, path: &Path) -> Result<RopeScaling> {
+fn rope_scaling(
+    params: Option<&serde_json::Value>,
+    field: &str,
+    path: &Path,
+) -> Result<RopeScaling> {
     let Some(params) = params.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
-    let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+    let kind = params
+        .get("rope_type")
+        .or_else(|| params.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
     let number = |key: &str| rope_number(params, field, key, path);
     match kind {
         "default" => Ok(RopeScaling::None),
@@ -105,7 +119,11 @@ fn rope_scaling(params: Option<&serde_json::Value>, field: &str, path: &Path) ->
             high_freq_factor: number("high_freq_factor")?,
             original_max_positions: number("original_max_position_embeddings")?,
         }),
-        other => Err(ModelError::config(path, &format!("{field}.rope_type"), format!("`{other}` is not supported (default, linear, llama3)"))),
+        other => Err(ModelError::config(
+            path,
+            &format!("{field}.rope_type"),
+            format!("`{other}` is not supported (default, linear, llama3)"),
+        )),
     }
 }
 
@@ -117,15 +135,33 @@ impl LlamaHfConfig {
         };
         let rope_theta = self
             .rope_theta
-            .or(self.rope_parameters.as_ref().and_then(|r| r.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or(self
+                .rope_parameters
+                .as_ref()
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(|v| v.as_f64()))
             .unwrap_or(10_000.0);
         let num_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
-        if self.num_attention_heads == 0 || num_kv_heads == 0 || self.num_attention_heads % num_kv_heads != 0 {
-            return Err(ModelError::config(path, "num_key_value_heads", format!("{num_kv_heads} does not divide num_attention_heads {}", self.num_attention_heads)));
+        if self.num_attention_heads == 0
+            || num_kv_heads == 0
+            || self.num_attention_heads % num_kv_heads != 0
+        {
+            return Err(ModelError::config(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{num_kv_heads} does not divide num_attention_heads {}",
+                    self.num_attention_heads
+                ),
+            ));
         }
         let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
         if head_dim % 2 != 0 {
-            return Err(ModelError::config(path, "head_dim", format!("{head_dim} must be even for rotary embeddings")));
+            return Err(ModelError::config(
+                path,
+                "head_dim",
+                format!("{head_dim} must be even for rotary embeddings"),
+            ));
         }
         let (attention_bias, output_bias) = match family {
             LlamaFamily::Qwen2 => (true, false),
@@ -195,18 +231,37 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> LlamaAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>) -> (Tensor<B, 3>, KeyValues<B>) {
-        let q = rotary.apply(split_heads(self.q_proj.forward(x.clone()), self.num_heads), &batch.positions);
-        let k = rotary.apply(split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads), &batch.positions);
-        let (k, v) = decoder::extend_kv(past, k, split_heads(self.v_proj.forward(x), self.num_kv_heads));
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: &Rotary<B>,
+        batch: &PromptBatch<B>,
+        past: Option<KeyValues<B>>,
+    ) -> (Tensor<B, 3>, KeyValues<B>) {
+        let q = rotary
+            .apply(split_heads(self.q_proj.forward(x.clone()), self.num_heads), &batch.positions);
+        let k = rotary.apply(
+            split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
+            &batch.positions,
+        );
+        let (k, v) =
+            decoder::extend_kv(past, k, split_heads(self.v_proj.forward(x), self.num_kv_heads));
         (self.o_proj.forward(merge_heads(attention(q, k.clone(), v.clone(), &batch.mask))), (k, v))
     }
 }
 
 impl<B: Backend> Block<B> for LlamaBlock<B> {
     type Shared = Rotary<B>;
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, batch: &PromptBatch<B>, past: Option<KeyValues<B>>, patches: LayerPatches<'_, B>) -> BlockOutput<B> {
-        let (attended, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: &Rotary<B>,
+        batch: &PromptBatch<B>,
+        past: Option<KeyValues<B>>,
+        patches: LayerPatches<'_, B>,
+    ) -> BlockOutput<B> {
+        let (attended, kv) =
+            self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, batch, past);
         let attention = patches.apply(Site::Attention, attended);
         let h = x + attention.clone();
         let n = self.post_attention_layernorm.forward(h.clone());
@@ -218,15 +273,28 @@ impl<B: Backend> Block<B> for LlamaBlock<B> {
 
 impl<B: Backend> Llama<B> {
     /// Loads the weights named as in Hugging Face's `LlamaForCausalLM`.
-    pub fn load(config: &LlamaConfig, source: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        config: &LlamaConfig,
+        source: &dyn TensorSource,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = config;
-        let (d, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let (d, q_dim, kv_dim) =
+            (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
-                let linear = |name: &str, shape, bias| Linear::load(source, &format!("{p}.{name}"), shape, bias, device);
+                let linear = |name: &str, shape, bias| {
+                    Linear::load(source, &format!("{p}.{name}"), shape, bias, device)
+                };
                 Ok(LlamaBlock {
-                    input_layernorm: RmsNorm::load(source, &format!("{p}.input_layernorm.weight"), d, c.rms_norm_eps, device)?,
+                    input_layernorm: RmsNorm::load(
+                        source,
+                        &format!("{p}.input_layernorm.weight"),
+                        d,
+                        c.rms_norm_eps,
+                        device,
+                    )?,
                     self_attn: LlamaAttention {
                         q_proj: linear("self_attn.q_proj", [q_dim, d], c.attention_bias)?,
                         k_proj: linear("self_attn.k_proj", [kv_dim, d], c.attention_bias)?,
@@ -235,7 +303,13 @@ impl<B: Backend> Llama<B> {
                         num_heads: c.num_heads,
                         num_kv_heads: c.num_kv_heads,
                     },
-                    post_attention_layernorm: RmsNorm::load(source, &format!("{p}.post_attention_layernorm.weight"), d, c.rms_norm_eps, device)?,
+                    post_attention_layernorm: RmsNorm::load(
+                        source,
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        d,
+                        c.rms_norm_eps,
+                        device,
+                    )?,
                     mlp: LlamaMlp {
                         gate_proj: linear("mlp.gate_proj", [c.intermediate_size, d], c.mlp_bias)?,
                         up_proj: linear("mlp.up_proj", [c.intermediate_size, d], c.mlp_bias)?,
@@ -246,22 +320,44 @@ impl<B: Backend> Llama<B> {
             .collect::<Result<Vec<_>>>()?;
         let embed = fetch(source, "model.embed_tokens.weight", &[c.vocab_size, d])?;
         let embed_tokens = Param::from_tensor(source.weight_dtype().place(embed, device));
-        let lm_head = OutputHead::load_or_tie(source, c.tie_word_embeddings, &embed_tokens, [c.vocab_size, d], device)?;
+        let lm_head = OutputHead::load_or_tie(
+            source,
+            c.tie_word_embeddings,
+            &embed_tokens,
+            [c.vocab_size, d],
+            device,
+        )?;
         Ok(Self {
             lm_head,
             embed_tokens,
             layers,
             norm: RmsNorm::load(source, "model.norm.weight", d, c.rms_norm_eps, device)?,
-            rotary: Rotary::new(c.head_dim, c.rope_theta, &c.rope_scaling, c.max_position_embeddings, RotaryPairing::Half, device),
+            rotary: Rotary::new(
+                c.head_dim,
+                c.rope_theta,
+                &c.rope_scaling,
+                c.max_position_embeddings,
+                RotaryPairing::Half,
+                device,
+            ),
             config: c.clone(),
         })
     }
 
-    pub(crate) fn forward(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub(crate) fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        start: Start<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Trace<B> {
         let mut trace = Trace { logits: None, layers: Default::default() };
         let input = start.input(self.embed_tokens.val(), &pass.batch.ids, pass.patches);
-        if let Some(x) = decoder::run_blocks(&self.layers, input, &self.rotary, pass, &mut trace, cache) {
-            trace.logits = Some(self.lm_head.forward(decoder::scored_positions(self.norm.forward(x), pass.hooks)));
+        if let Some(x) =
+            decoder::run_blocks(&self.layers, input, &self.rotary, pass, &mut trace, cache)
+        {
+            trace.logits = Some(
+                self.lm_head.forward(decoder::scored_positions(self.norm.forward(x), pass.hooks)),
+            );
         }
         trace
     }
@@ -281,13 +377,28 @@ impl<B: Backend> Llama<B> {
 
     /// Every weight under its Hugging Face name and layout (`[d_out, d_in]` for projections).
     pub fn export(&self) -> Result<Vec<(String, HostTensor)>> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), host(as_f32(self.embed_tokens.val()))?)];
+        let mut out =
+            vec![("model.embed_tokens.weight".to_string(), host(as_f32(self.embed_tokens.val()))?)];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), host(l.input_layernorm.weight.val())?));
-            out.push((format!("{p}.post_attention_layernorm.weight"), host(l.post_attention_layernorm.weight.val())?));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                host(l.input_layernorm.weight.val())?,
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                host(l.post_attention_layernorm.weight.val())?,
+            ));
             let a = &l.self_attn;
-            for (name, linear) in [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj), ("self_attn.v_proj", &a.v_proj), ("self_attn.o_proj", &a.o_proj), ("mlp.gate_proj", &l.mlp.gate_proj), ("mlp.up_proj", &l.mlp.up_proj), ("mlp.down_proj", &l.mlp.down_proj)] {
+            for (name, linear) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &l.mlp.gate_proj),
+                ("mlp.up_proj", &l.mlp.up_proj),
+                ("mlp.down_proj", &l.mlp.down_proj),
+            ] {
                 out.push((format!("{p}.{name}.weight"), host(linear.matrix())?));
                 if let Some(b) = &linear.bias {
                     out.push((format!("{p}.{name}.bias"), host(b.val())?));
@@ -325,6 +436,9 @@ impl<B: Backend> Llama<B> {
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<HostTensor> {
     let shape = t.dims().to_vec();
-    let data = t.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("reading a tensor back: {e:?}")))?;
+    let data = t
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("reading a tensor back: {e:?}")))?;
     Ok(HostTensor { shape, data })
 }

@@ -37,15 +37,34 @@ enum HfConfig {
 impl HfConfig {
     fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|cause| ModelError::Json { path: config_path.clone(), cause })?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|cause| ModelError::Json { path: config_path.clone(), cause })?;
         match json.get("model_type").and_then(|v| v.as_str()).unwrap_or("<none>") {
-            "llama" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path, LlamaFamily::Llama)?)),
-            "mistral" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path, LlamaFamily::Mistral)?)),
-            "qwen2" => Ok(Self::Llama(from_json::<LlamaHfConfig>(&text, &config_path)?.into_config(&config_path, LlamaFamily::Qwen2)?)),
-            "gptj" => Ok(Self::GptJ(from_json::<GptJHfConfig>(&text, &config_path)?.into_config(&config_path)?)),
-            "gpt2" => Ok(Self::Gpt2(from_json::<Gpt2HfConfig>(&text, &config_path)?.into_config(&config_path)?)),
-            other => Err(ModelError::UnknownArchitecture { path: config_path, found: other.to_string(), supported: "llama, mistral, qwen2, gptj, gpt2" }),
+            "llama" => Ok(Self::Llama(
+                from_json::<LlamaHfConfig>(&text, &config_path)?
+                    .into_config(&config_path, LlamaFamily::Llama)?,
+            )),
+            "mistral" => Ok(Self::Llama(
+                from_json::<LlamaHfConfig>(&text, &config_path)?
+                    .into_config(&config_path, LlamaFamily::Mistral)?,
+            )),
+            "qwen2" => Ok(Self::Llama(
+                from_json::<LlamaHfConfig>(&text, &config_path)?
+                    .into_config(&config_path, LlamaFamily::Qwen2)?,
+            )),
+            "gptj" => Ok(Self::GptJ(
+                from_json::<GptJHfConfig>(&text, &config_path)?.into_config(&config_path)?,
+            )),
+            "gpt2" => Ok(Self::Gpt2(
+                from_json::<Gpt2HfConfig>(&text, &config_path)?.into_config(&config_path)?,
+            )),
+            other => Err(ModelError::UnknownArchitecture {
+                path: config_path,
+                found: other.to_string(),
+                supported: "llama, mistral, qwen2, gptj, gpt2",
+            }),
         }
     }
 }
@@ -87,7 +106,10 @@ impl ModelDims {
         } else if path.extension().is_some_and(|e| e == "gguf") {
             Ok(GgufFile::open(path)?.llama_config()?.dims())
         } else if path.exists() {
-            Err(ModelError::Input(format!("{}: expected a Hugging Face checkpoint directory or a .gguf file", path.display())))
+            Err(ModelError::Input(format!(
+                "{}: expected a Hugging Face checkpoint directory or a .gguf file",
+                path.display()
+            )))
         } else {
             Err(ModelError::io(path, std::io::ErrorKind::NotFound.into()))
         }
@@ -122,7 +144,10 @@ impl<B: Backend> LanguageModel<B> {
         } else if path.extension().is_some_and(|e| e == "gguf") {
             Self::load_gguf(path, dtype.unwrap_or_default(), device)
         } else if path.exists() {
-            Err(ModelError::Input(format!("{}: expected a Hugging Face checkpoint directory or a .gguf file", path.display())))
+            Err(ModelError::Input(format!(
+                "{}: expected a Hugging Face checkpoint directory or a .gguf file",
+                path.display()
+            )))
         } else {
             Err(ModelError::io(path, std::io::ErrorKind::NotFound.into()))
         }
@@ -136,20 +161,39 @@ impl<B: Backend> LanguageModel<B> {
         let dtype = dtype.or(stored).unwrap_or_default();
         let source = InDType { source: &safetensors, dtype };
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizer_path.exists().then(|| TextTokenizer::from_file(&tokenizer_path)).transpose()?;
+        let tokenizer = tokenizer_path
+            .exists()
+            .then(|| TextTokenizer::from_file(&tokenizer_path))
+            .transpose()?;
         let (arch, dims, family) = match config {
-            HfConfig::Llama(c) => (Architecture::Llama(Llama::load(&c, &source, device)?), c.dims(), "llama"),
-            HfConfig::GptJ(c) => (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj"),
-            HfConfig::Gpt2(c) => (Architecture::Gpt2(Gpt2::load(&c, &source, device)?), c.dims(), "gpt2"),
+            HfConfig::Llama(c) => {
+                (Architecture::Llama(Llama::load(&c, &source, device)?), c.dims(), "llama")
+            }
+            HfConfig::GptJ(c) => {
+                (Architecture::GptJ(GptJ::load(&c, &source, device)?), c.dims(), "gptj")
+            }
+            HfConfig::Gpt2(c) => {
+                (Architecture::Gpt2(Gpt2::load(&c, &source, device)?), c.dims(), "gpt2")
+            }
         };
         let block_weights = block_weights(&arch, &dims);
-        Ok(Self { arch, dims, family, dtype, path: dir.to_path_buf(), tokenizer: tokenizer.map(Arc::new), block_weights }.logged())
+        Ok(Self {
+            arch,
+            dims,
+            family,
+            dtype,
+            path: dir.to_path_buf(),
+            tokenizer: tokenizer.map(Arc::new),
+            block_weights,
+        }
+        .logged())
     }
 
     fn load_gguf(path: &Path, dtype: WeightDType, device: &B::Device) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let c = file.llama_config()?;
-        let gguf = GgufLlamaSource { file: &file, num_heads: c.num_heads, num_kv_heads: c.num_kv_heads };
+        let gguf =
+            GgufLlamaSource { file: &file, num_heads: c.num_heads, num_kv_heads: c.num_kv_heads };
         let source = InDType { source: &gguf, dtype };
         let model = Llama::load(&c, &source, device)?;
         let beside = path.with_file_name("tokenizer.json");
@@ -162,7 +206,16 @@ impl<B: Backend> LanguageModel<B> {
         };
         let arch = Architecture::Llama(model);
         let block_weights = block_weights(&arch, &c.dims());
-        Ok(Self { arch, dims: c.dims(), family: "llama", dtype, path: path.to_path_buf(), tokenizer: tokenizer.map(Arc::new), block_weights }.logged())
+        Ok(Self {
+            arch,
+            dims: c.dims(),
+            family: "llama",
+            dtype,
+            path: path.to_path_buf(),
+            tokenizer: tokenizer.map(Arc::new),
+            block_weights,
+        }
+        .logged())
     }
 
     /// Says at load time how the weights are kept.
@@ -183,9 +236,12 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
-        self.tokenizer
-            .as_deref()
-            .ok_or_else(|| ModelError::Input(format!("{}: no tokenizer.json beside the model", self.path.display())))
+        self.tokenizer.as_deref().ok_or_else(|| {
+            ModelError::Input(format!(
+                "{}: no tokenizer.json beside the model",
+                self.path.display()
+            ))
+        })
     }
 
     pub fn device(&self) -> B::Device {
@@ -211,13 +267,20 @@ impl<B: Backend> LanguageModel<B> {
     /// Refuses a sequence with a token outside the vocabulary or longer than the model reads.
     fn check(&self, seq: &[u32]) -> Result<()> {
         if let Some(&bad) = seq.iter().find(|&&id| id as usize >= self.dims.vocab_size) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (size {})", self.dims.vocab_size)));
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.dims.vocab_size
+            )));
         }
         if let Some(window) = self.sliding_window().filter(|&w| seq.len() > w) {
             return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the sliding attention window of {window} tokens (config.json `sliding_window`): editbench computes sliding-window attention only within one window", seq.len())));
         }
         if seq.len() > self.dims.max_positions {
-            return Err(ModelError::Input(format!("a sequence of {} tokens exceeds the context length {}", seq.len(), self.dims.max_positions)));
+            return Err(ModelError::Input(format!(
+                "a sequence of {} tokens exceeds the context length {}",
+                seq.len(),
+                self.dims.max_positions
+            )));
         }
         Ok(())
     }
@@ -240,22 +303,44 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     /// [`Self::forward`] that attends to the columns held in `cache` and appends this batch's.
-    pub fn forward_cached(&self, batch: &PromptBatch<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward_cached(
+        &self,
+        batch: &PromptBatch<B>,
+        hooks: &Hooks,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Trace<B> {
         self.forward_from(Start::Tokens, batch, hooks, cache)
     }
 
     /// [`Self::forward_cached`] from `start`: e.g. only the blocks above an edited layer, on its
     /// output hidden states, when nothing below changes between passes.
-    pub fn forward_from(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    pub fn forward_from(
+        &self,
+        start: Start<B>,
+        batch: &PromptBatch<B>,
+        hooks: &Hooks,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Trace<B> {
         self.pass(&Pass { batch, hooks, patches: &[] }, start, cache)
     }
 
     /// [`Self::forward_from`] with `patches` replacing activations on the way (causal tracing).
-    pub fn forward_patched(&self, start: Start<B>, batch: &PromptBatch<B>, hooks: &Hooks, patches: &[Patch<B>]) -> Trace<B> {
+    pub fn forward_patched(
+        &self,
+        start: Start<B>,
+        batch: &PromptBatch<B>,
+        hooks: &Hooks,
+        patches: &[Patch<B>],
+    ) -> Trace<B> {
         self.pass(&Pass { batch, hooks, patches }, start, None)
     }
 
-    fn pass(&self, pass: &Pass<'_, B>, start: Start<B>, cache: Option<&mut KvCache<B>>) -> Trace<B> {
+    fn pass(
+        &self,
+        pass: &Pass<'_, B>,
+        start: Start<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Trace<B> {
         let first = match &start {
             Start::Tokens => 0,
             Start::After { layer, .. } => layer + 1,
@@ -266,9 +351,13 @@ impl<B: Backend> LanguageModel<B> {
             Architecture::GptJ(m) => m.forward(pass, start, cache),
             Architecture::Gpt2(m) => m.forward(pass, start, cache),
         };
-        let blocks = pass.hooks.stop_after.map_or(self.dims.num_layers, |s| s + 1).saturating_sub(first);
+        let blocks =
+            pass.hooks.stop_after.map_or(self.dims.num_layers, |s| s + 1).saturating_sub(first);
         let (rows, t) = (pass.batch.rows(), pass.batch.width());
-        let positions = trace.logits.as_ref().map_or(0, |l| l.dims().iter().product::<usize>() / self.dims.vocab_size);
+        let positions = trace
+            .logits
+            .as_ref()
+            .map_or(0, |l| l.dims().iter().product::<usize>() / self.dims.vocab_size);
         crate::flops::add(self.pass_flops(rows * t, past + t, blocks, positions));
         trace
     }
@@ -286,7 +375,12 @@ impl<B: Backend> LanguageModel<B> {
     /// Extends every sequence token by token (one KV-cached column per step, shorter prompts
     /// left-padded) until it holds `max_len` tokens or `choose` returns `None` for it.
     /// `choose(row, logits)` picks row `row`'s next token from its next-token logits.
-    pub fn extend(&self, mut seqs: Vec<Vec<u32>>, max_len: usize, mut choose: impl FnMut(usize, &[f32]) -> Option<u32>) -> Result<Vec<Vec<u32>>> {
+    pub fn extend(
+        &self,
+        mut seqs: Vec<Vec<u32>>,
+        max_len: usize,
+        mut choose: impl FnMut(usize, &[f32]) -> Option<u32>,
+    ) -> Result<Vec<Vec<u32>>> {
         let vocab = self.dims.vocab_size;
         let mut open: Vec<bool> = seqs.iter().map(|s| s.len() < max_len).collect();
         if !open.contains(&true) {
@@ -298,11 +392,23 @@ impl<B: Backend> LanguageModel<B> {
         loop {
             let t = batch.width();
             let last: Vec<usize> = (0..seqs.len()).map(|row| row * t + t - 1).collect();
-            let logits = self.forward_cached(&batch, &Hooks { logits_at: Some(last), ..Hooks::default() }, Some(&mut cache)).logits.expect("full pass");
-            let logits = logits.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))?;
+            let logits = self
+                .forward_cached(
+                    &batch,
+                    &Hooks { logits_at: Some(last), ..Hooks::default() },
+                    Some(&mut cache),
+                )
+                .logits
+                .expect("full pass");
+            let logits = logits
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))?;
             let mut fed = Vec::with_capacity(seqs.len());
             for (row, seq) in seqs.iter_mut().enumerate() {
-                let next = open[row].then(|| choose(row, &logits[row * vocab..(row + 1) * vocab])).flatten();
+                let next = open[row]
+                    .then(|| choose(row, &logits[row * vocab..(row + 1) * vocab]))
+                    .flatten();
                 match next {
                     Some(id) => seq.push(id),
                     None => open[row] = false,
@@ -320,7 +426,8 @@ impl<B: Backend> LanguageModel<B> {
     /// Logits `[t, vocab]` of every position of one sequence.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor<B, 2>> {
         let batch = self.batch(&[ids.to_vec()], Padding::Right)?;
-        let logits = self.forward(&batch, &Hooks::default()).logits.expect("no early stop requested");
+        let logits =
+            self.forward(&batch, &Hooks::default()).logits.expect("no early stop requested");
         Ok(logits.squeeze_dim::<2>(0))
     }
 
@@ -329,8 +436,15 @@ impl<B: Backend> LanguageModel<B> {
         let tokenizer = self.tokenizer()?;
         let ids = tokenizer.encode(prompt)?;
         let start = ids.len();
-        let argmax = |logits: &[f32]| Some((0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32);
-        let out = self.extend(vec![ids], start + max_new_tokens, |_, logits| argmax(logits).filter(|&id| Some(id) != tokenizer.eos))?;
+        let argmax = |logits: &[f32]| {
+            Some(
+                (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
+                    as u32,
+            )
+        };
+        let out = self.extend(vec![ids], start + max_new_tokens, |_, logits| {
+            argmax(logits).filter(|&id| Some(id) != tokenizer.eos)
+        })?;
         tokenizer.decode(&out[0][start..])
     }
 
@@ -350,7 +464,13 @@ impl<B: Backend> LanguageModel<B> {
 
     /// Matrix-multiply FLOPs of a pass of `tokens` tokens attending to `context` columns through
     /// `blocks` blocks, with logits at `positions` positions (what [`crate::flops`] counts).
-    pub fn pass_flops(&self, tokens: usize, context: usize, blocks: usize, positions: usize) -> f64 {
+    pub fn pass_flops(
+        &self,
+        tokens: usize,
+        context: usize,
+        blocks: usize,
+        positions: usize,
+    ) -> f64 {
         blocks as f64 * self.block_flops(tokens, context) + self.head_flops(positions)
     }
 
@@ -380,39 +500,74 @@ impl<B: Backend> LanguageModel<B> {
 
 impl LlamaConfig {
     fn dims(&self) -> ModelDims {
-        let (d, ff, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
-        let (q, kv) = ((self.num_heads * self.head_dim) as u64, (self.num_kv_heads * self.head_dim) as u64);
-        let attention = d * q + 2 * d * kv + q * d + if self.attention_bias { q + 2 * kv } else { 0 } + if self.output_bias { d } else { 0 };
+        let (d, ff, v) =
+            (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (q, kv) =
+            ((self.num_heads * self.head_dim) as u64, (self.num_kv_heads * self.head_dim) as u64);
+        let attention = d * q
+            + 2 * d * kv
+            + q * d
+            + if self.attention_bias { q + 2 * kv } else { 0 }
+            + if self.output_bias { d } else { 0 };
         let mlp = 3 * d * ff + if self.mlp_bias { 2 * ff + d } else { 0 };
         let layer = attention + mlp + 2 * d;
         // The embeddings, and the head unless it is tied to them (then it is the same tensor).
         let tables = if self.tie_word_embeddings { 1 } else { 2 };
         let parameters = tables * v * d + self.num_layers as u64 * layer + d;
         // Within a sliding window attention is exact; longer sequences are refused.
-        let max_positions = self.sliding_window.map_or(self.max_position_embeddings, |w| w.min(self.max_position_embeddings));
-        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions, parameters }
+        let max_positions = self
+            .sliding_window
+            .map_or(self.max_position_embeddings, |w| w.min(self.max_position_embeddings));
+        ModelDims {
+            num_layers: self.num_layers,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            vocab_size: self.vocab_size,
+            max_positions,
+            parameters,
+        }
     }
 }
 
 impl GptJConfig {
     fn dims(&self) -> ModelDims {
-        let (d, ff, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (d, ff, v) =
+            (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
         // q, k, v, out (no biases); fc_in, fc_out with biases; ln_1 weight and bias.
         let layer = 4 * d * d + 2 * d * ff + ff + d + 2 * d;
         let parameters = v * d + (v * d + v) + self.num_layers as u64 * layer + 2 * d;
-        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
+        ModelDims {
+            num_layers: self.num_layers,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            vocab_size: self.vocab_size,
+            max_positions: self.max_position_embeddings,
+            parameters,
+        }
     }
 }
 
 impl Gpt2Config {
     fn dims(&self) -> ModelDims {
-        let (d, ff, v, p) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64, self.max_position_embeddings as u64);
+        let (d, ff, v, p) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+            self.max_position_embeddings as u64,
+        );
         // ln_1, ln_2 (weight and bias); c_attn, attn.c_proj, c_fc, mlp.c_proj with biases.
         let layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d);
         // Token and position embeddings, the head unless tied (then it is the token embeddings), ln_f.
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         let parameters = v * d + p * d + head + self.num_layers as u64 * layer + 2 * d;
-        ModelDims { num_layers: self.num_layers, hidden_size: self.hidden_size, intermediate_size: self.intermediate_size, vocab_size: self.vocab_size, max_positions: self.max_position_embeddings, parameters }
+        ModelDims {
+            num_layers: self.num_layers,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            vocab_size: self.vocab_size,
+            max_positions: self.max_position_embeddings,
+            parameters,
+        }
     }
 }
 
@@ -441,6 +596,14 @@ impl<B: AutodiffBackend> LanguageModel<B> {
             Architecture::GptJ(m) => Architecture::GptJ(GptJ::from_inner(m.clone()).no_grad()),
             Architecture::Gpt2(m) => Architecture::Gpt2(Gpt2::from_inner(m.clone()).no_grad()),
         };
-        Self { arch, dims: inner.dims, family: inner.family, dtype: inner.dtype, path: inner.path.clone(), tokenizer: inner.tokenizer.clone(), block_weights: inner.block_weights }
+        Self {
+            arch,
+            dims: inner.dims,
+            family: inner.family,
+            dtype: inner.dtype,
+            path: inner.path.clone(),
+            tokenizer: inner.tokenizer.clone(),
+            block_weights: inner.block_weights,
+        }
     }
 }

@@ -32,7 +32,10 @@ impl<B: Backend> LanguageModel<B> {
     /// of `edited_layers` taken from the model in memory.
     pub fn save_hf(&self, dir: &Path, edited_layers: &[usize]) -> Result<()> {
         if dir.exists() && fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?.next().is_some() {
-            return Err(ModelError::Input(format!("{}: refusing to write into a non-empty directory", dir.display())));
+            return Err(ModelError::Input(format!(
+                "{}: refusing to write into a non-empty directory",
+                dir.display()
+            )));
         }
         let partial = dir.with_extension("partial");
         if partial.exists() {
@@ -46,7 +49,8 @@ impl<B: Backend> LanguageModel<B> {
             let w = self.mlp_out(layer).matrix();
             let w = if conv1d { w.transpose() } else { w };
             let shape = w.dims().to_vec();
-            let data = w.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))?;
+            let data =
+                w.into_data().to_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))?;
             edited.insert(self.mlp_out_name(layer), HostTensor { shape, data });
         }
         if self.path.is_dir() {
@@ -70,9 +74,14 @@ impl<B: Backend> LanguageModel<B> {
             let bytes;
             let touched = if src.extension().is_some_and(|e| e == "safetensors") {
                 bytes = fs::read(&src).map_err(|e| ModelError::io(&src, e))?;
-                let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::format(&src, e.to_string()))?;
-                let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::format(&src, e.to_string()))?;
-                st.names().iter().any(|n| edited.contains_key(*n)).then(|| (st, metadata.metadata().clone()))
+                let st = SafeTensors::deserialize(&bytes)
+                    .map_err(|e| ModelError::format(&src, e.to_string()))?;
+                let (_, metadata) = SafeTensors::read_metadata(&bytes)
+                    .map_err(|e| ModelError::format(&src, e.to_string()))?;
+                st.names()
+                    .iter()
+                    .any(|n| edited.contains_key(*n))
+                    .then(|| (st, metadata.metadata().clone()))
             } else {
                 None
             };
@@ -89,7 +98,9 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     fn save_from_gguf(&self, out: &Path, mut edited: HashMap<String, HostTensor>) -> Result<()> {
-        let Architecture::Llama(model) = &self.arch else { unreachable!("GGUF files hold LLaMA models") };
+        let Architecture::Llama(model) = &self.arch else {
+            unreachable!("GGUF files hold LLaMA models")
+        };
         let tensors: Vec<(String, HostTensor)> = model
             .export()?
             .into_iter()
@@ -98,17 +109,28 @@ impl<B: Backend> LanguageModel<B> {
                 None => (name, t),
             })
             .collect();
-        let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| t.data.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, t)| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
         let views = tensors
             .iter()
             .zip(&bytes)
-            .map(|((name, t), b)| Ok((name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b).map_err(|e| ModelError::format(out, e.to_string()))?)))
+            .map(|((name, t), b)| {
+                Ok((
+                    name.clone(),
+                    TensorView::new(Dtype::F32, t.shape.clone(), b)
+                        .map_err(|e| ModelError::format(out, e.to_string()))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let file = out.join("model.safetensors");
-        safetensors::serialize_to_file(views, None, &file).map_err(|e| ModelError::format(&file, e.to_string()))?;
+        safetensors::serialize_to_file(views, None, &file)
+            .map_err(|e| ModelError::format(&file, e.to_string()))?;
         let config = model.hf_config(&self.dims);
         let config_path = out.join("config.json");
-        fs::write(&config_path, serde_json::to_string_pretty(&config).expect("JSON")).map_err(|e| ModelError::io(&config_path, e))?;
+        fs::write(&config_path, serde_json::to_string_pretty(&config).expect("JSON"))
+            .map_err(|e| ModelError::io(&config_path, e))?;
         if let Ok(tokenizer) = self.tokenizer() {
             tokenizer.save(&out.join("tokenizer.json"))?;
         }
@@ -117,20 +139,42 @@ impl<B: Backend> LanguageModel<B> {
 }
 
 /// Writes `st` to `dst` with the tensors named in `edited` replaced (in f32).
-fn rewrite_shard(st: &SafeTensors<'_>, metadata: Option<HashMap<String, String>>, edited: &HashMap<String, HostTensor>, dst: &Path) -> Result<()> {
+fn rewrite_shard(
+    st: &SafeTensors<'_>,
+    metadata: Option<HashMap<String, String>>,
+    edited: &HashMap<String, HostTensor>,
+    dst: &Path,
+) -> Result<()> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
         match edited.get(&name) {
-            Some(t) if t.shape == view.shape() => owned.push((name, Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect())),
+            Some(t) if t.shape == view.shape() => owned.push((
+                name,
+                Dtype::F32,
+                t.shape.clone(),
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )),
             Some(t) => {
-                return Err(ModelError::Shape { path: dst.to_path_buf(), tensor: name, expected: view.shape().to_vec(), found: t.shape.clone() })
+                return Err(ModelError::Shape {
+                    path: dst.to_path_buf(),
+                    tensor: name,
+                    expected: view.shape().to_vec(),
+                    found: t.shape.clone(),
+                })
             }
             None => owned.push((name, view.dtype(), view.shape().to_vec(), view.data().to_vec())),
         }
     }
     let views = owned
         .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| ModelError::format(dst, e.to_string()))?)))
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(*d, s.clone(), b)
+                    .map_err(|e| ModelError::format(dst, e.to_string()))?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, metadata, dst).map_err(|e| ModelError::format(dst, e.to_string()))
+    safetensors::serialize_to_file(views, metadata, dst)
+        .map_err(|e| ModelError::format(dst, e.to_string()))
 }

@@ -25,8 +25,10 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// A `tokenizer.json`; its own post-processor decides whether BOS is added.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let id = |tokens: &[&str]| tokens.iter().find_map(|t| inner.token_to_id(t));
         let bos = id(&["<s>", "<|begin_of_text|>", "<|startoftext|>"]);
         let eos = id(&["</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>"]);
@@ -50,9 +52,16 @@ impl TextTokenizer {
         let merges = file
             .strings("tokenizer.ggml.merges")?
             .into_iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| err(format!("merge `{m}` is not two tokens"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| err(format!("merge `{m}` is not two tokens")))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| err(e.to_string()))?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         let byte_level = ByteLevel::new(false, true, true);
         let pre: PreTokenizerWrapper = match file.string("tokenizer.ggml.pre").unwrap_or("default") {
             "default" | "gpt2" => byte_level.into(),
@@ -73,8 +82,15 @@ impl TextTokenizer {
         }
         let id = |key: &str| file.uint(key).ok().map(|v| v as u32);
         let bos = id("tokenizer.ggml.bos_token_id");
-        let add_bos = matches!(file.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
-        Ok(Self { inner, path, prepend_bos: bos.filter(|_| add_bos), bos, eos: id("tokenizer.ggml.eos_token_id") })
+        let add_bos =
+            matches!(file.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+        Ok(Self {
+            inner,
+            path,
+            prepend_bos: bos.filter(|_| add_bos),
+            bos,
+            eos: id("tokenizer.ggml.eos_token_id"),
+        })
     }
 
     /// Token ids of `text`, with BOS if the model's tokenizer adds one.
@@ -87,7 +103,12 @@ impl TextTokenizer {
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
         let enc = self.inner.encode(text, self.prepend_bos.is_none()).map_err(|e| self.error(e))?;
         let ids = self.prepend_bos.into_iter().chain(enc.get_ids().iter().copied()).collect();
-        let offsets = self.prepend_bos.map(|_| (0, 0)).into_iter().chain(enc.get_offsets().iter().copied()).collect();
+        let offsets = self
+            .prepend_bos
+            .map(|_| (0, 0))
+            .into_iter()
+            .chain(enc.get_offsets().iter().copied())
+            .collect();
         Ok((ids, offsets))
     }
 

@@ -81,7 +81,11 @@ pub fn fetch(source: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<H
 }
 
 /// Like [`fetch`], for tensors a checkpoint may leave out (an untied `lm_head`).
-pub fn fetch_optional(source: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Option<HostTensor>> {
+pub fn fetch_optional(
+    source: &dyn TensorSource,
+    name: &str,
+    shape: &[usize],
+) -> Result<Option<HostTensor>> {
     let Some(host) = source.get(name)? else { return Ok(None) };
     if host.shape != shape {
         return Err(ModelError::Shape {
@@ -125,7 +129,8 @@ const SINGLE_FILE: &str = "model.safetensors";
 impl SafetensorsSource {
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
-        let weight_map = if index_path.exists() { Some(read_weight_map(&index_path)?) } else { None };
+        let weight_map =
+            if index_path.exists() { Some(read_weight_map(&index_path)?) } else { None };
         let files: Vec<PathBuf> = match &weight_map {
             Some(map) => {
                 let mut names: Vec<&String> = map.values().collect();
@@ -155,7 +160,10 @@ impl SafetensorsSource {
 
     /// The dtype every tensor is stored in (`None` if they differ or are not f32, f16 or bf16).
     pub fn stored_dtype(&self) -> Option<WeightDType> {
-        let mut dtypes = self.shards.iter().flat_map(|s| s.metadata.tensors().into_values().map(|info| info.dtype));
+        let mut dtypes = self
+            .shards
+            .iter()
+            .flat_map(|s| s.metadata.tensors().into_values().map(|info| info.dtype));
         let first = dtypes.next()?;
         if !dtypes.all(|d| d == first) {
             return None;
@@ -201,7 +209,10 @@ impl TensorSource for SafetensorsSource {
         let start = 8 + shard.header_len + info.data_offsets.0;
         let bytes = &shard.map[start..8 + shard.header_len + info.data_offsets.1];
         let data = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())

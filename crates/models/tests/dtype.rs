@@ -29,10 +29,18 @@ fn half_precision_weights_are_the_f32_weights_rounded_and_the_logits_stay_close(
             assert_eq!(half.dtype(), dtype);
             let mut expected = values(full.mlp_out(1).matrix());
             dtype.round(&mut expected);
-            assert_eq!(values(half.mlp_out(1).matrix()), expected, "{name} {dtype}: edited projection");
+            assert_eq!(
+                values(half.mlp_out(1).matrix()),
+                expected,
+                "{name} {dtype}: edited projection"
+            );
             let mut embeddings = values(full.token_embeddings(&IDS));
             dtype.round(&mut embeddings);
-            assert_eq!(values(half.token_embeddings(&IDS)), embeddings, "{name} {dtype}: embeddings");
+            assert_eq!(
+                values(half.token_embeddings(&IDS)),
+                embeddings,
+                "{name} {dtype}: embeddings"
+            );
             let diff = max_abs_diff(&reference, &values(half.logits(&IDS).unwrap()));
             eprintln!("{name} {dtype}: max |Δlogit| = {diff:e}");
             bounds.push(diff);
@@ -40,15 +48,26 @@ fn half_precision_weights_are_the_f32_weights_rounded_and_the_logits_stay_close(
         // bf16 keeps 8 significant bits, f16 11: its logits move further, and neither far (a few
         // per cent of the largest logit; 2^-8 ≈ 0.4 % per weight, summed over layers).
         let scale = reference.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        assert!(0.0 < bounds[0] && bounds[0] < bounds[1] && bounds[1] < 0.05 * scale, "{name}: max |Δlogit| f16 {} bf16 {} (|logit| ≤ {scale})", bounds[0], bounds[1]);
+        assert!(
+            0.0 < bounds[0] && bounds[0] < bounds[1] && bounds[1] < 0.05 * scale,
+            "{name}: max |Δlogit| f16 {} bf16 {} (|logit| ≤ {scale})",
+            bounds[0],
+            bounds[1]
+        );
     }
 }
 
 #[test]
 fn a_checkpoint_stored_in_half_precision_loses_nothing_in_it() {
     let device = Default::default();
-    let full = values(load::<Cpu>("tiny-llama-gqa-tied", WeightDType::F32, &device).logits(&IDS).unwrap());
-    assert_eq!(values(load::<Cpu>("tiny-llama-gqa-tied", WeightDType::BF16, &device).logits(&IDS).unwrap()), full);
+    let full =
+        values(load::<Cpu>("tiny-llama-gqa-tied", WeightDType::F32, &device).logits(&IDS).unwrap());
+    assert_eq!(
+        values(
+            load::<Cpu>("tiny-llama-gqa-tied", WeightDType::BF16, &device).logits(&IDS).unwrap()
+        ),
+        full
+    );
 }
 
 #[test]
@@ -69,7 +88,10 @@ fn the_default_is_the_stored_dtype_where_the_backend_keeps_it_else_f32() {
     assert_eq!(stored("tiny-llama"), Some(WeightDType::F16));
     assert_eq!(stored("tiny-llama-gqa-tied"), Some(WeightDType::BF16));
     assert_eq!(stored("tiny-gptj"), Some(WeightDType::F32));
-    assert_eq!(editbench_models::model::checkpoint_dtype(&fixture("tiny-llama.gguf")).unwrap(), None);
+    assert_eq!(
+        editbench_models::model::checkpoint_dtype(&fixture("tiny-llama.gguf")).unwrap(),
+        None
+    );
     // The CPU backend stores neither half type.
     let model = LanguageModel::<Cpu>::load(&fixture("tiny-llama"), &Default::default()).unwrap();
     assert_eq!(model.dtype(), WeightDType::F32);
@@ -89,7 +111,8 @@ fn wgpu_stores_f16_weights_and_matches_the_rounded_cpu_model() {
             assert_eq!(gpu.mlp_out(1).weight.val().dtype(), burn::tensor::DType::F16);
         }
         let cpu = load::<Cpu>(name, WeightDType::F16, &Default::default());
-        let diff = max_abs_diff(&values(cpu.logits(&IDS).unwrap()), &values(gpu.logits(&IDS).unwrap()));
+        let diff =
+            max_abs_diff(&values(cpu.logits(&IDS).unwrap()), &values(gpu.logits(&IDS).unwrap()));
         assert!(diff < 2e-4, "{name}: max |Δlogit| cpu vs wgpu = {diff:e}");
     }
 }

@@ -30,7 +30,10 @@ fn every_pass_counts_its_blocks_attention_and_head() {
     let head = 2.0 * d * v;
     // 2 rows padded to 5 columns: the padding is computed, so counted.
     let batch = model.batch(&[vec![1, 2, 3, 4, 5], vec![6, 7, 8]], Padding::Right).unwrap();
-    close(counted(|| drop(model.forward(&batch, &Hooks::default()))), 10.0 * (layers * block(5.0) + head));
+    close(
+        counted(|| drop(model.forward(&batch, &Hooks::default()))),
+        10.0 * (layers * block(5.0) + head),
+    );
     let stopped = Hooks { stop_after: Some(0), ..Hooks::default() };
     close(counted(|| drop(model.forward(&batch, &stopped))), 10.0 * block(5.0));
     let three = Hooks { logits_at: Some(vec![0, 4, 7]), ..Hooks::default() };
@@ -42,7 +45,10 @@ fn every_pass_counts_its_blocks_attention_and_head() {
     model.forward_cached(&batch, &Hooks::default(), Some(&mut full));
     assert_eq!((cache.columns(0), cache.columns(1), full.columns(1)), (5, 0, 5));
     let next = batch.next(&[9, 10], &Default::default());
-    close(counted(|| drop(model.forward_cached(&next, &Hooks::default(), Some(&mut full)))), 2.0 * (layers * block(6.0) + head));
+    close(
+        counted(|| drop(model.forward_cached(&next, &Hooks::default(), Some(&mut full)))),
+        2.0 * (layers * block(6.0) + head),
+    );
     assert_eq!(full.columns(1), 6);
     // The whole-model figure is the same count per token.
     close(model.matmul_flops_per_token(5), layers * block(5.0) + head);

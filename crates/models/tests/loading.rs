@@ -32,7 +32,8 @@ fn load_error(path: &Path) -> String {
 #[test]
 fn quantised_tensors_dequantise_like_gguf_py() {
     let file = GgufFile::open(&fixture("quant.gguf")).unwrap();
-    let expected: serde_json::Value = serde_json::from_str(&fs::read_to_string(fixture("quant.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture("quant.json")).unwrap()).unwrap();
     for name in ["q8_0", "q4_0", "q4_1"] {
         let t = file.tensor(name).unwrap().unwrap();
         let want: Vec<f32> = serde_json::from_value(expected[name]["values"].clone()).unwrap();
@@ -57,24 +58,34 @@ fn truncated_safetensors_is_reported() {
     let bytes = fs::read(&file).unwrap();
     fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
     let msg = load_error(dir.path());
-    assert!(msg.contains("model.safetensors") && msg.contains("not a complete safetensors file"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("not a complete safetensors file"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn shape_mismatch_names_the_tensor() {
     let dir = copy_fixture("tiny-llama");
     let config = dir.path().join("config.json");
-    let text = fs::read_to_string(&config).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
     fs::write(&config, text).unwrap();
     let msg = load_error(dir.path());
-    assert!(msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[96, 64]"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[96, 64]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_architecture_is_named() {
     let dir = copy_fixture("tiny-llama");
     let config = dir.path().join("config.json");
-    let text = fs::read_to_string(&config).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"bert\"");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"bert\"");
     fs::write(&config, text).unwrap();
     let msg = load_error(dir.path());
     assert!(msg.contains("config.json") && msg.contains("unknown architecture `bert`"), "{msg}");
@@ -87,7 +98,12 @@ fn missing_config_field_names_field_and_line() {
     let text = fs::read_to_string(&config).unwrap().replace("\"n_embd\": 64,", "");
     fs::write(&config, text).unwrap();
     let msg = load_error(dir.path());
-    assert!(msg.contains("config.json") && msg.contains("missing field `n_embd`") && msg.contains("line"), "{msg}");
+    assert!(
+        msg.contains("config.json")
+            && msg.contains("missing field `n_embd`")
+            && msg.contains("line"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -113,7 +129,10 @@ fn unknown_quantisation_type_names_the_tensor() {
     bytes[type_at..type_at + 4].copy_from_slice(&99u32.to_le_bytes());
     fs::write(&path, bytes).unwrap();
     let err = GgufFile::open(&path).err().expect("type 99 must be rejected");
-    assert!(matches!(err, ModelError::UnsupportedDtype { ref tensor, .. } if tensor == "q8_0"), "{err}");
+    assert!(
+        matches!(err, ModelError::UnsupportedDtype { ref tensor, .. } if tensor == "q8_0"),
+        "{err}"
+    );
     assert!(err.to_string().contains("ggml type 99"), "{err}");
 }
 
@@ -134,7 +153,9 @@ fn missing_files_are_named_once_in_plain_words() {
     let dir = tempfile::tempdir().unwrap();
     // The message with its chain of causes, as `editbench` prints it.
     let chain = |path: &Path| {
-        let e = LanguageModel::<Cpu>::load(path, &Default::default()).err().expect("a broken path loaded");
+        let e = LanguageModel::<Cpu>::load(path, &Default::default())
+            .err()
+            .expect("a broken path loaded");
         let (mut text, mut cause) = (e.to_string(), std::error::Error::source(&e));
         while let Some(c) = cause {
             text += &format!(": {c}");
@@ -156,14 +177,27 @@ fn parameters_from_the_config_equal_the_loaded_weights() {
     use burn::module::Module;
     use editbench_models::{Architecture, ModelDims};
     let tied = ["tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"];
-    for name in ["tiny-llama", "tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-llama3", "tiny-mistral", "tiny-qwen2"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gptj",
+        "tiny-llama-gqa-tied",
+        "tiny-gpt2",
+        "tiny-llama3",
+        "tiny-mistral",
+        "tiny-qwen2",
+    ] {
         let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
         let counted = match &model.arch {
             Architecture::Llama(m) => m.num_params(),
             Architecture::GptJ(m) => m.num_params(),
             Architecture::Gpt2(m) => m.num_params(),
         };
-        let shared = if tied.contains(&name) { model.dims.vocab_size * model.dims.hidden_size } else { 0 };
-        assert_eq!(ModelDims::read(&fixture(name)).unwrap().parameters, (counted - shared) as u64, "{name}");
+        let shared =
+            if tied.contains(&name) { model.dims.vocab_size * model.dims.hidden_size } else { 0 };
+        assert_eq!(
+            ModelDims::read(&fixture(name)).unwrap().parameters,
+            (counted - shared) as u64,
+            "{name}"
+        );
     }
 }

@@ -20,7 +20,12 @@ fn edited_round_trip(source: &Path, layer: usize) -> (tempfile::TempDir, PathBuf
     model.save_hf(&out, &[layer]).unwrap();
     let back = LanguageModel::<Cpu>::load(&out, &Default::default()).unwrap();
     let ids = [1, 5, 9, 77, 3];
-    assert_eq!(values(model.logits(&ids).unwrap()), values(back.logits(&ids).unwrap()), "{}", source.display());
+    assert_eq!(
+        values(model.logits(&ids).unwrap()),
+        values(back.logits(&ids).unwrap()),
+        "{}",
+        source.display()
+    );
     (tmp, out)
 }
 
@@ -28,11 +33,15 @@ fn edited_round_trip(source: &Path, layer: usize) -> (tempfile::TempDir, PathBuf
 fn sharded_checkpoint_rewrites_only_the_edited_shard() {
     let source = fixture("tiny-llama-gqa-tied");
     let (_tmp, out) = edited_round_trip(&source, 1);
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(source.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(source.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
     let edited_shard = index["weight_map"]["model.layers.1.mlp.down_proj.weight"].as_str().unwrap();
     for entry in std::fs::read_dir(&source).unwrap() {
         let name = entry.unwrap().file_name();
-        let same = std::fs::read(source.join(&name)).unwrap() == std::fs::read(out.join(&name)).unwrap();
+        let same =
+            std::fs::read(source.join(&name)).unwrap() == std::fs::read(out.join(&name)).unwrap();
         assert_eq!(same, name != edited_shard, "{name:?}");
     }
 }

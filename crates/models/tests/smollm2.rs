@@ -7,7 +7,8 @@ use editbench_models::LanguageModel;
 type Cpu = editbench_models::backend::Cpu;
 
 fn smollm2() -> LanguageModel<Cpu> {
-    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "{} is missing: run scripts/fetch_smollm2.sh", path.display());
     LanguageModel::load(&path, &Default::default()).unwrap()
 }
@@ -29,7 +30,10 @@ fn smollm2_tokenizer_from_gguf_metadata_round_trips() {
     let tok = model.tokenizer().unwrap();
     let text = "The mother tongue of Danielle Darrieux is French; 2024 <|im_end|>";
     let ids = tok.encode(text).unwrap();
-    assert_eq!(tok.decode(&ids).unwrap(), "The mother tongue of Danielle Darrieux is French; 2024 ");
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "The mother tongue of Danielle Darrieux is French; 2024 "
+    );
     // SmolLM2 splits digits one by one and matches control tokens whole; it adds no BOS.
     let digits = tok.encode_plain("2024").unwrap();
     assert_eq!(digits.len(), 4);

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use editbench_models::TextTokenizer;
 
 fn shared_tokenizer(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/tokenizers").join(name).join("tokenizer.json")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/tokenizers")
+        .join(name)
+        .join("tokenizer.json")
 }
 
 const SENTENCE: &str = "The mother tongue of Danielle Darrieux is";
@@ -13,7 +16,10 @@ const SENTENCE: &str = "The mother tongue of Danielle Darrieux is";
 #[test]
 fn gpt2_tokenizer_adds_no_bos() {
     let tok = TextTokenizer::from_file(&shared_tokenizer("gpt2")).unwrap();
-    assert_eq!(tok.encode(SENTENCE).unwrap(), [464, 2802, 11880, 286, 39808, 7491, 5034, 2821, 318]);
+    assert_eq!(
+        tok.encode(SENTENCE).unwrap(),
+        [464, 2802, 11880, 286, 39808, 7491, 5034, 2821, 318]
+    );
     assert_eq!(tok.eos, Some(50256));
     assert_eq!(tok.decode(&tok.encode(SENTENCE).unwrap()).unwrap(), SENTENCE);
 }
@@ -21,7 +27,10 @@ fn gpt2_tokenizer_adds_no_bos() {
 #[test]
 fn llama2_tokenizer_prepends_bos_and_reports_offsets() {
     let tok = TextTokenizer::from_file(&shared_tokenizer("llama2")).unwrap();
-    assert_eq!(tok.encode(SENTENCE).unwrap(), [1, 450, 5637, 26820, 310, 8432, 280, 7335, 2546, 1314, 338]);
+    assert_eq!(
+        tok.encode(SENTENCE).unwrap(),
+        [1, 450, 5637, 26820, 310, 8432, 280, 7335, 2546, 1314, 338]
+    );
     assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
     let (ids, offsets) = tok.encode_with_offsets(SENTENCE).unwrap();
     assert_eq!(ids.len(), offsets.len());

@@ -56,7 +56,8 @@ impl Estimate {
             return None;
         }
         let mean = values.iter().sum::<f64>() / n as f64;
-        let var = (n > 1).then(|| values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64);
+        let var = (n > 1)
+            .then(|| values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64);
         Some(Estimate { mean, se: var.map(|v| (v / n as f64).sqrt()) })
     }
 
@@ -108,7 +109,10 @@ pub struct ScoreRow {
 
 /// FNV-1a of `label`: the comparison's own bootstrap seed (with the run's base seed).
 fn label_seed(label: &str, base: u64) -> u64 {
-    label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) ^ base
+    label
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        ^ base
 }
 
 fn harmonic(means: &[f64]) -> f64 {
@@ -126,9 +130,16 @@ fn plain(values: &Values, metric: Metric) -> Vec<f64> {
 /// A cell's scores in `family`: S from the three means, each score, PPL and DWREL.
 fn score_row(values: &Values, family: &Family) -> BTreeMap<String, Estimate> {
     let mut out = BTreeMap::new();
-    let means: Vec<Estimate> = family.scores.iter().filter_map(|&m| Estimate::of(&plain(values, m))).collect();
+    let means: Vec<Estimate> =
+        family.scores.iter().filter_map(|&m| Estimate::of(&plain(values, m))).collect();
     if means.len() == 3 {
-        out.insert("S".to_string(), Estimate { mean: harmonic(&means.iter().map(|e| e.mean).collect::<Vec<_>>()), se: None });
+        out.insert(
+            "S".to_string(),
+            Estimate {
+                mean: harmonic(&means.iter().map(|e| e.mean).collect::<Vec<_>>()),
+                se: None,
+            },
+        );
     }
     for (&m, e) in family.scores.iter().zip(&means) {
         out.insert(m.code().to_string(), *e);
@@ -142,34 +153,64 @@ fn score_row(values: &Values, family: &Family) -> BTreeMap<String, Estimate> {
 }
 
 /// `a − b` over the records both scored in every score of `family`; `None` when none.
-fn paired(a: &Values, b: &Values, family: &Family, resamples: usize, seed: u64) -> Option<(BTreeMap<String, Estimate>, usize)> {
+fn paired(
+    a: &Values,
+    b: &Values,
+    family: &Family,
+    resamples: usize,
+    seed: u64,
+) -> Option<(BTreeMap<String, Estimate>, usize)> {
     let maps: Vec<(BTreeMap<u64, f64>, BTreeMap<u64, f64>)> = family
         .scores
         .iter()
-        .map(|m| (a.get(m).into_iter().flatten().copied().collect(), b.get(m).into_iter().flatten().copied().collect()))
+        .map(|m| {
+            (
+                a.get(m).into_iter().flatten().copied().collect(),
+                b.get(m).into_iter().flatten().copied().collect(),
+            )
+        })
         .collect();
-    let cases: Vec<u64> = maps.iter().map(|(x, y)| x.keys().filter(|c| y.contains_key(c)).copied().collect::<BTreeSet<u64>>()).reduce(|p, q| &p & &q)?.into_iter().collect();
+    let cases: Vec<u64> = maps
+        .iter()
+        .map(|(x, y)| x.keys().filter(|c| y.contains_key(c)).copied().collect::<BTreeSet<u64>>())
+        .reduce(|p, q| &p & &q)?
+        .into_iter()
+        .collect();
     if cases.is_empty() {
         return None;
     }
     let s_of = |sample: &[u64], side: usize| {
-        let means: Vec<f64> = maps.iter().map(|(x, y)| sample.iter().map(|c| if side == 0 { x[c] } else { y[c] }).sum::<f64>() / sample.len() as f64).collect();
+        let means: Vec<f64> = maps
+            .iter()
+            .map(|(x, y)| {
+                sample.iter().map(|c| if side == 0 { x[c] } else { y[c] }).sum::<f64>()
+                    / sample.len() as f64
+            })
+            .collect();
         harmonic(&means)
     };
     let mut rng = SplitMix64::new(seed);
     let boots: Vec<f64> = (0..resamples)
         .map(|_| {
-            let sample: Vec<u64> = cases.iter().map(|_| cases[(rng.next_u64() % cases.len() as u64) as usize]).collect();
+            let sample: Vec<u64> = cases
+                .iter()
+                .map(|_| cases[(rng.next_u64() % cases.len() as u64) as usize])
+                .collect();
             s_of(&sample, 0) - s_of(&sample, 1)
         })
         .collect();
     let spread = Estimate::of(&boots).and_then(|e| e.se).map(|se| se * (boots.len() as f64).sqrt());
-    let mut delta = BTreeMap::from([("S".to_string(), Estimate { mean: s_of(&cases, 0) - s_of(&cases, 1), se: spread })]);
+    let mut delta = BTreeMap::from([(
+        "S".to_string(),
+        Estimate { mean: s_of(&cases, 0) - s_of(&cases, 1), se: spread },
+    )]);
     for (m, (x, y)) in family.scores.iter().zip(&maps) {
         let d: Vec<f64> = cases.iter().map(|c| x[c] - y[c]).collect();
         delta.insert(m.code().to_string(), Estimate::of(&d).expect("records"));
     }
-    if let (Some(pa), Some(pb)) = (Estimate::of(&plain(a, Metric::PPL)), Estimate::of(&plain(b, Metric::PPL))) {
+    if let (Some(pa), Some(pb)) =
+        (Estimate::of(&plain(a, Metric::PPL)), Estimate::of(&plain(b, Metric::PPL)))
+    {
         let se = pa.se.zip(pb.se).map(|(x, y)| (x * x + y * y).sqrt());
         delta.insert("PPL".to_string(), Estimate { mean: pa.mean - pb.mean, se });
     }
@@ -187,10 +228,17 @@ fn values(dir: &Path) -> Result<(BTreeMap<(CellKey, u64), Values>, Values)> {
         let Some(metric) = Metric::from_code(&l.metric) else { continue };
         let item = (l.case_id, l.value * metric.scale());
         match l.stage {
-            Stage::Pre if Some(&l.cell_id) == first.as_ref() => pre.entry(metric).or_default().push(item),
+            Stage::Pre if Some(&l.cell_id) == first.as_ref() => {
+                pre.entry(metric).or_default().push(item)
+            }
             Stage::Pre => {}
             Stage::Post => {
-                let key = CellKey { method: l.method.clone(), distribution: l.distribution.clone(), layers: l.layers.clone(), batch_size: l.batch_size };
+                let key = CellKey {
+                    method: l.method.clone(),
+                    distribution: l.distribution.clone(),
+                    layers: l.layers.clone(),
+                    batch_size: l.batch_size,
+                };
                 cells.entry((key, l.seed)).or_default().entry(metric).or_default().push(item);
             }
         }
@@ -208,12 +256,24 @@ fn pairs(keys: &BTreeSet<CellKey>) -> Vec<(String, String, CellKey, CellKey)> {
     for k in keys.iter().filter(|k| k.method == "emmet") {
         let memit = CellKey { method: "memit".into(), ..k.clone() };
         if keys.contains(&memit) {
-            out.push(("emmet − memit".to_string(), format!("{} {}", k.distribution, k.layers), k.clone(), memit));
+            out.push((
+                "emmet − memit".to_string(),
+                format!("{} {}", k.distribution, k.layers),
+                k.clone(),
+                memit,
+            ));
         }
     }
     for k in keys.iter().filter(|k| k.distribution == "spread") {
-        for single in keys.iter().filter(|s| s.distribution == "single" && s.method == k.method && s.batch_size == k.batch_size) {
-            out.push(("spread − single".to_string(), format!("{} {} vs {}", k.method, k.layers, single.layers), k.clone(), single.clone()));
+        for single in keys.iter().filter(|s| {
+            s.distribution == "single" && s.method == k.method && s.batch_size == k.batch_size
+        }) {
+            out.push((
+                "spread − single".to_string(),
+                format!("{} {} vs {}", k.method, k.layers, single.layers),
+                k.clone(),
+                single.clone(),
+            ));
         }
     }
     out
@@ -222,12 +282,25 @@ fn pairs(keys: &BTreeSet<CellKey>) -> Vec<(String, String, CellKey, CellKey)> {
 /// The claims of the run in `dir`.
 pub fn claims(dir: &Path, resamples: usize, base_seed: u64) -> Result<Claims> {
     let (cells, pre) = values(dir)?;
-    let families: Vec<&Family> = FAMILIES.iter().filter(|f| cells.values().any(|v| f.scores.iter().all(|m| v.contains_key(m)))).collect();
+    let families: Vec<&Family> = FAMILIES
+        .iter()
+        .filter(|f| cells.values().any(|v| f.scores.iter().all(|m| v.contains_key(m))))
+        .collect();
     let mut scores = Vec::new();
     for family in &families {
-        scores.push(ScoreRow { family: family.name, cell: None, draw: None, scores: score_row(&pre, family) });
+        scores.push(ScoreRow {
+            family: family.name,
+            cell: None,
+            draw: None,
+            scores: score_row(&pre, family),
+        });
         for ((key, draw), v) in &cells {
-            scores.push(ScoreRow { family: family.name, cell: Some(key.clone()), draw: Some(*draw), scores: score_row(v, family) });
+            scores.push(ScoreRow {
+                family: family.name,
+                cell: Some(key.clone()),
+                draw: Some(*draw),
+                scores: score_row(v, family),
+            });
         }
     }
     let keys: BTreeSet<CellKey> = cells.keys().map(|(k, _)| k.clone()).collect();
@@ -237,25 +310,67 @@ pub fn claims(dir: &Path, resamples: usize, base_seed: u64) -> Result<Claims> {
         for (name, at, a, b) in pairs(&keys) {
             let mut per_draw = Vec::new();
             for &draw in &draws {
-                let (Some(x), Some(y)) = (cells.get(&(a.clone(), draw)), cells.get(&(b.clone(), draw))) else { continue };
+                let (Some(x), Some(y)) =
+                    (cells.get(&(a.clone(), draw)), cells.get(&(b.clone(), draw)))
+                else {
+                    continue;
+                };
                 let label = format!("{name}/{}/{at}/B={}/draw={draw}", family.name, a.batch_size);
                 let seed = label_seed(&label, base_seed);
                 let Some((delta, n)) = paired(x, y, family, resamples, seed) else { continue };
                 per_draw.push(delta.clone());
-                comparisons.push(Comparison { comparison: name.clone(), family: family.name, at: at.clone(), batch_size: a.batch_size, draw: Some(draw), delta, n, bootstrap_seed: Some(seed) });
+                comparisons.push(Comparison {
+                    comparison: name.clone(),
+                    family: family.name,
+                    at: at.clone(),
+                    batch_size: a.batch_size,
+                    draw: Some(draw),
+                    delta,
+                    n,
+                    bootstrap_seed: Some(seed),
+                });
             }
             if per_draw.len() > 1 {
-                let delta = per_draw[0].keys().filter_map(|k| Some((k.clone(), Estimate::of(&per_draw.iter().filter_map(|d| d.get(k).map(|e| e.mean)).collect::<Vec<_>>())?))).collect();
-                comparisons.push(Comparison { comparison: name, family: family.name, at, batch_size: a.batch_size, draw: None, delta, n: per_draw.len(), bootstrap_seed: None });
+                let delta = per_draw[0]
+                    .keys()
+                    .filter_map(|k| {
+                        Some((
+                            k.clone(),
+                            Estimate::of(
+                                &per_draw
+                                    .iter()
+                                    .filter_map(|d| d.get(k).map(|e| e.mean))
+                                    .collect::<Vec<_>>(),
+                            )?,
+                        ))
+                    })
+                    .collect();
+                comparisons.push(Comparison {
+                    comparison: name,
+                    family: family.name,
+                    at,
+                    batch_size: a.batch_size,
+                    draw: None,
+                    delta,
+                    n: per_draw.len(),
+                    bootstrap_seed: None,
+                });
             }
         }
     }
-    Ok(Claims { run: dir.display().to_string(), bootstrap_resamples: resamples, base_seed, scores, comparisons })
+    Ok(Claims {
+        run: dir.display().to_string(),
+        bootstrap_resamples: resamples,
+        base_seed,
+        scores,
+        comparisons,
+    })
 }
 
 /// The score columns of a family's tables.
 fn columns(family: &str) -> Vec<String> {
-    let scores = FAMILIES.iter().find(|f| f.name == family).map(|f| f.scores.to_vec()).unwrap_or_default();
+    let scores =
+        FAMILIES.iter().find(|f| f.name == family).map(|f| f.scores.to_vec()).unwrap_or_default();
     std::iter::once("S".to_string()).chain(scores.iter().map(|m| m.code().to_string())).collect()
 }
 
@@ -280,20 +395,47 @@ pub fn markdown(c: &Claims) -> String {
         out += &format!("|{}\n", "---|".repeat(cols.len() + 7));
         for s in c.scores.iter().filter(|s| s.family == family) {
             let head = match &s.cell {
-                Some(k) => format!("{} | {} | {} | {} | {}", k.method, k.distribution, k.layers, k.batch_size, s.draw.unwrap_or_default()),
+                Some(k) => format!(
+                    "{} | {} | {} | {} | {}",
+                    k.method,
+                    k.distribution,
+                    k.layers,
+                    k.batch_size,
+                    s.draw.unwrap_or_default()
+                ),
                 None => "unedited | — | — | — | —".to_string(),
             };
             let values: Vec<String> = cols.iter().map(|k| cell(&s.scores, k, 1)).collect();
-            out += &format!("| {head} | {} | {} | {} |\n", values.join(" | "), cell(&s.scores, "PPL", 2), cell(&s.scores, "DWREL", 2));
+            out += &format!(
+                "| {head} | {} | {} | {} |\n",
+                values.join(" | "),
+                cell(&s.scores, "PPL", 2),
+                cell(&s.scores, "DWREL", 2)
+            );
         }
-        let names: BTreeSet<&str> = c.comparisons.iter().filter(|x| x.family == family).map(|x| x.comparison.as_str()).collect();
+        let names: BTreeSet<&str> = c
+            .comparisons
+            .iter()
+            .filter(|x| x.family == family)
+            .map(|x| x.comparison.as_str())
+            .collect();
         for name in names {
-            out += &format!("\n## {name}, {family}\n\n| at | B | draw | {} | ΔPPL | n |\n", cols.iter().map(|k| format!("Δ{k}")).collect::<Vec<_>>().join(" | "));
+            out += &format!(
+                "\n## {name}, {family}\n\n| at | B | draw | {} | ΔPPL | n |\n",
+                cols.iter().map(|k| format!("Δ{k}")).collect::<Vec<_>>().join(" | ")
+            );
             out += &format!("|{}\n", "---|".repeat(cols.len() + 5));
             for x in c.comparisons.iter().filter(|x| x.family == family && x.comparison == name) {
                 let values: Vec<String> = cols.iter().map(|k| cell(&x.delta, k, 1)).collect();
                 let draw = x.draw.map_or("all".to_string(), |d| d.to_string());
-                out += &format!("| {} | {} | {draw} | {} | {} | {} |\n", x.at, x.batch_size, values.join(" | "), cell(&x.delta, "PPL", 2), x.n);
+                out += &format!(
+                    "| {} | {} | {draw} | {} | {} | {} |\n",
+                    x.at,
+                    x.batch_size,
+                    values.join(" | "),
+                    cell(&x.delta, "PPL", 2),
+                    x.n
+                );
             }
         }
     }
@@ -307,7 +449,12 @@ mod tests {
     fn values(scores: [f64; 3], cases: u64) -> Values {
         let mut v = Values::new();
         for (k, m) in [Metric::ES, Metric::PS, Metric::NS].into_iter().enumerate() {
-            v.insert(m, (0..cases).map(|c| (c, if c % 2 == 0 { scores[k] } else { 100.0 - scores[k] / 2.0 })).collect());
+            v.insert(
+                m,
+                (0..cases)
+                    .map(|c| (c, if c % 2 == 0 { scores[k] } else { 100.0 - scores[k] / 2.0 }))
+                    .collect(),
+            );
         }
         v
     }

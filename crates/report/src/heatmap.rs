@@ -64,18 +64,33 @@ impl Chart for HeatMap {
             .configure_mesh()
             .disable_mesh()
             .x_labels(columns.max(1) * 2 + 1)
-            .x_label_formatter(&|x: &f64| if (x - x.floor() - 0.5).abs() < 0.01 && x.floor() as usize % 5 == 0 { format!("{}", x.floor()) } else { String::new() })
+            .x_label_formatter(&|x: &f64| {
+                if (x - x.floor() - 0.5).abs() < 0.01 && x.floor() as usize % 5 == 0 {
+                    format!("{}", x.floor())
+                } else {
+                    String::new()
+                }
+            })
             .y_labels(self.rows.len() * 2 + 1)
             .y_label_formatter(&move |y: &f64| {
                 let i = y.floor() as usize;
-                if (y - y.floor() - 0.5).abs() < 0.01 && i < labels.len() { labels[i].clone() } else { String::new() }
+                if (y - y.floor() - 0.5).abs() < 0.01 && i < labels.len() {
+                    labels[i].clone()
+                } else {
+                    String::new()
+                }
             })
             .x_desc(&self.x_label)
             .label_style((FONT, 13))
             .draw()
             .map_err(err)?;
         let cells = self.values.iter().enumerate().flat_map(|(r, row)| {
-            row.iter().enumerate().map(move |(c, &v)| Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], self.shade(v, range).filled()))
+            row.iter().enumerate().map(move |(c, &v)| {
+                Rectangle::new(
+                    [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
+                    self.shade(v, range).filled(),
+                )
+            })
         });
         chart.draw_series(cells).map_err(err)?;
         self.draw_bar(&bar, range)
@@ -84,7 +99,11 @@ impl Chart for HeatMap {
 
 impl HeatMap {
     /// The colour bar: the range from bottom to top, labelled at both ends and the middle.
-    fn draw_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, (low, high): (f64, f64)) -> Result<()> {
+    fn draw_bar<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        (low, high): (f64, f64),
+    ) -> Result<()> {
         let mut chart = ChartBuilder::on(area)
             .margin_top(40)
             .margin_bottom(55)
@@ -93,10 +112,21 @@ impl HeatMap {
             .caption(&self.scale_label, (FONT, 12))
             .build_cartesian_2d(0f64..1f64, low..high)
             .map_err(err)?;
-        chart.configure_mesh().disable_mesh().disable_x_axis().y_labels(3).y_label_formatter(&|v: &f64| format!("{v:.3}")).label_style((FONT, 12)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(3)
+            .y_label_formatter(&|v: &f64| format!("{v:.3}"))
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
         let steps = 50;
         let strip = (0..steps).map(|i| {
-            let (a, b) = (low + (high - low) * i as f64 / steps as f64, low + (high - low) * (i + 1) as f64 / steps as f64);
+            let (a, b) = (
+                low + (high - low) * i as f64 / steps as f64,
+                low + (high - low) * (i + 1) as f64 / steps as f64,
+            );
             Rectangle::new([(0.0, a), (1.0, b)], self.shade((a + b) / 2.0, (low, high)).filled())
         });
         chart.draw_series(strip).map_err(err)?;
@@ -106,6 +136,9 @@ impl HeatMap {
 
 /// Writes `map` as `<stem>.png` and `<stem>.svg` under `dir`.
 pub fn write_heatmap(map: &HeatMap, dir: &Path, stem: &str) -> Result<Figure> {
-    ensure!(!map.rows.is_empty() && map.values.len() == map.rows.len(), "a heat map needs one row of values per label");
+    ensure!(
+        !map.rows.is_empty() && map.values.len() == map.rows.len(),
+        "a heat map needs one row of values per label"
+    );
     render(map, dir, stem)
 }

@@ -39,13 +39,19 @@ fn esc(s: &str) -> String {
 
 /// Markdown's `code` spans as `<code>` elements.
 fn code_spans(s: &str) -> String {
-    s.split('`').enumerate().map(|(i, part)| if i % 2 == 1 { format!("<code>{part}</code>") } else { part.to_string() }).collect()
+    s.split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { format!("<code>{part}</code>") } else { part.to_string() })
+        .collect()
 }
 
 /// `target` relative to the directory `from` (both made absolute), for links that survive moving
 /// the results and the report together.
 fn relative(from: &Path, target: &Path) -> PathBuf {
-    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| std::env::current_dir().unwrap_or_default().join(p));
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| std::env::current_dir().unwrap_or_default().join(p))
+    };
     let (from, target) = (abs(from), abs(target));
     let a: Vec<Component> = from.components().collect();
     let b: Vec<Component> = target.components().collect();
@@ -66,20 +72,46 @@ fn manifest_list(run: &Run) -> String {
     let mut items = vec![
         ("sweep file", text(&m["sweep_file"])),
         ("sweep sha256", text(&m["sweep_sha256"])),
-        ("editbench", format!("{} (git {})", text(&m["editbench_version"]), text(&m["git_revision"]))),
+        (
+            "editbench",
+            format!("{} (git {})", text(&m["editbench_version"]), text(&m["git_revision"])),
+        ),
         ("backend", text(&m["backend"])),
-        ("machine", m["machine"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k} {}", text(v))).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
-        ("dataset", format!("{} (sha256 {})", text(&m["dataset"]["path"]), text(&m["dataset"]["sha256"]))),
+        (
+            "machine",
+            m["machine"]
+                .as_object()
+                .map(|o| {
+                    o.iter().map(|(k, v)| format!("{k} {}", text(v))).collect::<Vec<_>>().join(", ")
+                })
+                .unwrap_or_default(),
+        ),
+        (
+            "dataset",
+            format!("{} (sha256 {})", text(&m["dataset"]["path"]), text(&m["dataset"]["sha256"])),
+        ),
         ("cells", m["cells"].as_array().map_or(0, Vec::len).to_string()),
     ];
     for model in m["models"].as_array().into_iter().flatten() {
-        items.push(("model", format!("{}: {} (sha256 {})", text(&model["name"]), text(&model["path"]), text(&model["sha256"]))));
+        items.push((
+            "model",
+            format!(
+                "{}: {} (sha256 {})",
+                text(&model["name"]),
+                text(&model["path"]),
+                text(&model["sha256"])
+            ),
+        ));
     }
-    let sets = m["sets"].as_array().map(|s| s.iter().map(text).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    let sets = m["sets"]
+        .as_array()
+        .map(|s| s.iter().map(text).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     if !sets.is_empty() {
         items.push(("--set", sets));
     }
-    let body: String = items.iter().map(|(k, v)| format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(v))).collect();
+    let body: String =
+        items.iter().map(|(k, v)| format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(v))).collect();
     format!("<dl>{body}</dl>\n")
 }
 
@@ -91,13 +123,20 @@ fn csv_links(run: &Run, out: &Path) -> String {
         .filter(|p| p.is_file())
         .map(|p| {
             let href = relative(out, &p).display().to_string();
-            format!("<a href=\"{}\">{}</a>", esc(&href), esc(&p.file_name().unwrap_or_default().to_string_lossy()))
+            format!(
+                "<a href=\"{}\">{}</a>",
+                esc(&href),
+                esc(&p.file_name().unwrap_or_default().to_string_lossy())
+            )
         })
         .collect();
     if links.is_empty() {
         String::new()
     } else {
-        format!("<p>Data: {}; raw rows per cell in cells/*.csv.gz (<code>editbench rows</code>).</p>\n", links.join(", "))
+        format!(
+            "<p>Data: {}; raw rows per cell in cells/*.csv.gz (<code>editbench rows</code>).</p>\n",
+            links.join(", ")
+        )
     }
 }
 
@@ -121,8 +160,13 @@ fn html_table(t: &Table) -> String {
     }
     let (mut pinned, mut rest) = (String::new(), String::new());
     for (label, values, note) in &t.rows {
-        let mut row: String = t.key_cells(label, run_col).iter().map(|c| td(c, true, None)).collect();
-        row.extend(values.iter().map(|v| td(&cell(v, " ± ", "σ"), false, Some(v.map_or(f64::NAN, |s| s.mean)))));
+        let mut row: String =
+            t.key_cells(label, run_col).iter().map(|c| td(c, true, None)).collect();
+        row.extend(
+            values
+                .iter()
+                .map(|v| td(&cell(v, " ± ", "σ"), false, Some(v.map_or(f64::NAN, |s| s.mean)))),
+        );
         let condition = note.and_then(|n| n.max_condition).unwrap_or(f64::NAN);
         let solver = t.solver_cells(note);
         row.extend(solver.iter().zip([Some(condition), None]).map(|(c, v)| td(c, false, v)));
@@ -130,15 +174,30 @@ fn html_table(t: &Table) -> String {
         *body += &format!("<tr>{row}</tr>\n");
     }
     let mut html = format!("<div class=\"scroll\"><table class=\"sortable\" id=\"results\">\n<thead><tr>{head}</tr></thead>\n");
-    html += &format!("<tbody class=\"pinned\">\n{pinned}</tbody>\n<tbody>\n{rest}</tbody></table></div>\n");
+    html += &format!(
+        "<tbody class=\"pinned\">\n{pinned}</tbody>\n<tbody>\n{rest}</tbody></table></div>\n"
+    );
     if !t.differences.is_empty() {
         let width = keys.len() + t.columns.len();
-        let head: String = keys.iter().map(|k| th(k, true)).chain(t.columns.iter().map(|&m| th(header(m), false))).take(width).collect();
-        let rows: String = t.differences.iter().map(|(label, values)| {
-            let keys: String = t.key_cells(label, true).iter().map(|c| td(c, true, None)).collect();
-            let cells: String = values.iter().map(|v| td(&delta(v), false, Some(v.unwrap_or(f64::NAN)))).collect();
-            format!("<tr>{keys}{cells}</tr>\n")
-        }).collect();
+        let head: String = keys
+            .iter()
+            .map(|k| th(k, true))
+            .chain(t.columns.iter().map(|&m| th(header(m), false)))
+            .take(width)
+            .collect();
+        let rows: String = t
+            .differences
+            .iter()
+            .map(|(label, values)| {
+                let keys: String =
+                    t.key_cells(label, true).iter().map(|c| td(c, true, None)).collect();
+                let cells: String = values
+                    .iter()
+                    .map(|v| td(&delta(v), false, Some(v.unwrap_or(f64::NAN))))
+                    .collect();
+                format!("<tr>{keys}{cells}</tr>\n")
+            })
+            .collect();
         html += "<h3>Differences of the means to the first run</h3>\n";
         html += &format!("<div class=\"scroll\"><table class=\"sortable\" id=\"differences\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody></table></div>\n");
     }
@@ -147,21 +206,48 @@ fn html_table(t: &Table) -> String {
 
 /// A figure's SVG, inline, with links to its files.
 fn inline_figure(f: &Figure, out: &Path) -> Result<String> {
-    let svg = std::fs::read_to_string(&f.svg).with_context(|| format!("reading {}", f.svg.display()))?;
+    let svg =
+        std::fs::read_to_string(&f.svg).with_context(|| format!("reading {}", f.svg.display()))?;
     let svg = svg.trim_start_matches(|c: char| c != '<');
-    let svg = if svg.starts_with("<?xml") { svg.split_once("?>").map_or(svg, |(_, rest)| rest) } else { svg };
-    let link = |p: &Path, name: &str| format!("<a href=\"{}\">{name}</a>", esc(&relative(out, p).display().to_string()));
-    Ok(format!("<figure>{}<figcaption>{} ({}, {})</figcaption></figure>\n", svg.trim(), esc(&f.title), link(&f.png, "PNG"), link(&f.svg, "SVG")))
+    let svg = if svg.starts_with("<?xml") {
+        svg.split_once("?>").map_or(svg, |(_, rest)| rest)
+    } else {
+        svg
+    };
+    let link = |p: &Path, name: &str| {
+        format!("<a href=\"{}\">{name}</a>", esc(&relative(out, p).display().to_string()))
+    };
+    Ok(format!(
+        "<figure>{}<figcaption>{} ({}, {})</figcaption></figure>\n",
+        svg.trim(),
+        esc(&f.title),
+        link(&f.png, "PNG"),
+        link(&f.svg, "SVG")
+    ))
 }
 
 /// Writes `report.html` into `out`; `notes` are the report's explanatory paragraphs (Markdown's
 /// code spans allowed).
-pub fn write_html(runs: &[Run], table: &Table, figures: &[Figure], notes: &[String], out: &Path) -> Result<PathBuf> {
-    let mut html = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
-    html += &format!("<title>editbench report: {}</title>\n<style>{STYLE}</style></head><body>\n", esc(&runs.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(", ")));
+pub fn write_html(
+    runs: &[Run],
+    table: &Table,
+    figures: &[Figure],
+    notes: &[String],
+    out: &Path,
+) -> Result<PathBuf> {
+    let mut html =
+        String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
+    html += &format!(
+        "<title>editbench report: {}</title>\n<style>{STYLE}</style></head><body>\n",
+        esc(&runs.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(", "))
+    );
     html += "<h1>editbench report</h1>\n";
     for run in runs {
-        html += &format!("<h2>Run <code>{}</code></h2>\n<p>From <code>{}</code>.</p>\n", esc(&run.label), esc(&run.source.display().to_string()));
+        html += &format!(
+            "<h2>Run <code>{}</code></h2>\n<p>From <code>{}</code>.</p>\n",
+            esc(&run.label),
+            esc(&run.source.display().to_string())
+        );
         html += &manifest_list(run);
         html += &csv_links(run, out);
     }

@@ -11,7 +11,7 @@ pub mod rows;
 mod table;
 
 pub use heatmap::{write_heatmap, HeatMap};
-pub use load::{load_paper, load_run, read_csv, Curves, Run, RowKey, SolverNote, Summary};
+pub use load::{load_paper, load_run, read_csv, Curves, RowKey, Run, SolverNote, Summary};
 pub use plot::{plot_all, Figure};
 pub use table::{latex_table, markdown_table, Table};
 
@@ -31,13 +31,25 @@ pub fn write_report(runs: &[Run], out: &Path) -> Result<String> {
     let figures = plot_all(runs, &out.join("figures"))?;
     let notes = notes(runs);
     let mut report = String::from("# editbench report\n\n");
-    report += &format!("Runs: {}.\n\n", runs.iter().map(|r| format!("`{}` ({})", r.label, r.source.display())).collect::<Vec<_>>().join(", "));
+    report += &format!(
+        "Runs: {}.\n\n",
+        runs.iter()
+            .map(|r| format!("`{}` ({})", r.label, r.source.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     report += &notes.iter().map(|n| format!("{n}\n\n")).collect::<String>();
     report += &markdown;
     report += "\nAs LaTeX (booktabs): [table.tex](table.tex); as a page with sortable tables: [report.html](report.html).\n\n## Figures\n\n";
     for f in &figures {
         let rel = |p: &PathBuf| p.strip_prefix(out).unwrap_or(p).display().to_string();
-        report += &format!("### {}\n\n![{}]({})\n\n[SVG]({})\n\n", f.title, f.title, rel(&f.png), rel(&f.svg));
+        report += &format!(
+            "### {}\n\n![{}]({})\n\n[SVG]({})\n\n",
+            f.title,
+            f.title,
+            rel(&f.png),
+            rel(&f.svg)
+        );
     }
     write(&out.join("report.md"), &report)?;
     html::write_html(runs, &table, &figures, &notes, out)?;

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use editbench_metrics::{counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage};
+use editbench_metrics::{
+    counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage,
+};
 use serde::Deserialize;
 
 use crate::rows::{cell_rows_path, manifest_cell_ids, read_gz_csv};
@@ -29,7 +31,13 @@ pub struct RowKey {
 impl RowKey {
     fn new(model: &str, method: &str, distribution: &str, layers: &str, batch_size: usize) -> Self {
         let owned = |s: &str| s.to_string();
-        RowKey { model: owned(model), method: owned(method), distribution: owned(distribution), layers: owned(layers), batch_size }
+        RowKey {
+            model: owned(model),
+            method: owned(method),
+            distribution: owned(distribution),
+            layers: owned(layers),
+            batch_size,
+        }
     }
 }
 
@@ -107,8 +115,12 @@ struct TimingLine {
 
 /// Every row of a CSV file with a header, errors naming the file and line.
 pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2))).collect()
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize()
+        .enumerate()
+        .map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2)))
+        .collect()
 }
 
 /// Per metric of `stage`: the summaries of each seed's rows, combined ([`combine_seeds`]).
@@ -123,15 +135,23 @@ fn to_summary(per_seed: &BTreeMap<u64, Vec<MetricRow>>, stage: Stage) -> BTreeMa
 }
 
 /// Per metric: one seed's summary, or the mean over seeds with the spread of the per-seed means.
-fn combine_seeds(by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>>) -> BTreeMap<Metric, Summary> {
+fn combine_seeds(
+    by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>>,
+) -> BTreeMap<Metric, Summary> {
     by_metric
         .into_iter()
         .map(|(metric, seeds)| {
             let k = seeds.len() as f64;
             let mean = seeds.iter().map(|s| s.mean).sum::<f64>() / k;
             let stderrs: Vec<f64> = seeds.iter().filter_map(|s| s.stderr).collect();
-            let stderr = (!stderrs.is_empty()).then(|| stderrs.iter().sum::<f64>() / stderrs.len() as f64);
-            let spread = (seeds.len() > 1).then(|| ((seeds.iter().map(|s| (s.mean - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt(), seeds.len()));
+            let stderr =
+                (!stderrs.is_empty()).then(|| stderrs.iter().sum::<f64>() / stderrs.len() as f64);
+            let spread = (seeds.len() > 1).then(|| {
+                (
+                    (seeds.iter().map(|s| (s.mean - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt(),
+                    seeds.len(),
+                )
+            });
             (metric, Summary { mean, stderr, n: seeds[0].n, seeds: spread })
         })
         .collect()
@@ -142,7 +162,8 @@ fn combine_seeds(by_metric: BTreeMap<Metric, Vec<editbench_metrics::Summary>>) -
 fn warn_missing_cells(dir: &Path, manifest: &serde_json::Value, lines: &[ResultLine]) {
     let seen: BTreeSet<&str> = lines.iter().map(|l| l.cell_id.as_str()).collect();
     let ids = manifest_cell_ids(manifest);
-    let missing: Vec<&str> = ids.iter().map(String::as_str).filter(|id| !seen.contains(id)).collect();
+    let missing: Vec<&str> =
+        ids.iter().map(String::as_str).filter(|id| !seen.contains(id)).collect();
     if !missing.is_empty() {
         tracing::warn!("{}: {} of the {} cells in manifest.json have no rows in cells/ (still running or failed): {}", dir.display(), missing.len(), ids.len(), missing.join(", "));
     }
@@ -166,7 +187,10 @@ fn has_rows(dir: &Path, manifest: &serde_json::Value) -> Result<bool> {
 fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey, SolverNote> {
     let mut notes: BTreeMap<RowKey, SolverNote> = BTreeMap::new();
     for (cell, key) in keys {
-        let Ok(text) = std::fs::read_to_string(dir.join("cells").join(format!("{cell}.json"))) else { continue };
+        let Ok(text) = std::fs::read_to_string(dir.join("cells").join(format!("{cell}.json")))
+        else {
+            continue;
+        };
         let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         // Records written for runs committed before cells kept their solver's outcome say nothing.
         if record["outcome"].is_null() {
@@ -187,24 +211,46 @@ fn solver_notes(dir: &Path, keys: &BTreeMap<String, RowKey>) -> BTreeMap<RowKey,
 pub fn load_run(dir: &Path) -> Result<Run> {
     let manifest = read_manifest(dir)?;
     let from_rows = has_rows(dir, &manifest)?;
-    for file in [if from_rows { None } else { Some("summary.csv") }, Some("timings.csv")].into_iter().flatten() {
+    for file in [if from_rows { None } else { Some("summary.csv") }, Some("timings.csv")]
+        .into_iter()
+        .flatten()
+    {
         if !dir.join(file).is_file() {
-            bail!("{}: not a results directory ({file} is missing, and no cell has raw rows)", dir.display());
+            bail!(
+                "{}: not a results directory ({file} is missing, and no cell has raw rows)",
+                dir.display()
+            );
         }
     }
-    let cells = if from_rows { cells_from_rows(dir, &manifest)? } else { cells_from_summaries(dir, &manifest)? };
+    let cells = if from_rows {
+        cells_from_rows(dir, &manifest)?
+    } else {
+        cells_from_summaries(dir, &manifest)?
+    };
     let Cells { keys, seeds, post, pre, curves } = cells;
-    let label_of = |cell: &str| keys.get(cell).map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell])).unwrap_or_else(|| cell.to_string());
-    let timings = read_csv::<TimingLine>(&dir.join("timings.csv"))?.into_iter().map(|t| (label_of(&t.cell_id), t.phase, t.seconds)).collect();
+    let label_of = |cell: &str| {
+        keys.get(cell)
+            .map(|k| format!("{} {} B={} s{}", k.method, k.distribution, k.batch_size, seeds[cell]))
+            .unwrap_or_else(|| cell.to_string())
+    };
+    let timings = read_csv::<TimingLine>(&dir.join("timings.csv"))?
+        .into_iter()
+        .map(|t| (label_of(&t.cell_id), t.phase, t.seconds))
+        .collect();
     Ok(Run {
-        label: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string()),
+        label: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string()),
         source: dir.to_path_buf(),
         post,
         pre,
         curves,
         timings,
         solver: solver_notes(dir, &keys),
-        sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)),
+        sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| {
+            (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)
+        }),
         manifest: Some(manifest),
     })
 }
@@ -224,7 +270,10 @@ struct Cells {
 fn drop_layers_unless_an_axis(keys: &mut BTreeMap<String, RowKey>) {
     let mut choices: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
     for k in keys.values() {
-        choices.entry((k.model.clone(), k.method.clone(), k.distribution.clone())).or_default().insert(k.layers.clone());
+        choices
+            .entry((k.model.clone(), k.method.clone(), k.distribution.clone()))
+            .or_default()
+            .insert(k.layers.clone());
     }
     if choices.values().all(|c| c.len() == 1) {
         keys.values_mut().for_each(|k| k.layers.clear());
@@ -237,7 +286,8 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
     if !path.is_file() {
         bail!("{}: not a results directory (manifest.json is missing)", dir.display());
     }
-    serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("parsing {}", path.display()))
+    serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("parsing {}", path.display()))
 }
 
 /// The raw rows of every cell of the manifest that has them, in grid order.
@@ -273,8 +323,13 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
         };
         n_edits.insert(l.cell_id.clone(), l.n_edits);
         seeds.insert(l.cell_id.clone(), l.seed);
-        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size));
-        cell_rows.entry(l.cell_id.clone()).or_default().push((l.round, MetricRow { case_id: l.case_id, stage: l.stage, metric, value: l.value }));
+        keys.entry(l.cell_id.clone()).or_insert_with(|| {
+            RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size)
+        });
+        cell_rows.entry(l.cell_id.clone()).or_default().push((
+            l.round,
+            MetricRow { case_id: l.case_id, stage: l.stage, metric, value: l.value },
+        ));
     }
     for (code, n) in &unknown {
         tracing::warn!("{}: skipped {n} rows with unknown metric code `{code}`", dir.display());
@@ -284,8 +339,14 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
     for (cell, rows) in cell_rows.iter().filter(|_| scored_rounds(manifest)) {
         let key = &keys[cell];
         for (round, summaries) in round_summaries(rows.iter().copied()) {
-            let point = curves.entry(key.clone()).or_default().entry(edits_after(round, key.batch_size, n_edits[cell])).or_default();
-            point.extend(summaries.iter().map(|s| (s.metric, Summary { mean: s.mean, stderr: s.stderr, n: s.n, seeds: None })));
+            let point = curves
+                .entry(key.clone())
+                .or_default()
+                .entry(edits_after(round, key.batch_size, n_edits[cell]))
+                .or_default();
+            point.extend(summaries.iter().map(|s| {
+                (s.metric, Summary { mean: s.mean, stderr: s.stderr, n: s.n, seeds: None })
+            }));
         }
     }
     let mut by_row: BTreeMap<RowKey, BTreeMap<u64, Vec<MetricRow>>> = BTreeMap::new();
@@ -297,9 +358,19 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
         let key = &keys[&cell];
         for row in counted_rows(rows, !sequential) {
             match row.stage {
-                Stage::Post => by_row.entry(key.clone()).or_default().entry(seeds[&cell]).or_default().push(row),
+                Stage::Post => by_row
+                    .entry(key.clone())
+                    .or_default()
+                    .entry(seeds[&cell])
+                    .or_default()
+                    .push(row),
                 // The unedited rows are the same in every cell of a model: take one cell's.
-                Stage::Pre if *pre_seen.entry(key.model.clone()).or_insert_with(|| cell.clone()) == cell => pre_rows.entry(key.model.clone()).or_default().entry(0).or_default().push(row),
+                Stage::Pre
+                    if *pre_seen.entry(key.model.clone()).or_insert_with(|| cell.clone())
+                        == cell =>
+                {
+                    pre_rows.entry(key.model.clone()).or_default().entry(0).or_default().push(row)
+                }
                 Stage::Pre => {}
             }
         }
@@ -313,7 +384,8 @@ fn cells_from_rows(dir: &Path, manifest: &serde_json::Value) -> Result<Cells> {
 /// scored (`eval_every_round`, `eval_every`).
 fn scored_rounds(manifest: &serde_json::Value) -> bool {
     let sweep = &manifest["sweep"];
-    sweep["protocol"] == "sequential" && (sweep["eval_every_round"] == true || sweep["eval_every"].is_u64())
+    sweep["protocol"] == "sequential"
+        && (sweep["eval_every_round"] == true || sweep["eval_every"].is_u64())
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,15 +404,28 @@ fn curves_from_file(dir: &Path, keys: &BTreeMap<String, RowKey>) -> Result<Curve
     let path = dir.join("curves.csv");
     let mut curves = Curves::new();
     if !path.is_file() {
-        tracing::warn!("{}: no curves.csv, so no sequential curves (rerun `editbench run` on it to write one)", dir.display());
+        tracing::warn!(
+            "{}: no curves.csv, so no sequential curves (rerun `editbench run` on it to write one)",
+            dir.display()
+        );
         return Ok(curves);
     }
     for (i, l) in read_csv::<CurveLine>(&path)?.into_iter().enumerate() {
         let Some(metric) = Metric::from_code(&l.metric) else { continue };
         let Some(key) = keys.get(&l.cell_id) else {
-            bail!("{}: line {}: cell {} has no summary in summary.csv", path.display(), i + 2, l.cell_id);
+            bail!(
+                "{}: line {}: cell {} has no summary in summary.csv",
+                path.display(),
+                i + 2,
+                l.cell_id
+            );
         };
-        curves.entry(key.clone()).or_default().entry(l.edits).or_default().insert(metric, Summary { mean: l.mean, stderr: l.stderr, n: l.n, seeds: None });
+        curves
+            .entry(key.clone())
+            .or_default()
+            .entry(l.edits)
+            .or_default()
+            .insert(metric, Summary { mean: l.mean, stderr: l.stderr, n: l.n, seeds: None });
     }
     Ok(curves)
 }
@@ -373,26 +458,53 @@ fn cells_from_summaries(dir: &Path, manifest: &serde_json::Value) -> Result<Cell
     let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
     for l in &lines {
         seeds.insert(l.cell_id.clone(), l.seed);
-        keys.entry(l.cell_id.clone()).or_insert_with(|| RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size));
+        keys.entry(l.cell_id.clone()).or_insert_with(|| {
+            RowKey::new(&l.model, &l.method, &l.distribution, &l.layers, l.batch_size)
+        });
     }
     drop_layers_unless_an_axis(&mut keys);
-    let mut post: BTreeMap<RowKey, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> = BTreeMap::new();
-    let mut pre: BTreeMap<String, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> = BTreeMap::new();
+    let mut post: BTreeMap<RowKey, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> =
+        BTreeMap::new();
+    let mut pre: BTreeMap<String, BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>> =
+        BTreeMap::new();
     for l in &lines {
         let Some(metric) = Metric::from_code(&l.metric) else {
-            tracing::warn!("{}: skipped a summary with unknown metric code `{}`", path.display(), l.metric);
+            tracing::warn!(
+                "{}: skipped a summary with unknown metric code `{}`",
+                path.display(),
+                l.metric
+            );
             continue;
         };
         let key = &keys[&l.cell_id];
-        let summary = editbench_metrics::Summary { stage: l.stage, metric, mean: l.mean, stderr: l.stderr, n: l.n };
+        let summary = editbench_metrics::Summary {
+            stage: l.stage,
+            metric,
+            mean: l.mean,
+            stderr: l.stderr,
+            n: l.n,
+        };
         // The unedited summaries are the same in every cell of a model: one is kept.
         match l.stage {
-            Stage::Post => post.entry(key.clone()).or_default().entry(metric).or_default().insert(l.seed, summary),
-            Stage::Pre => pre.entry(key.model.clone()).or_default().entry(metric).or_default().insert(0, summary),
+            Stage::Post => post
+                .entry(key.clone())
+                .or_default()
+                .entry(metric)
+                .or_default()
+                .insert(l.seed, summary),
+            Stage::Pre => pre
+                .entry(key.model.clone())
+                .or_default()
+                .entry(metric)
+                .or_default()
+                .insert(0, summary),
         };
     }
-    let combined = |by_metric: BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>| combine_seeds(by_metric.into_iter().map(|(m, s)| (m, s.into_values().collect())).collect());
-    let curves = if scored_rounds(manifest) { curves_from_file(dir, &keys)? } else { BTreeMap::new() };
+    let combined = |by_metric: BTreeMap<Metric, BTreeMap<u64, editbench_metrics::Summary>>| {
+        combine_seeds(by_metric.into_iter().map(|(m, s)| (m, s.into_values().collect())).collect())
+    };
+    let curves =
+        if scored_rounds(manifest) { curves_from_file(dir, &keys)? } else { BTreeMap::new() };
     Ok(Cells {
         keys,
         seeds,
@@ -417,7 +529,17 @@ struct PaperLine {
 /// Numbers typed from a paper: CSV with columns `model,method,distribution,batch_size,stage,
 /// metric,value` (values on the ×100 scale; `pre` rows give the unedited model).
 pub fn load_paper(path: &Path, label: &str) -> Result<Run> {
-    let mut run = Run { label: label.to_string(), source: path.to_path_buf(), post: BTreeMap::new(), pre: BTreeMap::new(), curves: BTreeMap::new(), timings: Vec::new(), solver: BTreeMap::new(), sample: None, manifest: None };
+    let mut run = Run {
+        label: label.to_string(),
+        source: path.to_path_buf(),
+        post: BTreeMap::new(),
+        pre: BTreeMap::new(),
+        curves: BTreeMap::new(),
+        timings: Vec::new(),
+        solver: BTreeMap::new(),
+        sample: None,
+        manifest: None,
+    };
     for (i, l) in read_csv::<PaperLine>(path)?.into_iter().enumerate() {
         let Some(metric) = Metric::from_code(&l.metric) else {
             bail!("{}: line {}: unknown metric code `{}`", path.display(), i + 2, l.metric);
@@ -425,7 +547,11 @@ pub fn load_paper(path: &Path, label: &str) -> Result<Run> {
         let summary = Summary { mean: l.value, stderr: None, n: 0, seeds: None };
         match l.stage {
             Stage::Pre => run.pre.entry(l.model).or_default().insert(metric, summary),
-            Stage::Post => run.post.entry(RowKey::new(&l.model, &l.method, &l.distribution, "", l.batch_size)).or_default().insert(metric, summary),
+            Stage::Post => run
+                .post
+                .entry(RowKey::new(&l.model, &l.method, &l.distribution, "", l.batch_size))
+                .or_default()
+                .insert(metric, summary),
         };
     }
     Ok(run)

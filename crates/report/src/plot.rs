@@ -30,7 +30,12 @@ pub struct Figure {
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf")).unwrap_or_else(|_| panic!("the bundled font is a valid TrueType file"));
+        plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../assets/DejaVuSans.ttf"),
+        )
+        .unwrap_or_else(|_| panic!("the bundled font is a valid TrueType file"));
     });
 }
 
@@ -77,10 +82,22 @@ fn method_color(method: &str) -> RGBColor {
     }
 }
 
-const PHASE_COLORS: [RGBColor; 7] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75), RGBColor(127, 127, 127)];
+const PHASE_COLORS: [RGBColor; 7] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(127, 127, 127),
+];
 
 fn models(runs: &[Run]) -> Vec<String> {
-    runs.iter().flat_map(|r| r.post.keys().map(|k| k.model.clone())).collect::<BTreeSet<_>>().into_iter().collect()
+    runs.iter()
+        .flat_map(|r| r.post.keys().map(|k| k.model.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// (a) One metric against the batch size (log axis, ticks at the batch sizes run), a line per
@@ -144,35 +161,83 @@ impl Chart for MetricVs<'_> {
         let models = models(self.runs);
         for (panel, model) in area.split_evenly((1, models.len().max(1))).iter().zip(&models) {
             let lines = series(self.runs, model, self.metric, self.axis);
-            let unedited = self.runs.iter().find_map(|r| r.pre.get(model).and_then(|m| m.get(&self.metric))).map(|s| s.mean);
-            let sizes: BTreeSet<usize> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
+            let unedited = self
+                .runs
+                .iter()
+                .find_map(|r| r.pre.get(model).and_then(|m| m.get(&self.metric)))
+                .map(|s| s.mean);
+            let sizes: BTreeSet<usize> =
+                lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
             let ticks: Vec<f64> = sizes.iter().map(|&b| self.axis.position(b)).collect();
             let min_x = ticks.first().copied().unwrap_or(0.0).min(0.0);
             let max_x = ticks.last().copied().unwrap_or(1.0).max(1.0);
-            let values = lines.iter().flat_map(|l| l.points.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])).chain(unedited);
+            let values = lines
+                .iter()
+                .flat_map(|l| {
+                    l.points
+                        .iter()
+                        .flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])
+                })
+                .chain(unedited);
             let y_axis = YAxis::new(self.metric, values);
             let mut chart = ChartBuilder::on(panel)
-                .caption(format!("{model}: {}{}", self.metric.code(), sample_note(self.runs)), (FONT, 18))
+                .caption(
+                    format!("{model}: {}{}", self.metric.code(), sample_note(self.runs)),
+                    (FONT, 18),
+                )
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
-                .build_cartesian_2d(TickedAxis { range: min_x - 0.6..max_x + 0.6, ticks }, y_axis.clone())
+                .build_cartesian_2d(
+                    TickedAxis { range: min_x - 0.6..max_x + 0.6, ticks },
+                    y_axis.clone(),
+                )
                 .map_err(err)?;
             let axis = self.axis;
-            chart.configure_mesh().x_label_formatter(&|x: &f64| axis.tick_label(*x)).y_label_formatter(&|y: &f64| y_axis.label(*y))
-                .x_desc(self.axis.description()).y_desc(y_axis.description(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_label_formatter(&|x: &f64| axis.tick_label(*x))
+                .y_label_formatter(&|y: &f64| y_axis.label(*y))
+                .x_desc(self.axis.description())
+                .y_desc(y_axis.description(self.metric))
+                .label_style((FONT, 13))
+                .draw()
+                .map_err(err)?;
             if let Some(y) = unedited {
                 unedited_line(&mut chart, min_x - 0.6..max_x + 0.6, y_axis.at(y))?;
             }
             let n = lines.len() as f64;
             for (i, line) in lines.iter().enumerate() {
                 let offset = (i as f64 - (n - 1.0) / 2.0) * DODGE;
-                let points: Vec<(f64, f64, Option<f64>)> = line.points.iter().map(|p| (self.axis.position(p.0) + offset, p.1, p.2)).collect();
-                draw_line(&mut chart, &y_axis, &line.method, &line.distribution, line.label.clone(), 2, &points)?;
+                let points: Vec<(f64, f64, Option<f64>)> = line
+                    .points
+                    .iter()
+                    .map(|p| (self.axis.position(p.0) + offset, p.1, p.2))
+                    .collect();
+                draw_line(
+                    &mut chart,
+                    &y_axis,
+                    &line.method,
+                    &line.distribution,
+                    line.label.clone(),
+                    2,
+                    &points,
+                )?;
             }
             // Rising perplexities and norms leave the upper left free; falling scores the lower left.
-            let corner = if y_axis.log { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(corner).draw().map_err(err)?;
+            let corner = if y_axis.log {
+                SeriesLabelPosition::UpperLeft
+            } else {
+                SeriesLabelPosition::LowerLeft
+            };
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 12))
+                .position(corner)
+                .draw()
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -196,7 +261,8 @@ impl YAxis {
     fn new(metric: Metric, values: impl Iterator<Item = f64>) -> Self {
         let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
         let positive = values.iter().copied().filter(|&v| v > 0.0);
-        let (low, high) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (low, high) =
+            positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let wide = unbounded(metric) && high > low * LOG_SPAN;
         match wide {
             true => YAxis { range: low.log10().floor()..high.log10().ceil(), log: true },
@@ -270,48 +336,105 @@ impl Ranged for TickedAxis {
 }
 
 /// The unedited model's value as a grey dashed horizontal line over `x`.
-fn unedited_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>, x: std::ops::Range<f64>, y: f64) -> Result<()> {
+fn unedited_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>,
+    x: std::ops::Range<f64>,
+    y: f64,
+) -> Result<()> {
     let grey = RGBColor(120, 120, 120).stroke_width(1);
-    chart.draw_series(DashedLineSeries::new(vec![(x.start, y), (x.end, y)], 3, 4, grey)).map_err(err)?
-        .label("unedited").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+    chart
+        .draw_series(DashedLineSeries::new(vec![(x.start, y), (x.end, y)], 3, 4, grey))
+        .map_err(err)?
+        .label("unedited")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
     Ok(())
 }
 
 /// One line of `points` `(x, mean, standard error)`: colour and marker per method, dashed for
 /// spread, `width` pixels wide, standard-error bars, and its legend entry.
 #[allow(clippy::too_many_arguments)]
-fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>, y_axis: &YAxis, method: &str, distribution: &str, label: String, width: u32, points: &[(f64, f64, Option<f64>)]) -> Result<()> {
+fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, YAxis>>,
+    y_axis: &YAxis,
+    method: &str,
+    distribution: &str,
+    label: String,
+    width: u32,
+    points: &[(f64, f64, Option<f64>)],
+) -> Result<()> {
     let drawn: Vec<(f64, f64)> = points.iter().map(|p| (p.0, y_axis.at(p.1))).collect();
     let color = method_color(method);
     let style = color.stroke_width(width);
     if distribution == "spread" {
-        chart.draw_series(DashedLineSeries::new(drawn.clone(), 8, 5, style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
+        chart
+            .draw_series(DashedLineSeries::new(drawn.clone(), 8, 5, style))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
     } else {
-        chart.draw_series(LineSeries::new(drawn.clone(), style)).map_err(err)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart
+            .draw_series(LineSeries::new(drawn.clone(), style))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
     }
-    let bars = points.iter().filter_map(|&(x, mean, se)| se.map(|e| ErrorBar::new_vertical(x, y_axis.at(mean - e), y_axis.at(mean), y_axis.at(mean + e), color.stroke_width(1), 6)));
+    let bars = points.iter().filter_map(|&(x, mean, se)| {
+        se.map(|e| {
+            ErrorBar::new_vertical(
+                x,
+                y_axis.at(mean - e),
+                y_axis.at(mean),
+                y_axis.at(mean + e),
+                color.stroke_width(1),
+                6,
+            )
+        })
+    });
     chart.draw_series(bars).map_err(err)?;
     markers(chart, &drawn, method_rank(method), color)
 }
 
 /// One marker shape per method, so lines of several methods that coincide stay apart.
-fn markers<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(chart: &mut ChartContext<'_, DB, CT>, points: &[(f64, f64)], shape: usize, color: RGBColor) -> Result<()> {
+fn markers<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    points: &[(f64, f64)],
+    shape: usize,
+    color: RGBColor,
+) -> Result<()> {
     match shape % 4 {
-        0 => chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map(|_| ()),
-        1 => chart.draw_series(points.iter().map(|&p| TriangleMarker::new(p, 6, color.filled()))).map(|_| ()),
-        2 => chart.draw_series(points.iter().map(|&p| Cross::new(p, 5, color.stroke_width(2)))).map(|_| ()),
-        _ => chart.draw_series(points.iter().map(|&p| EmptyElement::at(p) + Rectangle::new([(-4, -4), (4, 4)], color.filled()))).map(|_| ()),
+        0 => {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map(|_| ())
+        }
+        1 => chart
+            .draw_series(points.iter().map(|&p| TriangleMarker::new(p, 6, color.filled())))
+            .map(|_| ()),
+        2 => chart
+            .draw_series(points.iter().map(|&p| Cross::new(p, 5, color.stroke_width(2))))
+            .map(|_| ()),
+        _ => {
+            chart
+                .draw_series(points.iter().map(|&p| {
+                    EmptyElement::at(p) + Rectangle::new([(-4, -4), (4, 4)], color.filled())
+                }))
+                .map(|_| ())
+        }
     }
     .map_err(err)
 }
 
 fn method_rank(method: &str) -> usize {
-    ["memit", "emmet", "rome", "r-rome", "alphaedit", "encore"].iter().position(|m| *m == method).unwrap_or(6)
+    ["memit", "emmet", "rome", "r-rome", "alphaedit", "encore"]
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(6)
 }
 
 /// ` (scores: a sample of n of N records)` when the runs scored a sample.
 fn sample_note(runs: &[Run]) -> String {
-    runs.iter().find_map(|r| r.sample).map(|(n, total)| format!(" (scores: {n} of {total} records)")).unwrap_or_default()
+    runs.iter()
+        .find_map(|r| r.sample)
+        .map(|(n, total)| format!(" (scores: {n} of {total} records)"))
+        .unwrap_or_default()
 }
 
 fn axis_label(metric: Metric) -> String {
@@ -361,21 +484,31 @@ fn series(runs: &[Run], model: &str, metric: Metric, axis: XAxis) -> Vec<Line> {
                     Err(_) => continue,
                 },
             };
-            let mut label = format!("{} {}", crate::table::method_name(&key.method), key.distribution);
+            let mut label =
+                format!("{} {}", crate::table::method_name(&key.method), key.distribution);
             if !other.is_empty() {
                 label += &format!(" {other}");
             }
             if runs.len() > 1 {
                 label = format!("{} {label}", run.label);
             }
-            let line = out.entry((r, key.method.clone(), key.distribution.clone(), other)).or_insert_with(|| Line { label, method: key.method.clone(), distribution: key.distribution.clone(), points: Vec::new() });
+            let line = out
+                .entry((r, key.method.clone(), key.distribution.clone(), other))
+                .or_insert_with(|| Line {
+                    label,
+                    method: key.method.clone(),
+                    distribution: key.distribution.clone(),
+                    points: Vec::new(),
+                });
             line.points.push((x, s.mean, s.stderr));
         }
     }
-    out.into_values().map(|mut line| {
-        line.points.sort_by_key(|p| p.0);
-        line
-    }).collect()
+    out.into_values()
+        .map(|mut line| {
+            line.points.sort_by_key(|p| p.0);
+            line
+        })
+        .collect()
 }
 
 /// (b) The methods side by side: bars of one metric per batch size, one panel per distribution.
@@ -393,35 +526,73 @@ impl Chart for MethodsSideBySide<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let panels = self.panels();
-        for (panel, (model, dist)) in area.split_evenly((1, panels.len().max(1))).iter().zip(&panels) {
-            let bars: BTreeMap<(usize, String), f64> = self.runs[0].post.iter()
+        for (panel, (model, dist)) in
+            area.split_evenly((1, panels.len().max(1))).iter().zip(&panels)
+        {
+            let bars: BTreeMap<(usize, String), f64> = self.runs[0]
+                .post
+                .iter()
                 .filter(|(k, _)| &k.model == model && &k.distribution == dist)
-                .filter_map(|(k, v)| v.get(&self.metric).map(|s| ((k.batch_size, k.method.clone()), s.mean)))
+                .filter_map(|(k, v)| {
+                    v.get(&self.metric).map(|s| ((k.batch_size, k.method.clone()), s.mean))
+                })
                 .collect();
-            let sizes: Vec<usize> = bars.keys().map(|k| k.0).collect::<BTreeSet<_>>().into_iter().collect();
-            let methods: Vec<String> = bars.keys().map(|k| k.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let sizes: Vec<usize> =
+                bars.keys().map(|k| k.0).collect::<BTreeSet<_>>().into_iter().collect();
+            let methods: Vec<String> =
+                bars.keys().map(|k| k.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
             let mut chart = ChartBuilder::on(panel)
                 .caption(format!("{model}, {dist}: {}", self.metric.code()), (FONT, 20))
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
-                .build_cartesian_2d(0f64..sizes.len().max(1) as f64, y_range(self.metric, bars.values().copied()))
+                .build_cartesian_2d(
+                    0f64..sizes.len().max(1) as f64,
+                    y_range(self.metric, bars.values().copied()),
+                )
                 .map_err(err)?;
             let labels = sizes.clone();
-            chart.configure_mesh().disable_x_mesh().x_labels(sizes.len().max(1) * 2 + 1)
-                .x_label_formatter(&move |x: &f64| { let i = x.floor() as usize; if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() { format!("B={}", labels[i]) } else { String::new() } })
-                .x_desc("batch size").y_desc(axis_label(self.metric)).label_style((FONT, 13)).draw().map_err(err)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(sizes.len().max(1) * 2 + 1)
+                .x_label_formatter(&move |x: &f64| {
+                    let i = x.floor() as usize;
+                    if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() {
+                        format!("B={}", labels[i])
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_desc("batch size")
+                .y_desc(axis_label(self.metric))
+                .label_style((FONT, 13))
+                .draw()
+                .map_err(err)?;
             let width = 0.8 / methods.len().max(1) as f64;
             for (j, method) in methods.iter().enumerate() {
                 let color = method_color(method);
-                let rects: Vec<Rectangle<(f64, f64)>> = sizes.iter().enumerate().filter_map(|(i, b)| {
-                    let v = *bars.get(&(*b, method.clone()))?;
-                    let x0 = i as f64 + 0.1 + j as f64 * width;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.95, v)], color.filled()))
-                }).collect();
-                chart.draw_series(rects).map_err(err)?.label(method.to_uppercase()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                let rects: Vec<Rectangle<(f64, f64)>> = sizes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, b)| {
+                        let v = *bars.get(&(*b, method.clone()))?;
+                        let x0 = i as f64 + 0.1 + j as f64 * width;
+                        Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.95, v)], color.filled()))
+                    })
+                    .collect();
+                chart.draw_series(rects).map_err(err)?.label(method.to_uppercase()).legend(
+                    move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()),
+                );
             }
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 12))
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -429,7 +600,13 @@ impl Chart for MethodsSideBySide<'_> {
 
 impl MethodsSideBySide<'_> {
     fn panels(&self) -> Vec<(String, String)> {
-        self.runs[0].post.keys().map(|k| (k.model.clone(), k.distribution.clone())).collect::<BTreeSet<_>>().into_iter().collect()
+        self.runs[0]
+            .post
+            .keys()
+            .map(|k| (k.model.clone(), k.distribution.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 }
 
@@ -448,18 +625,37 @@ impl Chart for SequentialCurve<'_> {
         PANEL
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
-        let max_edits = self.run.curves.values().flat_map(|c| c.keys()).copied().max().unwrap_or(1) as f64;
-        let points = |curve: &BTreeMap<usize, BTreeMap<Metric, Summary>>| -> Vec<(f64, f64, Option<f64>)> {
-            curve.iter().filter_map(|(n, m)| m.get(&self.metric).map(|s| (*n as f64, s.mean, s.stderr))).collect()
-        };
-        let lines: Vec<(&RowKey, Vec<(f64, f64, Option<f64>)>)> = self.run.curves.iter().map(|(key, curve)| (key, points(curve))).collect();
+        let max_edits =
+            self.run.curves.values().flat_map(|c| c.keys()).copied().max().unwrap_or(1) as f64;
+        let points =
+            |curve: &BTreeMap<usize, BTreeMap<Metric, Summary>>| -> Vec<(f64, f64, Option<f64>)> {
+                curve
+                    .iter()
+                    .filter_map(|(n, m)| m.get(&self.metric).map(|s| (*n as f64, s.mean, s.stderr)))
+                    .collect()
+            };
+        let lines: Vec<(&RowKey, Vec<(f64, f64, Option<f64>)>)> =
+            self.run.curves.iter().map(|(key, curve)| (key, points(curve))).collect();
         // The unedited model's value (one model per sequential run).
         let unedited = self.run.pre.values().find_map(|m| m.get(&self.metric)).map(|s| s.mean);
-        let values = lines.iter().flat_map(|(_, l)| l.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])).chain(unedited);
+        let values = lines
+            .iter()
+            .flat_map(|(_, l)| {
+                l.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])
+            })
+            .chain(unedited);
         let y_axis = YAxis::new(self.metric, values);
         let x_range = 0f64..max_edits * 1.02;
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: {}{}", self.run.label, self.metric.code(), sample_note(std::slice::from_ref(self.run))), (FONT, 18))
+            .caption(
+                format!(
+                    "{}: {}{}",
+                    self.run.label,
+                    self.metric.code(),
+                    sample_note(std::slice::from_ref(self.run))
+                ),
+                (FONT, 18),
+            )
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(55)
@@ -469,7 +665,15 @@ impl Chart for SequentialCurve<'_> {
             true => y_axis.description(self.metric),
             false => format!("{} on the edits so far", y_axis.description(self.metric)),
         };
-        chart.configure_mesh().x_desc("edits applied").y_desc(y_desc).x_label_formatter(&|x: &f64| format!("{x:.0}")).y_label_formatter(&|y: &f64| y_axis.label(*y)).label_style((FONT, 13)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("edits applied")
+            .y_desc(y_desc)
+            .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+            .y_label_formatter(&|y: &f64| y_axis.label(*y))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(err)?;
         if let Some(y) = unedited {
             unedited_line(&mut chart, x_range, y_axis.at(y))?;
         }
@@ -478,15 +682,32 @@ impl Chart for SequentialCurve<'_> {
         sizes.sort_unstable();
         sizes.dedup();
         for (key, points) in &lines {
-            let layers = if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) };
-            let label = format!("{} {} B={}{layers}", crate::table::method_name(&key.method), key.distribution, key.batch_size);
+            let layers =
+                if key.layers.is_empty() { String::new() } else { format!(" {}", key.layers) };
+            let label = format!(
+                "{} {} B={}{layers}",
+                crate::table::method_name(&key.method),
+                key.distribution,
+                key.batch_size
+            );
             let rank = sizes.iter().position(|&b| b == key.batch_size).unwrap_or(0).min(2) as u32;
             let width = if sizes.len() == 1 { 2 } else { 1 + 2 * rank };
             draw_line(&mut chart, &y_axis, &key.method, &key.distribution, label, width, points)?;
         }
         // Rising perplexities and norms leave the upper left free; falling scores the lower left.
-        let corner = if unbounded(self.metric) { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::LowerLeft };
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(corner).draw().map_err(err)?;
+        let corner = if unbounded(self.metric) {
+            SeriesLabelPosition::UpperLeft
+        } else {
+            SeriesLabelPosition::LowerLeft
+        };
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .position(corner)
+            .draw()
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -505,8 +726,16 @@ impl Chart for Timings<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let cells = self.cells();
-        let phases: Vec<String> = self.run.timings.iter().map(|t| t.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let total = |c: &str| self.run.timings.iter().filter(|t| t.0 == c).map(|t| t.2).sum::<f64>();
+        let phases: Vec<String> = self
+            .run
+            .timings
+            .iter()
+            .map(|t| t.1.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let total =
+            |c: &str| self.run.timings.iter().filter(|t| t.0 == c).map(|t| t.2).sum::<f64>();
         let max = cells.iter().map(|c| total(c)).fold(1.0, f64::max);
         let mut chart = ChartBuilder::on(area)
             .caption(self.title(), (FONT, 20))
@@ -516,19 +745,60 @@ impl Chart for Timings<'_> {
             .build_cartesian_2d(0f64..max * 1.05, 0f64..cells.len() as f64)
             .map_err(err)?;
         let names = cells.clone();
-        chart.configure_mesh().disable_y_mesh().y_labels(cells.len() * 2 + 1)
-            .y_label_formatter(&move |y: &f64| { let i = y.floor() as usize; if (y - y.floor() - 0.5).abs() < 0.01 && i < names.len() { names[i].clone() } else { String::new() } })
-            .x_desc("seconds").label_style((FONT, 12)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(cells.len() * 2 + 1)
+            .y_label_formatter(&move |y: &f64| {
+                let i = y.floor() as usize;
+                if (y - y.floor() - 0.5).abs() < 0.01 && i < names.len() {
+                    names[i].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc("seconds")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
         for (p, phase) in phases.iter().enumerate() {
             let color = PHASE_COLORS[p % PHASE_COLORS.len()];
-            let rects: Vec<Rectangle<(f64, f64)>> = cells.iter().enumerate().map(|(i, c)| {
-                let before: f64 = self.run.timings.iter().filter(|t| &t.0 == c && phases[..p].contains(&t.1)).map(|t| t.2).sum();
-                let own: f64 = self.run.timings.iter().filter(|t| &t.0 == c && &t.1 == phase).map(|t| t.2).sum();
-                Rectangle::new([(before, i as f64 + 0.15), (before + own, i as f64 + 0.85)], color.filled())
-            }).collect();
-            chart.draw_series(rects).map_err(err)?.label(phase.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            let rects: Vec<Rectangle<(f64, f64)>> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let before: f64 = self
+                        .run
+                        .timings
+                        .iter()
+                        .filter(|t| &t.0 == c && phases[..p].contains(&t.1))
+                        .map(|t| t.2)
+                        .sum();
+                    let own: f64 = self
+                        .run
+                        .timings
+                        .iter()
+                        .filter(|t| &t.0 == c && &t.1 == phase)
+                        .map(|t| t.2)
+                        .sum();
+                    Rectangle::new(
+                        [(before, i as f64 + 0.15), (before + own, i as f64 + 0.85)],
+                        color.filled(),
+                    )
+                })
+                .collect();
+            chart.draw_series(rects).map_err(err)?.label(phase.clone()).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+            });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -550,26 +820,71 @@ pub fn plot_all(runs: &[Run], dir: &Path) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let present = |m: Metric| runs.iter().any(|r| r.post.values().any(|v| v.contains_key(&m)));
     let headline: Vec<Metric> = [
-        Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::GenES, Metric::GenPS,
-        Metric::GenNS, Metric::GenS, Metric::PPL, Metric::DWREL,
+        Metric::ES,
+        Metric::PS,
+        Metric::NS,
+        Metric::S,
+        Metric::GE,
+        Metric::RewriteAcc,
+        Metric::ParaphraseAcc,
+        Metric::NeighborhoodAcc,
+        Metric::GenES,
+        Metric::GenPS,
+        Metric::GenNS,
+        Metric::GenS,
+        Metric::PPL,
+        Metric::DWREL,
     ]
-        .into_iter()
-        .filter(|&m| present(m))
-        .collect();
+    .into_iter()
+    .filter(|&m| present(m))
+    .collect();
     for &metric in &headline {
-        figures.push(render(&MetricVs { runs, metric, axis: XAxis::Batch }, dir, &format!("batch-size-{}", metric.code()))?);
+        figures.push(render(
+            &MetricVs { runs, metric, axis: XAxis::Batch },
+            dir,
+            &format!("batch-size-{}", metric.code()),
+        )?);
     }
     // A layer sweep: each metric against the edited layer.
-    let layered = runs.iter().flat_map(|r| r.post.keys()).filter(|k| k.layers.parse::<usize>().is_ok()).map(|k| &k.layers).collect::<BTreeSet<_>>();
+    let layered = runs
+        .iter()
+        .flat_map(|r| r.post.keys())
+        .filter(|k| k.layers.parse::<usize>().is_ok())
+        .map(|k| &k.layers)
+        .collect::<BTreeSet<_>>();
     for &metric in headline.iter().filter(|_| layered.len() > 1) {
-        figures.push(render(&MetricVs { runs, metric, axis: XAxis::Layer }, dir, &format!("layer-{}", metric.code()))?);
+        figures.push(render(
+            &MetricVs { runs, metric, axis: XAxis::Layer },
+            dir,
+            &format!("layer-{}", metric.code()),
+        )?);
     }
     if let Some(&metric) = headline.iter().find(|&&m| m == Metric::S).or(headline.first()) {
-        figures.push(render(&MethodsSideBySide { runs, metric }, dir, &format!("methods-{}", metric.code()))?);
+        figures.push(render(
+            &MethodsSideBySide { runs, metric },
+            dir,
+            &format!("methods-{}", metric.code()),
+        )?);
     }
     for run in runs.iter().filter(|r| !r.curves.is_empty()) {
-        for metric in [Metric::ES, Metric::PS, Metric::NS, Metric::GenES, Metric::GenPS, Metric::GenNS, Metric::PPL, Metric::DWREL].into_iter().filter(|&m| present(m)) {
-            figures.push(render(&SequentialCurve { run, metric }, dir, &format!("sequential-{}-{}", run.label, metric.code()))?);
+        for metric in [
+            Metric::ES,
+            Metric::PS,
+            Metric::NS,
+            Metric::GenES,
+            Metric::GenPS,
+            Metric::GenNS,
+            Metric::PPL,
+            Metric::DWREL,
+        ]
+        .into_iter()
+        .filter(|&m| present(m))
+        {
+            figures.push(render(
+                &SequentialCurve { run, metric },
+                dir,
+                &format!("sequential-{}-{}", run.label, metric.code()),
+            )?);
         }
     }
     for run in runs.iter().filter(|r| !r.timings.is_empty()) {
@@ -592,7 +907,10 @@ mod tests {
         assert!((ppl.at(16.54) - 16.54f64.log10()).abs() < 1e-12);
         assert_eq!(ppl.at(-3.0), 1.0, "a lower error bar below the axis is clamped to its bottom");
         assert_eq!(ppl.key_points(4), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!([ppl.label(-1.0), ppl.label(2.0), ppl.label(6.0)], ["0.1", "100", "1e6"].map(String::from));
+        assert_eq!(
+            [ppl.label(-1.0), ppl.label(2.0), ppl.label(6.0)],
+            ["0.1", "100", "1e6"].map(String::from)
+        );
         let narrow = YAxis::new(Metric::PPL, [16.5, 31.8].into_iter());
         assert!(!narrow.log);
         assert_eq!(narrow.at(31.8), 31.8);

@@ -27,7 +27,9 @@ pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 pub fn gunzip_file(path: &Path) -> Result<String> {
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut text = String::new();
-    GzDecoder::new(file).read_to_string(&mut text).with_context(|| format!("decompressing {}", path.display()))?;
+    GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .with_context(|| format!("decompressing {}", path.display()))?;
     Ok(text)
 }
 
@@ -35,7 +37,10 @@ pub fn gunzip_file(path: &Path) -> Result<String> {
 pub fn read_gz_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     let text = gunzip_file(path)?;
     let mut r = csv::Reader::from_reader(text.as_bytes());
-    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2))).collect()
+    r.deserialize()
+        .enumerate()
+        .map(|(i, row)| row.with_context(|| format!("{}: line {}", path.display(), i + 2)))
+        .collect()
 }
 
 /// The ids of the cells `manifest.json` lists, in grid order.
@@ -48,8 +53,10 @@ pub fn manifest_cell_ids(manifest: &serde_json::Value) -> Vec<String> {
 /// (one header): what `editbench rows` prints.
 pub fn all_rows_csv(dir: &Path) -> Result<String> {
     let path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let manifest: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut out = String::new();
     for id in manifest_cell_ids(&manifest) {
         let file = cell_rows_path(dir, &id);

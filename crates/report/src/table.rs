@@ -10,9 +10,31 @@ use crate::load::{RowKey, Run, SolverNote, Summary};
 
 /// The metric columns in the papers' order.
 const ORDER: [Metric; 25] = [
-    Metric::ES, Metric::PS, Metric::NS, Metric::S, Metric::GE, Metric::RS, Metric::EM, Metric::PM, Metric::NM, Metric::EA, Metric::PA, Metric::NA,
-    Metric::RewriteAcc, Metric::ParaphraseAcc, Metric::NeighborhoodAcc, Metric::GenES, Metric::GenPS, Metric::GenNS, Metric::GenS, Metric::GenESF1,
-    Metric::GenPSF1, Metric::GenNSF1, Metric::PPL, Metric::DWREL, Metric::DWNORM,
+    Metric::ES,
+    Metric::PS,
+    Metric::NS,
+    Metric::S,
+    Metric::GE,
+    Metric::RS,
+    Metric::EM,
+    Metric::PM,
+    Metric::NM,
+    Metric::EA,
+    Metric::PA,
+    Metric::NA,
+    Metric::RewriteAcc,
+    Metric::ParaphraseAcc,
+    Metric::NeighborhoodAcc,
+    Metric::GenES,
+    Metric::GenPS,
+    Metric::GenNS,
+    Metric::GenS,
+    Metric::GenESF1,
+    Metric::GenPSF1,
+    Metric::GenNSF1,
+    Metric::PPL,
+    Metric::DWREL,
+    Metric::DWNORM,
 ];
 
 /// What identifies a line of the table.
@@ -41,13 +63,18 @@ pub struct Table {
 
 impl Table {
     pub fn new(runs: &[Run]) -> Self {
-        let has = |m: &Metric| runs.iter().any(|r| r.post.values().chain(r.pre.values()).any(|s| s.contains_key(m)));
+        let has = |m: &Metric| {
+            runs.iter().any(|r| r.post.values().chain(r.pre.values()).any(|s| s.contains_key(m)))
+        };
         let columns: Vec<Metric> = ORDER.into_iter().filter(has).collect();
-        let mut models: Vec<&String> = runs.iter().flat_map(|r| r.pre.keys().chain(r.post.keys().map(|k| &k.model))).collect();
+        let mut models: Vec<&String> =
+            runs.iter().flat_map(|r| r.pre.keys().chain(r.post.keys().map(|k| &k.model))).collect();
         models.sort();
         models.dedup();
         let mut keys: Vec<&RowKey> = runs.iter().flat_map(|r| r.post.keys()).collect();
-        keys.sort_by_key(|k| (&k.model, method_rank(&k.method), &k.method, &k.distribution, &k.layers, k.batch_size));
+        keys.sort_by_key(|k| {
+            (&k.model, method_rank(&k.method), &k.method, &k.distribution, &k.layers, k.batch_size)
+        });
         keys.dedup();
         let mut table = Table {
             layers: keys.iter().any(|k| !k.layers.is_empty()),
@@ -57,26 +84,65 @@ impl Table {
             differences: Vec::new(),
             runs: runs.len(),
         };
-        let values = |m: Option<&std::collections::BTreeMap<Metric, Summary>>| table.columns.iter().map(|c| m.and_then(|m| m.get(c)).copied()).collect::<Vec<_>>();
-        let mut lines: Vec<(Label, Vec<Vec<Option<Summary>>>, Vec<Option<SolverNote>>)> = Vec::new();
+        let values = |m: Option<&std::collections::BTreeMap<Metric, Summary>>| {
+            table.columns.iter().map(|c| m.and_then(|m| m.get(c)).copied()).collect::<Vec<_>>()
+        };
+        let mut lines: Vec<(Label, Vec<Vec<Option<Summary>>>, Vec<Option<SolverNote>>)> =
+            Vec::new();
         for model in &models {
-            let label = Label { run: String::new(), model: model.to_string(), method: "pre".into(), distribution: "—".into(), layers: "—".into(), batch: "—".into() };
-            lines.push((label, runs.iter().map(|r| values(r.pre.get(*model))).collect(), vec![None; runs.len()]));
+            let label = Label {
+                run: String::new(),
+                model: model.to_string(),
+                method: "pre".into(),
+                distribution: "—".into(),
+                layers: "—".into(),
+                batch: "—".into(),
+            };
+            lines.push((
+                label,
+                runs.iter().map(|r| values(r.pre.get(*model))).collect(),
+                vec![None; runs.len()],
+            ));
         }
         for k in keys {
-            let label = Label { run: String::new(), model: k.model.clone(), method: k.method.clone(), distribution: k.distribution.clone(), layers: k.layers.clone(), batch: k.batch_size.to_string() };
-            lines.push((label, runs.iter().map(|r| values(r.post.get(k))).collect(), runs.iter().map(|r| r.solver.get(k).copied()).collect()));
+            let label = Label {
+                run: String::new(),
+                model: k.model.clone(),
+                method: k.method.clone(),
+                distribution: k.distribution.clone(),
+                layers: k.layers.clone(),
+                batch: k.batch_size.to_string(),
+            };
+            lines.push((
+                label,
+                runs.iter().map(|r| values(r.post.get(k))).collect(),
+                runs.iter().map(|r| r.solver.get(k).copied()).collect(),
+            ));
         }
         for (label, per_run, notes) in lines {
             for ((run, v), note) in runs.iter().zip(&per_run).zip(notes) {
                 if v.iter().any(Option::is_some) {
-                    table.rows.push((Label { run: run.label.clone(), ..label.clone() }, v.clone(), note));
+                    table.rows.push((
+                        Label { run: run.label.clone(), ..label.clone() },
+                        v.clone(),
+                        note,
+                    ));
                 }
             }
             for (run, v) in runs.iter().zip(&per_run).skip(1) {
-                let delta: Vec<Option<f64>> = v.iter().zip(&per_run[0]).map(|(a, b)| Some(a.as_ref()?.mean - b.as_ref()?.mean)).collect();
+                let delta: Vec<Option<f64>> = v
+                    .iter()
+                    .zip(&per_run[0])
+                    .map(|(a, b)| Some(a.as_ref()?.mean - b.as_ref()?.mean))
+                    .collect();
                 if delta.iter().any(Option::is_some) {
-                    table.differences.push((Label { run: format!("{} − {}", run.label, runs[0].label), ..label.clone() }, delta));
+                    table.differences.push((
+                        Label {
+                            run: format!("{} − {}", run.label, runs[0].label),
+                            ..label.clone()
+                        },
+                        delta,
+                    ));
                 }
             }
         }
@@ -85,7 +151,9 @@ impl Table {
 
     pub(crate) fn key_columns(&self, latex: bool) -> Vec<String> {
         let mut head: Vec<String> = if self.runs > 1 { vec!["Run".into()] } else { vec![] };
-        head.extend(["Model", "Method", if latex { "Dist." } else { "Distribution" }].map(String::from));
+        head.extend(
+            ["Model", "Method", if latex { "Dist." } else { "Distribution" }].map(String::from),
+        );
         if self.layers {
             head.push("Layers".into());
         }
@@ -109,14 +177,20 @@ impl Table {
         }
         match note {
             None => vec!["–".into(), "–".into()],
-            Some(n) => vec![n.max_condition.map(|c| format!("{c:.1e}")).unwrap_or_else(|| "–".into()), if n.pseudo_inverse { "yes" } else { "no" }.into()],
+            Some(n) => vec![
+                n.max_condition.map(|c| format!("{c:.1e}")).unwrap_or_else(|| "–".into()),
+                if n.pseudo_inverse { "yes" } else { "no" }.into(),
+            ],
         }
     }
 }
 
 /// Methods in the paper's order.
 fn method_rank(method: &str) -> usize {
-    ["rome", "r-rome", "memit", "emmet", "alphaedit", "encore"].iter().position(|m| *m == method).unwrap_or(6)
+    ["rome", "r-rome", "memit", "emmet", "alphaedit", "encore"]
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(6)
 }
 
 pub(crate) fn header(m: Metric) -> &'static str {
@@ -170,7 +244,9 @@ pub fn markdown_table(t: &Table) -> String {
         head.extend(SOLVER_HEADERS.map(String::from));
     }
     let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
-    let rule = |n: usize| line((0..n).map(|i| if i < keys.len() { "---".into() } else { "---:".into() }).collect());
+    let rule = |n: usize| {
+        line((0..n).map(|i| if i < keys.len() { "---".into() } else { "---:".into() }).collect())
+    };
     let mut out = line(head.clone()) + &rule(head.len());
     for (label, values, note) in &t.rows {
         let mut cells = t.key_cells(label, run_col);
@@ -195,10 +271,15 @@ pub fn markdown_table(t: &Table) -> String {
 /// The table as a LaTeX `tabular` with booktabs rules.
 pub fn latex_table(t: &Table) -> String {
     let run_col = t.runs > 1;
-    let escape = |s: &str| s.replace('_', "\\_").replace('%', "\\%").replace('&', "\\&").replace('—', "--");
+    let escape =
+        |s: &str| s.replace('_', "\\_").replace('%', "\\%").replace('&', "\\&").replace('—', "--");
     let keys = t.key_columns(true);
     let solver = if t.solver { SOLVER_HEADERS.len() } else { 0 };
-    let mut out = format!("\\begin{{tabular}}{{{}{}}}\n\\toprule\n", "l".repeat(keys.len() - 1) + "r", "r".repeat(t.columns.len() + solver));
+    let mut out = format!(
+        "\\begin{{tabular}}{{{}{}}}\n\\toprule\n",
+        "l".repeat(keys.len() - 1) + "r",
+        "r".repeat(t.columns.len() + solver)
+    );
     let mut head = keys.clone();
     head.extend(t.columns.iter().map(|&m| escape(header(m))));
     if t.solver {
@@ -211,7 +292,8 @@ pub fn latex_table(t: &Table) -> String {
             out += "\\midrule\n";
         }
         previous_model = Some(&label.model);
-        let mut cells: Vec<String> = t.key_cells(label, run_col).iter().map(|c| escape(c)).collect();
+        let mut cells: Vec<String> =
+            t.key_cells(label, run_col).iter().map(|c| escape(c)).collect();
         cells.extend(values.iter().map(|v| cell(v, "$\\pm$", "$\\sigma$")));
         cells.extend(t.solver_cells(note));
         out += &format!("{} \\\\\n", cells.join(" & "));
@@ -219,7 +301,8 @@ pub fn latex_table(t: &Table) -> String {
     if !t.differences.is_empty() {
         out += "\\midrule\n";
         for (label, values) in &t.differences {
-            let mut cells: Vec<String> = t.key_cells(label, true).iter().map(|c| escape(&c.replace('−', "$-$"))).collect();
+            let mut cells: Vec<String> =
+                t.key_cells(label, true).iter().map(|c| escape(&c.replace('−', "$-$"))).collect();
             cells.extend(values.iter().map(delta));
             cells.extend(std::iter::repeat_n(String::new(), solver));
             out += &format!("{} \\\\\n", cells.join(" & "));

@@ -39,13 +39,23 @@ fn chromium() -> PathBuf {
 fn headless(page: &Path, args: &[&str]) -> String {
     let url = format!("file://{}", page.display());
     let output = Command::new(chromium())
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2400"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+        ])
         .args(["--virtual-time-budget=10000"])
         .args(args)
         .arg(&url)
         .output()
         .expect("running Chromium");
-    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -54,7 +64,11 @@ fn report_page_renders_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-a");
     let paper_csv = dir.path().join("paper.csv");
-    std::fs::write(&paper_csv, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,ES,60\n").unwrap();
+    std::fs::write(
+        &paper_csv,
+        "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,ES,60\n",
+    )
+    .unwrap();
     let runs = [load_run(&fixture).unwrap(), load_paper(&paper_csv, "paper").unwrap()];
     let out = dir.path().join("report");
     write_report(&runs, &out).unwrap();
@@ -65,27 +79,54 @@ fn report_page_renders_in_chromium() {
         assert!(!html.contains(pattern), "report.html contains `{pattern}`");
     }
     let without_namespaces = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
-    assert!(!without_namespaces.contains("http://") && !without_namespaces.contains("https://"), "report.html refers to the network");
+    assert!(
+        !without_namespaces.contains("http://") && !without_namespaces.contains("https://"),
+        "report.html refers to the network"
+    );
     // The manifest, the comparison and links to the CSV files that exist, relative to the page.
-    assert!(html.contains("<dt>sweep file</dt>") && html.contains("id=\"differences\""), "manifest or comparison missing");
-    assert!(html.contains("href=\"../") && html.contains("timings.csv</a>"), "no link to timings.csv");
+    assert!(
+        html.contains("<dt>sweep file</dt>") && html.contains("id=\"differences\""),
+        "manifest or comparison missing"
+    );
+    assert!(
+        html.contains("href=\"../") && html.contains("timings.csv</a>"),
+        "no link to timings.csv"
+    );
     assert!(html.contains("cells/*.csv.gz"), "the raw rows are not named");
 
     let page = out.join("checked.html");
-    let instrumented = html.replacen("<head>", &format!("<head>{ERRORS_HOOK}"), 1).replacen("</body>", &format!("{CHECK}</body>"), 1);
+    let instrumented = html.replacen("<head>", &format!("<head>{ERRORS_HOOK}"), 1).replacen(
+        "</body>",
+        &format!("{CHECK}</body>"),
+        1,
+    );
     std::fs::write(&page, instrumented).unwrap();
     let dom = headless(&page, &["--dump-dom"]);
-    let json = dom.split("<pre id=\"check\">").nth(1).and_then(|s| s.split("</pre>").next()).expect("the check script did not run");
-    let check: serde_json::Value = serde_json::from_str(&json.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")).unwrap();
+    let json = dom
+        .split("<pre id=\"check\">")
+        .nth(1)
+        .and_then(|s| s.split("</pre>").next())
+        .expect("the check script did not run");
+    let check: serde_json::Value =
+        serde_json::from_str(&json.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+            .unwrap();
     assert_eq!(check["errors"], serde_json::json!([]), "errors in the page: {check}");
     assert_eq!(check["tables"], 2, "{check}");
     assert_eq!(check["pinned"], 1, "one unedited row: {check}");
-    assert!(check["rows"].as_u64().unwrap() == 3 && check["width"].as_f64().unwrap() > 300.0, "{check}");
+    assert!(
+        check["rows"].as_u64().unwrap() == 3 && check["width"].as_f64().unwrap() > 300.0,
+        "{check}"
+    );
     let figures = std::fs::read_dir(out.join("figures")).unwrap().count() / 2;
     let svgs = check["svgs"].as_array().unwrap();
     assert_eq!(svgs.len(), figures, "every figure inline: {check}");
     for s in svgs {
-        assert!(s[0].as_f64().unwrap() > 200.0 && s[1].as_f64().unwrap() > 150.0 && s[2].as_u64().unwrap() > 20, "empty figure: {check}");
+        assert!(
+            s[0].as_f64().unwrap() > 200.0
+                && s[1].as_f64().unwrap() > 150.0
+                && s[2].as_u64().unwrap() > 20,
+            "empty figure: {check}"
+        );
     }
     assert_eq!(check["broken_images"], 0);
     // Sorted by ES, then reversed (ES 50, 60, 100 in the three rows), the unedited row still first.

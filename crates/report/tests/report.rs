@@ -4,14 +4,22 @@
 use std::path::{Path, PathBuf};
 
 use editbench_metrics::Metric;
-use editbench_report::{latex_table, load_paper, load_run, markdown_table, write_report, RowKey, Table};
+use editbench_report::{
+    latex_table, load_paper, load_run, markdown_table, write_report, RowKey, Table,
+};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-a")
 }
 
 fn key(b: usize) -> RowKey {
-    RowKey { model: "tiny".into(), method: "emmet".into(), distribution: "single".into(), layers: String::new(), batch_size: b }
+    RowKey {
+        model: "tiny".into(),
+        method: "emmet".into(),
+        distribution: "single".into(),
+        layers: String::new(),
+        batch_size: b,
+    }
 }
 
 fn close(a: f64, b: f64) {
@@ -64,19 +72,35 @@ fn report_writes_tables_figures_and_links() {
     std::fs::write(&paper_csv, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,ES,60\ntiny,emmet,single,1,pre,ES,0\n").unwrap();
     let paper = load_paper(&paper_csv, "paper").unwrap();
     let markdown = write_report(&[run, paper], dir.path()).unwrap();
-    assert!(markdown.contains("| paper − run-a | tiny | EMMET | single | 1 | +10.0 |"), "{markdown}");
+    assert!(
+        markdown.contains("| paper − run-a | tiny | EMMET | single | 1 | +10.0 |"),
+        "{markdown}"
+    );
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-    let figures: Vec<_> = std::fs::read_dir(dir.path().join("figures")).unwrap().flatten().map(|e| e.path()).collect();
+    let figures: Vec<_> = std::fs::read_dir(dir.path().join("figures"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     // ES, PS, NS, S vs batch size; methods side by side; 3 sequential curves; timings: 9 × 2 files.
     assert_eq!(figures.len(), 18, "{figures:?}");
     for f in &figures {
         let bytes = std::fs::read(f).unwrap();
-        assert!((5_000..2_000_000).contains(&bytes.len()), "{}: {} bytes", f.display(), bytes.len());
+        assert!(
+            (5_000..2_000_000).contains(&bytes.len()),
+            "{}: {} bytes",
+            f.display(),
+            bytes.len()
+        );
         match f.extension().and_then(|e| e.to_str()) {
             Some("png") => assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display()),
             Some("svg") => {
                 let text = String::from_utf8(bytes).unwrap();
-                assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"), "{}", f.display());
+                assert!(
+                    text.contains("<svg") && text.trim_end().ends_with("</svg>"),
+                    "{}",
+                    f.display()
+                );
             }
             other => panic!("unexpected file {other:?}"),
         }
@@ -91,7 +115,11 @@ fn bad_input_is_named() {
     let err = load_run(dir.path()).unwrap_err().to_string();
     assert!(err.contains("not a results directory (manifest.json is missing)"), "{err}");
     let bad = dir.path().join("paper.csv");
-    std::fs::write(&bad, "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,QQ,60\n").unwrap();
+    std::fs::write(
+        &bad,
+        "model,method,distribution,batch_size,stage,metric,value\ntiny,emmet,single,1,post,QQ,60\n",
+    )
+    .unwrap();
     let err = load_paper(&bad, "p").unwrap_err().to_string();
     assert!(err.contains("line 2: unknown metric code `QQ`"), "{err}");
     // Raw rows that are header only are an error, not an empty table.
@@ -99,7 +127,10 @@ fn bad_input_is_named() {
     std::fs::create_dir_all(&empty).unwrap();
     write_run(&empty, "independent", &[]);
     let err = load_run(&empty).unwrap_err().to_string();
-    assert!(err.contains("not a results directory (summary.csv is missing, and no cell has raw rows)"), "{err}");
+    assert!(
+        err.contains("not a results directory (summary.csv is missing, and no cell has raw rows)"),
+        "{err}"
+    );
     std::fs::write(&bad, "model,method\ntiny,emmet\n").unwrap();
     let err = format!("{:#}", load_paper(&bad, "p").unwrap_err());
     assert!(err.contains("paper.csv: line 2"), "{err}");
@@ -113,14 +144,24 @@ fn write_run(dir: &Path, protocol: &str, rows: &[&str]) {
     for r in rows {
         let f: Vec<&str> = r.split(',').collect();
         let csv = cells.entry(f[0]).or_insert_with(|| header.to_string());
-        *csv += &format!("{},tiny,emmet,single,{},1,4,{},{},{},{},{},{}\n", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
+        *csv += &format!(
+            "{},tiny,emmet,single,{},1,4,{},{},{},{},{},{}\n",
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
+        );
     }
     let ids: Vec<String> = cells.keys().map(|c| format!(r#"{{"id": "{c}"}}"#)).collect();
-    let manifest = format!(r#"{{"sweep": {{"protocol": "{protocol}", "dataset": {{"n_edits": 4}}, "eval": {{"sample": {{"n": 2}}}}}}, "cells": [{}]}}"#, ids.join(", "));
+    let manifest = format!(
+        r#"{{"sweep": {{"protocol": "{protocol}", "dataset": {{"n_edits": 4}}, "eval": {{"sample": {{"n": 2}}}}}}, "cells": [{}]}}"#,
+        ids.join(", ")
+    );
     std::fs::write(dir.join("manifest.json"), manifest).unwrap();
     std::fs::create_dir_all(dir.join("cells")).unwrap();
     for (id, csv) in &cells {
-        std::fs::write(editbench_report::rows::cell_rows_path(dir, id), editbench_report::rows::gzip(csv.as_bytes()).unwrap()).unwrap();
+        std::fs::write(
+            editbench_report::rows::cell_rows_path(dir, id),
+            editbench_report::rows::gzip(csv.as_bytes()).unwrap(),
+        )
+        .unwrap();
     }
     std::fs::write(dir.join("timings.csv"), "cell_id,phase,seconds\n").unwrap();
 }
@@ -131,13 +172,31 @@ fn write_run(dir: &Path, protocol: &str, rows: &[&str]) {
 #[test]
 fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
     let dir = tempfile::tempdir().unwrap();
-    write_run(dir.path(), "independent", &[
-        "a,2,0,1,1,post,ES,1", "a,2,0,2,2,post,ES,0",
-        "b,4,0,1,1,post,ES,1", "b,4,0,2,2,post,ES,1", "b,4,0,1,0,post,PPL,10", "b,4,0,2,0,post,PPL,20",
-        "c,4,1,1,1,post,ES,0", "c,4,1,2,2,post,ES,1", "c,4,1,1,0,post,PPL,30",
-    ]);
+    write_run(
+        dir.path(),
+        "independent",
+        &[
+            "a,2,0,1,1,post,ES,1",
+            "a,2,0,2,2,post,ES,0",
+            "b,4,0,1,1,post,ES,1",
+            "b,4,0,2,2,post,ES,1",
+            "b,4,0,1,0,post,PPL,10",
+            "b,4,0,2,0,post,PPL,20",
+            "c,4,1,1,1,post,ES,0",
+            "c,4,1,2,2,post,ES,1",
+            "c,4,1,1,0,post,PPL,30",
+        ],
+    );
     let run = load_run(dir.path()).unwrap();
-    let at = |layers: &str| &run.post[&RowKey { model: "tiny".into(), method: "emmet".into(), distribution: "single".into(), layers: layers.into(), batch_size: 1 }];
+    let at = |layers: &str| {
+        &run.post[&RowKey {
+            model: "tiny".into(),
+            method: "emmet".into(),
+            distribution: "single".into(),
+            layers: layers.into(),
+            batch_size: 1,
+        }]
+    };
     close(at("2")[&Metric::ES].mean, 50.0);
     assert_eq!(at("2")[&Metric::ES].seeds, None);
     // Layer 4: seed 0 has ES 100, seed 1 has 50 → mean 75, σ of the two means 35.36.
@@ -150,12 +209,20 @@ fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
     close(at("4")[&Metric::PPL].mean, 22.5);
     let markdown = markdown_table(&Table::new(&[run]));
     assert!(markdown.contains("| Model | Method | Distribution | Layers | B | ES |"), "{markdown}");
-    assert!(markdown.contains("| tiny | EMMET | single | 4 | 1 | 75.0 ± 25.0 (σ 35.4, 2 seeds) |"), "{markdown}");
+    assert!(
+        markdown.contains("| tiny | EMMET | single | 4 | 1 | 75.0 ± 25.0 (σ 35.4, 2 seeds) |"),
+        "{markdown}"
+    );
     let report = write_report(&[load_run(dir.path()).unwrap()], dir.path()).unwrap();
     assert!(report.contains("| 2 | 1 |"));
-    assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("a sample of 2 of the 4 records"));
+    assert!(std::fs::read_to_string(dir.path().join("report.md"))
+        .unwrap()
+        .contains("a sample of 2 of the 4 records"));
     // The layer is an axis: each metric also against the layer (ES and PPL here).
     for stem in ["layer-ES", "layer-PPL"] {
-        assert!(dir.path().join("figures").join(format!("{stem}.svg")).is_file(), "no {stem} figure");
+        assert!(
+            dir.path().join("figures").join(format!("{stem}.svg")).is_file(),
+            "no {stem} figure"
+        );
     }
 }

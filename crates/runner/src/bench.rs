@@ -8,13 +8,13 @@ use anyhow::Result;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use clap::Subcommand;
+use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::context::ContextTemplates;
-use editbench_editing::keys::Activation;
 use editbench_editing::hparams::{Samples, StatsHparams, TemplateKind};
+use editbench_editing::keys::Activation;
 use editbench_editing::solver::{preservation_memorization_update, Memorization};
 use editbench_editing::stats::{collect_moments, gram_flops_per_key};
 use editbench_editing::targets::target_values;
-use editbench_datasets::{load as load_dataset, DatasetKind, DatasetSource, Record, Selection};
 use editbench_editing::{EditRequest, FamilyHparams, Method};
 use editbench_metrics::answers::AnswerOptions;
 use editbench_metrics::{counterfact_rows, generation_rows, summarize, GenerationOptions, Stage};
@@ -147,26 +147,70 @@ pub struct Out {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     let (report, out) = match cmd {
-        BenchCommand::Forward { model, batch, seq_len, repeats, out } => {
-            (with_backend(&model, ForwardBench { model: model.clone(), batch, seq_len, repeats: repeats.max(1) })?, out)
-        }
-        BenchCommand::Stats { model, layers, corpus, samples, keys_per_dim, out } => {
-            (with_backend(&model, StatsBench { model: model.clone(), layers, corpus, hparams: StatsHparams { samples, keys_per_dim, ..StatsHparams::default() } })?, out)
-        }
-        BenchCommand::Targets { model, records, edits, single, hparams, fixed_templates, mpes, out } => {
-            (with_backend(&model, TargetsBench { model: model.clone(), records, edits, single, hparams, fixed_templates, mpes })?, out)
-        }
+        BenchCommand::Forward { model, batch, seq_len, repeats, out } => (
+            with_backend(
+                &model,
+                ForwardBench { model: model.clone(), batch, seq_len, repeats: repeats.max(1) },
+            )?,
+            out,
+        ),
+        BenchCommand::Stats { model, layers, corpus, samples, keys_per_dim, out } => (
+            with_backend(
+                &model,
+                StatsBench {
+                    model: model.clone(),
+                    layers,
+                    corpus,
+                    hparams: StatsHparams { samples, keys_per_dim, ..StatsHparams::default() },
+                },
+            )?,
+            out,
+        ),
+        BenchCommand::Targets {
+            model,
+            records,
+            edits,
+            single,
+            hparams,
+            fixed_templates,
+            mpes,
+            out,
+        } => (
+            with_backend(
+                &model,
+                TargetsBench {
+                    model: model.clone(),
+                    records,
+                    edits,
+                    single,
+                    hparams,
+                    fixed_templates,
+                    mpes,
+                },
+            )?,
+            out,
+        ),
         BenchCommand::Eval { model, records, n, generation, answer_batch, answer_tokens, out } => {
             let answers = AnswerOptions { batch: answer_batch, max_new_tokens: answer_tokens };
-            (with_backend(&model, EvalBench { model: model.clone(), records, n, generation, answers })?, out)
+            (
+                with_backend(
+                    &model,
+                    EvalBench { model: model.clone(), records, n, generation, answers },
+                )?,
+                out,
+            )
         }
-        BenchCommand::Solve { dim, d_out, batches, out } => (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out),
+        BenchCommand::Solve { dim, d_out, batches, out } => {
+            (solve_bench(dim, d_out.unwrap_or(dim), &batches)?, out)
+        }
         BenchCommand::Dtype(args) => (with_backend(&args.model, args.task())?, args.out),
         BenchCommand::Rows(args) => (with_backend(&args.model, args.task())?, args.out),
         BenchCommand::All(args) => return crate::bench_all::run(args),
         BenchCommand::Scale(args) => return crate::bench_scale::run(args),
     };
-    let text = serde_json::to_string_pretty(&json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }))?;
+    let text = serde_json::to_string_pretty(
+        &json!({ "threads": threads(), "peak_memory_mb": peak_memory_mb(), "report": report }),
+    )?;
     println!("{text}");
     if let Some(path) = out.out {
         std::fs::write(&path, text + "\n")?;
@@ -174,7 +218,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     Ok(())
 }
 
-fn with_backend<T: BackendTask<Output = Result<Value>>>(model: &ModelArgs, task: T) -> Result<Value> {
+fn with_backend<T: BackendTask<Output = Result<Value>>>(
+    model: &ModelArgs,
+    task: T,
+) -> Result<Value> {
     let report = model.backend.run(task)??;
     Ok(json!({ "backend": model.backend.to_string(), "result": report }))
 }
@@ -192,7 +239,12 @@ fn peak_memory_mb() -> Option<f64> {
 
 /// `pass` on every item, `concurrent` at a time side by side, as the phases run their passes.
 pub(crate) fn passes_beside<T: Sync>(items: &[T], concurrent: usize, pass: impl Fn(&T) + Sync) {
-    let ran = side_by_side(items, concurrent, |item| Ok::<_, std::convert::Infallible>(pass(item)), |_, ()| ());
+    let ran = side_by_side(
+        items,
+        concurrent,
+        |item| Ok::<_, std::convert::Infallible>(pass(item)),
+        |_, ()| (),
+    );
     ran.unwrap_or_else(|never| match never {});
 }
 
@@ -225,7 +277,8 @@ fn add_roofline(out: &mut Value, flops: f64, seconds: f64, gemm: &Value) {
     let gflops = flops / seconds / 1e9;
     out["gflops"] = json!(flops / 1e9);
     out["gflops_per_second"] = json!(gflops);
-    out["fraction_of_gemm_peak"] = json!(gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN));
+    out["fraction_of_gemm_peak"] =
+        json!(gflops / gemm["gflops_per_second"].as_f64().unwrap_or(f64::NAN));
 }
 
 /// `f()`, its wall time and the matrix-product FLOPs it executed ([`editbench_models::flops`]).
@@ -276,13 +329,21 @@ impl BackendTask for ForwardBench {
         // into as many passes as `concurrent_passes`, side by side.
         let concurrent = concurrent_passes::<B::InnerBackend>(&device);
         let per_pass = self.batch.div_ceil(concurrent);
-        let parts = prompts.chunks(per_pass).map(|p| model.batch(p, Padding::Right)).collect::<Result<Vec<_>, _>>()?;
+        let parts = prompts
+            .chunks(per_pass)
+            .map(|p| model.batch(p, Padding::Right))
+            .collect::<Result<Vec<_>, _>>()?;
         let beside = best_seconds(self.repeats, || passes_beside(&parts, concurrent, run));
         let tokens = (self.batch * self.seq_len) as f64;
         let flops = tokens * model.matmul_flops_per_token(self.seq_len);
         let model_gflops = flops / forward / 1e9;
         // The GEMM the MLP does at this batch size: [tokens, d_model] × [d_model, d_mlp].
-        let gemm = gemm_gflops::<B::InnerBackend>(self.batch * self.seq_len, dims.hidden_size, dims.intermediate_size, &device);
+        let gemm = gemm_gflops::<B::InnerBackend>(
+            self.batch * self.seq_len,
+            dims.hidden_size,
+            dims.intermediate_size,
+            &device,
+        );
         let mut split = json!({ "passes": parts.len(), "seconds_per_forward": beside, "tokens_per_second": tokens / beside });
         add_roofline(&mut split, flops, beside, &gemm);
         Ok(json!({
@@ -313,12 +374,15 @@ impl BackendTask for StatsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = self.model.load::<B>(&device)?;
-        let (moments, seconds, passes) = measured(|| collect_moments(&model, &self.layers, &self.corpus, &self.hparams));
+        let (moments, seconds, passes) =
+            measured(|| collect_moments(&model, &self.layers, &self.corpus, &self.hparams));
         let tokens = moments?.values().next().map_or(0, |m| m.count) as f64;
         let d = model.dims;
         // The passes (up to the highest layer, padding included) plus the Gram products per key and layer.
-        let flops = passes + tokens * self.layers.len() as f64 * gram_flops_per_key(d.intermediate_size);
-        let gemm = gemm_gflops::<B::InnerBackend>(4096, d.hidden_size, d.intermediate_size, &device);
+        let flops =
+            passes + tokens * self.layers.len() as f64 * gram_flops_per_key(d.intermediate_size);
+        let gemm =
+            gemm_gflops::<B::InnerBackend>(4096, d.hidden_size, d.intermediate_size, &device);
         let mut out = json!({ "layers": self.layers, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds });
         add_roofline(&mut out, flops, seconds, &gemm);
         out["gemm"] = gemm;
@@ -338,7 +402,12 @@ struct TargetsBench {
 
 /// The first `n` records of a CounterFact file (any supported format).
 fn counterfact_records(path: &std::path::Path, n: usize) -> Result<Vec<Record>> {
-    let data = load_dataset(&DatasetSource { kind: DatasetKind::Counterfact, path: path.to_path_buf(), format: None, sha256: None })?;
+    let data = load_dataset(&DatasetSource {
+        kind: DatasetKind::Counterfact,
+        path: path.to_path_buf(),
+        format: None,
+        sha256: None,
+    })?;
     Ok(Selection::First(n.min(data.records.len())).apply(&data.records)?)
 }
 
@@ -348,12 +417,15 @@ impl BackendTask for TargetsBench {
         let model = self.model.load::<B>(&device)?;
         let mut h = FamilyHparams::load(&self.hparams)?.emmet;
         h.mpes_patience = self.mpes.or(h.mpes_patience);
-        let requests: Vec<EditRequest> = counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
+        let requests: Vec<EditRequest> =
+            counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();
         let kind = if self.fixed_templates { TemplateKind::Fixed } else { h.templates };
         let templates = ContextTemplates::for_method(&model, Method::Emmet, kind, h.template_seed)?;
         // (seconds, Adam steps, FLOPs: forward passes counted, backward ones as their forward's).
         let time = |batch: &[EditRequest]| -> Result<(f64, usize, f64)> {
-            let (targets, seconds, flops) = measured(|| target_values::<B>(&model, batch, &templates, h.layer, Activation::Hidden, &h));
+            let (targets, seconds, flops) = measured(|| {
+                target_values::<B>(&model, batch, &templates, h.layer, Activation::Hidden, &h)
+            });
             Ok((seconds, targets?.steps.iter().sum(), flops))
         };
         let mut single = (0.0, 0, 0.0);
@@ -394,23 +466,32 @@ impl BackendTask for EvalBench {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = self.model.load::<B>(&device)?;
         let records = counterfact_records(&self.records, self.n)?;
-        let sequences: usize = records.iter().map(|r| 2 * (1 + r.paraphrase_prompts.len() + r.neighborhood.len())).sum();
+        let sequences: usize = records
+            .iter()
+            .map(|r| 2 * (1 + r.paraphrase_prompts.len() + r.neighborhood.len()))
+            .sum();
         let (rows, scoring, flops) = measured(|| counterfact_rows(&model, &records, Stage::Pre));
         let rows = rows?;
         let gemm = mlp_gemm::<B::InnerBackend>(&model.dims, &device);
         let mut scored = json!({ "sequences": sequences, "seconds": scoring, "seconds_per_record": scoring / records.len() as f64, "sequences_per_second": sequences as f64 / scoring });
         add_roofline(&mut scored, flops, scoring, &gemm);
-        let summary: serde_json::Map<String, Value> = summarize(&rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
+        let summary: serde_json::Map<String, Value> =
+            summarize(&rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
         let tested = &records[..self.generation.min(records.len())];
         let t = Instant::now();
-        let generation = generation_rows(&model, tested, Stage::Pre, &GenerationOptions::default())?;
+        let generation =
+            generation_rows(&model, tested, Stage::Pre, &GenerationOptions::default())?;
         let generation_seconds = t.elapsed().as_secs_f64();
         let texts: usize = tested.iter().map(|r| r.generation_prompts.len()).sum();
         let options = self.answers.clone();
         let t = Instant::now();
-        let (answer_rows, _) = editbench_metrics::answers::answer_rows(&model, &records, Stage::Pre, &options, None)?;
+        let (answer_rows, _) =
+            editbench_metrics::answers::answer_rows(&model, &records, Stage::Pre, &options, None)?;
         let answering = t.elapsed().as_secs_f64();
-        let answers: serde_json::Map<String, Value> = summarize(&answer_rows).iter().map(|s| (s.metric.code().to_string(), json!(s.mean))).collect();
+        let answers: serde_json::Map<String, Value> = summarize(&answer_rows)
+            .iter()
+            .map(|s| (s.metric.code().to_string(), json!(s.mean)))
+            .collect();
         Ok(json!({
             "records": records.len(),
             "scoring": scored,
@@ -446,9 +527,13 @@ fn solve_bench(dim: usize, d_out: usize, batches: &[usize]) -> Result<Value> {
         let k = Mat::from_fn(dim, b, |_, _| next());
         let r = Mat::from_fn(d_out, b, |_, _| next());
         let mut row = json!({ "batch": b });
-        for (name, memorization) in [("emmet", Memorization::Equality { mu: 0.1 }), ("memit", Memorization::LeastSquares { lambda: 1.0 })] {
+        for (name, memorization) in [
+            ("emmet", Memorization::Equality { mu: 0.1 }),
+            ("memit", Memorization::LeastSquares { lambda: 1.0 }),
+        ] {
             let t = Instant::now();
-            let update = preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), memorization)?;
+            let update =
+                preservation_memorization_update(c.as_ref(), k.as_ref(), r.as_ref(), memorization)?;
             row[name] = json!({ "seconds": t.elapsed().as_secs_f64(), "condition_estimate": update.condition_estimate });
         }
         eprintln!("{row}");

@@ -46,33 +46,69 @@ const REFERENCE_SECONDS_PER_RECORD: f64 = 1.72;
 
 fn phases(a: &AllArgs) -> Vec<Phase> {
     let model = a.model.to_args();
-    let with = |extra: &[&str]| model.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect::<Vec<_>>();
+    let with = |extra: &[&str]| {
+        model.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect::<Vec<_>>()
+    };
     let samples = a.stats_samples.to_string();
     let (corpus, records) = (a.corpus.display().to_string(), a.records.display().to_string());
     let stats_goal = (a.stats_samples == 2000).then_some(REFERENCE_STATS_SECONDS / 3.0);
     let stats_reference = (a.stats_samples == 2000).then_some(REFERENCE_STATS_SECONDS);
     vec![
-        Phase { name: "forward", args: with(&["--batch", "8", "--seq-len", "128"]), measures: vec![
-            ("forward pass, 8 × 128 tokens", "s", "/seconds_per_forward", None, None),
-            ("forward pass, 8 × 128 tokens, one pass per thread side by side", "s", "/side_by_side/seconds_per_forward", None, None),
-        ] },
+        Phase {
+            name: "forward",
+            args: with(&["--batch", "8", "--seq-len", "128"]),
+            measures: vec![
+                ("forward pass, 8 × 128 tokens", "s", "/seconds_per_forward", None, None),
+                (
+                    "forward pass, 8 × 128 tokens, one pass per thread side by side",
+                    "s",
+                    "/side_by_side/seconds_per_forward",
+                    None,
+                    None,
+                ),
+            ],
+        },
         Phase {
             name: "stats",
             args: with(&["--layers", "2,3,4,5,6", "--samples", &samples, "--corpus", &corpus]),
-            measures: vec![("key statistics, layers 2–6", "s", "/seconds", stats_reference, stats_goal)],
+            measures: vec![(
+                "key statistics, layers 2–6",
+                "s",
+                "/seconds",
+                stats_reference,
+                stats_goal,
+            )],
         },
         Phase {
             name: "targets",
             args: with(&["--edits", "16", "--single", "4", "--records", &records]),
             measures: vec![
-                ("target search, 16 edits batched", "s/edit", "/batched/seconds_per_edit", Some(REFERENCE_SECONDS_PER_EDIT), Some(3.5)),
-                ("target search, one edit at a time", "s/edit", "/one_at_a_time/seconds_per_edit", Some(REFERENCE_SECONDS_PER_EDIT), Some(5.0)),
+                (
+                    "target search, 16 edits batched",
+                    "s/edit",
+                    "/batched/seconds_per_edit",
+                    Some(REFERENCE_SECONDS_PER_EDIT),
+                    Some(3.5),
+                ),
+                (
+                    "target search, one edit at a time",
+                    "s/edit",
+                    "/one_at_a_time/seconds_per_edit",
+                    Some(REFERENCE_SECONDS_PER_EDIT),
+                    Some(5.0),
+                ),
             ],
         },
         Phase {
             name: "eval",
             args: with(&["--n", "16", "--generation", "0", "--records", &records]),
-            measures: vec![("scoring, 16 CounterFact records", "s/record", "/scoring/seconds_per_record", Some(REFERENCE_SECONDS_PER_RECORD), Some(0.45))],
+            measures: vec![(
+                "scoring, 16 CounterFact records",
+                "s/record",
+                "/scoring/seconds_per_record",
+                Some(REFERENCE_SECONDS_PER_RECORD),
+                Some(0.45),
+            )],
         },
     ]
 }
@@ -88,9 +124,13 @@ pub fn run(a: AllArgs) -> Result<()> {
         let report = run_phase(&exe, &phase, &a.out.join(format!("{}.json", phase.name)))?;
         let result = &report["report"]["result"];
         for (what, unit, pointer, reference, goal) in &phase.measures {
-            let value = result.pointer(pointer).and_then(Value::as_f64).with_context(|| format!("{}: no {pointer} in its report", phase.name))?;
+            let value = result
+                .pointer(pointer)
+                .and_then(Value::as_f64)
+                .with_context(|| format!("{}: no {pointer} in its report", phase.name))?;
             // The measure's rate sits beside it.
-            let scope = result.pointer(&pointer[..pointer.rfind('/').unwrap_or(0)]).unwrap_or(result);
+            let scope =
+                result.pointer(&pointer[..pointer.rfind('/').unwrap_or(0)]).unwrap_or(result);
             rows.push(json!({
                 "phase": phase.name, "measure": what, "value": value, "unit": unit,
                 "reference": reference, "speedup_over_reference": reference.map(|r| r / value),
@@ -115,7 +155,9 @@ fn markdown(rows: &[Value]) -> String {
     let mut out = String::from("| phase | editbench | reference | speed-up | goal | met | GFLOP/s (fraction of GEMM peak) | peak memory |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let unit = r["unit"].as_str().unwrap_or("");
-        let show = |v: &Value, prefix: &str, suffix: &str| v.as_f64().map_or("—".into(), |x| format!("{prefix}{x:.2}{suffix}"));
+        let show = |v: &Value, prefix: &str, suffix: &str| {
+            v.as_f64().map_or("—".into(), |x| format!("{prefix}{x:.2}{suffix}"))
+        };
         let rate = match (r["gflops_per_second"].as_f64(), r["fraction_of_gemm_peak"].as_f64()) {
             (Some(g), Some(f)) => format!("{g:.0} ({:.0} %)", f * 100.0),
             _ => "—".into(),
@@ -148,14 +190,17 @@ pub(crate) fn run_phase(exe: &Path, phase: &Phase, out: &Path) -> Result<Value> 
     if !status.success() {
         bail!("bench {} failed ({status})", phase.name);
     }
-    let text = std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    let text =
+        std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", out.display()))
 }
 
 /// The CPU model and thread count, so that numbers from different machines are not compared.
 pub(crate) fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()));
+    let model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+    });
     let avx512 = cpuinfo.lines().any(|l| l.starts_with("flags") && l.contains(" avx512f"));
     json!({ "cpu": model, "avx512": avx512, "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) })
 }

@@ -44,12 +44,19 @@ impl BackendTask for DtypeBench {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let (mut runs, mut vocab) = (Vec::new(), 0);
         for dtype in [WeightDType::F32, WeightDType::F16, WeightDType::BF16] {
-            let model = ModelArgs { dtype: Some(dtype), ..self.model.clone() }.load::<B>(&device)?;
+            let model =
+                ModelArgs { dtype: Some(dtype), ..self.model.clone() }.load::<B>(&device)?;
             vocab = model.dims.vocab_size;
-            let batch = model.batch(&random_prompts(self.batch, self.seq_len, model.dims.vocab_size), Padding::Right)?;
+            let batch = model.batch(
+                &random_prompts(self.batch, self.seq_len, model.dims.vocab_size),
+                Padding::Right,
+            )?;
             let started = Instant::now();
             let logits = model.forward(&batch, &Hooks::default()).logits.expect("full pass");
-            let values = logits.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+            let values = logits
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
             let stored = dtype.stored_natively::<B::InnerBackend>(&device);
             runs.push((dtype, stored, started.elapsed().as_secs_f64(), values));
         }
@@ -72,7 +79,11 @@ impl BackendTask for DtypeBench {
 fn compare(reference: &[f32], values: &[f32], vocab: usize) -> Value {
     let diff = reference.iter().zip(values).map(|(a, b)| f64::from((a - b).abs()));
     let (max_abs, sum_abs) = diff.fold((0.0f64, 0.0), |(m, s), d| (m.max(d), s + d));
-    let positions: Vec<(f64, bool)> = reference.chunks(vocab).zip(values.chunks(vocab)).map(|(p, q)| (kl(p, q), argmax(p) == argmax(q))).collect();
+    let positions: Vec<(f64, bool)> = reference
+        .chunks(vocab)
+        .zip(values.chunks(vocab))
+        .map(|(p, q)| (kl(p, q), argmax(p) == argmax(q)))
+        .collect();
     let n = positions.len().max(1) as f64;
     json!({
         "max_abs_logit_diff": max_abs, "mean_abs_logit_diff": sum_abs / reference.len().max(1) as f64,
@@ -94,7 +105,10 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 }
 
 fn argmax(x: &[f32]) -> usize {
-    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+    x.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .0
 }
 
 #[cfg(test)]

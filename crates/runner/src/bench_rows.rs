@@ -31,7 +31,11 @@ pub struct RowsArgs {
 
 impl RowsArgs {
     pub fn task(&self) -> RowsBench {
-        RowsBench { model: self.model.clone(), rows: self.rows.clone(), repeats: self.repeats.max(1) }
+        RowsBench {
+            model: self.model.clone(),
+            rows: self.rows.clone(),
+            repeats: self.repeats.max(1),
+        }
     }
 }
 
@@ -45,7 +49,10 @@ impl BackendTask for RowsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let cpu = B::name(&device).contains("ndarray");
-        anyhow::ensure!(cpu, "bench rows measures the cpu backend (elsewhere products run asynchronously)");
+        anyhow::ensure!(
+            cpu,
+            "bench rows measures the cpu backend (elsewhere products run asynchronously)"
+        );
         anyhow::ensure!(self.rows.iter().all(|&m| m > 0), "--rows: every count must be at least 1");
         let dims = self.model.load::<B>(&device)?.dims;
         let (d, f) = (dims.hidden_size, dims.intermediate_size);
@@ -53,7 +60,9 @@ impl BackendTask for RowsBench {
         // (the key/value projections are left out: small under grouped-query attention).
         let block = [[d, d], [d, d], [d, f], [d, f], [f, d]];
         let shapes: Vec<[usize; 2]> = (0..dims.num_layers).flat_map(|_| block).collect();
-        let random = |shape: [usize; 2]| Tensor::<B::InnerBackend, 2>::random(shape, Distribution::Default, &device);
+        let random = |shape: [usize; 2]| {
+            Tensor::<B::InnerBackend, 2>::random(shape, Distribution::Default, &device)
+        };
         let weights: Vec<_> = shapes.iter().map(|&s| random(s)).collect();
         let bytes = shapes.iter().map(|[i, o]| (4 * i * o) as f64).sum::<f64>();
         let concurrent = concurrent_passes::<B::InnerBackend>(&device);
@@ -61,8 +70,18 @@ impl BackendTask for RowsBench {
             // Activations of width d and f: x enters a product by its input side, dy by its output.
             let (x, dy) = ([random([m, d]), random([m, f])], [random([m, d]), random([m, f])]);
             let at = |w: usize| if w == d { 0 } else { 1 };
-            let forward = || weights.iter().zip(&shapes).for_each(|(w, [i, _])| drop(x[at(*i)].clone().matmul(w.clone())));
-            let backward = || weights.iter().zip(&shapes).for_each(|(w, [_, o])| drop(dy[at(*o)].clone().matmul(w.clone().transpose())));
+            let forward = || {
+                weights
+                    .iter()
+                    .zip(&shapes)
+                    .for_each(|(w, [i, _])| drop(x[at(*i)].clone().matmul(w.clone())))
+            };
+            let backward = || {
+                weights
+                    .iter()
+                    .zip(&shapes)
+                    .for_each(|(w, [_, o])| drop(dy[at(*o)].clone().matmul(w.clone().transpose())))
+            };
             let time = |sweep: &(dyn Fn() + Sync)| self.modes(sweep, concurrent, bytes);
             json!({ "rows": m, "forward": time(&forward), "backward": time(&backward) })
         });
@@ -85,9 +104,7 @@ impl RowsBench {
     fn modes(&self, sweep: &(dyn Fn() + Sync), concurrent: usize, bytes: f64) -> Value {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread");
         let passes = vec![(); concurrent.max(1)];
-        let rate = |seconds: f64, sweeps: usize| {
-            json!({ "seconds": seconds, "weights_gb_per_second": sweeps as f64 * bytes / seconds / 1e9 })
-        };
+        let rate = |seconds: f64, sweeps: usize| json!({ "seconds": seconds, "weights_gb_per_second": sweeps as f64 * bytes / seconds / 1e9 });
         let beside = || passes_beside(&passes, concurrent, |_| sweep());
         json!({
             "one_thread": rate(best_seconds(self.repeats, || one.install(sweep)), 1),
@@ -104,7 +121,9 @@ fn read_bandwidth(data: &[u64], threads: usize) -> f64 {
     let chunk = data.len().div_ceil(threads);
     let seconds = best_seconds(3, || {
         let part = |c: &[u64]| c.iter().fold(0u64, |a, &b| a.wrapping_add(b));
-        std::hint::black_box(pool.install(|| data.par_chunks(chunk).map(part).reduce(|| 0, u64::wrapping_add)));
+        std::hint::black_box(
+            pool.install(|| data.par_chunks(chunk).map(part).reduce(|| 0, u64::wrapping_add)),
+        );
     });
     (data.len() * 8) as f64 / seconds / 1e9
 }

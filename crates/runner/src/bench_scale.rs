@@ -41,7 +41,14 @@ pub struct ScaleArgs {
 /// then runs one block and the head, as much as a 2-layer checkpoint allows.
 fn layer_zero_hparams(path: &std::path::Path) -> Result<FamilyHparams> {
     let mut family = FamilyHparams::load(path)?;
-    let methods = [Some(&mut family.rome), family.r_rome.as_mut(), Some(&mut family.memit), Some(&mut family.emmet), Some(&mut family.alphaedit), family.encore.as_mut()];
+    let methods = [
+        Some(&mut family.rome),
+        family.r_rome.as_mut(),
+        Some(&mut family.memit),
+        Some(&mut family.emmet),
+        Some(&mut family.alphaedit),
+        family.encore.as_mut(),
+    ];
     for h in methods.into_iter().flatten() {
         (h.layer, h.spread_layers, h.v_num_grad_steps) = (0, vec![0], 3);
     }
@@ -52,25 +59,67 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let dims = ModelDims::read(&a.model.model)?;
     let hparams = a.out.join("hparams-layer0.yaml");
-    crate::output::write_atomic(&hparams, serde_norway::to_string(&layer_zero_hparams(&a.hparams)?)?.as_bytes())?;
+    crate::output::write_atomic(
+        &hparams,
+        serde_norway::to_string(&layer_zero_hparams(&a.hparams)?)?.as_bytes(),
+    )?;
     let with = |extra: Vec<String>| a.model.to_args().into_iter().chain(extra).collect::<Vec<_>>();
     let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let batches = a.batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let phases = [
-        Phase { name: "forward", args: with(strings(&["--batch", "1", "--seq-len", "128", "--repeats", "1"])), measures: vec![] },
-        Phase { name: "stats", args: with(vec!["--layers".into(), "0".into(), "--samples".into(), a.stats_samples.to_string(), "--corpus".into(), a.corpus.display().to_string()]), measures: vec![] },
         Phase {
-            name: "targets",
-            args: with(vec!["--hparams".into(), hparams.display().to_string(), "--edits".into(), "4".into(), "--single".into(), "0".into(), "--fixed-templates".into(), "--records".into(), a.records.display().to_string()]),
+            name: "forward",
+            args: with(strings(&["--batch", "1", "--seq-len", "128", "--repeats", "1"])),
             measures: vec![],
         },
-        Phase { name: "solve", args: strings(&["--dim", &dims.intermediate_size.to_string(), "--d-out", &dims.hidden_size.to_string(), "--batches", &batches]), measures: vec![] },
+        Phase {
+            name: "stats",
+            args: with(vec![
+                "--layers".into(),
+                "0".into(),
+                "--samples".into(),
+                a.stats_samples.to_string(),
+                "--corpus".into(),
+                a.corpus.display().to_string(),
+            ]),
+            measures: vec![],
+        },
+        Phase {
+            name: "targets",
+            args: with(vec![
+                "--hparams".into(),
+                hparams.display().to_string(),
+                "--edits".into(),
+                "4".into(),
+                "--single".into(),
+                "0".into(),
+                "--fixed-templates".into(),
+                "--records".into(),
+                a.records.display().to_string(),
+            ]),
+            measures: vec![],
+        },
+        Phase {
+            name: "solve",
+            args: strings(&[
+                "--dim",
+                &dims.intermediate_size.to_string(),
+                "--d-out",
+                &dims.hidden_size.to_string(),
+                "--batches",
+                &batches,
+            ]),
+            measures: vec![],
+        },
     ];
     let exe = std::env::current_exe().context("locating the editbench executable")?;
     let mut reports = serde_json::Map::new();
     for phase in &phases {
         eprintln!("bench scale: {} …", phase.name);
-        reports.insert(phase.name.into(), run_phase(&exe, phase, &a.out.join(format!("{}.json", phase.name)))?);
+        reports.insert(
+            phase.name.into(),
+            run_phase(&exe, phase, &a.out.join(format!("{}.json", phase.name)))?,
+        );
     }
     let all = json!({
         "model": a.model.model.display().to_string(), "backend": a.model.backend.to_string(), "dtype": a.model.dtype, "machine": machine(),
@@ -87,19 +136,43 @@ pub fn run(a: ScaleArgs) -> Result<()> {
 /// The phases' headline figures and peak memory as a Markdown table.
 fn markdown(all: &Value) -> String {
     let r = &all["reports"];
-    let at = |phase: &str, pointer: &str| r[phase]["report"]["result"].pointer(pointer).and_then(Value::as_f64);
-    let show = |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |x| format!("{x:.3} {unit}"));
-    let memory = |phase: &str| r[phase]["peak_memory_mb"].as_f64().map_or("—".to_string(), |m| format!("{:.2} GB", m / 1024.0));
+    let at = |phase: &str, pointer: &str| {
+        r[phase]["report"]["result"].pointer(pointer).and_then(Value::as_f64)
+    };
+    let show =
+        |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |x| format!("{x:.3} {unit}"));
+    let memory = |phase: &str| {
+        r[phase]["peak_memory_mb"]
+            .as_f64()
+            .map_or("—".to_string(), |m| format!("{:.2} GB", m / 1024.0))
+    };
     let mut rows = vec![
         ("load".to_string(), show(at("forward", "/load_seconds"), "s"), memory("forward")),
-        ("forward, 1 × 128 tokens".into(), show(at("forward", "/tokens_per_second"), "tokens/s"), memory("forward")),
-        ("statistics, layer 0".into(), show(at("stats", "/tokens_per_second"), "tokens/s"), memory("stats")),
-        ("target search, 4 edits batched".into(), show(at("targets", "/batched/seconds_per_edit"), "s/edit"), memory("targets")),
+        (
+            "forward, 1 × 128 tokens".into(),
+            show(at("forward", "/tokens_per_second"), "tokens/s"),
+            memory("forward"),
+        ),
+        (
+            "statistics, layer 0".into(),
+            show(at("stats", "/tokens_per_second"), "tokens/s"),
+            memory("stats"),
+        ),
+        (
+            "target search, 4 edits batched".into(),
+            show(at("targets", "/batched/seconds_per_edit"), "s/edit"),
+            memory("targets"),
+        ),
     ];
     let solves = r["solve"]["report"]["solves"].as_array().cloned().unwrap_or_default();
     for b in &solves {
-        let secs = |m: &str| b[m]["seconds"].as_f64().map_or("—".to_string(), |s| format!("{s:.2}"));
-        rows.push((format!("EMMET / MEMIT solve, B = {}", b["batch"]), format!("{} / {} s", secs("emmet"), secs("memit")), memory("solve")));
+        let secs =
+            |m: &str| b[m]["seconds"].as_f64().map_or("—".to_string(), |s| format!("{s:.2}"));
+        rows.push((
+            format!("EMMET / MEMIT solve, B = {}", b["batch"]),
+            format!("{} / {} s", secs("emmet"), secs("memit")),
+            memory("solve"),
+        ));
     }
     let mut out = String::from("| phase | time | peak memory of its process |\n|---|---|---|\n");
     rows.iter().for_each(|(p, t, m)| out += &format!("| {p} | {t} | {m} |\n"));

@@ -29,7 +29,9 @@ pub fn regenerate(doc: &Path, text: &str, root: &Path) -> Result<String> {
             bail!("{}:{}: an include line ends with `-->`", doc.display(), i + 1);
         };
         let path = root.join(source);
-        let body = std::fs::read_to_string(&path).with_context(|| format!("{}:{}: including {}", doc.display(), i + 1, path.display()))?;
+        let body = std::fs::read_to_string(&path).with_context(|| {
+            format!("{}:{}: including {}", doc.display(), i + 1, path.display())
+        })?;
         out += body.trim_end();
         out.push('\n');
         if !lines.by_ref().any(|(_, l)| l.trim() == CLOSE) {
@@ -43,7 +45,13 @@ pub fn regenerate(doc: &Path, text: &str, root: &Path) -> Result<String> {
 
 /// The documents `editbench docs` fills by default: README.md and docs/*.md.
 pub fn default_documents(root: &Path) -> Vec<PathBuf> {
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs")).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "md")).collect();
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
     docs.sort();
     docs.insert(0, root.join("README.md"));
     docs
@@ -53,7 +61,8 @@ pub fn default_documents(root: &Path) -> Vec<PathBuf> {
 pub fn run(documents: &[PathBuf], root: &Path, check: bool) -> Result<Vec<PathBuf>> {
     let mut differ = Vec::new();
     for doc in documents {
-        let text = std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
+        let text =
+            std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
         let new = regenerate(doc, &text, root)?;
         if new != text {
             differ.push(doc.clone());
@@ -76,11 +85,19 @@ mod tests {
         let doc = Path::new("README.md");
         let text = "intro\n<!-- editbench:include t.md -->\nstale\n<!-- editbench:end -->\nend\n";
         let filled = regenerate(doc, text, dir.path()).unwrap();
-        assert_eq!(filled, "intro\n<!-- editbench:include t.md -->\n| a |\n| 1 |\n<!-- editbench:end -->\nend\n");
+        assert_eq!(
+            filled,
+            "intro\n<!-- editbench:include t.md -->\n| a |\n| 1 |\n<!-- editbench:end -->\nend\n"
+        );
         assert_eq!(regenerate(doc, &filled, dir.path()).unwrap(), filled);
         let open = regenerate(doc, "<!-- editbench:include t.md -->\nx\n", dir.path()).unwrap_err();
         assert!(format!("{open:#}").contains("README.md:1: the block of t.md has no"), "{open:#}");
-        let missing = regenerate(doc, "<!-- editbench:include none.md -->\n<!-- editbench:end -->\n", dir.path()).unwrap_err();
+        let missing = regenerate(
+            doc,
+            "<!-- editbench:include none.md -->\n<!-- editbench:end -->\n",
+            dir.path(),
+        )
+        .unwrap_err();
         assert!(format!("{missing:#}").contains("README.md:1: including"), "{missing:#}");
     }
 }

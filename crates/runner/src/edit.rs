@@ -79,14 +79,19 @@ pub struct EditSetup {
 impl EditSetup {
     fn stats(&self, mut hparams: StatsHparams) -> StatsSource {
         hparams.sampler = self.sampler.unwrap_or(hparams.sampler);
-        StatsSource { corpus: self.corpus.clone(), hparams, cache_dir: Some(self.stats_cache.clone()) }
+        StatsSource {
+            corpus: self.corpus.clone(),
+            hparams,
+            cache_dir: Some(self.stats_cache.clone()),
+        }
     }
 }
 
 /// The true answer's default: the first word of the greedy continuation.
 fn first_word(continuation: &str) -> String {
     let trimmed = continuation.trim_start();
-    let word: String = trimmed.chars().take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '\'').collect();
+    let word: String =
+        trimmed.chars().take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '\'').collect();
     format!(" {word}")
 }
 
@@ -100,13 +105,31 @@ impl BackendTask for EditTask {
         // Every file given is read, and --save checked, before the model is loaded.
         let family = FamilyHparams::load(&a.setup.hparams)?;
         let hparams = family.method(a.method).clone();
-        let given_templates = a.setup.templates.as_ref().map(|path| ContextTemplates::load(path, a.method)).transpose()?;
-        if let Some(dir) = a.save.as_ref().filter(|d| d.exists() && std::fs::read_dir(d).map_or(true, |mut e| e.next().is_some())) {
-            anyhow::bail!("--save {}: the directory exists and is not empty; give a new one", dir.display());
+        let given_templates = a
+            .setup
+            .templates
+            .as_ref()
+            .map(|path| ContextTemplates::load(path, a.method))
+            .transpose()?;
+        if let Some(dir) = a
+            .save
+            .as_ref()
+            .filter(|d| d.exists() && std::fs::read_dir(d).map_or(true, |mut e| e.next().is_some()))
+        {
+            anyhow::bail!(
+                "--save {}: the directory exists and is not empty; give a new one",
+                dir.display()
+            );
         }
         let mut model = a.model.load::<B>(&device)?;
         family.check_layers(model.dims.num_layers)?;
-        let request = EditRequest { case_id: None, prompt: a.prompt.clone(), subject: a.subject.clone(), target_new: a.target.clone(), target_true: a.true_target.clone() };
+        let request = EditRequest {
+            case_id: None,
+            prompt: a.prompt.clone(),
+            subject: a.subject.clone(),
+            target_new: a.target.clone(),
+            target_true: a.true_target.clone(),
+        };
         request.check()?;
         let prompt = request.prompt_text();
         let true_target = match &a.true_target {
@@ -119,14 +142,18 @@ impl BackendTask for EditTask {
         let layers = hparams.layers(a.distribution);
         let moments = a.setup.stats(family.stats.clone()).moments(&model, &layers)?;
         let covariances = moments.iter().map(|(&l, m)| (l, m.covariance())).collect();
-        let templates = load_or_sample_templates(&model, &a.setup, given_templates, a.method, &hparams)?;
+        let templates =
+            load_or_sample_templates(&model, &a.setup, given_templates, a.method, &hparams)?;
         let mut editor = Editor::new(a.method, a.distribution, hparams, templates, covariances)?;
         let mut session = EditSession::default();
-        let outcome = editor.apply::<B>(&mut model, std::slice::from_ref(&request), &mut session)?;
+        let outcome =
+            editor.apply::<B>(&mut model, std::slice::from_ref(&request), &mut session)?;
 
         let after = continuation_nll(&model, &pairs)?;
         if let Some(dir) = &a.save {
-            model.save_hf(dir, &session.edited_layers()).with_context(|| format!("saving to {}", dir.display()))?;
+            model
+                .save_hf(dir, &session.edited_layers())
+                .with_context(|| format!("saving to {}", dir.display()))?;
         }
         let generation = model.generate(&prompt, a.max_new_tokens)?;
         let p = |nll: f64| (-nll).exp();
@@ -150,7 +177,13 @@ impl BackendTask for EditTask {
 }
 
 /// `given` (read from `--templates`), or the templates `h` asks for; saved with `--save-templates`.
-pub fn load_or_sample_templates<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, setup: &EditSetup, given: Option<ContextTemplates>, method: Method, h: &editbench_editing::MethodHparams) -> Result<ContextTemplates> {
+pub fn load_or_sample_templates<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    setup: &EditSetup,
+    given: Option<ContextTemplates>,
+    method: Method,
+    h: &editbench_editing::MethodHparams,
+) -> Result<ContextTemplates> {
     let templates = match given {
         Some(templates) => templates,
         None => ContextTemplates::for_hparams(model, method, h)?,
@@ -203,11 +236,21 @@ impl BackendTask for StatsTask {
         let a = self.0;
         let model = a.model.load::<B>(&device)?;
         if let Some(bad) = a.layers.iter().find(|&&l| l >= model.dims.num_layers) {
-            anyhow::bail!("layer {bad} is out of range (the model has {} layers)", model.dims.num_layers);
+            anyhow::bail!(
+                "layer {bad} is out of range (the model has {} layers)",
+                model.dims.num_layers
+            );
         }
         let source = StatsSource {
             corpus: a.corpus.clone(),
-            hparams: StatsHparams { samples: a.samples, keys_per_dim: a.keys_per_dim, max_length: a.max_length, sampler: a.sampler, seed: a.seed, ..StatsHparams::default() },
+            hparams: StatsHparams {
+                samples: a.samples,
+                keys_per_dim: a.keys_per_dim,
+                max_length: a.max_length,
+                sampler: a.sampler,
+                seed: a.seed,
+                ..StatsHparams::default()
+            },
             cache_dir: Some(a.cache.clone()),
         };
         let started = Instant::now();

@@ -47,13 +47,22 @@ struct ModelArgs {
 
 impl ModelArgs {
     /// Loads the inference (non-autodiff) model of a task's backend.
-    fn load<B: AutodiffBackend>(&self, device: &B::Device) -> Result<LanguageModel<B::InnerBackend>> {
-        LanguageModel::load_as(&self.model, self.dtype, device).with_context(|| format!("loading {}", self.model.display()))
+    fn load<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<LanguageModel<B::InnerBackend>> {
+        LanguageModel::load_as(&self.model, self.dtype, device)
+            .with_context(|| format!("loading {}", self.model.display()))
     }
 
     /// The arguments that select this model again in a subprocess.
     fn to_args(&self) -> Vec<String> {
-        let mut args = vec!["--model".into(), self.model.display().to_string(), "--backend".into(), self.backend.to_string()];
+        let mut args = vec![
+            "--model".into(),
+            self.model.display().to_string(),
+            "--backend".into(),
+            self.backend.to_string(),
+        ];
         args.extend(self.dtype.iter().flat_map(|d| ["--dtype".to_string(), d.to_string()]));
         args
     }
@@ -195,7 +204,9 @@ enum Command {
 fn main() -> ExitCode {
     allocator::keep_freed_memory();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         // Plain text in files and batch-system logs; colours only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -216,7 +227,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("{json}");
         }
         Command::Generate { model, prompt, max_new_tokens } => {
-            let text = model.backend.run(GenerateTask { model: model.clone(), prompt, max_new_tokens })??;
+            let text = model.backend.run(GenerateTask {
+                model: model.clone(),
+                prompt,
+                max_new_tokens,
+            })??;
             println!("{text}");
         }
         Command::Edit(args) => {
@@ -227,7 +242,19 @@ fn run(cli: Cli) -> Result<()> {
             let backend = args.model.backend;
             println!("{}", backend.run(edit::StatsTask(args))??);
         }
-        Command::Run { sweep, out, sets, shard, cells, dry_run, memory, fail_fast, jobs, max_rounds, allow_dirty } => {
+        Command::Run {
+            sweep,
+            out,
+            sets,
+            shard,
+            cells,
+            dry_run,
+            memory,
+            fail_fast,
+            jobs,
+            max_rounds,
+            allow_dirty,
+        } => {
             let shard = shard.as_deref().map(run::parse_shard).transpose()?;
             let plan = sweep::plan(&sweep, &sets)?;
             if dry_run {
@@ -238,14 +265,27 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&plan.sweep.name));
-            run::run(plan, &sets, run::RunOptions { out, shard, cells, fail_fast, jobs, max_rounds: max_rounds.map(|n| n as usize), allow_dirty })?;
+            run::run(
+                plan,
+                &sets,
+                run::RunOptions {
+                    out,
+                    shard,
+                    cells,
+                    fail_fast,
+                    jobs,
+                    max_rounds: max_rounds.map(|n| n as usize),
+                    allow_dirty,
+                },
+            )?;
         }
         Command::Merge { out, dirs, allow_dirty } => run::merge(&out, &dirs, allow_dirty)?,
         Command::Report { dirs, paper, paper_label, out } => {
             for dir in &dirs {
                 run::rebuild_from_rows(dir)?;
             }
-            let mut runs = dirs.iter().map(|d| editbench_report::load_run(d)).collect::<Result<Vec<_>>>()?;
+            let mut runs =
+                dirs.iter().map(|d| editbench_report::load_run(d)).collect::<Result<Vec<_>>>()?;
             if let Some(paper) = paper {
                 runs.push(editbench_report::load_paper(&paper, &paper_label)?);
             }
@@ -258,7 +298,10 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.unwrap_or(dir);
             let markdown = editbench_report::claims::markdown(&claims);
             output::write_atomic(&out.join("claims.md"), markdown.as_bytes())?;
-            output::write_atomic(&out.join("claims.json"), serde_json::to_string_pretty(&claims)?.as_bytes())?;
+            output::write_atomic(
+                &out.join("claims.json"),
+                serde_json::to_string_pretty(&claims)?.as_bytes(),
+            )?;
             print!("{markdown}");
         }
         Command::Docs { check, files } => {
@@ -266,7 +309,15 @@ fn run(cli: Cli) -> Result<()> {
             let files = if files.is_empty() { docs::default_documents(&root) } else { files };
             let differ = docs::run(&files, &root, check)?;
             for doc in &differ {
-                eprintln!("{}: {}", doc.display(), if check { "generated blocks differ from their files (run `editbench docs`)" } else { "updated" });
+                eprintln!(
+                    "{}: {}",
+                    doc.display(),
+                    if check {
+                        "generated blocks differ from their files (run `editbench docs`)"
+                    } else {
+                        "updated"
+                    }
+                );
             }
             if check && !differ.is_empty() {
                 anyhow::bail!("{} document(s) out of date", differ.len());
@@ -303,15 +354,27 @@ fn memory_plans(plan: &sweep::Plan, limit_gb: Option<f64>) -> Result<String> {
             on_cpu,
             weight_bytes: stored.bytes(),
         };
-        let dtype = if wanted == stored { wanted.to_string() } else { format!("{wanted} rounded, stored as {stored}") };
-        out += &memory::describe(&format!("{} ({dtype})", spec.label()), &memory::plan(&workload), on_cpu, limit_gb);
+        let dtype = if wanted == stored {
+            wanted.to_string()
+        } else {
+            format!("{wanted} rounded, stored as {stored}")
+        };
+        out += &memory::describe(
+            &format!("{} ({dtype})", spec.label()),
+            &memory::plan(&workload),
+            on_cpu,
+            limit_gb,
+        );
     }
     Ok(out)
 }
 
 /// The dtype a sweep's model asks for (the one given, else the checkpoint's own) and the one its
 /// weights will be stored in on `backend`: the same where the backend stores it, else f32.
-fn weight_dtype(spec: &sweep::ModelSpec, backend: BackendKind) -> Result<(WeightDType, WeightDType)> {
+fn weight_dtype(
+    spec: &sweep::ModelSpec,
+    backend: BackendKind,
+) -> Result<(WeightDType, WeightDType)> {
     let wanted = match spec.dtype {
         Some(d) => d,
         None => editbench_models::model::checkpoint_dtype(&spec.path)?.unwrap_or_default(),

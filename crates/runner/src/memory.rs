@@ -57,11 +57,17 @@ pub struct Phase {
 /// the solves and statistics; on the CPU backend the device's too).
 pub fn plan(w: &Workload) -> Vec<Phase> {
     let d = &w.dims;
-    let (dm, ff, v, layers) = (d.hidden_size as u64, d.intermediate_size as u64, d.vocab_size as u64, d.num_layers as u64);
+    let (dm, ff, v, layers) = (
+        d.hidden_size as u64,
+        d.intermediate_size as u64,
+        d.vocab_size as u64,
+        d.num_layers as u64,
+    );
     let weights = d.parameters * w.weight_bytes;
     // A statistics pass: per token the residual stream (3 × d) and the MLP's gate/up/act (3 × d_ff),
     // the captured keys of each edited layer, and the d_ff × d_ff Gram of a batch per layer.
-    let stats_device = w.stats_tokens * (3 * dm + 3 * ff) * F32 + w.edited_layers * (w.stats_tokens * ff + ff * ff) * F32;
+    let stats_device = w.stats_tokens * (3 * dm + 3 * ff) * F32
+        + w.edited_layers * (w.stats_tokens * ff + ff * ff) * F32;
     let covariances = w.edited_layers * ff * ff * F64;
     // The search keeps every layer's keys and values of its prompts (at d_model: an upper bound under
     // grouped-query attention); for the backward pass, per recomputed token and layer, the inputs of
@@ -74,7 +80,9 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
     // Keys of a spread edit, read bottom-up: each template sentence's and bare prompt's input to the
     // next edited block is kept (at most `KEPT_BYTES` per set of sentences), plus one pass of 64.
     let kept = |sentences: u64| (sentences * SEARCH_TOKENS * dm * F32).min(KEPT_BYTES as u64);
-    let keys_device = kept(w.max_batch * KEY_SENTENCES) + kept(w.max_batch) + KEY_CHUNK * SEARCH_TOKENS * (3 * dm + 3 * ff) * F32;
+    let keys_device = kept(w.max_batch * KEY_SENTENCES)
+        + kept(w.max_batch)
+        + KEY_CHUNK * SEARCH_TOKENS * (3 * dm + 3 * ff) * F32;
     // The solves: C of every edited layer, a d_ff × d_ff system and its factor, keys and residuals,
     // EMMET's C⁻¹K and the B × B system with its factor.
     let b = w.max_batch;
@@ -83,26 +91,54 @@ pub fn plan(w: &Workload) -> Vec<Phase> {
     let host = |device: u64, own: u64| if w.on_cpu { device + own } else { own };
     let largest_tensor = v * dm * w.weight_bytes;
     vec![
-        Phase { name: "weights", device: weights, host: if w.on_cpu { weights } else { largest_tensor } },
-        Phase { name: "statistics", device: weights + stats_device, host: host(weights + stats_device, covariances) },
-        Phase { name: "target search", device: weights + search_device, host: host(weights + search_device, 0) },
+        Phase {
+            name: "weights",
+            device: weights,
+            host: if w.on_cpu { weights } else { largest_tensor },
+        },
+        Phase {
+            name: "statistics",
+            device: weights + stats_device,
+            host: host(weights + stats_device, covariances),
+        },
+        Phase {
+            name: "target search",
+            device: weights + search_device,
+            host: host(weights + search_device, 0),
+        },
         Phase { name: "keys", device: weights + keys_device, host: host(weights + keys_device, 0) },
         Phase { name: "solve (f64, host)", device: weights, host: host(weights, solve_host) },
-        Phase { name: "scoring", device: weights + score_device, host: host(weights + score_device, 0) },
+        Phase {
+            name: "scoring",
+            device: weights + score_device,
+            host: host(weights + score_device, 0),
+        },
     ]
 }
 
 /// The plan as text, with a warning for every phase past `limit_gb` (device and host alike).
 pub fn describe(label: &str, phases: &[Phase], on_cpu: bool, limit_gb: Option<f64>) -> String {
-    let mut out = format!("memory plan for {label} (estimates{}):\n", if on_cpu { "; cpu: device memory is host memory" } else { "" });
+    let mut out = format!(
+        "memory plan for {label} (estimates{}):\n",
+        if on_cpu { "; cpu: device memory is host memory" } else { "" }
+    );
     for p in phases {
-        out += &format!("  {:<18} device {:>8.2} GB   host {:>8.2} GB\n", p.name, p.device as f64 / GB, p.host as f64 / GB);
+        out += &format!(
+            "  {:<18} device {:>8.2} GB   host {:>8.2} GB\n",
+            p.name,
+            p.device as f64 / GB,
+            p.host as f64 / GB
+        );
     }
     let peak = phases.iter().map(|p| p.device.max(p.host)).max().unwrap_or(0) as f64 / GB;
     out += &format!("  peak {peak:.2} GB\n");
     if let Some(limit) = limit_gb {
         for p in phases.iter().filter(|p| p.device.max(p.host) as f64 / GB > limit) {
-            out += &format!("  warning: {} needs about {:.2} GB, more than --memory {limit} GB\n", p.name, p.device.max(p.host) as f64 / GB);
+            out += &format!(
+                "  warning: {} needs about {:.2} GB, more than --memory {limit} GB\n",
+                p.name,
+                p.device.max(p.host) as f64 / GB
+            );
         }
     }
     out
@@ -113,13 +149,27 @@ mod tests {
     use super::*;
 
     fn dims() -> ModelDims {
-        ModelDims { num_layers: 2, hidden_size: 4, intermediate_size: 8, vocab_size: 10, max_positions: 16, parameters: 1000 }
+        ModelDims {
+            num_layers: 2,
+            hidden_size: 4,
+            intermediate_size: 8,
+            vocab_size: 10,
+            max_positions: 16,
+            parameters: 1000,
+        }
     }
 
     /// Every phase against numbers worked out by hand for d = 4, d_ff = 8, V = 10, 2 layers.
     #[test]
     fn the_arithmetic_matches_hand_computed_cases() {
-        let w = Workload { dims: dims(), edited_layers: 1, max_batch: 3, stats_tokens: 5, on_cpu: false, weight_bytes: 4 };
+        let w = Workload {
+            dims: dims(),
+            edited_layers: 1,
+            max_batch: 3,
+            stats_tokens: 5,
+            on_cpu: false,
+            weight_bytes: 4,
+        };
         let p = plan(&w);
         // Weights: 1,000 parameters × 4 B; host: the largest tensor, 10 × 4 × 4 B.
         assert_eq!(p[0], Phase { name: "weights", device: 4000, host: 160 });
@@ -144,17 +194,41 @@ mod tests {
         assert_eq!(half[0], Phase { name: "weights", device: 2000, host: 80 });
         assert_eq!(half[5].device, 2000 + 81_920);
         // The kept inputs stop at 1 GiB per set of sentences: LLaMA-2's width at B = 10,000.
-        let big = ModelDims { parameters: 0, intermediate_size: 11008, hidden_size: 4096, vocab_size: 32000, num_layers: 32, max_positions: 4096 };
+        let big = ModelDims {
+            parameters: 0,
+            intermediate_size: 11008,
+            hidden_size: 4096,
+            vocab_size: 32000,
+            num_layers: 32,
+            max_positions: 4096,
+        };
         let keys = &plan(&Workload { dims: big, max_batch: 10_000, ..w })[3];
         assert_eq!(keys.device, 2 * (1 << 30) + 64 * 24 * (3 * 4096 + 3 * 11008) * 4);
     }
 
     #[test]
     fn a_limit_is_warned_about_per_phase() {
-        let big = ModelDims { parameters: 7_000_000_000, intermediate_size: 11008, hidden_size: 4096, vocab_size: 32000, num_layers: 32, max_positions: 4096 };
-        let w = Workload { dims: big, edited_layers: 5, max_batch: 10_000, stats_tokens: 4096, on_cpu: true, weight_bytes: 4 };
+        let big = ModelDims {
+            parameters: 7_000_000_000,
+            intermediate_size: 11008,
+            hidden_size: 4096,
+            vocab_size: 32000,
+            num_layers: 32,
+            max_positions: 4096,
+        };
+        let w = Workload {
+            dims: big,
+            edited_layers: 5,
+            max_batch: 10_000,
+            stats_tokens: 4096,
+            on_cpu: true,
+            weight_bytes: 4,
+        };
         let text = describe("llama", &plan(&w), true, Some(24.0));
-        assert!(text.contains("warning: weights needs about 28.00 GB, more than --memory 24 GB"), "{text}");
+        assert!(
+            text.contains("warning: weights needs about 28.00 GB, more than --memory 24 GB"),
+            "{text}"
+        );
         assert!(!describe("llama", &plan(&w), true, Some(100.0)).contains("warning"));
     }
 }

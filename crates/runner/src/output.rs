@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use editbench_metrics::{counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage, Summary};
+use editbench_metrics::{
+    counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage, Summary,
+};
 pub use editbench_report::rows::cell_rows_path;
 use editbench_report::rows::{gzip, read_gz_csv};
 use serde::{Deserialize, Serialize};
@@ -78,15 +80,60 @@ pub struct CellRecord {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    let tmp =
+        dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-pub const RESULT_COLUMNS: [&str; 13] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "round", "case_id", "stage", "metric", "value"];
-const SUMMARY_COLUMNS: [&str; 13] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "stage", "metric", "mean", "stderr", "n"];
+pub const RESULT_COLUMNS: [&str; 13] = [
+    "cell_id",
+    "model",
+    "method",
+    "distribution",
+    "layers",
+    "batch_size",
+    "n_edits",
+    "seed",
+    "round",
+    "case_id",
+    "stage",
+    "metric",
+    "value",
+];
+const SUMMARY_COLUMNS: [&str; 13] = [
+    "cell_id",
+    "model",
+    "method",
+    "distribution",
+    "layers",
+    "batch_size",
+    "n_edits",
+    "seed",
+    "stage",
+    "metric",
+    "mean",
+    "stderr",
+    "n",
+];
 const TIMING_COLUMNS: [&str; 3] = ["cell_id", "phase", "seconds"];
-const CURVE_COLUMNS: [&str; 14] = ["cell_id", "model", "method", "distribution", "layers", "batch_size", "n_edits", "seed", "round", "edits", "metric", "mean", "stderr", "n"];
+const CURVE_COLUMNS: [&str; 14] = [
+    "cell_id",
+    "model",
+    "method",
+    "distribution",
+    "layers",
+    "batch_size",
+    "n_edits",
+    "seed",
+    "round",
+    "edits",
+    "metric",
+    "mean",
+    "stderr",
+    "n",
+];
 
 /// `rows` as CSV, after a header line of `columns` when given (written even when there are no rows).
 pub fn csv_bytes<T: Serialize>(rows: &[T], columns: Option<&[&str]>) -> Result<Vec<u8>> {
@@ -131,8 +178,14 @@ fn succeeded(dir: &Path, id: &str) -> Option<CellRecord> {
 /// kept have `cells/<id>.json` and the cell's lines of summary.csv, curves.csv and timings.csv
 /// only. Such cells count as finished for runs and merges.
 pub fn summarized<'a>(dir: &Path, cells: &'a [Cell]) -> Vec<&'a str> {
-    let listed: BTreeSet<String> = kept_lines(dir, SUMMARY, &|_| true).unwrap_or_default().iter().map(|l| l[0].to_string()).collect();
-    let only_summaries = |id: &str| listed.contains(id) && !cell_rows_path(dir, id).is_file() && succeeded(dir, id).is_some();
+    let listed: BTreeSet<String> = kept_lines(dir, SUMMARY, &|_| true)
+        .unwrap_or_default()
+        .iter()
+        .map(|l| l[0].to_string())
+        .collect();
+    let only_summaries = |id: &str| {
+        listed.contains(id) && !cell_rows_path(dir, id).is_file() && succeeded(dir, id).is_some()
+    };
     cells.iter().map(|c| c.id.as_str()).filter(|id| only_summaries(id)).collect()
 }
 
@@ -144,15 +197,24 @@ const TIMINGS: Aggregate = ("timings.csv", &TIMING_COLUMNS);
 
 /// The lines of an aggregate file in `dir` whose `cell_id` passes `keep` (none when the file is
 /// missing); refused when its columns are not the expected ones.
-pub fn kept_lines(dir: &Path, (file, columns): Aggregate, keep: &dyn Fn(&str) -> bool) -> Result<Vec<csv::StringRecord>> {
+pub fn kept_lines(
+    dir: &Path,
+    (file, columns): Aggregate,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<csv::StringRecord>> {
     let path = dir.join(file);
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
     let header = reader.headers().with_context(|| format!("reading {}", path.display()))?.clone();
     if !header.iter().eq(columns.iter().copied()) {
-        anyhow::bail!("{}: columns {:?}, expected {columns:?}", path.display(), header.iter().collect::<Vec<_>>());
+        anyhow::bail!(
+            "{}: columns {:?}, expected {columns:?}",
+            path.display(),
+            header.iter().collect::<Vec<_>>()
+        );
     }
     let mut out = Vec::new();
     for line in reader.records() {
@@ -185,7 +247,8 @@ pub fn carry_summaries(out: &Path, source: &Path, ids: &[&str]) -> Result<()> {
         if incoming.is_empty() {
             continue;
         }
-        let replaced = |c: &str| ids.contains(&c) || incoming.iter().any(|l| shared(c) && &l[0] == c);
+        let replaced =
+            |c: &str| ids.contains(&c) || incoming.iter().any(|l| shared(c) && &l[0] == c);
         let mut bytes = csv_bytes::<ResultRow>(&[], Some(columns))?;
         append_lines(&mut bytes, &kept_lines(out, agg, &|c| !replaced(c))?)?;
         append_lines(&mut bytes, &incoming)?;
@@ -196,12 +259,24 @@ pub fn carry_summaries(out: &Path, source: &Path, ids: &[&str]) -> Result<()> {
 
 /// What a rebuild keeps of `dir`'s aggregates: the lines of the summarized cells `ids`, and the
 /// shared timings of models whose `shared/` file is not there (both absent from per-record rows).
-fn carried(dir: &Path, ids: &[&str], shared: &BTreeMap<String, BTreeMap<String, f64>>) -> Result<[Vec<csv::StringRecord>; 3]> {
+fn carried(
+    dir: &Path,
+    ids: &[&str],
+    shared: &BTreeMap<String, BTreeMap<String, f64>>,
+) -> Result<[Vec<csv::StringRecord>; 3]> {
     let of_cells = |c: &str| ids.contains(&c);
-    let timing = |c: &str| of_cells(c) || c.strip_prefix("shared:").is_some_and(|label| !shared.contains_key(label));
+    let timing = |c: &str| {
+        of_cells(c) || c.strip_prefix("shared:").is_some_and(|label| !shared.contains_key(label))
+    };
     // Without summarized cells nothing is kept from summary.csv and curves.csv (a damaged file is
     // rebuilt from the raw rows, not read).
-    let of = |agg: Aggregate| if ids.is_empty() { Ok(Vec::new()) } else { kept_lines(dir, agg, &of_cells) };
+    let of = |agg: Aggregate| {
+        if ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            kept_lines(dir, agg, &of_cells)
+        }
+    };
     Ok([of(SUMMARY)?, of(CURVES)?, kept_lines(dir, TIMINGS, &timing)?])
 }
 
@@ -226,8 +301,19 @@ struct SummaryRow<'a> {
 impl<'a> SummaryRow<'a> {
     fn new(f: &'a ResultRow, s: &Summary) -> Self {
         SummaryRow {
-            cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
-            batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, stage: s.stage, metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
+            cell_id: &f.cell_id,
+            model: &f.model,
+            method: &f.method,
+            distribution: &f.distribution,
+            layers: &f.layers,
+            batch_size: f.batch_size,
+            n_edits: f.n_edits,
+            seed: f.seed,
+            stage: s.stage,
+            metric: s.metric.code(),
+            mean: s.mean,
+            stderr: s.stderr,
+            n: s.n,
         }
     }
 }
@@ -255,9 +341,20 @@ struct CurveRow<'a> {
 impl<'a> CurveRow<'a> {
     fn new(f: &'a ResultRow, round: usize, s: &Summary) -> Self {
         CurveRow {
-            cell_id: &f.cell_id, model: &f.model, method: &f.method, distribution: &f.distribution, layers: &f.layers,
-            batch_size: f.batch_size, n_edits: f.n_edits, seed: f.seed, round, edits: edits_after(round, f.batch_size, f.n_edits),
-            metric: s.metric.code(), mean: s.mean, stderr: s.stderr, n: s.n,
+            cell_id: &f.cell_id,
+            model: &f.model,
+            method: &f.method,
+            distribution: &f.distribution,
+            layers: &f.layers,
+            batch_size: f.batch_size,
+            n_edits: f.n_edits,
+            seed: f.seed,
+            round,
+            edits: edits_after(round, f.batch_size, f.n_edits),
+            metric: s.metric.code(),
+            mean: s.mean,
+            stderr: s.stderr,
+            n: s.n,
         }
     }
 }
@@ -274,9 +371,15 @@ fn shared_seconds(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>>
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir.join("shared")).into_iter().flatten().flatten() {
         let path = entry.path();
-        let Some(label) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        out.insert(label, serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
+        let Some(label) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        out.insert(
+            label,
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+        );
     }
     Ok(out)
 }
@@ -306,8 +409,12 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
         let curve = if sequential { round_summaries(metric_rows(&rows)) } else { BTreeMap::new() };
         aggregates.push((first, summarize(&final_rows(&rows, protocol)), curve));
     }
-    let summary: Vec<SummaryRow> = aggregates.iter().flat_map(|(f, cell, _)| cell.iter().map(move |s| SummaryRow::new(f, s))).collect();
-    let timing_rows: Vec<TimingRow> = timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
+    let summary: Vec<SummaryRow> = aggregates
+        .iter()
+        .flat_map(|(f, cell, _)| cell.iter().map(move |s| SummaryRow::new(f, s)))
+        .collect();
+    let timing_rows: Vec<TimingRow> =
+        timings.iter().map(|(c, p, s)| TimingRow { cell_id: c, phase: p, seconds: *s }).collect();
     remove_stale_results(dir)?;
     let mut summary = csv_bytes(&summary, Some(&SUMMARY_COLUMNS))?;
     append_lines(&mut summary, &kept_summary)?;
@@ -318,7 +425,11 @@ pub fn rebuild(dir: &Path, cells: &[Cell], protocol: Protocol) -> Result<usize> 
     if sequential {
         let curve_rows: Vec<CurveRow> = aggregates
             .iter()
-            .flat_map(|(f, _, curve)| curve.iter().flat_map(move |(round, summaries)| summaries.iter().map(move |s| CurveRow::new(f, *round, s))))
+            .flat_map(|(f, _, curve)| {
+                curve.iter().flat_map(move |(round, summaries)| {
+                    summaries.iter().map(move |s| CurveRow::new(f, *round, s))
+                })
+            })
             .collect();
         let mut curves = csv_bytes(&curve_rows, Some(&CURVE_COLUMNS))?;
         append_lines(&mut curves, &kept_curves)?;
@@ -333,14 +444,21 @@ fn remove_stale_results(dir: &Path) -> Result<()> {
     let path = dir.join("results.csv");
     if path.is_file() {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        tracing::info!("{}: removed results.csv of an older editbench (rows are in cells/*.csv.gz)", dir.display());
+        tracing::info!(
+            "{}: removed results.csv of an older editbench (rows are in cells/*.csv.gz)",
+            dir.display()
+        );
     }
     Ok(())
 }
 
 /// A cell's rows with a known metric code, as `(round, row)` pairs.
 fn metric_rows(rows: &[ResultRow]) -> impl Iterator<Item = (usize, MetricRow)> + '_ {
-    rows.iter().filter_map(|r| Metric::from_code(&r.metric).map(|metric| (r.round, MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value })))
+    rows.iter().filter_map(|r| {
+        Metric::from_code(&r.metric).map(|metric| {
+            (r.round, MetricRow { case_id: r.case_id, stage: r.stage, metric, value: r.value })
+        })
+    })
 }
 
 /// The rows of one cell that its summary is over (`counted_rows`: every batch in the independent
@@ -354,14 +472,35 @@ mod tests {
     use super::*;
 
     fn row(round: usize, case_id: u64, metric: &str, value: f64) -> ResultRow {
-        let (cell_id, model, method, distribution, layers) = ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
-        ResultRow { cell_id, model, method, distribution, layers, batch_size: 16, n_edits: 64, seed: 0, round, case_id, stage: Stage::Post, metric: metric.into(), value }
+        let (cell_id, model, method, distribution, layers) =
+            ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
+        ResultRow {
+            cell_id,
+            model,
+            method,
+            distribution,
+            layers,
+            batch_size: 16,
+            n_edits: 64,
+            seed: 0,
+            round,
+            case_id,
+            stage: Stage::Post,
+            metric: metric.into(),
+            value,
+        }
     }
 
     #[test]
-    fn a_summary_averages_every_batch_in_the_independent_protocol_and_the_last_round_in_the_sequential_one() {
+    fn a_summary_averages_every_batch_in_the_independent_protocol_and_the_last_round_in_the_sequential_one(
+    ) {
         // Perplexity after three sampled batches (rounds 1, 2, 3), and one record scored in round 2.
-        let rows = [row(1, 0, "PPL", 10.0), row(2, 0, "PPL", 20.0), row(3, 0, "PPL", 60.0), row(2, 7, "ES", 1.0)];
+        let rows = [
+            row(1, 0, "PPL", 10.0),
+            row(2, 0, "PPL", 20.0),
+            row(3, 0, "PPL", 60.0),
+            row(2, 7, "ES", 1.0),
+        ];
         let ppl = |protocol| {
             let summary = summarize(&final_rows(&rows, protocol));
             let s = summary.into_iter().find(|s| s.metric == Metric::PPL).expect("a PPL summary");
@@ -369,6 +508,12 @@ mod tests {
         };
         assert_eq!(ppl(Protocol::Independent), (30.0, 3));
         assert_eq!(ppl(Protocol::Sequential), (60.0, 1));
-        assert_eq!(final_rows(&rows, Protocol::Independent).iter().filter(|r| r.metric == Metric::ES).count(), 1);
+        assert_eq!(
+            final_rows(&rows, Protocol::Independent)
+                .iter()
+                .filter(|r| r.metric == Metric::ES)
+                .count(),
+            1
+        );
     }
 }

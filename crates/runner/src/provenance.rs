@@ -54,7 +54,12 @@ pub struct Segment {
 
 impl Segment {
     /// A segment starting now on `backend`/`device`, after `rounds_done` rounds.
-    pub fn begin(backend: &str, device: &str, rounds_done: Option<usize>, allow_dirty: bool) -> Self {
+    pub fn begin(
+        backend: &str,
+        device: &str,
+        rounds_done: Option<usize>,
+        allow_dirty: bool,
+    ) -> Self {
         Segment {
             commit: COMMIT.to_string(),
             dirty: dirty(),
@@ -91,7 +96,11 @@ pub fn features() -> Vec<String> {
 /// The CPU's model name (Linux's /proc/cpuinfo), else the architecture.
 pub fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let name = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()));
+    let name = info.lines().find_map(|l| {
+        l.strip_prefix("model name")
+            .and_then(|r| r.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
     name.unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
@@ -119,7 +128,8 @@ fn utc(secs: u64) -> String {
 
 /// Whether `out` lies in a `results/committed/` directory.
 fn is_committed(out: &Path) -> bool {
-    let parts: Vec<String> = out.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let parts: Vec<String> =
+        out.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     parts.windows(2).any(|w| w[0] == "results" && w[1] == "committed")
 }
 

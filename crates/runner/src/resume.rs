@@ -55,7 +55,10 @@ pub struct Progress {
 impl Progress {
     /// A cell before its first round: the unedited model's `rows`, every phase at 0 s.
     pub fn new(rows: Vec<ResultRow>) -> Self {
-        let seconds = ["keys", "targets", "solve", "eval"].into_iter().map(|p| (p.to_string(), 0.0)).collect();
+        let seconds = ["keys", "targets", "solve", "eval"]
+            .into_iter()
+            .map(|p| (p.to_string(), 0.0))
+            .collect();
         Self { rows, seconds, ..Self::default() }
     }
 
@@ -66,7 +69,15 @@ impl Progress {
 
 /// Saves `progress` of `cell` (of `rounds` rounds) with what `session` and `editor` have written
 /// into `model`.
-pub fn save<B: Backend>(resume: &Resume, model: &LanguageModel<B>, session: &EditSession<B>, editor: &Editor, cell: &Cell, rounds: usize, progress: &Progress) -> Result<()> {
+pub fn save<B: Backend>(
+    resume: &Resume,
+    model: &LanguageModel<B>,
+    session: &EditSession<B>,
+    editor: &Editor,
+    cell: &Cell,
+    rounds: usize,
+    progress: &Progress,
+) -> Result<()> {
     let notes = BTreeMap::from([
         ("cell_id".to_string(), cell.id.clone()),
         ("rounds".to_string(), rounds.to_string()),
@@ -82,24 +93,42 @@ pub fn save<B: Backend>(resume: &Resume, model: &LanguageModel<B>, session: &Edi
 /// written into `model` (unedited) and `editor` (new); `None` when there is no checkpoint. A
 /// checkpoint that cannot be read or belongs to other settings is set aside (renamed
 /// `*.unusable`, with a warning) and the cell starts from its first round.
-pub fn restore<B: Backend>(resume: &Resume, model: &mut LanguageModel<B>, session: &mut EditSession<B>, editor: &mut Editor, cell: &Cell, rounds: usize) -> Result<Option<Progress>> {
+pub fn restore<B: Backend>(
+    resume: &Resume,
+    model: &mut LanguageModel<B>,
+    session: &mut EditSession<B>,
+    editor: &mut Editor,
+    cell: &Cell,
+    rounds: usize,
+) -> Result<Option<Progress>> {
     if !resume.path.is_file() {
         return Ok(None);
     }
-    let restored = Checkpoint::read(&resume.path).map_err(anyhow::Error::from).and_then(|checkpoint| {
-        let progress = progress_of(&checkpoint, cell, rounds)?;
-        checkpoint.restore(model, session, editor)?;
-        Ok(progress)
-    });
+    let restored =
+        Checkpoint::read(&resume.path).map_err(anyhow::Error::from).and_then(|checkpoint| {
+            let progress = progress_of(&checkpoint, cell, rounds)?;
+            checkpoint.restore(model, session, editor)?;
+            Ok(progress)
+        });
     match restored {
         Ok(progress) => {
-            tracing::info!("cell {}: resumed after round {} of {rounds} from {}", cell.id, progress.rounds_done, resume.path.display());
+            tracing::info!(
+                "cell {}: resumed after round {} of {rounds} from {}",
+                cell.id,
+                progress.rounds_done,
+                resume.path.display()
+            );
             Ok(Some(progress))
         }
         Err(e) => {
             let aside = resume.path.with_extension("unusable");
-            std::fs::rename(&resume.path, &aside).with_context(|| format!("moving {} aside", resume.path.display()))?;
-            tracing::warn!("cell {}: checkpoint not used ({e:#}); moved to {}; starting from the first round", cell.id, aside.display());
+            std::fs::rename(&resume.path, &aside)
+                .with_context(|| format!("moving {} aside", resume.path.display()))?;
+            tracing::warn!(
+                "cell {}: checkpoint not used ({e:#}); moved to {}; starting from the first round",
+                cell.id,
+                aside.display()
+            );
             Ok(None)
         }
     }
@@ -111,9 +140,11 @@ fn progress_of(checkpoint: &Checkpoint, cell: &Cell, rounds: usize) -> Result<Pr
     if *note("cell_id")? != cell.id || *note("rounds")? != rounds.to_string() {
         anyhow::bail!("written for cell {} of {} rounds", note("cell_id")?, note("rounds")?);
     }
-    let mut progress: Progress = serde_json::from_str(note("progress")?).context("the `progress` note")?;
+    let mut progress: Progress =
+        serde_json::from_str(note("progress")?).context("the `progress` note")?;
     let mut reader = csv::Reader::from_reader(note("rows")?.as_bytes());
-    progress.rows = reader.deserialize().collect::<std::result::Result<_, _>>().context("the `rows` note")?;
+    progress.rows =
+        reader.deserialize().collect::<std::result::Result<_, _>>().context("the `rows` note")?;
     if progress.rounds_done == 0 || progress.rounds_done >= rounds {
         anyhow::bail!("{} rounds done of {rounds}", progress.rounds_done);
     }

@@ -3,12 +3,13 @@
 //! `--fail-fast`; and `editbench merge`, which combines shard directories.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
+use editbench_datasets::rng::SplitMix64;
 use editbench_datasets::{consistency, load as load_dataset, DatasetSource, Record, Selection};
 use editbench_editing::context::ContextTemplates;
 use editbench_editing::hparams::TemplateKind;
@@ -16,7 +17,6 @@ use editbench_editing::score::perplexity;
 use editbench_editing::stats::{model_sha256, paragraphs, sampled_indices, StatsSource};
 use editbench_editing::targets::TargetCache;
 use editbench_editing::{EditRequest, EditSession, Editor};
-use editbench_datasets::rng::SplitMix64;
 use editbench_metrics::answers::{AnswerOptions, UneditedAnswers};
 use editbench_metrics::{evaluate, summarize, GenerationOptions, Metric, MetricRow, Stage, TfIdf};
 use editbench_models::{BackendKind, BackendTask, LanguageModel};
@@ -25,11 +25,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::output::{
+    carry_summaries, cell_record_path, final_rows, finished, read_cell_rows, rebuild, summarized,
+    write_atomic, write_cell_rows, CellRecord, ResultRow,
+};
 use crate::provenance::{self, Segment};
 use crate::resume::{self, Progress, Resume};
-use crate::output::{
-    carry_summaries, cell_record_path, final_rows, finished, read_cell_rows, rebuild, summarized, write_atomic, write_cell_rows, CellRecord, ResultRow,
-};
 use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
 
 /// Edits whose targets are searched together when filling the [`TargetCache`].
@@ -52,7 +53,8 @@ pub struct RunOptions {
 
 /// Parses `I/N` (0 ≤ I < N).
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+    let parsed =
+        s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
     match parsed {
         Some((i, n)) if n > 0 && i < n => Ok((i, n)),
         _ => bail!("--shard {s}: expected I/N with 0 ≤ I < N, e.g. 0/4"),
@@ -62,7 +64,8 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 impl RunOptions {
     /// Whether the cell at grid index `i` is in this invocation's shard and `--cells` selection.
     fn selects(&self, i: usize, cell: &Cell) -> bool {
-        self.shard.is_none_or(|(s, n)| i % n == s) && (self.cells.is_empty() || self.cells.contains(&cell.id))
+        self.shard.is_none_or(|(s, n)| i % n == s)
+            && (self.cells.is_empty() || self.cells.contains(&cell.id))
     }
 }
 
@@ -70,13 +73,24 @@ impl RunOptions {
 fn check_cell_ids(plan: &Plan, ids: &[String]) -> Result<()> {
     if let Some(bad) = ids.iter().find(|id| plan.cells.iter().all(|c| &c.id != *id)) {
         let known: Vec<&str> = plan.cells.iter().map(|c| c.id.as_str()).collect();
-        bail!("--cells {bad}: no such cell in {} (its cells: {}; `--dry-run` lists them)", plan.path.display(), known.join(", "));
+        bail!(
+            "--cells {bad}: no such cell in {} (its cells: {}; `--dry-run` lists them)",
+            plan.path.display(),
+            known.join(", ")
+        );
     }
     Ok(())
 }
 
 /// What `manifest.json` records about a run.
-fn manifest(plan: &Plan, opts: &RunOptions, sets: &[String], dataset_sha256: &str, model_hashes: &[String], stats_keys: &[String]) -> serde_json::Value {
+fn manifest(
+    plan: &Plan,
+    opts: &RunOptions,
+    sets: &[String],
+    dataset_sha256: &str,
+    model_hashes: &[String],
+    stats_keys: &[String],
+) -> serde_json::Value {
     json!({
         "sweep_file": plan.path.display().to_string(),
         "sweep_sha256": plan.sha256,
@@ -108,10 +122,19 @@ fn identity(m: &serde_json::Value) -> serde_json::Value {
 /// key) repeats.
 pub fn records(plan: &Plan) -> Result<(Vec<Record>, String)> {
     let d = &plan.sweep.dataset;
-    let data = load_dataset(&DatasetSource { kind: d.kind, path: d.path.clone(), format: d.format, sha256: d.sha256.clone() })?;
+    let data = load_dataset(&DatasetSource {
+        kind: d.kind,
+        path: d.path.clone(),
+        format: d.format,
+        sha256: d.sha256.clone(),
+    })?;
     let selected = d.selection.apply(&data.records)?;
     if selected.len() < d.n_edits {
-        bail!("dataset: the selection holds {} records but n_edits is {}", selected.len(), d.n_edits);
+        bail!(
+            "dataset: the selection holds {} records but n_edits is {}",
+            selected.len(),
+            d.n_edits
+        );
     }
     let records = Selection::First(d.n_edits).apply(&selected)?;
     let found = consistency(&records);
@@ -129,26 +152,51 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
         bail!("--jobs 0: at least one cell must run at a time");
     }
     if opts.jobs > 1 && plan.backend != BackendKind::Cpu {
-        bail!("--jobs {}: cells run side by side on the cpu backend only (this sweep runs on {:?})", opts.jobs, plan.backend);
+        bail!(
+            "--jobs {}: cells run side by side on the cpu backend only (this sweep runs on {:?})",
+            opts.jobs,
+            plan.backend
+        );
     }
     check_cell_ids(&plan, &opts.cells)?;
     provenance::check_committed(&opts.out, opts.allow_dirty)?;
     let (records, dataset_sha256) = records(&plan)?;
-    let model_hashes = plan.sweep.models.iter().map(|m| model_sha256(&m.path)).collect::<editbench_editing::Result<Vec<_>>>()?;
+    let model_hashes = plan
+        .sweep
+        .models
+        .iter()
+        .map(|m| model_sha256(&m.path))
+        .collect::<editbench_editing::Result<Vec<_>>>()?;
     let manifest_path = opts.out.join("manifest.json");
     let mut stats_keys = Vec::new();
     if let Ok(text) = std::fs::read_to_string(&manifest_path) {
-        let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {}", manifest_path.display()))?;
+        let old: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("reading {}", manifest_path.display()))?;
         let new = manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &[]);
         if identity(&old) == identity(&new) {
-            stats_keys = serde_json::from_value(old["stats_cache_keys"].clone()).unwrap_or_default();
+            stats_keys =
+                serde_json::from_value(old["stats_cache_keys"].clone()).unwrap_or_default();
         } else if holds_results(&opts.out) {
             bail!("{} holds results of another sweep (different sweep file, --set, models or dataset); choose another --out", opts.out.display());
         } else {
-            tracing::warn!("{}: replacing the manifest of a run that finished no cell", opts.out.display());
+            tracing::warn!(
+                "{}: replacing the manifest of a run that finished no cell",
+                opts.out.display()
+            );
         }
     }
-    write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest(&plan, &opts, sets, &dataset_sha256, &model_hashes, &stats_keys))?.as_bytes())?;
+    write_atomic(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest(
+            &plan,
+            &opts,
+            sets,
+            &dataset_sha256,
+            &model_hashes,
+            &stats_keys,
+        ))?
+        .as_bytes(),
+    )?;
     let summarized = summarized(&opts.out, &plan.cells);
     let done = |id: &str| summarized.contains(&id) || finished(&opts.out, id).is_some();
     let mut pending: Vec<usize> = (0..plan.cells.len())
@@ -158,15 +206,32 @@ pub fn run(plan: Plan, sets: &[String], opts: RunOptions) -> Result<()> {
     // before the long ones, so an interrupted sweep already compares all methods at small B.
     pending.sort_by_key(|&i| plan.cells[i].batch_size);
     let selected = (0..plan.cells.len()).filter(|&i| opts.selects(i, &plan.cells[i])).count();
-    eprintln!("{} cells in the grid, {selected} selected, {} to run ({} already finished)", plan.cells.len(), pending.len(), selected - pending.len());
+    eprintln!(
+        "{} cells in the grid, {selected} selected, {} to run ({} already finished)",
+        plan.cells.len(),
+        pending.len(),
+        selected - pending.len()
+    );
     let scored = scored_cases(&plan, &records);
     let backend = plan.backend;
-    let (failures, paused) = backend.run(SweepTask { plan: &plan, opts: &opts, records, scored, pending, sets, dataset_sha256, model_hashes })??;
+    let (failures, paused) = backend.run(SweepTask {
+        plan: &plan,
+        opts: &opts,
+        records,
+        scored,
+        pending,
+        sets,
+        dataset_sha256,
+        model_hashes,
+    })??;
     if paused > 0 {
         eprintln!("{paused} sequential cell(s) paused by --max-rounds; their checkpoints are in {}; rerun to continue them", opts.out.join("checkpoints").display());
     }
     if failures > 0 {
-        bail!("{failures} cell(s) failed; their errors are in {}/cells/*.json (rerun to retry them)", opts.out.display());
+        bail!(
+            "{failures} cell(s) failed; their errors are in {}/cells/*.json (rerun to retry them)",
+            opts.out.display()
+        );
     }
     Ok(())
 }
@@ -200,7 +265,13 @@ fn holds_scored(batch: &[Record], scored: Option<&BTreeSet<u64>>) -> bool {
 /// The held-out texts of the perplexity measurement, tokenized: `texts` drawn (seeded) from the
 /// given file, or from the statistics corpus without the paragraphs the statistics read. Which
 /// paragraphs were drawn is written to `record` (JSON).
-fn held_out_texts<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, m: usize, spec: &DegradationSpec, record: &Path) -> Result<Vec<Vec<u32>>> {
+fn held_out_texts<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    plan: &Plan,
+    m: usize,
+    spec: &DegradationSpec,
+    record: &Path,
+) -> Result<Vec<Vec<u32>>> {
     let path = spec.path.clone().unwrap_or_else(|| plan.sweep.stats.corpus.clone());
     let texts = paragraphs(&path)?;
     let excluded: BTreeSet<usize> = match spec.path {
@@ -222,7 +293,11 @@ fn held_out_texts<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, p
     let count: usize = tokens.iter().map(|t| t.len().saturating_sub(1)).sum();
     let described = json!({ "path": path.display().to_string(), "paragraph_indices": candidates, "excluded_statistics_paragraphs": excluded.len(), "predicted_tokens": count });
     write_atomic(record, serde_json::to_string_pretty(&described)?.as_bytes())?;
-    tracing::info!("perplexity on {} held-out texts of {} ({count} tokens)", tokens.len(), path.display());
+    tracing::info!(
+        "perplexity on {} held-out texts of {} ({count} tokens)",
+        tokens.len(),
+        path.display()
+    );
     Ok(tokens)
 }
 
@@ -243,12 +318,17 @@ impl BackendTask for SweepTask<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(usize, usize)> {
         let (plan, opts) = (self.plan, self.opts);
         let grid = ProgressBar::new(self.pending.len() as u64).with_message("cells");
-        grid.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]").expect("valid template"));
+        grid.set_style(
+            ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+                .expect("valid template"),
+        );
         let reference = match plan.sweep.generation.as_ref().and_then(|g| g.reference.as_ref()) {
             Some(files) => Some(TfIdf::load(files)?),
             None => {
                 if plan.sweep.generation.is_some() {
-                    tracing::warn!("generation: no reference files given; RS is skipped (GE is computed)");
+                    tracing::warn!(
+                        "generation: no reference files given; RS is skipped (GE is computed)"
+                    );
                 }
                 None
             }
@@ -256,30 +336,71 @@ impl BackendTask for SweepTask<'_> {
         let mut stats_keys = Vec::new();
         let (mut failures, mut paused) = (0, 0);
         for (m, spec) in plan.sweep.models.iter().enumerate() {
-            let cells: Vec<&Cell> = self.pending.iter().map(|&i| &plan.cells[i]).filter(|c| c.model == m).collect();
+            let cells: Vec<&Cell> =
+                self.pending.iter().map(|&i| &plan.cells[i]).filter(|c| c.model == m).collect();
             if cells.is_empty() {
                 continue;
             }
             let label = spec.label();
-            let load = || LanguageModel::<B::InnerBackend>::load_as(&spec.path, spec.dtype, &device).with_context(|| format!("loading {}", spec.path.display()));
+            let load = || {
+                LanguageModel::<B::InnerBackend>::load_as(&spec.path, spec.dtype, &device)
+                    .with_context(|| format!("loading {}", spec.path.display()))
+            };
             let mut model = load()?;
             let shared_path = opts.out.join("shared").join(format!("{label}.json"));
-            let mut seconds: BTreeMap<String, f64> = std::fs::read_to_string(&shared_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            let mut key = format!("{label}-{}-{}-{}", &self.model_hashes[m][..12], &self.dataset_sha256[..12], self.records.len());
+            let mut seconds: BTreeMap<String, f64> = std::fs::read_to_string(&shared_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let mut key = format!(
+                "{label}-{}-{}-{}",
+                &self.model_hashes[m][..12],
+                &self.dataset_sha256[..12],
+                self.records.len()
+            );
             if let Some(eval) = &plan.sweep.eval {
-                key += &format!("-eval{}", &hex::encode(Sha256::digest(serde_json::to_string(eval)?.as_bytes()))[..8]);
+                key += &format!(
+                    "-eval{}",
+                    &hex::encode(Sha256::digest(serde_json::to_string(eval)?.as_bytes()))[..8]
+                );
             }
             let degradation = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref());
-            let held_out = degradation.map(|d| held_out_texts(&model, plan, m, d, &opts.out.join("held-out").join(format!("{label}.json")))).transpose()?;
-            let (pre, unedited) = pre_rows(&model, plan, &opts.out.join("pre"), &key, &sampled(&self.records, self.scored.as_ref()), held_out.as_deref(), &mut seconds)?;
+            let held_out = degradation
+                .map(|d| {
+                    held_out_texts(
+                        &model,
+                        plan,
+                        m,
+                        d,
+                        &opts.out.join("held-out").join(format!("{label}.json")),
+                    )
+                })
+                .transpose()?;
+            let (pre, unedited) = pre_rows(
+                &model,
+                plan,
+                &opts.out.join("pre"),
+                &key,
+                &sampled(&self.records, self.scored.as_ref()),
+                held_out.as_deref(),
+                &mut seconds,
+            )?;
 
             let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
             layers.sort_unstable();
             layers.dedup();
-            let source = StatsSource { corpus: plan.sweep.stats.corpus.clone(), hparams: plan.stats_hparams(m), cache_dir: Some(plan.sweep.stats.cache.clone()) };
+            let source = StatsSource {
+                corpus: plan.sweep.stats.corpus.clone(),
+                hparams: plan.stats_hparams(m),
+                cache_dir: Some(plan.sweep.stats.cache.clone()),
+            };
             let t = Instant::now();
             stats_keys.extend(source.cache_keys(&model, &layers)?);
-            let covariances: BTreeMap<usize, Mat<f64>> = source.moments(&model, &layers)?.iter().map(|(&l, moments)| (l, moments.covariance())).collect();
+            let covariances: BTreeMap<usize, Mat<f64>> = source
+                .moments(&model, &layers)?
+                .iter()
+                .map(|(&l, moments)| (l, moments.covariance()))
+                .collect();
             seconds.insert("stats".into(), t.elapsed().as_secs_f64());
             write_atomic(&shared_path, serde_json::to_string_pretty(&seconds)?.as_bytes())?;
 
@@ -290,11 +411,19 @@ impl BackendTask for SweepTask<'_> {
                 label: &label,
                 records: &self.records,
                 // The generation options are each cell's (seeded by it).
-                eval: CellEval { pre: &pre, scored: self.scored.as_ref(), held_out: held_out.as_deref(), generation: None, answers: answers(plan, &unedited) },
+                eval: CellEval {
+                    pre: &pre,
+                    scored: self.scored.as_ref(),
+                    held_out: held_out.as_deref(),
+                    generation: None,
+                    answers: answers(plan, &unedited),
+                },
                 covariances: &covariances,
                 reference: reference.as_ref(),
                 templates: Mutex::new(HashMap::new()),
-                target_cache: Arc::new(Mutex::new(TargetCache::new(requests, TARGET_CHUNK).persisted_in(opts.out.join("targets")))),
+                target_cache: Arc::new(Mutex::new(
+                    TargetCache::new(requests, TARGET_CHUNK).persisted_in(opts.out.join("targets")),
+                )),
                 max_rounds: opts.max_rounds,
                 machine: (plan.backend.to_string(), format!("{device:?}"), opts.allow_dirty),
             };
@@ -304,7 +433,10 @@ impl BackendTask for SweepTask<'_> {
                     grid.inc(1);
                     return Ok(());
                 };
-                write_atomic(&cell_record_path(&opts.out, &cell.id), serde_json::to_string_pretty(&record)?.as_bytes())?;
+                write_atomic(
+                    &cell_record_path(&opts.out, &cell.id),
+                    serde_json::to_string_pretty(&record)?.as_bytes(),
+                )?;
                 rebuild(&opts.out, &plan.cells, plan.sweep.protocol)?;
                 grid.inc(1);
                 if let Some(error) = record.error {
@@ -318,19 +450,34 @@ impl BackendTask for SweepTask<'_> {
             let jobs = opts.jobs.clamp(1, cells.len());
             if jobs == 1 {
                 for cell in cells {
-                    grid.set_message(format!("{} {} {} B={}", cell.model_name, cell.method, cell.distribution, cell.batch_size));
+                    grid.set_message(format!(
+                        "{} {} {} B={}",
+                        cell.model_name, cell.method, cell.distribution, cell.batch_size
+                    ));
                     finish(cell, ctx.run::<B>(&mut model, cell))?;
                 }
             } else {
                 grid.set_message(format!("cells, {jobs} at a time"));
-                let models = std::iter::once(Ok(model)).chain((1..jobs).map(|_| load())).collect::<Result<Vec<_>>>()?;
+                let models = std::iter::once(Ok(model))
+                    .chain((1..jobs).map(|_| load()))
+                    .collect::<Result<Vec<_>>>()?;
                 run_side_by_side::<B>(&ctx, models, &cells, finish)?;
             }
         }
         grid.finish_and_clear();
         if !stats_keys.is_empty() {
-            let manifest = manifest(plan, opts, self.sets, &self.dataset_sha256, &self.model_hashes, &stats_keys);
-            write_atomic(&opts.out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+            let manifest = manifest(
+                plan,
+                opts,
+                self.sets,
+                &self.dataset_sha256,
+                &self.model_hashes,
+                &stats_keys,
+            );
+            write_atomic(
+                &opts.out.join("manifest.json"),
+                serde_json::to_string_pretty(&manifest)?.as_bytes(),
+            )?;
         }
         rebuild(&opts.out, &plan.cells, plan.sweep.protocol)?;
         Ok((failures, paused))
@@ -358,33 +505,68 @@ struct CellContext<'a> {
 impl CellContext<'_> {
     /// Runs `cell` on `model` (restored afterwards); its rows are written, and its record returned
     /// (with the error where it failed); `None` when `--max-rounds` paused it.
-    fn run<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell) -> Option<CellRecord> {
+    fn run<B: AutodiffBackend>(
+        &self,
+        model: &mut LanguageModel<B::InnerBackend>,
+        cell: &Cell,
+    ) -> Option<CellRecord> {
         let started = Instant::now();
         let (backend, device, allow_dirty) = &self.machine;
         let segment = Segment::begin(backend, device, None, *allow_dirty);
-        let result = self.edit_and_score::<B>(model, cell, segment.clone()).and_then(|run| match run {
-            CellRun::Finished(rows, seconds, outcome, provenance) => {
-                write_cell_rows(self.out, &cell.id, &rows)?;
-                tracing::info!("{}", finished_line(cell, started.elapsed().as_secs_f64(), &rows, self.plan.sweep.protocol));
-                Ok(Some((seconds, outcome, provenance)))
-            }
-            CellRun::Paused(done) => {
-                tracing::info!("cell {} paused after round {done} (--max-rounds); a rerun continues it", cell.id);
-                Ok(None)
-            }
-        });
+        let result =
+            self.edit_and_score::<B>(model, cell, segment.clone()).and_then(|run| match run {
+                CellRun::Finished(rows, seconds, outcome, provenance) => {
+                    write_cell_rows(self.out, &cell.id, &rows)?;
+                    tracing::info!(
+                        "{}",
+                        finished_line(
+                            cell,
+                            started.elapsed().as_secs_f64(),
+                            &rows,
+                            self.plan.sweep.protocol
+                        )
+                    );
+                    Ok(Some((seconds, outcome, provenance)))
+                }
+                CellRun::Paused(done) => {
+                    tracing::info!(
+                        "cell {} paused after round {done} (--max-rounds); a rerun continues it",
+                        cell.id
+                    );
+                    Ok(None)
+                }
+            });
         match result {
-            Ok(Some((seconds, outcome, provenance))) => Some(CellRecord { cell: cell.clone(), error: None, seconds, outcome, provenance }),
+            Ok(Some((seconds, outcome, provenance))) => {
+                Some(CellRecord { cell: cell.clone(), error: None, seconds, outcome, provenance })
+            }
             Ok(None) => None,
             Err(e) => {
-                tracing::error!("cell {} ({} {} B={}) failed: {e:#}", cell.id, cell.method, cell.distribution, cell.batch_size);
+                tracing::error!(
+                    "cell {} ({} {} B={}) failed: {e:#}",
+                    cell.id,
+                    cell.method,
+                    cell.distribution,
+                    cell.batch_size
+                );
                 let seconds = [("total".to_string(), started.elapsed().as_secs_f64())].into();
-                Some(CellRecord { cell: cell.clone(), error: Some(format!("{e:#}")), seconds, outcome: json!(null), provenance: vec![segment.end(0)] })
+                Some(CellRecord {
+                    cell: cell.clone(),
+                    error: Some(format!("{e:#}")),
+                    seconds,
+                    outcome: json!(null),
+                    provenance: vec![segment.end(0)],
+                })
             }
         }
     }
 
-    fn edit_and_score<B: AutodiffBackend>(&self, model: &mut LanguageModel<B::InnerBackend>, cell: &Cell, segment: Segment) -> Result<CellRun> {
+    fn edit_and_score<B: AutodiffBackend>(
+        &self,
+        model: &mut LanguageModel<B::InnerBackend>,
+        cell: &Cell,
+        segment: Segment,
+    ) -> Result<CellRun> {
         let plan = self.plan;
         // ROME's templates differ from the others'; from a file, fixed or sampled per method.
         let h = &cell.hparams;
@@ -394,20 +576,49 @@ impl CellContext<'_> {
             if !made.contains_key(&key) {
                 let t = ContextTemplates::for_hparams(model, cell.method, h)?;
                 let kind = match &h.template_file {
-                    Some(file) => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-                    None => serde_json::to_value(h.templates)?.as_str().unwrap_or_default().to_string(),
+                    Some(file) => file
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    None => {
+                        serde_json::to_value(h.templates)?.as_str().unwrap_or_default().to_string()
+                    }
                 };
-                let path = self.out.join("templates").join(format!("{}-{}-{kind}-seed{}.json", self.label, if key.0 { "rome" } else { "memit" }, cell.seed));
+                let path = self.out.join("templates").join(format!(
+                    "{}-{}-{kind}-seed{}.json",
+                    self.label,
+                    if key.0 { "rome" } else { "memit" },
+                    cell.seed
+                ));
                 write_atomic(&path, serde_json::to_string_pretty(&t)?.as_bytes())?;
                 made.insert(key.clone(), t);
             }
             made[&key].clone()
         };
-        let covs: BTreeMap<usize, Mat<f64>> = cell.layers.iter().map(|l| (*l, self.covariances[l].clone())).collect();
-        let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: cell.seed, batch: 32, reference: self.reference.cloned() });
-        let editor = || Ok::<_, anyhow::Error>(Editor::new(cell.method, cell.distribution, cell.hparams.clone(), templates.clone(), covs.clone())?.with_target_cache(self.target_cache.clone()));
+        let covs: BTreeMap<usize, Mat<f64>> =
+            cell.layers.iter().map(|l| (*l, self.covariances[l].clone())).collect();
+        let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions {
+            max_len: g.max_len,
+            interval: g.interval,
+            seed: cell.seed,
+            batch: 32,
+            reference: self.reference.cloned(),
+        });
+        let editor = || {
+            Ok::<_, anyhow::Error>(
+                Editor::new(
+                    cell.method,
+                    cell.distribution,
+                    cell.hparams.clone(),
+                    templates.clone(),
+                    covs.clone(),
+                )?
+                .with_target_cache(self.target_cache.clone()),
+            )
+        };
         let eval = CellEval { generation: generation.as_ref(), ..self.eval };
-        let resume = (plan.sweep.protocol == Protocol::Sequential).then(|| Resume::new(self.out, cell, self.max_rounds));
+        let resume = (plan.sweep.protocol == Protocol::Sequential)
+            .then(|| Resume::new(self.out, cell, self.max_rounds));
         run_cell::<B>(model, plan, cell, editor, self.records, &eval, resume.as_ref(), segment)
     }
 }
@@ -427,7 +638,11 @@ fn run_side_by_side<B: AutodiffBackend>(
         for (w, mut model) in models.into_iter().enumerate() {
             let (next, finish) = (&next, &finish);
             s.spawn(move || {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("cell-{w}")).build().expect("a thread for a cell");
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("cell-{w}"))
+                    .build()
+                    .expect("a thread for a cell");
                 pool.install(|| loop {
                     // After a failure under --fail-fast no worker takes another cell.
                     if finish.lock().expect("finish lock").1.is_some() {
@@ -458,7 +673,15 @@ fn run_side_by_side<B: AutodiffBackend>(
 /// One log line per finished cell (a batch system's log shows the sweep's progress): id, method,
 /// distribution, B, seconds and the headline post-edit means ×100.
 fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow], protocol: Protocol) -> String {
-    format!("cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}", cell.id, cell.method, cell.distribution, cell.layers, cell.batch_size, final_scores(rows, protocol))
+    format!(
+        "cell {} done: {} {} layers {:?} B={} in {seconds:.0} s; {}",
+        cell.id,
+        cell.method,
+        cell.distribution,
+        cell.layers,
+        cell.batch_size,
+        final_scores(rows, protocol)
+    )
 }
 
 /// Mean scores of the rows a cell's summary is over ([`final_rows`]: every batch in the
@@ -467,43 +690,80 @@ fn final_scores(rows: &[ResultRow], protocol: Protocol) -> String {
     let summaries = summarize(&final_rows(rows, protocol));
     let scores: Vec<String> = [Metric::ES, Metric::PS, Metric::NS, Metric::RewriteAcc, Metric::PPL]
         .iter()
-        .filter_map(|&metric| summaries.iter().find(|s| s.stage == Stage::Post && s.metric == metric))
-        .map(|s| if s.metric == Metric::PPL { format!("PPL {:.2}", s.mean) } else { format!("{} {:.1}", s.metric.code(), s.mean) })
+        .filter_map(|&metric| {
+            summaries.iter().find(|s| s.stage == Stage::Post && s.metric == metric)
+        })
+        .map(|s| {
+            if s.metric == Metric::PPL {
+                format!("PPL {:.2}", s.mean)
+            } else {
+                format!("{} {:.1}", s.metric.code(), s.mean)
+            }
+        })
         .collect();
     scores.join(", ")
 }
 
 /// The generated-answer options of a sweep, with the unedited model's answers.
-fn answers<'a>(plan: &'a Plan, unedited: &'a UneditedAnswers) -> Option<(&'a AnswerOptions, &'a UneditedAnswers)> {
+fn answers<'a>(
+    plan: &'a Plan,
+    unedited: &'a UneditedAnswers,
+) -> Option<(&'a AnswerOptions, &'a UneditedAnswers)> {
     plan.sweep.eval.as_ref().and_then(|e| e.answers.as_ref()).map(|o| (o, unedited))
 }
 
 /// The unedited model's rows and its answers to the neighborhood prompts (with `eval.answers`),
 /// computed once per model and dataset (`key`) and kept in `dir`.
-fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, dir: &Path, key: &str, records: &[Record], held_out: Option<&[Vec<u32>]>, seconds: &mut BTreeMap<String, f64>) -> Result<(Vec<MetricRow>, UneditedAnswers)> {
-    let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions { max_len: g.max_len, interval: g.interval, seed: 0, batch: 32, reference: None });
+fn pre_rows<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    plan: &Plan,
+    dir: &Path,
+    key: &str,
+    records: &[Record],
+    held_out: Option<&[Vec<u32>]>,
+    seconds: &mut BTreeMap<String, f64>,
+) -> Result<(Vec<MetricRow>, UneditedAnswers)> {
+    let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions {
+        max_len: g.max_len,
+        interval: g.interval,
+        seed: 0,
+        batch: 32,
+        reference: None,
+    });
     let path = dir.join(format!("{key}{}.json", if generation.is_some() { "-gen" } else { "" }));
     let answers_path = dir.join(format!("{key}-answers.json"));
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let unedited = std::fs::read_to_string(&answers_path).ok().and_then(|t| serde_json::from_str::<UneditedAnswers>(&t).ok());
+        let unedited = std::fs::read_to_string(&answers_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<UneditedAnswers>(&t).ok());
         let wanted = plan.sweep.eval.as_ref().is_some_and(|e| e.answers.is_some());
         match (serde_json::from_str::<Vec<MetricRow>>(&text), unedited) {
             (Ok(rows), Some(unedited)) => return Ok((rows, unedited)),
             (Ok(rows), None) if !wanted => return Ok((rows, UneditedAnswers::new())),
-            _ => tracing::warn!("{}: unreadable or incomplete; recomputing the unedited model's scores", path.display()),
+            _ => tracing::warn!(
+                "{}: unreadable or incomplete; recomputing the unedited model's scores",
+                path.display()
+            ),
         }
     }
     let t = Instant::now();
-    let mut rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Pre, generation.as_ref())?;
+    let mut rows =
+        evaluate(model, plan.sweep.dataset.kind, records, Stage::Pre, generation.as_ref())?;
     let mut unedited = UneditedAnswers::new();
     if let Some(options) = plan.sweep.eval.as_ref().and_then(|e| e.answers.as_ref()) {
-        let (answer_rows, answers) = editbench_metrics::answers::answer_rows(model, records, Stage::Pre, options, None)?;
+        let (answer_rows, answers) =
+            editbench_metrics::answers::answer_rows(model, records, Stage::Pre, options, None)?;
         rows.extend(answer_rows);
         unedited = answers;
         write_atomic(&answers_path, serde_json::to_string(&unedited)?.as_bytes())?;
     }
     if let Some(texts) = held_out {
-        rows.push(MetricRow { case_id: 0, stage: Stage::Pre, metric: Metric::PPL, value: perplexity(model, texts)? });
+        rows.push(MetricRow {
+            case_id: 0,
+            stage: Stage::Pre,
+            metric: Metric::PPL,
+            value: perplexity(model, texts)?,
+        });
     }
     seconds.insert("eval_pre".into(), t.elapsed().as_secs_f64());
     write_atomic(&path, serde_json::to_string(&rows)?.as_bytes())?;
@@ -512,10 +772,24 @@ fn pre_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &
 
 /// Every post-edit score of `records` on the edited `model`: teacher-forced (and the generation
 /// tests), and the generated answers with `eval.answers`.
-fn post_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, plan: &Plan, records: &[Record], eval: &CellEval) -> Result<Vec<MetricRow>> {
+fn post_rows<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    plan: &Plan,
+    records: &[Record],
+    eval: &CellEval,
+) -> Result<Vec<MetricRow>> {
     let mut rows = evaluate(model, plan.sweep.dataset.kind, records, Stage::Post, eval.generation)?;
     if let Some((options, unedited)) = eval.answers {
-        rows.extend(editbench_metrics::answers::answer_rows(model, records, Stage::Post, options, Some(unedited))?.0);
+        rows.extend(
+            editbench_metrics::answers::answer_rows(
+                model,
+                records,
+                Stage::Post,
+                options,
+                Some(unedited),
+            )?
+            .0,
+        );
     }
     Ok(rows)
 }
@@ -538,24 +812,53 @@ struct CellEval<'a> {
 /// own edited model) a seeded sample of `batches` of the rounds that hold a scored record (all
 /// rounds without `eval.sample`), so measuring edits no batch that scoring does not; in the
 /// sequential one the scored rounds.
-fn degradation_rounds(plan: &Plan, cell: &Cell, rounds: &[&[Record]], scored: Option<&BTreeSet<u64>>) -> BTreeSet<usize> {
-    let Some(spec) = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref()) else { return BTreeSet::new() };
+fn degradation_rounds(
+    plan: &Plan,
+    cell: &Cell,
+    rounds: &[&[Record]],
+    scored: Option<&BTreeSet<u64>>,
+) -> BTreeSet<usize> {
+    let Some(spec) = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref()) else {
+        return BTreeSet::new();
+    };
     match plan.sweep.protocol {
         Protocol::Independent => {
-            let mut order: Vec<usize> = (0..rounds.len()).filter(|&r| holds_scored(rounds[r], scored)).collect();
+            let mut order: Vec<usize> =
+                (0..rounds.len()).filter(|&r| holds_scored(rounds[r], scored)).collect();
             SplitMix64::new(spec.seed ^ cell.seed).shuffle(&mut order);
             order.into_iter().take(spec.batches).collect()
         }
-        Protocol::Sequential => (0..rounds.len()).filter(|&r| plan.sweep.scores_after(r, rounds.len(), cell.batch_size)).collect(),
+        Protocol::Sequential => (0..rounds.len())
+            .filter(|&r| plan.sweep.scores_after(r, rounds.len(), cell.batch_size))
+            .collect(),
     }
 }
 
 /// PPL and, per edited layer, DWNORM and DWREL of the model as `session` has edited it.
-fn degradation_rows<B: burn::tensor::backend::Backend>(model: &LanguageModel<B>, session: &EditSession<B>, texts: &[Vec<u32>]) -> Result<Vec<MetricRow>> {
-    let mut rows = vec![MetricRow { case_id: 0, stage: Stage::Post, metric: Metric::PPL, value: perplexity(model, texts)? }];
+fn degradation_rows<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    session: &EditSession<B>,
+    texts: &[Vec<u32>],
+) -> Result<Vec<MetricRow>> {
+    let mut rows = vec![MetricRow {
+        case_id: 0,
+        stage: Stage::Post,
+        metric: Metric::PPL,
+        value: perplexity(model, texts)?,
+    }];
     for (layer, change, norm) in session.update_norms(model)? {
-        rows.push(MetricRow { case_id: layer as u64, stage: Stage::Post, metric: Metric::DWNORM, value: change });
-        rows.push(MetricRow { case_id: layer as u64, stage: Stage::Post, metric: Metric::DWREL, value: change / norm });
+        rows.push(MetricRow {
+            case_id: layer as u64,
+            stage: Stage::Post,
+            metric: Metric::DWNORM,
+            value: change,
+        });
+        rows.push(MetricRow {
+            case_id: layer as u64,
+            stage: Stage::Post,
+            metric: Metric::DWREL,
+            value: change / norm,
+        });
     }
     Ok(rows)
 }
@@ -586,10 +889,14 @@ fn run_cell<B: AutodiffBackend>(
     let mut session = EditSession::default();
     let mut editor = new_editor()?;
     let restored = match resume {
-        Some(resume) => resume::restore(resume, model, &mut session, &mut editor, cell, rounds.len())?,
+        Some(resume) => {
+            resume::restore(resume, model, &mut session, &mut editor, cell, rounds.len())?
+        }
         None => None,
     };
-    let mut progress = restored.unwrap_or_else(|| Progress::new(eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect()));
+    let mut progress = restored.unwrap_or_else(|| {
+        Progress::new(eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect())
+    });
     let segment = Segment { rounds: resume.map(|_| [progress.rounds_done; 2]), ..segment };
     let measured = degradation_rounds(plan, cell, &rounds, eval.scored);
     let independent = plan.sweep.protocol == Protocol::Independent;
@@ -608,7 +915,8 @@ fn run_cell<B: AutodiffBackend>(
             let round_started = Instant::now();
             let requests: Vec<EditRequest> = batch.iter().map(EditRequest::from).collect();
             let outcome = editor.apply::<B>(model, &requests, &mut session)?;
-            let steps = outcome.target_steps.iter().sum::<usize>() as f64 / outcome.target_steps.len().max(1) as f64;
+            let steps = outcome.target_steps.iter().sum::<usize>() as f64
+                / outcome.target_steps.len().max(1) as f64;
             let seconds_targets = outcome.seconds_targets;
             progress.add_seconds("keys", outcome.seconds_keys);
             progress.add_seconds("targets", outcome.seconds_targets);
@@ -622,18 +930,30 @@ fn run_cell<B: AutodiffBackend>(
             let scored: Option<&[Record]> = match plan.sweep.protocol {
                 Protocol::Independent => Some(batch),
                 Protocol::Sequential if r + 1 == rounds.len() => Some(records),
-                Protocol::Sequential if plan.sweep.scores_after(r, rounds.len(), cell.batch_size) => Some(&records[..(r + 1) * cell.batch_size]),
+                Protocol::Sequential
+                    if plan.sweep.scores_after(r, rounds.len(), cell.batch_size) =>
+                {
+                    Some(&records[..(r + 1) * cell.batch_size])
+                }
                 Protocol::Sequential => None,
             };
             let t = Instant::now();
             if let Some(scored) = scored {
                 let sampled = sampled(scored, eval.scored);
                 if !sampled.is_empty() {
-                    progress.rows.extend(post_rows(&*model, plan, &sampled, eval)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                    progress.rows.extend(
+                        post_rows(&*model, plan, &sampled, eval)?
+                            .iter()
+                            .map(|row| ResultRow::new(cell, r + 1, row)),
+                    );
                 }
             }
             if let (Some(texts), true) = (eval.held_out, measured.contains(&r)) {
-                progress.rows.extend(degradation_rows(model, &session, texts)?.iter().map(|row| ResultRow::new(cell, r + 1, row)));
+                progress.rows.extend(
+                    degradation_rows(model, &session, texts)?
+                        .iter()
+                        .map(|row| ResultRow::new(cell, r + 1, row)),
+                );
             }
             progress.add_seconds("eval", t.elapsed().as_secs_f64());
             progress.rounds_done = r + 1;
@@ -644,7 +964,8 @@ fn run_cell<B: AutodiffBackend>(
                 // The checkpoint lists this invocation too, up to now: a resumed cell names
                 // every invocation that ran its rounds.
                 progress.segments.push(segment.clone().end(r + 1));
-                let saved = resume::save(resume, model, &session, &editor, cell, rounds.len(), &progress);
+                let saved =
+                    resume::save(resume, model, &session, &editor, cell, rounds.len(), &progress);
                 progress.segments.pop();
                 saved?;
                 let took = round_started.elapsed().as_secs_f64();
@@ -665,7 +986,8 @@ fn run_cell<B: AutodiffBackend>(
     }
     progress.segments.push(segment.end(progress.rounds_done));
     if let Some(resume) = resume.filter(|r| r.path.is_file()) {
-        std::fs::remove_file(&resume.path).with_context(|| format!("removing {}", resume.path.display()))?;
+        std::fs::remove_file(&resume.path)
+            .with_context(|| format!("removing {}", resume.path.display()))?;
     }
     let outcome = json!({ "adam_steps": progress.steps, "max_condition_estimate": progress.condition, "used_pseudo_inverse": progress.pinv, "skipped_batches": skipped,
                           "threads": rayon::current_num_threads(), "resumed_after_rounds": progress.resumed_after });
@@ -674,7 +996,11 @@ fn run_cell<B: AutodiffBackend>(
 
 /// Whether `out` holds anything a run produced: a finished cell or the unedited model's scores.
 fn holds_results(out: &Path) -> bool {
-    let any = |dir: &str| std::fs::read_dir(out.join(dir)).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))));
+    let any = |dir: &str| {
+        std::fs::read_dir(out.join(dir)).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
+        })
+    };
     any("cells") || any("pre")
 }
 
@@ -685,9 +1011,15 @@ fn refuse_other_results(out: &Path, manifest: &serde_json::Value) -> Result<()> 
         return Ok(());
     }
     let path = out.join("manifest.json");
-    let same = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|m| identity(&m) == identity(manifest));
+    let same = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|m| identity(&m) == identity(manifest));
     if !same {
-        bail!("{} is not empty and holds no results of this sweep; merge into a new or empty --out", out.display());
+        bail!(
+            "{} is not empty and holds no results of this sweep; merge into a new or empty --out",
+            out.display()
+        );
     }
     Ok(())
 }
@@ -696,11 +1028,13 @@ fn refuse_other_results(out: &Path, manifest: &serde_json::Value) -> Result<()> 
 /// first); a directory with none (committed before rows were kept) is left as it is.
 pub fn rebuild_from_rows(dir: &Path) -> Result<()> {
     let manifest = read_manifest(dir)?;
-    let cells: Vec<Cell> = serde_json::from_value(manifest["cells"].clone()).context("manifest cells")?;
+    let cells: Vec<Cell> =
+        serde_json::from_value(manifest["cells"].clone()).context("manifest cells")?;
     if !cells.iter().any(|c| finished(dir, &c.id).is_some()) {
         return Ok(());
     }
-    let protocol = serde_json::from_value(manifest["sweep"]["protocol"].clone()).context("manifest sweep protocol")?;
+    let protocol = serde_json::from_value(manifest["sweep"]["protocol"].clone())
+        .context("manifest sweep protocol")?;
     rebuild(dir, &cells, protocol)?;
     Ok(())
 }
@@ -708,7 +1042,17 @@ pub fn rebuild_from_rows(dir: &Path) -> Result<()> {
 /// What a merged manifest keeps of one source: its directory, revision, machine and, where it
 /// was itself a merge, its own sources.
 fn source_provenance(dir: &Path, m: &serde_json::Value) -> serde_json::Value {
-    let keep = ["git_revision", "git_commit", "editbench_version", "cargo_features", "backend", "machine", "allow_dirty", "shard", "sources"];
+    let keep = [
+        "git_revision",
+        "git_commit",
+        "editbench_version",
+        "cargo_features",
+        "backend",
+        "machine",
+        "allow_dirty",
+        "shard",
+        "sources",
+    ];
     let mut out = json!({ "dir": dir.display().to_string() });
     for k in keep.iter().filter(|k| !m[**k].is_null()) {
         out[*k] = m[*k].clone();
@@ -730,28 +1074,38 @@ pub fn merge(out: &Path, dirs: &[PathBuf], allow_dirty: bool) -> Result<()> {
         bail!("merge: give at least one results directory");
     }
     provenance::check_committed(out, allow_dirty)?;
-    let manifests: Vec<serde_json::Value> = dirs.iter().map(|d| read_manifest(d)).collect::<Result<_>>()?;
+    let manifests: Vec<serde_json::Value> =
+        dirs.iter().map(|d| read_manifest(d)).collect::<Result<_>>()?;
     for (d, m) in dirs.iter().zip(&manifests).skip(1) {
         if identity(m) != identity(&manifests[0]) {
             bail!("merge: {} is from another sweep than {} (sweep file, --set, cells, models or dataset differ)", d.display(), dirs[0].display());
         }
     }
     refuse_other_results(out, &manifests[0])?;
-    let cells: Vec<Cell> = serde_json::from_value(manifests[0]["cells"].clone()).context("manifest cells")?;
+    let cells: Vec<Cell> =
+        serde_json::from_value(manifests[0]["cells"].clone()).context("manifest cells")?;
     let mut merged = manifests[0].clone();
     merged["shard"] = json!(null);
-    let mut keys: Vec<serde_json::Value> = manifests.iter().flat_map(|m| m["stats_cache_keys"].as_array().cloned().unwrap_or_default()).collect();
+    let mut keys: Vec<serde_json::Value> = manifests
+        .iter()
+        .flat_map(|m| m["stats_cache_keys"].as_array().cloned().unwrap_or_default())
+        .collect();
     keys.dedup();
     merged["stats_cache_keys"] = json!(keys);
     merged["merged_from"] = json!(dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>());
     // Every source's provenance: the revision and machine each part of the merge ran on.
-    let sources = dirs.iter().zip(&manifests).map(|(d, m)| source_provenance(d, m)).collect::<Vec<_>>();
+    let sources =
+        dirs.iter().zip(&manifests).map(|(d, m)| source_provenance(d, m)).collect::<Vec<_>>();
     merged["sources"] = json!(sources);
-    merged["merged_by"] = json!({ "git_revision": provenance::revision(), "allow_dirty": allow_dirty });
+    merged["merged_by"] =
+        json!({ "git_revision": provenance::revision(), "allow_dirty": allow_dirty });
     for d in dirs {
         for sub in ["shared", "held-out"] {
             for entry in std::fs::read_dir(d.join(sub)).into_iter().flatten().flatten() {
-                write_atomic(&out.join(sub).join(entry.file_name()), &std::fs::read(entry.path())?)?;
+                write_atomic(
+                    &out.join(sub).join(entry.file_name()),
+                    &std::fs::read(entry.path())?,
+                )?;
             }
         }
     }
@@ -760,19 +1114,27 @@ pub fn merge(out: &Path, dirs: &[PathBuf], allow_dirty: bool) -> Result<()> {
     let mut carried: Vec<Vec<&str>> = vec![Vec::new(); dirs.len()];
     for cell in &cells {
         let with_rows = dirs.iter().position(|d| finished(d, &cell.id).is_some());
-        let Some(i) = with_rows.or_else(|| summarized.iter().position(|ids| ids.contains(&cell.id.as_str()))) else { continue };
+        let Some(i) =
+            with_rows.or_else(|| summarized.iter().position(|ids| ids.contains(&cell.id.as_str())))
+        else {
+            continue;
+        };
         if with_rows.is_some() {
             write_cell_rows(out, &cell.id, &read_cell_rows(&dirs[i], &cell.id)?)?;
         } else {
             carried[i].push(&cell.id);
         }
-        write_atomic(&cell_record_path(out, &cell.id), &std::fs::read(cell_record_path(&dirs[i], &cell.id))?)?;
+        write_atomic(
+            &cell_record_path(out, &cell.id),
+            &std::fs::read(cell_record_path(&dirs[i], &cell.id))?,
+        )?;
     }
     for (source, ids) in dirs.iter().zip(&carried).filter(|(_, ids)| !ids.is_empty()) {
         carry_summaries(out, source, ids)?;
     }
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
-    let protocol = serde_json::from_value(manifests[0]["sweep"]["protocol"].clone()).context("manifest sweep protocol")?;
+    let protocol = serde_json::from_value(manifests[0]["sweep"]["protocol"].clone())
+        .context("manifest sweep protocol")?;
     let done = rebuild(out, &cells, protocol)?;
     eprintln!("merged {done} of {} cells into {}", cells.len(), out.display());
     Ok(())
@@ -784,8 +1146,23 @@ mod tests {
 
     /// A row of record 0 (scored again after every round in the sequential protocol).
     fn row(round: usize, metric: &str, value: f64) -> ResultRow {
-        let (cell_id, model, method, distribution, layers) = ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
-        ResultRow { cell_id, model, method, distribution, layers, batch_size: 1, n_edits: 2, seed: 0, round, case_id: 0, stage: Stage::Post, metric: metric.into(), value }
+        let (cell_id, model, method, distribution, layers) =
+            ("c".into(), "m".into(), "emmet".into(), "single".into(), "4".into());
+        ResultRow {
+            cell_id,
+            model,
+            method,
+            distribution,
+            layers,
+            batch_size: 1,
+            n_edits: 2,
+            seed: 0,
+            round,
+            case_id: 0,
+            stage: Stage::Post,
+            metric: metric.into(),
+            value,
+        }
     }
 
     #[test]

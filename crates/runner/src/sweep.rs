@@ -134,7 +134,12 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     pub fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        })
     }
 }
 
@@ -250,7 +255,9 @@ impl Sweep {
     /// round with `eval_every_round`, or each round that completes another `eval_every` edits.
     pub fn scores_after(&self, round: usize, rounds: usize, batch_size: usize) -> bool {
         let crossed = |every: usize| (round + 1) * batch_size / every > round * batch_size / every;
-        round + 1 == rounds || (self.protocol == Protocol::Sequential && (self.eval_every_round || self.eval_every.is_some_and(crossed)))
+        round + 1 == rounds
+            || (self.protocol == Protocol::Sequential
+                && (self.eval_every_round || self.eval_every.is_some_and(crossed)))
     }
 }
 
@@ -278,11 +285,14 @@ impl Plan {
 
 /// Reads, overrides (`--set key=value`), checks and expands `path`.
 pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let located = |e: serde_norway::Error| match e.location() {
         Some(l) => {
             let message = plain(&e.to_string());
-            let message = message.strip_suffix(&format!(" at line {} column {}", l.line(), l.column())).unwrap_or(&message);
+            let message = message
+                .strip_suffix(&format!(" at line {} column {}", l.line(), l.column()))
+                .unwrap_or(&message);
             anyhow::anyhow!("{}:{}:{}: {message}", path.display(), l.line(), l.column())
         }
         None => anyhow::anyhow!("{}: {}", path.display(), plain(&e.to_string())),
@@ -293,24 +303,44 @@ pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
         for set in sets {
             apply_set(&mut value, set)?;
         }
-        sweep = serde_norway::from_value(value).map_err(|e| anyhow::anyhow!("{} with --set {}: {}", path.display(), sets.join(" --set "), plain(&e.to_string())))?;
+        sweep = serde_norway::from_value(value).map_err(|e| {
+            anyhow::anyhow!(
+                "{} with --set {}: {}",
+                path.display(),
+                sets.join(" --set "),
+                plain(&e.to_string())
+            )
+        })?;
     }
     let at = |key: &str| match set_of(sets, key) {
         Some(set) => format!("{} (--set {set})", path.display()),
-        None => format!("{}:{}", path.display(), locate(&text, key).map(|(l, c)| format!("{l}:{c}")).unwrap_or_else(|| "1:1".into())),
+        None => format!(
+            "{}:{}",
+            path.display(),
+            locate(&text, key).map(|(l, c)| format!("{l}:{c}")).unwrap_or_else(|| "1:1".into())
+        ),
     };
-    let backend: BackendKind = sweep.backend.parse().map_err(|e| anyhow::anyhow!("{}: backend: {e}", at("backend")))?;
+    let backend: BackendKind =
+        sweep.backend.parse().map_err(|e| anyhow::anyhow!("{}: backend: {e}", at("backend")))?;
     backend.compiled().map_err(|e| anyhow::anyhow!("{}: backend: {e}", at("backend")))?;
     check(&sweep, &at)?;
     let mut families = Vec::new();
     for (i, m) in sweep.models.iter().enumerate() {
-        let dims = ModelDims::read(&m.path).map_err(|e| anyhow::anyhow!("{}: models[{i}].path: {e}", at("models")))?;
-        let family = FamilyHparams::load(&m.hparams).map_err(|e| anyhow::anyhow!("{}: models[{i}].hparams: {e}", at("models")))?;
-        family.check_layers(dims.num_layers).map_err(|e| anyhow::anyhow!("{}: models[{i}].hparams: {e}", at("models")))?;
+        let dims = ModelDims::read(&m.path)
+            .map_err(|e| anyhow::anyhow!("{}: models[{i}].path: {e}", at("models")))?;
+        let family = FamilyHparams::load(&m.hparams)
+            .map_err(|e| anyhow::anyhow!("{}: models[{i}].hparams: {e}", at("models")))?;
+        family
+            .check_layers(dims.num_layers)
+            .map_err(|e| anyhow::anyhow!("{}: models[{i}].hparams: {e}", at("models")))?;
         let mut listed: Vec<usize> = sweep.layers.single.iter().flatten().copied().collect();
         listed.extend(sweep.layers.spread.iter().flatten().flatten());
         if let Some(bad) = listed.iter().find(|&&l| l >= dims.num_layers) {
-            bail!("{}: layer {bad} is out of range for models[{i}] (allowed: 0..={})", at("layers"), dims.num_layers - 1);
+            bail!(
+                "{}: layer {bad} is out of range for models[{i}] (allowed: 0..={})",
+                at("layers"),
+                dims.num_layers - 1
+            );
         }
         families.push(family);
     }
@@ -322,24 +352,44 @@ pub fn plan(path: &Path, sets: &[String]) -> Result<Plan> {
 /// The `--set` that gave `key` (or a field inside it, or the mapping holding it) its value.
 fn set_of<'a>(sets: &'a [String], key: &str) -> Option<&'a String> {
     sets.iter().rev().find(|set| {
-        set.split_once('=').is_some_and(|(k, _)| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}.")))
+        set.split_once('=').is_some_and(|(k, _)| {
+            k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."))
+        })
     })
 }
 
 /// A serde message in a user's words: Rust type names become what they mean.
 fn plain(message: &str) -> String {
-    [("usize", "a whole number ≥ 0"), ("u64", "a whole number ≥ 0"), ("u32", "a whole number ≥ 0"), ("u128", "a whole number ≥ 0"), ("f64", "a number"), ("f32", "a number")]
-        .iter()
-        .fold(message.to_string(), |m, (rust, words)| m.replace(&format!("expected {rust}"), &format!("expected {words}")).replace(&format!("as {rust}"), &format!("as {words}")))
+    [
+        ("usize", "a whole number ≥ 0"),
+        ("u64", "a whole number ≥ 0"),
+        ("u32", "a whole number ≥ 0"),
+        ("u128", "a whole number ≥ 0"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (rust, words)| {
+        m.replace(&format!("expected {rust}"), &format!("expected {words}"))
+            .replace(&format!("as {rust}"), &format!("as {words}"))
+    })
 }
 
 /// Value checks serde cannot do.
 fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
-    let nonempty = [("models", s.models.is_empty()), ("methods", s.methods.is_empty()), ("batch_sizes", s.batch_sizes.is_empty()), ("distribution", s.distribution.is_empty()), ("seeds", s.seeds.is_empty())];
+    let nonempty = [
+        ("models", s.models.is_empty()),
+        ("methods", s.methods.is_empty()),
+        ("batch_sizes", s.batch_sizes.is_empty()),
+        ("distribution", s.distribution.is_empty()),
+        ("seeds", s.seeds.is_empty()),
+    ];
     if let Some((key, _)) = nonempty.iter().find(|(_, empty)| *empty) {
         bail!("{}: {key} must list at least one value", at(key));
     }
-    let duplicated = |values: Vec<String>| values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)).map(|(_, v)| v.clone());
+    let duplicated = |values: Vec<String>| {
+        values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)).map(|(_, v)| v.clone())
+    };
     let axes = [
         ("methods", s.methods.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
         ("distribution", s.distribution.iter().map(|d| d.to_string()).collect()),
@@ -350,19 +400,33 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     ];
     for (key, values) in axes {
         if let Some(v) = duplicated(values) {
-            bail!("{}: {key} lists {v} twice (each value makes cells; list it once)", at(key.split('.').next().unwrap_or(key)));
+            bail!(
+                "{}: {key} lists {v} twice (each value makes cells; list it once)",
+                at(key.split('.').next().unwrap_or(key))
+            );
         }
     }
-    for (key, empty) in [("layers.single", s.layers.single.as_ref().is_some_and(Vec::is_empty)), ("layers.spread", s.layers.spread.as_ref().is_some_and(Vec::is_empty))] {
+    for (key, empty) in [
+        ("layers.single", s.layers.single.as_ref().is_some_and(Vec::is_empty)),
+        ("layers.spread", s.layers.spread.as_ref().is_some_and(Vec::is_empty)),
+    ] {
         if empty {
-            bail!("{}: {key} must list at least one value (or be left out for the hparams file's)", at("layers"));
+            bail!(
+                "{}: {key} must list at least one value (or be left out for the hparams file's)",
+                at("layers")
+            );
         }
     }
     if s.dataset.n_edits == 0 {
         bail!("{}: dataset.n_edits must be at least 1", at("dataset.n_edits"));
     }
     if let Some(&b) = s.batch_sizes.iter().find(|&&b| b == 0 || b > s.dataset.n_edits) {
-        bail!("{}: batch size {b} is impossible with dataset.n_edits = {} (allowed: 1..={})", at("batch_sizes"), s.dataset.n_edits, s.dataset.n_edits);
+        bail!(
+            "{}: batch size {b} is impossible with dataset.n_edits = {} (allowed: 1..={})",
+            at("batch_sizes"),
+            s.dataset.n_edits,
+            s.dataset.n_edits
+        );
     }
     for (key, file) in [("dataset.path", &s.dataset.path), ("stats.corpus", &s.stats.corpus)] {
         if !file.is_file() {
@@ -372,26 +436,46 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     for (i, m) in s.models.iter().enumerate() {
         for (what, file) in [("path", &m.path), ("hparams", &m.hparams)] {
             if !file.exists() {
-                bail!("{}: models[{i}].{what}: no such file or directory {}", at("models"), file.display());
+                bail!(
+                    "{}: models[{i}].{what}: no such file or directory {}",
+                    at("models"),
+                    file.display()
+                );
             }
         }
     }
     if let Some(spread) = &s.layers.spread {
-        if let Some(bad) = spread.iter().find(|l| l.is_empty() || l.windows(2).any(|w| w[0] >= w[1])) {
-            bail!("{}: every spread layer list must be non-empty and ascending, found {bad:?}", at("layers.spread"));
+        if let Some(bad) =
+            spread.iter().find(|l| l.is_empty() || l.windows(2).any(|w| w[0] >= w[1]))
+        {
+            bail!(
+                "{}: every spread layer list must be non-empty and ascending, found {bad:?}",
+                at("layers.spread")
+            );
         }
     }
     if s.eval_every_round && s.protocol == Protocol::Independent {
         bail!("{}: eval_every_round needs protocol: sequential", at("eval_every_round"));
     }
     match s.eval_every {
-        Some(0) => bail!("{}: eval_every must be at least 1 (edits between scored rounds)", at("eval_every")),
-        Some(_) if s.protocol == Protocol::Independent => bail!("{}: eval_every needs protocol: sequential", at("eval_every")),
+        Some(0) => bail!(
+            "{}: eval_every must be at least 1 (edits between scored rounds)",
+            at("eval_every")
+        ),
+        Some(_) if s.protocol == Protocol::Independent => {
+            bail!("{}: eval_every needs protocol: sequential", at("eval_every"))
+        }
         _ => {}
     }
     if let Some(sample) = s.eval.as_ref().and_then(|e| e.sample) {
         if sample.n == 0 || sample.n > s.dataset.n_edits {
-            bail!("{}: eval.sample.n = {} is impossible with dataset.n_edits = {} (allowed: 1..={})", at("eval.sample"), sample.n, s.dataset.n_edits, s.dataset.n_edits);
+            bail!(
+                "{}: eval.sample.n = {} is impossible with dataset.n_edits = {} (allowed: 1..={})",
+                at("eval.sample"),
+                sample.n,
+                s.dataset.n_edits,
+                s.dataset.n_edits
+            );
         }
         if sample.first && sample.seed != 0 {
             bail!("{}: eval.sample.seed = {} has no effect with first: true (the first n records are scored)", at("eval.sample"), sample.seed);
@@ -399,34 +483,60 @@ fn check(s: &Sweep, at: &dyn Fn(&str) -> String) -> Result<()> {
     }
     if let Some(d) = s.eval.as_ref().and_then(|e| e.degradation.as_ref()) {
         if d.texts == 0 || d.max_length < 2 || d.batches == 0 {
-            bail!("{}: eval.degradation needs texts ≥ 1, max_length ≥ 2 and batches ≥ 1", at("eval.degradation"));
+            bail!(
+                "{}: eval.degradation needs texts ≥ 1, max_length ≥ 2 and batches ≥ 1",
+                at("eval.degradation")
+            );
         }
         if let Some(path) = d.path.as_ref().filter(|p| !p.is_file()) {
-            bail!("{}: eval.degradation.path: no such file {}", at("eval.degradation"), path.display());
+            bail!(
+                "{}: eval.degradation.path: no such file {}",
+                at("eval.degradation"),
+                path.display()
+            );
         }
     }
     if s.generation.is_some() && matches!(s.dataset.kind, DatasetKind::Zsre | DatasetKind::Qaedit) {
-        bail!("{}: generation tests are CounterFact's; {} has no generation prompts", at("generation"), s.dataset.kind.name());
+        bail!(
+            "{}: generation tests are CounterFact's; {} has no generation prompts",
+            at("generation"),
+            s.dataset.kind.name()
+        );
     }
     Ok(())
 }
 
 /// Every combination of model × method × distribution × layers × batch size × seed, in that order.
-fn expand(s: &Sweep, families: &[FamilyHparams], sets: &str, at: &dyn Fn(&str) -> String) -> Result<Vec<Cell>> {
+fn expand(
+    s: &Sweep,
+    families: &[FamilyHparams],
+    sets: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for (m, family) in families.iter().enumerate() {
         for &method in &s.methods {
             let mut base = family.method(method).clone();
             if let Some(over) = s.overrides.get(&method) {
-                base = merge(&base, over).map_err(|e| anyhow::anyhow!("{}: overrides.{method}: {e}", at("overrides")))?;
+                base = merge(&base, over)
+                    .map_err(|e| anyhow::anyhow!("{}: overrides.{method}: {e}", at("overrides")))?;
             }
             if let Some(file) = &base.template_file {
-                ContextTemplates::load(file, method).map_err(|e| anyhow::anyhow!("{}: {method}: template_file: {e}", at("overrides")))?;
+                ContextTemplates::load(file, method).map_err(|e| {
+                    anyhow::anyhow!("{}: {method}: template_file: {e}", at("overrides"))
+                })?;
             }
             for &distribution in &s.distribution {
                 let choices: Vec<Vec<usize>> = match distribution {
-                    Distribution::Single => s.layers.single.clone().map(|l| l.into_iter().map(|x| vec![x]).collect()).unwrap_or_else(|| vec![vec![base.layer]]),
-                    Distribution::Spread => s.layers.spread.clone().unwrap_or_else(|| vec![base.spread_layers.clone()]),
+                    Distribution::Single => s
+                        .layers
+                        .single
+                        .clone()
+                        .map(|l| l.into_iter().map(|x| vec![x]).collect())
+                        .unwrap_or_else(|| vec![vec![base.layer]]),
+                    Distribution::Spread => {
+                        s.layers.spread.clone().unwrap_or_else(|| vec![base.spread_layers.clone()])
+                    }
                 };
                 for layers in choices {
                     for &batch_size in &s.batch_sizes {
@@ -437,7 +547,18 @@ fn expand(s: &Sweep, families: &[FamilyHparams], sets: &str, at: &dyn Fn(&str) -
                                 Distribution::Spread => hparams.spread_layers = layers.clone(),
                             }
                             hparams.template_seed = seed;
-                            let mut cell = Cell { id: String::new(), model: m, model_name: s.models[m].label(), method, distribution, layers: layers.clone(), batch_size, n_edits: s.dataset.n_edits, seed, hparams };
+                            let mut cell = Cell {
+                                id: String::new(),
+                                model: m,
+                                model_name: s.models[m].label(),
+                                method,
+                                distribution,
+                                layers: layers.clone(),
+                                batch_size,
+                                n_edits: s.dataset.n_edits,
+                                seed,
+                                hparams,
+                            };
                             cell.id = cell_id(s, &cell, sets);
                             cells.push(cell);
                         }
@@ -452,7 +573,9 @@ fn expand(s: &Sweep, families: &[FamilyHparams], sets: &str, at: &dyn Fn(&str) -
 /// The method section `base` with the fields of `over` replaced (unknown fields are errors).
 fn merge(base: &MethodHparams, over: &Value) -> Result<MethodHparams> {
     let mut value = serde_norway::to_value(base)?;
-    let (Value::Mapping(target), Value::Mapping(fields)) = (&mut value, over) else { bail!("must be a mapping of hyperparameters") };
+    let (Value::Mapping(target), Value::Mapping(fields)) = (&mut value, over) else {
+        bail!("must be a mapping of hyperparameters")
+    };
     for (k, v) in fields {
         target.insert(k.clone(), v.clone());
     }
@@ -480,8 +603,11 @@ fn cell_id(s: &Sweep, cell: &Cell, sets: &str) -> String {
 /// `dotted.key=value`: sets the key (creating mappings on the way; a number indexes a list, as in
 /// `models.0.path`); the value is parsed as YAML.
 fn apply_set(root: &mut Value, set: &str) -> Result<()> {
-    let Some((key, raw)) = set.split_once('=') else { bail!("--set {set}: expected dotted.key=value") };
-    let value: Value = serde_norway::from_str(raw).map_err(|e| anyhow::anyhow!("--set {set}: value: {e}"))?;
+    let Some((key, raw)) = set.split_once('=') else {
+        bail!("--set {set}: expected dotted.key=value")
+    };
+    let value: Value =
+        serde_norway::from_str(raw).map_err(|e| anyhow::anyhow!("--set {set}: value: {e}"))?;
     let parts: Vec<&str> = key.split('.').collect();
     let mut node = root;
     for (i, part) in parts.iter().enumerate() {
@@ -495,10 +621,14 @@ fn apply_set(root: &mut Value, set: &str) -> Result<()> {
 /// when missing, or a sequence's index.
 fn child<'a>(node: &'a mut Value, part: &str, at: &str, set: &str) -> Result<&'a mut Value> {
     match node {
-        Value::Mapping(map) => Ok(map.entry(Value::String(part.to_string())).or_insert_with(|| Value::Mapping(Default::default()))),
+        Value::Mapping(map) => Ok(map
+            .entry(Value::String(part.to_string()))
+            .or_insert_with(|| Value::Mapping(Default::default()))),
         Value::Sequence(items) => {
             let len = items.len();
-            part.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| anyhow::anyhow!("--set {set}: `{part}` is not an index of `{at}` (0..{len})"))
+            part.parse::<usize>().ok().and_then(|n| items.get_mut(n)).ok_or_else(|| {
+                anyhow::anyhow!("--set {set}: `{part}` is not an index of `{at}` (0..{len})")
+            })
         }
         _ => bail!("--set {set}: `{at}` is not a mapping"),
     }
@@ -513,7 +643,8 @@ fn locate(text: &str, dotted: &str) -> Option<(usize, usize)> {
     for part in dotted.split('.') {
         let (i, col) = lines.iter().enumerate().skip(from).find_map(|(i, line)| {
             let trimmed = line.trim_start_matches([' ', '-']);
-            (trimmed.starts_with(&format!("{part}:")) && !line.trim_start().starts_with('#')).then(|| (i, line.len() - trimmed.len()))
+            (trimmed.starts_with(&format!("{part}:")) && !line.trim_start().starts_with('#'))
+                .then(|| (i, line.len() - trimmed.len()))
         })?;
         found = Some((i + 1, col + 1));
         from = i + 1;
@@ -526,11 +657,26 @@ pub fn describe(plan: &Plan, shard: Option<(usize, usize)>) -> String {
     let in_shard = |i: &usize| shard.is_none_or(|(s, n)| i % n == s);
     let count = (0..plan.cells.len()).filter(in_shard).count();
     let mut out = match shard {
-        Some((s, n)) => format!("{count} of {} cells in shard {s}/{n} ({}):\n", plan.cells.len(), plan.path.display()),
+        Some((s, n)) => format!(
+            "{count} of {} cells in shard {s}/{n} ({}):\n",
+            plan.cells.len(),
+            plan.path.display()
+        ),
         None => format!("{count} cells ({}):\n", plan.path.display()),
     };
     for (i, c) in plan.cells.iter().enumerate().filter(|(i, _)| in_shard(i)) {
-        let _ = writeln!(out, "{i:>4} {} {:<12} {:<9} {:<6} layers {:<14} B={:<5} N={} seed {}", c.id, c.model_name, c.method.to_string(), c.distribution.to_string(), format!("{:?}", c.layers), c.batch_size, c.n_edits, c.seed);
+        let _ = writeln!(
+            out,
+            "{i:>4} {} {:<12} {:<9} {:<6} layers {:<14} B={:<5} N={} seed {}",
+            c.id,
+            c.model_name,
+            c.method.to_string(),
+            c.distribution.to_string(),
+            format!("{:?}", c.layers),
+            c.batch_size,
+            c.n_edits,
+            c.seed
+        );
     }
     out
 }
@@ -556,9 +702,18 @@ mod tests {
         assert!(apply_set(&mut v, "novalue").is_err());
         apply_set(&mut v, "a.b.1=7").unwrap();
         assert_eq!(serde_norway::to_string(&v).unwrap(), "a:\n  b:\n  - 2\n  - 7\nc:\n  d: x\n");
-        assert!(apply_set(&mut v, "a.b.5=1").unwrap_err().to_string().contains("`5` is not an index of `a.b` (0..2)"));
-        assert!(apply_set(&mut v, "a.b.c=1").unwrap_err().to_string().contains("`c` is not an index of `a.b` (0..2)"));
-        assert!(apply_set(&mut v, "c.d.e=1").unwrap_err().to_string().contains("`c.d` is not a mapping"));
+        assert!(apply_set(&mut v, "a.b.5=1")
+            .unwrap_err()
+            .to_string()
+            .contains("`5` is not an index of `a.b` (0..2)"));
+        assert!(apply_set(&mut v, "a.b.c=1")
+            .unwrap_err()
+            .to_string()
+            .contains("`c` is not an index of `a.b` (0..2)"));
+        assert!(apply_set(&mut v, "c.d.e=1")
+            .unwrap_err()
+            .to_string()
+            .contains("`c.d` is not a mapping"));
     }
 
     /// Rounds of 64 scored every 256 edits: rounds 3, 7, 11, … and always the last; every round

@@ -24,9 +24,19 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// The committed runs that keep raw rows.
 fn runs_with_rows() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("results/committed")).unwrap().flatten().map(|e| e.path()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("results/committed"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     dirs.sort();
-    let has_rows = |d: &Path| std::fs::read_dir(d.join("cells")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".csv.gz"));
+    let has_rows = |d: &Path| {
+        std::fs::read_dir(d.join("cells"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".csv.gz"))
+    };
     dirs.into_iter().filter(|d| d.join("manifest.json").is_file() && has_rows(d)).collect()
 }
 
@@ -37,7 +47,9 @@ fn assert_csv_close(a: &str, b: &str, what: &str) {
     for (x, y) in la.iter().zip(&lb) {
         for (p, q) in x.split(',').zip(y.split(',')) {
             match (p.parse::<f64>(), q.parse::<f64>()) {
-                (Ok(u), Ok(v)) => assert!((u - v).abs() <= 1e-12 * u.abs().max(1.0), "{what}: {x} vs {y}"),
+                (Ok(u), Ok(v)) => {
+                    assert!((u - v).abs() <= 1e-12 * u.abs().max(1.0), "{what}: {x} vs {y}")
+                }
                 _ => assert_eq!(p, q, "{what}: {x} vs {y}"),
             }
         }
@@ -56,22 +68,46 @@ fn every_committed_run_is_rebuilt_from_its_raw_rows() {
         for file in ["summary.csv", "curves.csv", "table.md", "claims.md", "claims.json"] {
             let _ = std::fs::remove_file(copy.join(file));
         }
-        let o = Command::new(env!("CARGO_BIN_EXE_editbench")).args(["report", copy.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_editbench"))
+            .args(["report", copy.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&o.stderr));
         for file in ["summary.csv", "curves.csv"] {
             let committed = dir.join(file);
             if committed.is_file() {
-                let rebuilt = std::fs::read_to_string(copy.join(file)).unwrap_or_else(|e| panic!("{}/{file}: {e}", copy.display()));
-                assert_csv_close(&std::fs::read_to_string(&committed).unwrap(), &rebuilt, &format!("{}/{file}", dir.display()));
+                let rebuilt = std::fs::read_to_string(copy.join(file))
+                    .unwrap_or_else(|e| panic!("{}/{file}: {e}", copy.display()));
+                assert_csv_close(
+                    &std::fs::read_to_string(&committed).unwrap(),
+                    &rebuilt,
+                    &format!("{}/{file}", dir.display()),
+                );
             }
         }
         let table = std::fs::read_to_string(copy.join("table.md")).unwrap();
-        assert_eq!(table, std::fs::read_to_string(dir.join("table.md")).unwrap(), "{}/table.md", dir.display());
+        assert_eq!(
+            table,
+            std::fs::read_to_string(dir.join("table.md")).unwrap(),
+            "{}/table.md",
+            dir.display()
+        );
         if dir.join("claims.json").is_file() {
-            let o = Command::new(env!("CARGO_BIN_EXE_editbench")).args(["claims", copy.to_str().unwrap()]).output().unwrap();
-            assert!(o.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&o.stderr));
+            let o = Command::new(env!("CARGO_BIN_EXE_editbench"))
+                .args(["claims", copy.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
             let json = |d: &Path| -> serde_json::Value {
-                let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("claims.json")).unwrap()).unwrap();
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(d.join("claims.json")).unwrap())
+                        .unwrap();
                 v["run"] = serde_json::Value::Null;
                 v
             };
@@ -83,6 +119,10 @@ fn every_committed_run_is_rebuilt_from_its_raw_rows() {
 /// The generated blocks of README.md and docs/*.md equal the result files they name.
 #[test]
 fn generated_documentation_blocks_are_up_to_date() {
-    let o = Command::new(env!("CARGO_BIN_EXE_editbench")).args(["docs", "--check"]).current_dir(root()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_editbench"))
+        .args(["docs", "--check"])
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

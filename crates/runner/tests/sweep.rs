@@ -28,9 +28,11 @@ fn stderr(o: &Output) -> String {
 
 /// The tiny sweep with its statistics cache in `dir`.
 fn tiny_sweep(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("crates/runner/tests/fixtures/tiny-sweep.yaml")).unwrap();
+    let text = std::fs::read_to_string(root().join("crates/runner/tests/fixtures/tiny-sweep.yaml"))
+        .unwrap();
     let path = dir.join("tiny.yaml");
-    std::fs::write(&path, text.replace("STATS_CACHE", &dir.join("stats").display().to_string())).unwrap();
+    std::fs::write(&path, text.replace("STATS_CACHE", &dir.join("stats").display().to_string()))
+        .unwrap();
     path
 }
 
@@ -54,14 +56,29 @@ fn the_quick_experiment_expands_to_sixteen_cells() {
     for method in ["rome", "r-rome", "memit", "emmet"] {
         assert_eq!(text.matches(&format!(" {method} ")).count(), 4, "{text}");
     }
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "batch_sizes=[1, 2, 4]", "--set", "methods=[emmet]"]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("6 cells"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        "batch_sizes=[1, 2, 4]",
+        "--set",
+        "methods=[emmet]",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("6 cells"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]
 fn sweep_files_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    let base = read(&root().join("experiments/smollm2-quick.yaml")).replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
+    let base = read(&root().join("experiments/smollm2-quick.yaml"))
+        .replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
     let cases: [(&str, &str, &str); 14] = [
         ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:33:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `eval_every`, `generation`, `overrides`, `eval`\n"),
         ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:31:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
@@ -87,56 +104,154 @@ fn sweep_files_are_checked_before_any_work() {
         let err = stderr(&o);
         assert!(err.contains(expected), "expected `{expected}` in:\n{err}");
     }
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "dataset.n_edits=0"]);
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        "dataset.n_edits=0",
+    ]);
     assert!(stderr(&o).contains("experiments/smollm2-quick.yaml (--set dataset.n_edits=0): dataset.n_edits must be at least 1"), "{}", stderr(&o));
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "batch_sizes=[1, 64]"]);
-    assert!(stderr(&o).contains("(--set batch_sizes=[1, 64]): batch size 64 is impossible"), "{}", stderr(&o));
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "dataset.n_edits=-3"]);
-    assert!(stderr(&o).contains("expected a whole number ≥ 0") && !stderr(&o).contains("usize"), "{}", stderr(&o));
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        "batch_sizes=[1, 64]",
+    ]);
+    assert!(
+        stderr(&o).contains("(--set batch_sizes=[1, 64]): batch size 64 is impossible"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        "dataset.n_edits=-3",
+    ]);
+    assert!(
+        stderr(&o).contains("expected a whole number ≥ 0") && !stderr(&o).contains("usize"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--set", "nonsense"]);
     assert!(stderr(&o).contains("--set nonsense: expected dotted.key=value"), "{}", stderr(&o));
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "eval={sample: {n: 4, seed: 3, first: true}}"]);
-    assert!(stderr(&o).contains("eval.sample.seed = 3 has no effect with first: true"), "{}", stderr(&o));
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        "eval={sample: {n: 4, seed: 3, first: true}}",
+    ]);
+    assert!(
+        stderr(&o).contains("eval.sample.seed = 3 has no effect with first: true"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["run", "experiments/smollm2-quick.yaml", "--shard", "2/2"]);
     assert!(stderr(&o).contains("--shard 2/2: expected I/N with 0 ≤ I < N"), "{}", stderr(&o));
     // The dry run lists exactly the cells of its shard.
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--shard", "1/4"]);
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--shard",
+        "1/4",
+    ]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.starts_with("4 of 16 cells in shard 1/4"), "{text}");
-    let listed: Vec<&str> = text.lines().skip(1).take_while(|l| !l.starts_with("memory plan")).map(|l| l.split_whitespace().next().unwrap()).collect();
+    let listed: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("memory plan"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
     assert_eq!(listed, ["1", "5", "9", "13"]);
     // The dry run ends with the memory plan (estimates per phase; arithmetic unit-tested).
     assert!(text.contains("memory plan for smollm2-135m") && text.contains("peak"), "{text}");
     // Half precision on the cpu backend is rounded and stored in f32, so planned at 4 bytes a weight.
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", "models.0.dtype=bf16"]);
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        "models.0.dtype=bf16",
+    ]);
     let half = String::from_utf8_lossy(&o.stdout);
     assert!(half.contains("memory plan for smollm2-135m (bf16 rounded, stored as f32)"), "{half}");
-    let weights = |plan: &str| plan.lines().find(|l| l.trim_start().starts_with("weights")).unwrap().to_string();
+    let weights = |plan: &str| {
+        plan.lines().find(|l| l.trim_start().starts_with("weights")).unwrap().to_string()
+    };
     assert_eq!(weights(&half), weights(&text));
     // A checkpoint directory without its weights is refused before any work.
     let no_weights = dir.path().join("no-weights");
     std::fs::create_dir_all(&no_weights).unwrap();
-    std::fs::copy(root().join("crates/models/tests/fixtures/tiny-llama/config.json"), no_weights.join("config.json")).unwrap();
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", &format!("models.0.path={}", no_weights.display())]);
+    std::fs::copy(
+        root().join("crates/models/tests/fixtures/tiny-llama/config.json"),
+        no_weights.join("config.json"),
+    )
+    .unwrap();
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        &format!("models.0.path={}", no_weights.display()),
+    ]);
     assert!(stderr(&o).contains("model.safetensors: no such file or directory"), "{}", stderr(&o));
     // A case_id that repeats among the edited records is refused (it keys the results).
-    let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json"))).unwrap();
+    let mut records: Vec<serde_json::Value> =
+        serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json")))
+            .unwrap();
     records[1]["case_id"] = records[0]["case_id"].clone();
     let data = dir.path().join("dup.json");
     std::fs::write(&data, serde_json::to_string(&records).unwrap()).unwrap();
-    let o = run(&["run", "experiments/smollm2-quick.yaml", "--dry-run", "--set", CORPUS, "--set", &format!("dataset.path={}", data.display())]);
-    assert!(stderr(&o).contains("case_id 13 occurs more than once among the edited records"), "{}", stderr(&o));
+    let o = run(&[
+        "run",
+        "experiments/smollm2-quick.yaml",
+        "--dry-run",
+        "--set",
+        CORPUS,
+        "--set",
+        &format!("dataset.path={}", data.display()),
+    ]);
+    assert!(
+        stderr(&o).contains("case_id 13 occurs more than once among the edited records"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Files with extension `ext` in `dir` (0 when it does not exist).
 fn count(dir: &Path, ext: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count())
+        .unwrap_or(0)
 }
 
 /// The cell records (`cells/*.json`) of a results directory.
 fn cell_records(out: &Path) -> Vec<serde_json::Value> {
     let files = std::fs::read_dir(out.join("cells")).unwrap().flatten().map(|e| e.path());
-    files.filter(|p| p.extension().is_some_and(|x| x == "json")).map(|p| serde_json::from_str(&read(&p)).unwrap()).collect()
+    files
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| serde_json::from_str(&read(&p)).unwrap())
+        .collect()
 }
 
 /// Runs the tiny sweep into `out` to its end, or kills it (SIGKILL) as soon as `kill_when(out)`.
@@ -147,8 +262,14 @@ fn tiny_run(sweep: &Path, out: &Path, extra: &[&str], kill_when: Option<&dyn Fn(
     if let Some(kill_when) = kill_when {
         let started = Instant::now();
         while !kill_when(out) {
-            assert!(child.try_wait().unwrap().is_none(), "the sweep ended before it could be killed");
-            assert!(started.elapsed() < Duration::from_secs(900), "the kill point was never reached");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the sweep ended before it could be killed"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "the kill point was never reached"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         child.kill().unwrap();
@@ -179,14 +300,26 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     assert!(summary.lines().any(|l| l.contains(",emmet,single,4,1,2,0,post,ES,")), "{summary}");
     assert!(summary.lines().any(|l| l.contains(",pre,S,")), "{summary}");
     // The edits were written: every cell moved P(new) − P(true) on the rewrite prompts.
-    let em = |stage: &str| -> Vec<f64> { summary.lines().filter(|l| l.contains(&format!(",{stage},EM,"))).map(|l| l.split(',').nth(10).unwrap().parse().unwrap()).collect() };
+    let em = |stage: &str| -> Vec<f64> {
+        summary
+            .lines()
+            .filter(|l| l.contains(&format!(",{stage},EM,")))
+            .map(|l| l.split(',').nth(10).unwrap().parse().unwrap())
+            .collect()
+    };
     assert_eq!(em("pre").len(), 4);
-    assert!(em("pre").iter().zip(em("post")).all(|(pre, post)| post > *pre + 1.0), "pre {:?} post {:?}", em("pre"), em("post"));
+    assert!(
+        em("pre").iter().zip(em("post")).all(|(pre, post)| post > *pre + 1.0),
+        "pre {:?} post {:?}",
+        em("pre"),
+        em("post")
+    );
     let timings = read(&full.join("timings.csv"));
     for phase in ["targets", "keys", "solve", "eval", "stats", "eval_pre"] {
         assert!(timings.contains(&format!(",{phase},")), "{phase} missing in {timings}");
     }
-    let manifest: serde_json::Value = serde_json::from_str(&read(&full.join("manifest.json"))).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&full.join("manifest.json"))).unwrap();
     assert_eq!(manifest["cells"].as_array().unwrap().len(), 4);
     assert_eq!(manifest["models"][0]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(manifest["stats_cache_keys"].as_array().unwrap().len(), 1);
@@ -200,7 +333,10 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
         assert_eq!(s["dirty"].as_bool().unwrap(), s["diff_sha256"].is_string(), "{s}");
         assert_eq!(s["backend"].as_str(), Some("cpu"), "{s}");
         assert!(s["started"].as_str().unwrap() <= s["ended"].as_str().unwrap(), "{s}");
-        assert!(!s["cpu"].as_str().unwrap().is_empty() && s["threads"].as_u64().unwrap() >= 1, "{s}");
+        assert!(
+            !s["cpu"].as_str().unwrap().is_empty() && s["threads"].as_u64().unwrap() >= 1,
+            "{s}"
+        );
     }
     // The report rebuilds the aggregates from the raw rows: damaged aggregates come back exact.
     std::fs::write(full.join("summary.csv"), "damaged").unwrap();
@@ -233,7 +369,13 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     tiny_run(&sweep, &shards[0], &["--shard", "0/2"], None);
     tiny_run(&sweep, &shards[1], &["--shard", "1/2"], None);
     let merged = dir.path().join("merged");
-    let o = run(&["merge", "--out", merged.to_str().unwrap(), shards[0].to_str().unwrap(), shards[1].to_str().unwrap()]);
+    let o = run(&[
+        "merge",
+        "--out",
+        merged.to_str().unwrap(),
+        shards[0].to_str().unwrap(),
+        shards[1].to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(raw_rows(&merged), results, "merged shards differ from the full run");
     assert_eq!(read(&merged.join("summary.csv")), summary);
@@ -252,27 +394,49 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
         }
     }
     let combined = dir.path().join("combined");
-    let o = run(&["merge", "--out", combined.to_str().unwrap(), committed.to_str().unwrap(), shards[1].to_str().unwrap()]);
+    let o = run(&[
+        "merge",
+        "--out",
+        combined.to_str().unwrap(),
+        committed.to_str().unwrap(),
+        shards[1].to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let sorted = |text: String| -> Vec<String> {
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines.sort();
         lines
     };
-    assert_eq!(sorted(read(&combined.join("summary.csv"))), sorted(summary.clone()), "merged committed results differ");
+    assert_eq!(
+        sorted(read(&combined.join("summary.csv"))),
+        sorted(summary.clone()),
+        "merged committed results differ"
+    );
     assert!(!combined.join("results.csv").exists());
     let o = run(&["run", sweep.to_str().unwrap(), "--out", combined.to_str().unwrap()]);
     assert!(stderr(&o).contains("0 to run (4 already finished)"), "{}", stderr(&o));
-    assert_eq!(sorted(read(&combined.join("summary.csv"))), sorted(summary.clone()), "a rerun changed committed results");
+    assert_eq!(
+        sorted(read(&combined.join("summary.csv"))),
+        sorted(summary.clone()),
+        "a rerun changed committed results"
+    );
     let o = run(&["report", combined.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     // `--cells` runs only the named cells; a later run without it does the rest, same bytes.
-    let ids: Vec<&str> = manifest["cells"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        manifest["cells"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     let picked = dir.path().join("picked");
     tiny_run(&sweep, &picked, &["--cells", ids[3]], None);
     assert_eq!(count(&picked.join("cells"), "json"), 1);
-    let o = run(&["run", sweep.to_str().unwrap(), "--out", picked.to_str().unwrap(), "--cells", "nosuchcell"]);
+    let o = run(&[
+        "run",
+        sweep.to_str().unwrap(),
+        "--out",
+        picked.to_str().unwrap(),
+        "--cells",
+        "nosuchcell",
+    ]);
     assert!(stderr(&o).contains("--cells nosuchcell: no such cell"), "{}", stderr(&o));
     tiny_run(&sweep, &picked, &[], None);
     assert_eq!(raw_rows(&picked), results, "a run in two selections differs");
@@ -281,23 +445,51 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     // instead of two side by side), every cell recorded as run on one thread.
     let paired = dir.path().join("paired");
     tiny_run(&sweep, &paired, &["--jobs", "2"], None);
-    let means = |text: &str| -> Vec<(String, f64)> { text.lines().skip(1).map(|l| (l.rsplitn(4, ',').nth(3).unwrap().to_string(), l.split(',').nth(10).unwrap().parse().unwrap())).collect() };
-    for ((key, a), (other, b)) in means(&summary).into_iter().zip(means(&read(&paired.join("summary.csv")))) {
+    let means = |text: &str| -> Vec<(String, f64)> {
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                (
+                    l.rsplitn(4, ',').nth(3).unwrap().to_string(),
+                    l.split(',').nth(10).unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for ((key, a), (other, b)) in
+        means(&summary).into_iter().zip(means(&read(&paired.join("summary.csv"))))
+    {
         assert_eq!(key, other);
         assert!((a - b).abs() <= 1e-4, "{key}: {a} alone, {b} side by side (points ×100)");
     }
     for record in cell_records(&paired) {
         assert_eq!(record["outcome"]["threads"], 1, "{}", record["cell"]);
     }
-    let o = run(&["run", sweep.to_str().unwrap(), "--out", paired.to_str().unwrap(), "--jobs", "0"]);
+    let o =
+        run(&["run", sweep.to_str().unwrap(), "--out", paired.to_str().unwrap(), "--jobs", "0"]);
     assert!(stderr(&o).contains("--jobs 0: at least one cell"), "{}", stderr(&o));
-    let o = run(&["run", sweep.to_str().unwrap(), "--out", paired.to_str().unwrap(), "--jobs", "2", "--set", "backend=wgpu"]);
+    let o = run(&[
+        "run",
+        sweep.to_str().unwrap(),
+        "--out",
+        paired.to_str().unwrap(),
+        "--jobs",
+        "2",
+        "--set",
+        "backend=wgpu",
+    ]);
     // (A build without the wgpu feature refuses the backend itself.)
-    assert!(stderr(&o).contains("cells run side by side on the cpu backend only") || stderr(&o).contains("wgpu"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cells run side by side on the cpu backend only")
+            || stderr(&o).contains("wgpu"),
+        "{}",
+        stderr(&o)
+    );
 
     // Shards of different sweeps are refused.
     let other = dir.path().join("other.yaml");
-    std::fs::write(&other, read(&sweep).replace("batch_sizes: [1, 2]", "batch_sizes: [2]")).unwrap();
+    std::fs::write(&other, read(&sweep).replace("batch_sizes: [1, 2]", "batch_sizes: [2]"))
+        .unwrap();
     let o = run(&["run", other.to_str().unwrap(), "--out", full.to_str().unwrap()]);
     assert!(stderr(&o).contains("holds results of another sweep"), "{}", stderr(&o));
     let foreign = dir.path().join("foreign");
@@ -305,12 +497,28 @@ fn a_tiny_sweep_runs_resumes_after_a_kill_and_merges_shards_identically() {
     let mut m = manifest.clone();
     m["sweep_sha256"] = serde_json::json!("0");
     std::fs::write(foreign.join("manifest.json"), m.to_string()).unwrap();
-    let o = run(&["merge", "--out", dir.path().join("m2").to_str().unwrap(), full.to_str().unwrap(), foreign.to_str().unwrap()]);
+    let o = run(&[
+        "merge",
+        "--out",
+        dir.path().join("m2").to_str().unwrap(),
+        full.to_str().unwrap(),
+        foreign.to_str().unwrap(),
+    ]);
     assert!(stderr(&o).contains("is from another sweep"), "{}", stderr(&o));
     // Merging into a directory that holds another sweep's results is refused, and changes nothing.
     let before = read(&foreign.join("manifest.json"));
-    let o = run(&["merge", "--out", foreign.to_str().unwrap(), shards[0].to_str().unwrap(), shards[1].to_str().unwrap()]);
-    assert!(stderr(&o).contains("is not empty and holds no results of this sweep"), "{}", stderr(&o));
+    let o = run(&[
+        "merge",
+        "--out",
+        foreign.to_str().unwrap(),
+        shards[0].to_str().unwrap(),
+        shards[1].to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("is not empty and holds no results of this sweep"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(read(&foreign.join("manifest.json")), before);
 }
 
@@ -320,7 +528,10 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     // AlphaEdit with a null-space threshold below every eigenvalue of C cannot edit: each cell fails.
     let text = read(&tiny_sweep(dir.path()))
         .replace("methods: [emmet, memit]", "methods: [alphaedit]")
-        .replace("  emmet: {v_num_grad_steps: 4, templates: fixed}", "  alphaedit: {nullspace_threshold: 1.0e-30, templates: fixed}")
+        .replace(
+            "  emmet: {v_num_grad_steps: 4, templates: fixed}",
+            "  alphaedit: {nullspace_threshold: 1.0e-30, templates: fixed}",
+        )
         .replace("  memit: {v_num_grad_steps: 4, templates: fixed}\n", "");
     let sweep = dir.path().join("failing.yaml");
     std::fs::write(&sweep, text).unwrap();
@@ -330,7 +541,13 @@ fn a_failing_cell_is_recorded_and_the_sweep_goes_on_unless_fail_fast() {
     assert!(stderr(&o).contains("2 cell(s) failed"), "{}", stderr(&o));
     let failed = cell_records(&out);
     assert_eq!(failed.len(), 2, "both cells ran");
-    assert!(failed.iter().all(|r| r["error"].as_str().unwrap().contains("no eigenvalue of C at layer 4 is below nullspace_threshold")), "{failed:?}");
+    assert!(
+        failed.iter().all(|r| r["error"]
+            .as_str()
+            .unwrap()
+            .contains("no eigenvalue of C at layer 4 is below nullspace_threshold")),
+        "{failed:?}"
+    );
     assert_eq!(raw_rows(&out), "", "no rows from failed cells");
 
     let out = dir.path().join("paired");
@@ -355,46 +572,102 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     let sweep = tiny_sweep(dir.path());
     let out = dir.path().join("sampled");
     let sets = [
-        "--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent",
-        "--set", "eval={sample: {n: 1, seed: 3}, degradation: {texts: 3, max_length: 16, batches: 1}}",
+        "--set",
+        "methods=[emmet]",
+        "--set",
+        "batch_sizes=[1]",
+        "--set",
+        "protocol=independent",
+        "--set",
+        "eval={sample: {n: 1, seed: 3}, degradation: {texts: 3, max_length: 16, batches: 1}}",
     ];
     tiny_run(&sweep, &out, &sets, None);
     let results = raw_rows(&out);
     let rows: Vec<Vec<&str>> = results.lines().skip(1).map(|l| l.split(',').collect()).collect();
-    let cases: std::collections::BTreeSet<&str> = rows.iter().filter(|r| r[11] != "PPL" && !r[11].starts_with("DW")).map(|r| r[9]).collect();
+    let cases: std::collections::BTreeSet<&str> =
+        rows.iter().filter(|r| r[11] != "PPL" && !r[11].starts_with("DW")).map(|r| r[9]).collect();
     assert_eq!(cases.len(), 1, "one sampled record scored: {cases:?}");
-    let metric = |stage: &str, code: &str| rows.iter().filter(|r| r[10] == stage && r[11] == code).map(|r| r[12].parse::<f64>().unwrap()).collect::<Vec<f64>>();
+    let metric = |stage: &str, code: &str| {
+        rows.iter()
+            .filter(|r| r[10] == stage && r[11] == code)
+            .map(|r| r[12].parse::<f64>().unwrap())
+            .collect::<Vec<f64>>()
+    };
     let (pre, post) = (metric("pre", "PPL"), metric("post", "PPL"));
-    assert_eq!((pre.len(), post.len()), (1, 1), "PPL once unedited, once after the one sampled batch");
+    assert_eq!(
+        (pre.len(), post.len()),
+        (1, 1),
+        "PPL once unedited, once after the one sampled batch"
+    );
     assert!(pre[0] > 1.0 && post[0] > 1.0 && post[0] != pre[0], "pre {pre:?} post {post:?}");
     let (norm, rel) = (metric("post", "DWNORM"), metric("post", "DWREL"));
     assert_eq!((norm.len(), rel.len()), (1, 1), "one edited layer");
     assert!(norm[0] > 0.0 && rel[0] > 0.0 && rel[0] < 1.0, "{norm:?} {rel:?}");
-    assert!(rows.iter().filter(|r| r[11] == "DWNORM").all(|r| r[9] == "4"), "the layer is the case_id");
-    let held_out: serde_json::Value = serde_json::from_str(&read(&out.join("held-out/smollm2.json"))).unwrap();
+    assert!(
+        rows.iter().filter(|r| r[11] == "DWNORM").all(|r| r[9] == "4"),
+        "the layer is the case_id"
+    );
+    let held_out: serde_json::Value =
+        serde_json::from_str(&read(&out.join("held-out/smollm2.json"))).unwrap();
     assert_eq!(held_out["paragraph_indices"].as_array().unwrap().len(), 3);
     assert_eq!(held_out["excluded_statistics_paragraphs"], 40);
     // Without degradation, the batch whose record is not sampled is not edited at all.
     let only_sample = dir.path().join("only-sample");
-    let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent", "--set", "eval={sample: {n: 1, seed: 3}}"];
+    let sets = [
+        "--set",
+        "methods=[emmet]",
+        "--set",
+        "batch_sizes=[1]",
+        "--set",
+        "protocol=independent",
+        "--set",
+        "eval={sample: {n: 1, seed: 3}}",
+    ];
     tiny_run(&sweep, &only_sample, &sets, None);
     let cells = cell_records(&only_sample);
     assert_eq!(cells.len(), 1);
     assert_eq!(cells[0]["outcome"]["skipped_batches"], 1, "{}", cells[0]["outcome"]);
     assert_eq!(cells[0]["outcome"]["adam_steps"].as_array().unwrap().len(), 1, "one edit searched");
-    let post = |dir: &Path| raw_rows(dir).lines().filter(|l| l.contains(",post,") && !l.contains("PPL") && !l.contains(",DW")).map(|l| l.split(',').skip(9).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    let post = |dir: &Path| {
+        raw_rows(dir)
+            .lines()
+            .filter(|l| l.contains(",post,") && !l.contains("PPL") && !l.contains(",DW"))
+            .map(|l| l.split(',').skip(9).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(post(&only_sample), post(&out), "the sampled record scores the same");
     // `first: true` scores the first record; degradation is measured after its batch only, and
     // the other batch is not edited.
     let first = dir.path().join("first");
-    let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", "protocol=independent", "--set", "eval={sample: {n: 1, first: true}, degradation: {texts: 3, max_length: 16, batches: 2}}"];
+    let sets = [
+        "--set",
+        "methods=[emmet]",
+        "--set",
+        "batch_sizes=[1]",
+        "--set",
+        "protocol=independent",
+        "--set",
+        "eval={sample: {n: 1, first: true}, degradation: {texts: 3, max_length: 16, batches: 2}}",
+    ];
     tiny_run(&sweep, &first, &sets, None);
-    let dataset: serde_json::Value = serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json"))).unwrap();
+    let dataset: serde_json::Value =
+        serde_json::from_str(&read(&root().join("data/counterfact/counterfact_dev_sample.json")))
+            .unwrap();
     let first_case = dataset[0]["case_id"].to_string();
     let results = raw_rows(&first);
-    let scored: std::collections::BTreeSet<&str> = results.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|r| r[11] == "ES").map(|r| r[9]).collect();
+    let scored: std::collections::BTreeSet<&str> = results
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|r| r[11] == "ES")
+        .map(|r| r[9])
+        .collect();
     assert_eq!(scored, [first_case.as_str()].into(), "{results}");
-    assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 1, "PPL after the one scored batch");
+    assert_eq!(
+        results.lines().filter(|l| l.contains(",post,PPL,")).count(),
+        1,
+        "PPL after the one scored batch"
+    );
     let cell = cell_records(&first).remove(0);
     assert_eq!(cell["outcome"]["skipped_batches"], 1, "{}", cell["outcome"]);
     // Without raw rows (runs committed before they were kept), the report reads the same tables
@@ -404,13 +677,27 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
     for file in ["manifest.json", "summary.csv", "timings.csv"] {
         std::fs::copy(first.join(file), summaries.join(file)).unwrap();
     }
-    let (rows, sums) = (editbench_report::load_run(&first).unwrap(), editbench_report::load_run(&summaries).unwrap());
-    assert_eq!((rows.post.len(), rows.pre.len(), rows.sample), (sums.post.len(), sums.pre.len(), sums.sample));
-    for (a, b) in [(&rows.post.values().next().unwrap(), &sums.post.values().next().unwrap()), (&&rows.pre["smollm2"], &&sums.pre["smollm2"])] {
+    let (rows, sums) = (
+        editbench_report::load_run(&first).unwrap(),
+        editbench_report::load_run(&summaries).unwrap(),
+    );
+    assert_eq!(
+        (rows.post.len(), rows.pre.len(), rows.sample),
+        (sums.post.len(), sums.pre.len(), sums.sample)
+    );
+    for (a, b) in [
+        (&rows.post.values().next().unwrap(), &sums.post.values().next().unwrap()),
+        (&&rows.pre["smollm2"], &&sums.pre["smollm2"]),
+    ] {
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
         for (metric, x) in a.iter() {
             let y = b[metric];
-            assert!((x.mean - y.mean).abs() < 1e-9 && x.n == y.n && x.stderr.is_some() == y.stderr.is_some(), "{metric:?}: {x:?} vs {y:?}");
+            assert!(
+                (x.mean - y.mean).abs() < 1e-9
+                    && x.n == y.n
+                    && x.stderr.is_some() == y.stderr.is_some(),
+                "{metric:?}: {x:?} vs {y:?}"
+            );
         }
     }
 }
@@ -423,15 +710,31 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let sweep = tiny_sweep(dir.path());
     let sets = [
-        "--set", "methods=[alphaedit]", "--set", "batch_sizes=[1]", "--set", "protocol=sequential", "--set", "eval_every_round=true",
-        "--set", "dataset.selection={first: 3}", "--set", "dataset.n_edits=3",
-        "--set", "overrides={alphaedit: {v_num_grad_steps: 4, templates: fixed}}",
-        "--set", "eval={degradation: {texts: 2, max_length: 16}}",
+        "--set",
+        "methods=[alphaedit]",
+        "--set",
+        "batch_sizes=[1]",
+        "--set",
+        "protocol=sequential",
+        "--set",
+        "eval_every_round=true",
+        "--set",
+        "dataset.selection={first: 3}",
+        "--set",
+        "dataset.n_edits=3",
+        "--set",
+        "overrides={alphaedit: {v_num_grad_steps: 4, templates: fixed}}",
+        "--set",
+        "eval={degradation: {texts: 2, max_length: 16}}",
     ];
     let unbroken = dir.path().join("unbroken");
     tiny_run(&sweep, &unbroken, &sets, None);
     let results = raw_rows(&unbroken);
-    assert_eq!(results.lines().filter(|l| l.contains(",post,PPL,")).count(), 3, "PPL after every round: {results}");
+    assert_eq!(
+        results.lines().filter(|l| l.contains(",post,PPL,")).count(),
+        3,
+        "PPL after every round: {results}"
+    );
     let checkpoints = |out: &Path| count(&out.join("checkpoints"), "safetensors");
     assert_eq!(checkpoints(&unbroken), 0, "a finished cell leaves no checkpoint");
     // curves.csv has each round's summaries; with summary.csv alone (as committed before raw rows
@@ -443,32 +746,69 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     for file in ["manifest.json", "summary.csv", "timings.csv", "curves.csv"] {
         std::fs::copy(unbroken.join(file), summaries.join(file)).unwrap();
     }
-    let (rows, sums) = (editbench_report::load_run(&unbroken).unwrap(), editbench_report::load_run(&summaries).unwrap());
+    let (rows, sums) = (
+        editbench_report::load_run(&unbroken).unwrap(),
+        editbench_report::load_run(&summaries).unwrap(),
+    );
     let curve = |run: &editbench_report::Run| run.curves.values().next().cloned().expect("a curve");
     let (a, b) = (curve(&rows), curve(&sums));
     assert_eq!(a.keys().collect::<Vec<_>>(), [&1, &2, &3]);
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (edits, point) in &a {
-        assert_eq!(point.keys().collect::<Vec<_>>(), b[edits].keys().collect::<Vec<_>>(), "after {edits} edits");
-        assert!(point.iter().all(|(m, x)| (x.mean - b[edits][m].mean).abs() < 1e-9 && x.n == b[edits][m].n), "after {edits} edits: {point:?} vs {:?}", b[edits]);
+        assert_eq!(
+            point.keys().collect::<Vec<_>>(),
+            b[edits].keys().collect::<Vec<_>>(),
+            "after {edits} edits"
+        );
+        assert!(
+            point
+                .iter()
+                .all(|(m, x)| (x.mean - b[edits][m].mean).abs() < 1e-9 && x.n == b[edits][m].n),
+            "after {edits} edits: {point:?} vs {:?}",
+            b[edits]
+        );
     }
 
     // Paused after one round, then after another, then run to the end.
     let paused = dir.path().join("paused");
     for round in 1..=2 {
-        let mut args = vec!["run", sweep.to_str().unwrap(), "--out", paused.to_str().unwrap(), "--max-rounds", "1"];
+        let mut args = vec![
+            "run",
+            sweep.to_str().unwrap(),
+            "--out",
+            paused.to_str().unwrap(),
+            "--max-rounds",
+            "1",
+        ];
         args.extend(sets);
         let o = run(&args);
-        assert!(o.status.success() && stderr(&o).contains("1 sequential cell(s) paused by --max-rounds"), "{}", stderr(&o));
-        assert_eq!((count(&paused.join("cells"), "json"), checkpoints(&paused)), (0, 1), "after round {round}");
+        assert!(
+            o.status.success()
+                && stderr(&o).contains("1 sequential cell(s) paused by --max-rounds"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(
+            (count(&paused.join("cells"), "json"), checkpoints(&paused)),
+            (0, 1),
+            "after round {round}"
+        );
     }
     tiny_run(&sweep, &paused, &sets, None);
     assert_eq!(raw_rows(&paused), results, "paused and resumed run differs");
-    assert_eq!(cell_records(&paused)[0]["outcome"]["resumed_after_rounds"], serde_json::json!([1, 2]));
+    assert_eq!(
+        cell_records(&paused)[0]["outcome"]["resumed_after_rounds"],
+        serde_json::json!([1, 2])
+    );
     // One provenance segment per invocation, with the rounds each ran.
     let segments = cell_records(&paused)[0]["provenance"].clone();
-    let rounds: Vec<serde_json::Value> = segments.as_array().unwrap().iter().map(|s| s["rounds"].clone()).collect();
-    assert_eq!(rounds, [serde_json::json!([0, 1]), serde_json::json!([1, 2]), serde_json::json!([2, 3])], "{segments}");
+    let rounds: Vec<serde_json::Value> =
+        segments.as_array().unwrap().iter().map(|s| s["rounds"].clone()).collect();
+    assert_eq!(
+        rounds,
+        [serde_json::json!([0, 1]), serde_json::json!([1, 2]), serde_json::json!([2, 3])],
+        "{segments}"
+    );
     assert_eq!(checkpoints(&paused), 0);
 
     // Killed as soon as the first checkpoint is written.
@@ -480,7 +820,8 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     // A damaged checkpoint is set aside and the cell starts over.
     let damaged = dir.path().join("damaged");
     tiny_run(&sweep, &damaged, &[&sets[..], &["--max-rounds", "1"]].concat(), None);
-    let file = std::fs::read_dir(damaged.join("checkpoints")).unwrap().flatten().next().unwrap().path();
+    let file =
+        std::fs::read_dir(damaged.join("checkpoints")).unwrap().flatten().next().unwrap().path();
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 8]).unwrap();
     tiny_run(&sweep, &damaged, &sets, None);
