@@ -99,7 +99,7 @@ impl TracePrompt {
                 .filter(|(_, &(s, e))| e > s && s < end && e > start)
                 .map(|(i, _)| i)
         };
-        let subject_tokens = match (overlapping().next(), overlapping().last()) {
+        let subject_tokens = match (overlapping().next(), overlapping().next_back()) {
             (Some(first), Some(last)) => first..last + 1,
             _ => {
                 return Err(EditError::Input(format!(
@@ -177,7 +177,7 @@ impl<'m, B: Backend> Tracer<'m, B> {
         }
         let capture: Vec<usize> = (0..model.dims.num_layers).collect();
         let hooks = Hooks { capture, logits_at: Some(vec![t - 1]), ..Hooks::default() };
-        let clean = model.forward(&model.batch(&[prompt.ids.clone()], Padding::Right)?, &hooks);
+        let clean = model.forward(&model.batch(std::slice::from_ref(&prompt.ids), Padding::Right)?, &hooks);
         let clean_logits = host(clean.logits.clone().expect("full pass"))?;
         let known = clean_logits
             .iter()

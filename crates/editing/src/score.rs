@@ -141,26 +141,6 @@ pub fn perplexity_of(scored: &[Continuation]) -> f64 {
     (nll / tokens.max(1) as f64).exp()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scored(logprobs: &[f64]) -> Continuation {
-        Continuation { logprobs: logprobs.to_vec(), argmax: vec![false; logprobs.len()] }
-    }
-
-    /// A model uniform over 4 tokens has perplexity 4; texts are pooled by token, not averaged.
-    #[test]
-    fn perplexity_of_known_distributions() {
-        let quarter = (0.25f64).ln();
-        assert!((perplexity_of(&[scored(&[quarter; 3]), scored(&[quarter])]) - 4.0).abs() < 1e-12);
-        // p = 1/2 on one token and 1/8 on three: exp(−(ln ½ + 3 ln ⅛)/4) = 2^(10/4).
-        let mixed = [scored(&[(0.5f64).ln()]), scored(&[(0.125f64).ln(); 3])];
-        assert!((perplexity_of(&mixed) - 2f64.powf(2.5)).abs() < 1e-12);
-        assert_eq!(perplexity_of(&[scored(&[0.0, 0.0])]), 1.0);
-    }
-}
-
 /// Mean token NLL of each `(prompt, target)` pair.
 pub fn continuation_nll<B: Backend>(
     model: &LanguageModel<B>,
@@ -224,4 +204,24 @@ fn score_pass<B: Backend>(
         scored.argmax.push(best == *tok as i64);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(logprobs: &[f64]) -> Continuation {
+        Continuation { logprobs: logprobs.to_vec(), argmax: vec![false; logprobs.len()] }
+    }
+
+    /// A model uniform over 4 tokens has perplexity 4; texts are pooled by token, not averaged.
+    #[test]
+    fn perplexity_of_known_distributions() {
+        let quarter = (0.25f64).ln();
+        assert!((perplexity_of(&[scored(&[quarter; 3]), scored(&[quarter])]) - 4.0).abs() < 1e-12);
+        // p = 1/2 on one token and 1/8 on three: exp(−(ln ½ + 3 ln ⅛)/4) = 2^(10/4).
+        let mixed = [scored(&[(0.5f64).ln()]), scored(&[(0.125f64).ln(); 3])];
+        assert!((perplexity_of(&mixed) - 2f64.powf(2.5)).abs() < 1e-12);
+        assert_eq!(perplexity_of(&[scored(&[0.0, 0.0])]), 1.0);
+    }
 }

@@ -135,7 +135,7 @@ fn read_npy_vector(bytes: &[u8]) -> std::result::Result<Vec<f64>, String> {
     } else {
         return Err(format!("expected a little-endian float array, header {header}"));
     };
-    if data.len() % width != 0 {
+    if !data.len().is_multiple_of(width) {
         return Err("data length is not a multiple of the element size".into());
     }
     Ok(data

@@ -201,7 +201,7 @@ impl GgufFile {
             })?;
             let count: usize = dims.iter().product();
             let (per_block, block_bytes) = kind.block();
-            if count % per_block != 0 {
+            if !count.is_multiple_of(per_block) {
                 return Err(ModelError::format(path, format!("tensor `{name}` has {count} elements, not a multiple of the block size {per_block}")));
             }
             let len = count / per_block * block_bytes;

@@ -97,7 +97,7 @@ impl Gpt2HfConfig {
                 "true is not supported",
             ));
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::config(
                 path,
                 "n_head",

@@ -75,7 +75,7 @@ impl GptJHfConfig {
                 "GPT-J has a separate, biased lm_head; tied embeddings are not supported",
             ));
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::config(
                 path,
                 "n_head",
@@ -84,7 +84,7 @@ impl GptJHfConfig {
         }
         let head_dim = self.n_embd / self.n_head;
         let rotary_dim = self.rotary_dim.unwrap_or(head_dim);
-        if rotary_dim > head_dim || rotary_dim % 2 != 0 {
+        if rotary_dim > head_dim || !rotary_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 path,
                 "rotary_dim",

@@ -144,7 +144,7 @@ impl LlamaHfConfig {
         let num_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
         if self.num_attention_heads == 0
             || num_kv_heads == 0
-            || self.num_attention_heads % num_kv_heads != 0
+            || !self.num_attention_heads.is_multiple_of(num_kv_heads)
         {
             return Err(ModelError::config(
                 path,
@@ -156,7 +156,7 @@ impl LlamaHfConfig {
             ));
         }
         let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 path,
                 "head_dim",

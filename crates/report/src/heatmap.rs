@@ -65,7 +65,7 @@ impl Chart for HeatMap {
             .disable_mesh()
             .x_labels(columns.max(1) * 2 + 1)
             .x_label_formatter(&|x: &f64| {
-                if (x - x.floor() - 0.5).abs() < 0.01 && x.floor() as usize % 5 == 0 {
+                if (x - x.floor() - 0.5).abs() < 0.01 && (x.floor() as usize).is_multiple_of(5) {
                     format!("{}", x.floor())
                 } else {
                     String::new()

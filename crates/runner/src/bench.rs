@@ -242,7 +242,10 @@ pub(crate) fn passes_beside<T: Sync>(items: &[T], concurrent: usize, pass: impl 
     let ran = side_by_side(
         items,
         concurrent,
-        |item| Ok::<_, std::convert::Infallible>(pass(item)),
+        |item| {
+            pass(item);
+            Ok::<_, std::convert::Infallible>(())
+        },
         |_, ()| (),
     );
     ran.unwrap_or_else(|never| match never {});
