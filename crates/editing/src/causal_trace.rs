@@ -177,7 +177,8 @@ impl<'m, B: Backend> Tracer<'m, B> {
         }
         let capture: Vec<usize> = (0..model.dims.num_layers).collect();
         let hooks = Hooks { capture, logits_at: Some(vec![t - 1]), ..Hooks::default() };
-        let clean = model.forward(&model.batch(std::slice::from_ref(&prompt.ids), Padding::Right)?, &hooks);
+        let clean =
+            model.forward(&model.batch(std::slice::from_ref(&prompt.ids), Padding::Right)?, &hooks);
         let clean_logits = host(clean.logits.clone().expect("full pass"))?;
         let known = clean_logits
             .iter()
