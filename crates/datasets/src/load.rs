@@ -251,7 +251,7 @@ fn rome(f: &Fields) -> FieldResult<Record> {
     })
 }
 
-/// MEND zsRE as ROME/MEMIT evaluate it (algorithms §8.2): the edit inserts the first ground-truth
+/// MEND zsRE as ROME/MEMIT evaluate it (algo §8.2): the edit inserts the first ground-truth
 /// answer; the neighborhood is the Natural Questions prompt with `?` appended, `nq question: `
 /// prefix kept.
 fn mend(f: &Fields, index: usize) -> FieldResult<Record> {

@@ -1,4 +1,4 @@
-//! Context templates (algorithms §3.1): short texts `"<context>. {}"` in front of the request prompt, so
+//! Context templates (algo §3.1): short texts `"<context>. {}"` in front of the request prompt, so
 //! that keys and targets generalise beyond the bare prompt.
 
 use std::path::Path;
@@ -16,7 +16,7 @@ use crate::sampling::sample_top_k;
 const SEED_WORDS: [&str; 5] = ["The", "Therefore", "Because", "I", "You"];
 
 /// Templates in groups; each template holds one `{}` for the request prompt. Keys are averaged
-/// within each group, then over groups (algorithms §3.3).
+/// within each group, then over groups (algo §3.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContextTemplates {
     pub groups: Vec<Vec<String>>,

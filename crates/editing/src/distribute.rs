@@ -1,4 +1,4 @@
-//! Writing a batch of edits into the model (algorithms §6): targets at the last edited layer, then for
+//! Writing a batch of edits into the model (algo §6): targets at the last edited layer, then for
 //! each edited layer bottom-up keys on the current model, the residual share `(Z − H)/(n − i)`, the
 //! method's closed-form update, written in place at once. `single` distribution is the case n = 1.
 
@@ -299,7 +299,7 @@ impl Editor {
         Ok(())
     }
 
-    /// The method's closed-form update for one layer (algorithms §5); `bare_keys` are the rank-one
+    /// The method's closed-form update for one layer (algo §5); `bare_keys` are the rank-one
     /// methods' bare-prompt keys `k_p`.
     fn solve(
         &self,

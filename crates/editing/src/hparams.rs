@@ -12,7 +12,7 @@ use crate::error::{EditError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// ROME as the official code writes it (algorithms §5.2; ROME-ref and UME `rome/compute_u.py`,
+    /// ROME as the official code writes it (algo §5.2; ROME-ref and UME `rome/compute_u.py`,
     /// `compute_v.py`): rank one, direction `C⁻¹k̄` from the template-averaged key, exact on the
     /// bare prompt's key `k_p` — `ΔW = (v* − W k_p)(C⁻¹k̄)ᵀ / (k_pᵀC⁻¹k̄)`. Reproduces the paper's
     /// ROME rows; edits applied one after another.
@@ -21,11 +21,11 @@ pub enum Method {
     /// averaged key everywhere, `ΔW = (v* − W k̄)(C⁻¹k̄)ᵀ / (k̄ᵀC⁻¹k̄)`, so `Ŵ k̄ = v*` exactly.
     #[serde(rename = "r-rome")]
     RRome,
-    /// Least-squares memorization (algorithms §5.3).
+    /// Least-squares memorization (algo §5.3).
     Memit,
-    /// Batched equality constraint (algorithms §5.4).
+    /// Batched equality constraint (algo §5.4).
     Emmet,
-    /// Null-space-projected least squares (algorithms §5.5).
+    /// Null-space-projected least squares (algo §5.5).
     Alphaedit,
     /// ENCORE (arXiv 2502.01636; knowledge-editing-regularization `encore/encore_main.py`): MEMIT's
     /// least squares with a norm term and the keys of earlier rounds among the preserved ones,
@@ -39,7 +39,7 @@ pub enum Method {
 pub enum Distribution {
     /// The whole update at one layer.
     Single,
-    /// MEMIT's edit-distribution algorithm: the residual is spread over several layers (algorithms §6).
+    /// MEMIT's edit-distribution algorithm: the residual is spread over several layers (algo §6).
     Spread,
 }
 
@@ -64,7 +64,7 @@ macro_rules! string_enum {
 string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit", Method::Encore => "encore");
 string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
 
-/// How context templates are made (algorithms §3.1).
+/// How context templates are made (algo §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateKind {
@@ -188,7 +188,7 @@ impl MethodHparams {
     }
 }
 
-/// Statistics of the keys' second moment (algorithms §2).
+/// Statistics of the keys' second moment (algo §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsHparams {
@@ -229,7 +229,7 @@ impl Default for StatsHparams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Samples {
-    /// The first `n` paragraphs of the sampler's order (the reference: 2,000, algorithms §2).
+    /// The first `n` paragraphs of the sampler's order (the reference: 2,000, algo §2).
     Count(usize),
     /// "Minimal precomputation" (arXiv 2506.04226): paragraphs in the sampler's order until the
     /// statistics hold `keys_per_dim × d_in` keys (tokens), every layer the same.
@@ -281,7 +281,7 @@ pub enum Sampler {
     #[default]
     Seeded,
     /// The official code's `FixedRandomSubsetSampler`: CPython's `random.Random(1).shuffle` of the
-    /// paragraph indices, the first `samples` taken (algorithms §2), reproduced bit for bit.
+    /// paragraph indices, the first `samples` taken (algo §2), reproduced bit for bit.
     Reference,
 }
 string_enum!(Sampler, "sampler", Sampler::Seeded => "seeded", Sampler::Reference => "reference");

@@ -1,4 +1,4 @@
-//! Keys (algorithms §3): the input of the edited projection at the subject's last token, averaged over
+//! Keys (algo §3): the input of the edited projection at the subject's last token, averaged over
 //! context templates; and the block outputs at that token (the current values `H` of MEMIT's
 //! edit distribution).
 
@@ -70,7 +70,7 @@ pub fn activations_at<B: Backend>(
 pub const KEPT_BYTES: usize = 1 << 30;
 
 /// Reads activations of one set of sentences at several layers of a model that is edited
-/// bottom-up between the reads (algorithms §6: the keys of layer lᵢ are read after l₀ … lᵢ₋₁ are
+/// bottom-up between the reads (algo §6: the keys of layer lᵢ are read after l₀ … lᵢ₋₁ are
 /// edited). Each read keeps every chunk's input to the block the caller edits next (up to
 /// [`KEPT_BYTES`]), so the next read runs only the blocks from that one up; the activations are
 /// those of a full pass (same chunks, same operations on the same inputs).
@@ -170,7 +170,7 @@ pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f3
         .map_err(|e| EditError::Input(format!("reading a tensor back: {e:?}")))
 }
 
-/// The keys `K ∈ R^{d_in×n}` of `requests` at `layer` (algorithms §3.3): for each request the mean over
+/// The keys `K ∈ R^{d_in×n}` of `requests` at `layer` (algo §3.3): for each request the mean over
 /// template groups of the mean over the group's templates.
 pub fn keys<B: Backend>(
     model: &LanguageModel<B>,

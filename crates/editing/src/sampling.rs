@@ -1,5 +1,5 @@
-//! Seeded top-k sampling (k = 5, as the reference's `generate_fast`): context templates (algorithms §3.1)
-//! and the generation tests (algorithms §8.1) draw their texts this way.
+//! Seeded top-k sampling (k = 5, as the reference's `generate_fast`): context templates (algo §3.1)
+//! and the generation tests (algo §8.1) draw their texts this way.
 
 use burn::tensor::backend::Backend;
 use editbench_datasets::rng::SplitMix64;

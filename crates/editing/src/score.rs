@@ -1,4 +1,4 @@
-//! Target continuations under teacher forcing (algorithms §8.1): per target token, its log-probability
+//! Target continuations under teacher forcing (algo §8.1): per target token, its log-probability
 //! after the prompt and the tokens before it, and whether it was the model's top prediction.
 //! `P(target) = exp(−mean NLL)`.
 

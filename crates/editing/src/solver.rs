@@ -1,4 +1,4 @@
-//! The preservation–memorization objective and its closed-form solutions (paper §3; algorithms §5), in
+//! The preservation–memorization objective and its closed-form solutions (paper §3; algo §5), in
 //! f64 with faer.
 //!
 //! Column convention: keys `K ∈ R^{d_in×B}`, residuals `R = V − W₀K ∈ R^{d_out×B}`, key second
@@ -13,7 +13,7 @@ pub enum Memorization<'a> {
     /// Equality constraint `Ŵ K = V` (ROME, EMMET), with an optional regulariser `μ` on the `B×B`
     /// system: `ΔW = R (Kᵀ C⁻¹ K + μ I)⁻¹ Kᵀ C⁻¹`.
     Equality { mu: f64 },
-    /// The official ROME's equality on other keys than the direction's (algorithms §5.2): exact on
+    /// The official ROME's equality on other keys than the direction's (algo §5.2): exact on
     /// `constraint_keys` `K_p` (`ΔW K_p = R`) with the update in the span of `C⁻¹K`:
     /// `ΔW = R (K_pᵀ C⁻¹ K)⁻¹ (C⁻¹K)ᵀ`. With `K_p = K` it is `Equality { mu: 0 }`.
     Asymmetric { constraint_keys: MatRef<'a, f64> },
@@ -49,7 +49,7 @@ pub enum SolveError {
     NonFinite,
 }
 
-/// Solves the preservation–memorization objective for one layer (algorithms §5.1).
+/// Solves the preservation–memorization objective for one layer (algo §5.1).
 pub fn preservation_memorization_update(
     c: MatRef<'_, f64>,
     keys: MatRef<'_, f64>,
@@ -80,7 +80,7 @@ pub fn preservation_memorization_update(
     Ok(update)
 }
 
-/// EMMET / ROME (algorithms §5.4, §5.2): `Y = C⁻¹K`, `D = KᵀY + μI`, `ΔW = R D⁻¹ Yᵀ`.
+/// EMMET / ROME (algo §5.4, §5.2): `Y = C⁻¹K`, `D = KᵀY + μI`, `ΔW = R D⁻¹ Yᵀ`.
 fn equality(
     c: MatRef<'_, f64>,
     keys: MatRef<'_, f64>,
@@ -99,7 +99,7 @@ fn equality(
     Ok(Update { delta: residuals * d_inv_yt, condition_estimate, used_pseudo_inverse })
 }
 
-/// Official ROME (algorithms §5.2): `Y = C⁻¹K`, `D = K_pᵀY`, `ΔW = R D⁻¹ Yᵀ`. `D` is not symmetric, so
+/// Official ROME (algo §5.2): `Y = C⁻¹K`, `D = K_pᵀY`, `ΔW = R D⁻¹ Yᵀ`. `D` is not symmetric, so
 /// it is solved by LU; a singular `D` is an error (ROME's edit cannot be written then).
 fn asymmetric(
     c: MatRef<'_, f64>,
@@ -124,7 +124,7 @@ fn asymmetric(
     Ok(Update { delta: residuals * d_inv_yt, condition_estimate: None, used_pseudo_inverse: false })
 }
 
-/// MEMIT (algorithms §5.3): `(λC + KKᵀ) X = K`, `ΔW = R Xᵀ`.
+/// MEMIT (algo §5.3): `(λC + KKᵀ) X = K`, `ΔW = R Xᵀ`.
 fn least_squares(
     c: MatRef<'_, f64>,
     keys: MatRef<'_, f64>,
@@ -137,7 +137,7 @@ fn least_squares(
     Ok(Update { delta: residuals * x.transpose(), condition_estimate, used_pseudo_inverse })
 }
 
-/// AlphaEdit (algorithms §5.5, as jianghoucheng/AlphaEdit `AlphaEdit_main.py` solves it):
+/// AlphaEdit (algo §5.5, as jianghoucheng/AlphaEdit `AlphaEdit_main.py` solves it):
 /// `(P (KKᵀ + K_pK_pᵀ) + αI) U = P K Rᵀ`, `ΔW = Uᵀ` (the transpose of the spec's form).
 fn null_space(
     p: MatRef<'_, f64>,
@@ -173,7 +173,7 @@ fn symmetrize(a: &mut Mat<f64>) {
 }
 
 /// Beyond this condition estimate a Cholesky solve is not trusted (an ill-conditioned system
-/// rarely fails to factorise; it silently amplifies rounding instead — algorithms §5.4).
+/// rarely fails to factorise; it silently amplifies rounding instead — algo §5.4).
 const MAX_CONDITION: f64 = 1e12;
 
 /// Solves `A X = B` for symmetric `A`: Cholesky if `A` is positive definite, otherwise the
@@ -266,7 +266,7 @@ mod tests {
             prop_assert!(rel_err(lhs.as_ref(), (&r * k.transpose()).as_ref()) < 1e-8);
         }
 
-        /// Push-through identity (algorithms §5.1): EMMET with regulariser μ equals MEMIT with λ = μ.
+        /// Push-through identity (algo §5.1): EMMET with regulariser μ equals MEMIT with λ = μ.
         #[test]
         fn emmet_with_mu_equals_memit_with_lambda(seed in any::<u64>(), d_in in 8usize..40, d_out in 4usize..20, b in 1usize..10, mu in 0.01f64..10.0) {
             let (c, k, r) = problem(seed, d_in, d_out, b);

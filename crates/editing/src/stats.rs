@@ -1,4 +1,4 @@
-//! Second-moment statistics `C = E[k kᵀ]` of the keys entering the edited projection (algorithms §2),
+//! Second-moment statistics `C = E[k kᵀ]` of the keys entering the edited projection (algo §2),
 //! from a text corpus: one pass collects every requested layer and stops at the highest; batches
 //! are length-sorted so little padding is computed, and padded positions never enter `C`. Per
 //! batch the lower block triangle of `KᵀK` is computed by GEMMs on the backend; the running sum is

@@ -1,4 +1,4 @@
-//! Target values (algorithms §4): for each edit, the vector `z = v_init + δ` at one layer that makes the
+//! Target values (algo §4): for each edit, the vector `z = v_init + δ` at one layer that makes the
 //! model predict the new target, found by gradient descent on `δ`.
 //!
 //! All edits of a batch are optimised together: one forward/backward pass over every edit's
@@ -121,7 +121,7 @@ fn int_tensor<B: Backend, const D: usize>(
 /// prompt (GPT-J: ~130 MB per edit), so larger batches are searched in chunks of this size.
 const MAX_EDITS_PER_SEARCH: usize = 32;
 
-/// Finds `z = v_init + δ` for every request at `layer` (algorithms §4): `δ` is added to the layer's output
+/// Finds `z = v_init + δ` for every request at `layer` (algo §4): `δ` is added to the layer's output
 /// at the subject's last token and `z` lives in `space` — the MLP output (`Activation::Value`,
 /// ROME's `v`) or the residual stream (`Activation::Hidden`, MEMIT's `z`). The edits' searches are
 /// independent, so they are searched in chunks of at most [`MAX_EDITS_PER_SEARCH`] edits, and on
@@ -414,7 +414,7 @@ impl<B: AutodiffBackend> Part<B> {
         })
     }
 
-    /// The part's loss per edit at `delta` (algorithms §4): the NLL of its labels, the KL term of its KL
+    /// The part's loss per edit at `delta` (algo §4): the NLL of its labels, the KL term of its KL
     /// rows, and where `init_sq` (‖v_init‖² per edit) is given, the norm term.
     fn forward(
         &self,

@@ -1,4 +1,4 @@
-//! CounterFact's probability metrics (algorithms §8.1): for each prompt the mean token NLLs of the new
+//! CounterFact's probability metrics (algo §8.1): for each prompt the mean token NLLs of the new
 //! and the true object; success is the right one being more likely, magnitude the difference of
 //! `P = exp(−mean NLL)`, accuracy every target token being the top prediction.
 

@@ -1,4 +1,4 @@
-//! CounterFact's generation tests (algorithms §8.1): each generation prompt is continued by seeded top-5
+//! CounterFact's generation tests (algo §8.1): each generation prompt is continued by seeded top-5
 //! sampling to 100 tokens (prompt included); GE is the n-gram entropy of the texts (prompt
 //! included, as ROME/MEMIT compute it), RS their TF-IDF similarity to texts about the new object.
 

@@ -1,4 +1,4 @@
-//! The numbers of the paper's tables (algorithms §8), as long-format rows `(case_id, stage, metric,
+//! The numbers of the paper's tables (algo §8), as long-format rows `(case_id, stage, metric,
 //! value)` that the runner and the report aggregate without knowing what each metric means.
 //!
 //! Values are stored on their natural scale (success indicators and accuracies in `[0, 1]`,

@@ -183,7 +183,7 @@ impl<B: Backend> Scorer for LanguageModel<B> {
     }
 }
 
-/// `target` as scored after a prompt: with one leading space (algorithms §8.1).
+/// `target` as scored after a prompt: with one leading space (algo §8.1).
 pub(crate) fn spaced(target: &str) -> String {
     format!(" {}", target.trim_start())
 }

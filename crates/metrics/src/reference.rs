@@ -1,4 +1,4 @@
-//! The reference score RS (algorithms §8.1): TF-IDF cosine similarity between the generated texts and
+//! The reference score RS (algo §8.1): TF-IDF cosine similarity between the generated texts and
 //! Wikipedia snippets about other subjects that have the new object, with the vocabulary and IDF
 //! weights the ROME authors fitted (`tfidf_vocab.json`, `idf.npy`) and their
 //! `attribute_snippets.json`. Tokenisation follows scikit-learn's `TfidfVectorizer` defaults:

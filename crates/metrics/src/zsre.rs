@@ -1,4 +1,4 @@
-//! zsRE's token-level accuracy (algorithms §8.2): the fraction of the answer's tokens (`" " + answer`)
+//! zsRE's token-level accuracy (algo §8.2): the fraction of the answer's tokens (`" " + answer`)
 //! that are the top prediction under teacher forcing, for the rewrite prompt, its paraphrase, and
 //! the Natural Questions prompt against its own answer.
 
