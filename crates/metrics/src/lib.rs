@@ -17,7 +17,7 @@ pub use counterfact::counterfact_rows;
 pub use generation::{generation_rows, ngram_entropy, word_tokens, GenerationOptions, Generator};
 pub use metric::{Metric, MetricRow, Scorer, Stage};
 pub use reference::{ReferenceFiles, TfIdf};
-pub use summary::{counted_rows, edits_after, round_summaries, summarize, Summary};
+pub use summary::{counted_rows, edits_after, mean_stderr, round_summaries, summarize, Summary};
 pub use zsre::zsre_rows;
 
 use editbench_datasets::{DatasetKind, Record};

@@ -20,6 +20,18 @@ pub struct Summary {
     pub n: usize,
 }
 
+/// The mean of `values` and its standard error (sample standard deviation over √n; `None` for
+/// fewer than two values), unscaled. `values` must not be empty.
+pub fn mean_stderr(values: &[f64]) -> (f64, Option<f64>) {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let stderr = (n > 1).then(|| {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+            / (n as f64).sqrt()
+    });
+    (mean, stderr)
+}
+
 /// Means of every (stage, metric) in `rows`, plus S wherever its three inputs are present:
 /// harmonic mean of ES, PS, NS (CounterFact) or of rewrite, paraphrase and neighborhood accuracy
 /// (zsRE).
@@ -31,14 +43,9 @@ pub fn summarize(rows: &[MetricRow]) -> Vec<Summary> {
     let mut out: Vec<Summary> = groups
         .into_iter()
         .map(|((stage, metric), values)| {
-            let n = values.len();
-            let mean = values.iter().sum::<f64>() / n as f64;
-            let stderr = (n > 1).then(|| {
-                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-                    / (n as f64).sqrt()
-                    * metric.scale()
-            });
-            Summary { stage, metric, mean: mean * metric.scale(), stderr, n }
+            let (mean, stderr) = mean_stderr(&values);
+            let stderr = stderr.map(|se| se * metric.scale());
+            Summary { stage, metric, mean: mean * metric.scale(), stderr, n: values.len() }
         })
         .collect();
     for stage in [Stage::Pre, Stage::Post] {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use editbench_datasets::rng::SplitMix64;
-use editbench_metrics::{Metric, Stage};
+use editbench_metrics::{mean_stderr, Metric, Stage};
 use serde::Serialize;
 
 use crate::load::{raw_lines, read_manifest};
@@ -51,14 +51,11 @@ pub struct Estimate {
 
 impl Estimate {
     fn of(values: &[f64]) -> Option<Self> {
-        let n = values.len();
-        if n == 0 {
+        if values.is_empty() {
             return None;
         }
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let var = (n > 1)
-            .then(|| values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64);
-        Some(Estimate { mean, se: var.map(|v| (v / n as f64).sqrt()) })
+        let (mean, se) = mean_stderr(values);
+        Some(Estimate { mean, se })
     }
 
     fn show(&self, digits: usize) -> String {

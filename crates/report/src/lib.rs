@@ -11,7 +11,9 @@ pub mod rows;
 mod table;
 
 pub use heatmap::{write_heatmap, HeatMap};
-pub use load::{load_paper, load_run, read_csv, Curves, RowKey, Run, SolverNote, Summary};
+pub use load::{
+    load_paper, load_run, read_csv, read_manifest, Curves, RowKey, Run, SolverNote, Summary,
+};
 pub use plot::{plot_all, Figure};
 pub use table::{latex_table, markdown_table, Table};
 

@@ -281,7 +281,7 @@ fn drop_layers_unless_an_axis(keys: &mut BTreeMap<String, RowKey>) {
 }
 
 /// A results directory's `manifest.json`.
-pub(crate) fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
+pub fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("manifest.json");
     if !path.is_file() {
         bail!("{}: not a results directory (manifest.json is missing)", dir.display());

@@ -52,11 +52,7 @@ pub fn manifest_cell_ids(manifest: &serde_json::Value) -> Vec<String> {
 /// The raw rows of every cell of `dir` that has them, in the manifest's order, as one CSV text
 /// (one header): what `editbench rows` prints.
 pub fn all_rows_csv(dir: &Path) -> Result<String> {
-    let path = dir.join("manifest.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let manifest: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let manifest = crate::load::read_manifest(dir)?;
     let mut out = String::new();
     for id in manifest_cell_ids(&manifest) {
         let file = cell_rows_path(dir, &id);

@@ -153,7 +153,7 @@ pub fn write_cell_rows(dir: &Path, id: &str, rows: &[ResultRow]) -> Result<()> {
 }
 
 /// A cell's raw rows.
-pub fn read_cell_rows(dir: &Path, id: &str) -> Result<Vec<ResultRow>> {
+fn read_cell_rows(dir: &Path, id: &str) -> Result<Vec<ResultRow>> {
     read_gz_csv(&cell_rows_path(dir, id))
 }
 

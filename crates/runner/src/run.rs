@@ -20,13 +20,14 @@ use editbench_editing::{EditRequest, EditSession, Editor};
 use editbench_metrics::answers::{AnswerOptions, UneditedAnswers};
 use editbench_metrics::{evaluate, summarize, GenerationOptions, Metric, MetricRow, Stage, TfIdf};
 use editbench_models::{BackendKind, BackendTask, LanguageModel};
+use editbench_report::read_manifest;
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::output::{
-    carry_summaries, cell_record_path, final_rows, finished, read_cell_rows, rebuild, summarized,
+    carry_summaries, cell_record_path, cell_rows_path, final_rows, finished, rebuild, summarized,
     write_atomic, write_cell_rows, CellRecord, ResultRow,
 };
 use crate::provenance::{self, Segment};
@@ -1027,14 +1028,10 @@ fn refuse_other_results(out: &Path, manifest: &serde_json::Value) -> Result<()> 
 /// Rebuilds the aggregates of a results directory from its raw rows (what `editbench report` does
 /// first); a directory with none (committed before rows were kept) is left as it is.
 pub fn rebuild_from_rows(dir: &Path) -> Result<()> {
-    let manifest = read_manifest(dir)?;
-    let cells: Vec<Cell> =
-        serde_json::from_value(manifest["cells"].clone()).context("manifest cells")?;
+    let (cells, protocol) = grid(&read_manifest(dir)?)?;
     if !cells.iter().any(|c| finished(dir, &c.id).is_some()) {
         return Ok(());
     }
-    let protocol = serde_json::from_value(manifest["sweep"]["protocol"].clone())
-        .context("manifest sweep protocol")?;
     rebuild(dir, &cells, protocol)?;
     Ok(())
 }
@@ -1060,10 +1057,12 @@ fn source_provenance(dir: &Path, m: &serde_json::Value) -> serde_json::Value {
     out
 }
 
-fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
-    let p = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+/// The grid of a results directory's manifest: its cells and the protocol they were edited in.
+fn grid(manifest: &serde_json::Value) -> Result<(Vec<Cell>, Protocol)> {
+    let cells = serde_json::from_value(manifest["cells"].clone()).context("manifest cells")?;
+    let protocol = serde_json::from_value(manifest["sweep"]["protocol"].clone())
+        .context("manifest sweep protocol")?;
+    Ok((cells, protocol))
 }
 
 /// `editbench merge`: copies the cells of shard directories into `out` and rebuilds the
@@ -1082,8 +1081,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf], allow_dirty: bool) -> Result<()> {
         }
     }
     refuse_other_results(out, &manifests[0])?;
-    let cells: Vec<Cell> =
-        serde_json::from_value(manifests[0]["cells"].clone()).context("manifest cells")?;
+    let (cells, protocol) = grid(&manifests[0])?;
     let mut merged = manifests[0].clone();
     merged["shard"] = json!(null);
     let mut keys: Vec<serde_json::Value> = manifests
@@ -1119,22 +1117,19 @@ pub fn merge(out: &Path, dirs: &[PathBuf], allow_dirty: bool) -> Result<()> {
         else {
             continue;
         };
+        // Rows, then the record, copied as they are (the rebuild below reads the rows).
+        let copy = |from: PathBuf, to: PathBuf| write_atomic(&to, &std::fs::read(from)?);
         if with_rows.is_some() {
-            write_cell_rows(out, &cell.id, &read_cell_rows(&dirs[i], &cell.id)?)?;
+            copy(cell_rows_path(&dirs[i], &cell.id), cell_rows_path(out, &cell.id))?;
         } else {
             carried[i].push(&cell.id);
         }
-        write_atomic(
-            &cell_record_path(out, &cell.id),
-            &std::fs::read(cell_record_path(&dirs[i], &cell.id))?,
-        )?;
+        copy(cell_record_path(&dirs[i], &cell.id), cell_record_path(out, &cell.id))?;
     }
     for (source, ids) in dirs.iter().zip(&carried).filter(|(_, ids)| !ids.is_empty()) {
         carry_summaries(out, source, ids)?;
     }
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
-    let protocol = serde_json::from_value(manifests[0]["sweep"]["protocol"].clone())
-        .context("manifest sweep protocol")?;
     let done = rebuild(out, &cells, protocol)?;
     eprintln!("merged {done} of {} cells into {}", cells.len(), out.display());
     Ok(())
