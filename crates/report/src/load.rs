@@ -13,7 +13,7 @@ use editbench_metrics::{
 };
 use serde::Deserialize;
 
-use crate::rows::{cell_rows_path, manifest_cell_ids, read_gz_csv};
+use crate::rows::{cell_rows_path, manifest_cell_ids, read_gz_csv, ResultRow};
 
 /// What identifies a row of the paper's tables: every grid axis but the seed (cells that differ
 /// only in their seed are one row, with the spread across seeds).
@@ -88,24 +88,6 @@ pub struct Run {
     pub manifest: Option<serde_json::Value>,
 }
 
-/// One raw row (`cells/<id>.csv.gz`).
-#[derive(Debug, Deserialize)]
-pub(crate) struct ResultLine {
-    pub cell_id: String,
-    pub model: String,
-    pub method: String,
-    pub distribution: String,
-    pub layers: String,
-    pub batch_size: usize,
-    pub n_edits: usize,
-    pub seed: u64,
-    pub round: usize,
-    pub case_id: u64,
-    pub stage: Stage,
-    pub metric: String,
-    pub value: f64,
-}
-
 #[derive(Debug, Deserialize)]
 struct TimingLine {
     cell_id: String,
@@ -159,7 +141,7 @@ fn combine_seeds(
 
 /// Warns, naming them, about cells the manifest lists that have no raw rows (a sweep still
 /// running, failed cells).
-fn warn_missing_cells(dir: &Path, manifest: &serde_json::Value, lines: &[ResultLine]) {
+fn warn_missing_cells(dir: &Path, manifest: &serde_json::Value, lines: &[ResultRow]) {
     let seen: BTreeSet<&str> = lines.iter().map(|l| l.cell_id.as_str()).collect();
     let ids = manifest_cell_ids(manifest);
     let missing: Vec<&str> =
@@ -291,12 +273,12 @@ pub fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
 }
 
 /// The raw rows of every cell of the manifest that has them, in grid order.
-pub(crate) fn raw_lines(dir: &Path, manifest: &serde_json::Value) -> Result<Vec<ResultLine>> {
-    let mut lines: Vec<ResultLine> = Vec::new();
+pub(crate) fn raw_lines(dir: &Path, manifest: &serde_json::Value) -> Result<Vec<ResultRow>> {
+    let mut lines: Vec<ResultRow> = Vec::new();
     for id in manifest_cell_ids(manifest) {
         let path = cell_rows_path(dir, &id);
         if path.is_file() {
-            lines.extend(read_gz_csv::<ResultLine>(&path)?);
+            lines.extend(read_gz_csv::<ResultRow>(&path)?);
         }
     }
     if lines.is_empty() {

@@ -7,9 +7,30 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use editbench_metrics::Stage;
 use flate2::read::GzDecoder;
 use flate2::{Compression, GzBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+/// One raw row: a metric of one record of a cell (`cells/<id>.csv.gz`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub cell_id: String,
+    pub model: String,
+    pub method: String,
+    pub distribution: String,
+    /// Edited layers, `-`-separated.
+    pub layers: String,
+    pub batch_size: usize,
+    pub n_edits: usize,
+    pub seed: u64,
+    /// Rounds of B edits applied before the measurement (0 for the unedited model).
+    pub round: usize,
+    pub case_id: u64,
+    pub stage: Stage,
+    pub metric: String,
+    pub value: f64,
+}
 
 /// Where a cell's raw rows are kept.
 pub fn cell_rows_path(dir: &Path, id: &str) -> PathBuf {

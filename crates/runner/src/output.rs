@@ -10,49 +10,28 @@ use anyhow::{Context, Result};
 use editbench_metrics::{
     counted_rows, edits_after, round_summaries, summarize, Metric, MetricRow, Stage, Summary,
 };
-pub use editbench_report::rows::cell_rows_path;
+pub use editbench_report::rows::{cell_rows_path, ResultRow};
 use editbench_report::rows::{gzip, read_gz_csv};
 use serde::{Deserialize, Serialize};
 
 use crate::sweep::{Cell, Protocol};
 
-/// One raw row: a metric of one record of a cell (`cells/<id>.csv.gz`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResultRow {
-    pub cell_id: String,
-    pub model: String,
-    pub method: String,
-    pub distribution: String,
-    /// Edited layers, `-`-separated.
-    pub layers: String,
-    pub batch_size: usize,
-    pub n_edits: usize,
-    pub seed: u64,
-    /// Rounds of B edits applied before the measurement (0 for the unedited model).
-    pub round: usize,
-    pub case_id: u64,
-    pub stage: Stage,
-    pub metric: String,
-    pub value: f64,
-}
-
-impl ResultRow {
-    pub fn new(cell: &Cell, round: usize, row: &MetricRow) -> Self {
-        Self {
-            cell_id: cell.id.clone(),
-            model: cell.model_name.clone(),
-            method: cell.method.to_string(),
-            distribution: cell.distribution.to_string(),
-            layers: layers_label(&cell.layers),
-            batch_size: cell.batch_size,
-            n_edits: cell.n_edits,
-            seed: cell.seed,
-            round,
-            case_id: row.case_id,
-            stage: row.stage,
-            metric: row.metric.code().to_string(),
-            value: row.value,
-        }
+/// The raw row of `row`, measured on `cell` after `round` rounds.
+pub fn result_row(cell: &Cell, round: usize, row: &MetricRow) -> ResultRow {
+    ResultRow {
+        cell_id: cell.id.clone(),
+        model: cell.model_name.clone(),
+        method: cell.method.to_string(),
+        distribution: cell.distribution.to_string(),
+        layers: layers_label(&cell.layers),
+        batch_size: cell.batch_size,
+        n_edits: cell.n_edits,
+        seed: cell.seed,
+        round,
+        case_id: row.case_id,
+        stage: row.stage,
+        metric: row.metric.code().to_string(),
+        value: row.value,
     }
 }
 

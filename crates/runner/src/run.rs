@@ -27,8 +27,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::output::{
-    carry_summaries, cell_record_path, cell_rows_path, final_rows, finished, rebuild, summarized,
-    write_atomic, write_cell_rows, CellRecord, ResultRow,
+    carry_summaries, cell_record_path, cell_rows_path, final_rows, finished, rebuild, result_row,
+    summarized, write_atomic, write_cell_rows, CellRecord, ResultRow,
 };
 use crate::provenance::{self, Segment};
 use crate::resume::{self, Progress, Resume};
@@ -896,7 +896,7 @@ fn run_cell<B: AutodiffBackend>(
         None => None,
     };
     let mut progress = restored.unwrap_or_else(|| {
-        Progress::new(eval.pre.iter().map(|r| ResultRow::new(cell, 0, r)).collect())
+        Progress::new(eval.pre.iter().map(|r| result_row(cell, 0, r)).collect())
     });
     let segment = Segment { rounds: resume.map(|_| [progress.rounds_done; 2]), ..segment };
     let measured = degradation_rounds(plan, cell, &rounds, eval.scored);
@@ -945,7 +945,7 @@ fn run_cell<B: AutodiffBackend>(
                     progress.rows.extend(
                         post_rows(&*model, plan, &sampled, eval)?
                             .iter()
-                            .map(|row| ResultRow::new(cell, r + 1, row)),
+                            .map(|row| result_row(cell, r + 1, row)),
                     );
                 }
             }
@@ -953,7 +953,7 @@ fn run_cell<B: AutodiffBackend>(
                 progress.rows.extend(
                     degradation_rows(model, &session, texts)?
                         .iter()
-                        .map(|row| ResultRow::new(cell, r + 1, row)),
+                        .map(|row| result_row(cell, r + 1, row)),
                 );
             }
             progress.add_seconds("eval", t.elapsed().as_secs_f64());
