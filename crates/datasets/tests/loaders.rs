@@ -2,12 +2,23 @@
 
 use std::path::{Path, PathBuf};
 
+use editbench_datasets::shared::shared_data;
 use editbench_datasets::{
     consistency, load, DataError, DatasetKind, DatasetSource, Format, Selection,
 };
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file of the shared data; `None` (the test recorded as skipped) without it.
+fn shared(rel: &str) -> Option<PathBuf> {
+    shared_data(&root(), rel)
+}
+
+/// The first 256 CounterFact dev records, shipped with the project.
+fn dev_sample() -> PathBuf {
+    root().join("data/counterfact/counterfact_dev_sample.json")
 }
 
 fn source(kind: DatasetKind, path: PathBuf) -> DatasetSource {
@@ -30,8 +41,8 @@ fn error(kind: DatasetKind, text: &str) -> String {
 
 #[test]
 fn counterfact_dev_in_rome_format() {
-    let data = load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json")))
-        .unwrap();
+    let Some(path) = shared("counterfact/counterfact_dev.json") else { return };
+    let data = load(&source(DatasetKind::Counterfact, path)).unwrap();
     assert_eq!(data.records.len(), 2191);
     assert_eq!(data.sha256, "73ae24aca529de3d6c72841095d6e140b84d3d7e35618f7406979182479b38df");
     let first = &data.records[0];
@@ -51,9 +62,8 @@ fn counterfact_dev_in_rome_format() {
 
 #[test]
 fn counterfact_in_easyedit_format() {
-    let data =
-        load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_easyedit.json")))
-            .unwrap();
+    let Some(path) = shared("counterfact/counterfact_easyedit.json") else { return };
+    let data = load(&source(DatasetKind::Counterfact, path)).unwrap();
     assert_eq!(data.records.len(), 20817);
     let first = &data.records[0];
     assert_eq!(first.case_id, 1);
@@ -66,7 +76,8 @@ fn counterfact_in_easyedit_format() {
 
 #[test]
 fn zsre_in_mend_format() {
-    let data = load(&source(DatasetKind::Zsre, shared("zsre/zsre_mend_train_1k.json"))).unwrap();
+    let Some(path) = shared("zsre/zsre_mend_train_1k.json") else { return };
+    let data = load(&source(DatasetKind::Zsre, path)).unwrap();
     assert_eq!(data.records.len(), 1000);
     let first = &data.records[0];
     assert_eq!(first.case_id, 0);
@@ -116,22 +127,18 @@ fn broken_files_name_the_record_and_field() {
 
 #[test]
 fn a_given_sha256_must_match() {
-    let path = shared("zsre/zsre_mend_train_1k.json");
-    let mut src = source(DatasetKind::Zsre, path);
+    let mut src = source(DatasetKind::Counterfact, dev_sample());
     src.sha256 = Some("00".repeat(32));
     let err = load(&src).unwrap_err().to_string();
-    assert!(err.contains("sha256 is 99cc940a"), "{err}");
-    src.sha256 = Some("99cc940a952bef3cb83f0f46384934c0b7084d658be82ab41c939998f2e1c63f".into());
-    src.format = Some(Format::Mend);
-    assert_eq!(load(&src).unwrap().records.len(), 1000);
+    assert!(err.contains("sha256 is de879f25"), "{err}");
+    src.sha256 = Some("de879f2503026a94f26f525d387b7de33be9b762796515e199455db8d6aead15".into());
+    src.format = Some(Format::Rome);
+    assert_eq!(load(&src).unwrap().records.len(), 256);
 }
 
 #[test]
 fn selections() {
-    let records =
-        load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json")))
-            .unwrap()
-            .records;
+    let records = load(&source(DatasetKind::Counterfact, dev_sample())).unwrap().records;
     let ids =
         |s: &Selection| s.apply(&records).unwrap().iter().map(|r| r.case_id).collect::<Vec<_>>();
     assert_eq!(ids(&Selection::First(3)), [13, 18, 37]);
@@ -143,12 +150,12 @@ fn selections() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 50);
-    assert_eq!(ids(&Selection::All).len(), 2191);
+    assert_eq!(ids(&Selection::All).len(), 256);
     assert!(Selection::First(3000)
         .apply(&records)
         .unwrap_err()
         .to_string()
-        .contains("3000 records requested but the dataset has 2191"));
+        .contains("3000 records requested but the dataset has 256"));
     assert!(Selection::Ids(vec![13, 14])
         .apply(&records)
         .unwrap_err()
@@ -180,18 +187,21 @@ fn selections_read_from_their_file_forms() {
 }
 
 #[test]
-fn duplicates_and_conflicts_are_reported() {
-    let records =
-        load(&source(DatasetKind::Counterfact, shared("counterfact/counterfact_dev.json")))
-            .unwrap()
-            .records;
-    // The dev split has real ones: 11 (subject, relation) pairs asked for two or three objects,
-    // and one fact asked twice through different prompts.
+fn the_dev_split_has_real_duplicates_and_conflicts() {
+    let Some(path) = shared("counterfact/counterfact_dev.json") else { return };
+    let records = load(&source(DatasetKind::Counterfact, path)).unwrap().records;
+    // 11 (subject, relation) pairs asked for two or three objects, and one fact asked twice
+    // through different prompts.
     let dev = consistency(&records);
     assert!(dev.duplicate_case_ids.is_empty());
     assert_eq!(dev.duplicate_edits, [vec![14709, 18747]]);
     assert_eq!(dev.conflicts.len(), 11);
     assert!(dev.conflicts.contains(&vec![70, 6698]));
+}
+
+#[test]
+fn duplicates_and_conflicts_are_reported() {
+    let records = load(&source(DatasetKind::Counterfact, dev_sample())).unwrap().records;
     assert!(consistency(&records[..3]).is_clean());
     let mut edited = records[..3].to_vec();
     let mut conflict = edited[0].clone();
@@ -210,8 +220,7 @@ fn duplicates_and_conflicts_are_reported() {
 /// ` *` of an answer is dropped, every locality pair is a neighborhood probe.
 #[test]
 fn qaedit_records() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/qaedit/QAEdit_inter_first16.json");
+    let path = root().join("data/qaedit/QAEdit_inter_first16.json");
     let data = load(&source(DatasetKind::Qaedit, path)).unwrap();
     assert_eq!(data.records.len(), 16);
     let first = &data.records[0];

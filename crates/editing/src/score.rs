@@ -8,13 +8,17 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 
 use editbench_models::backend::{concurrent_passes, side_by_side};
-use editbench_models::{Hooks, LanguageModel, PromptTree, TextTokenizer};
+use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptTree, TextTokenizer};
 
 use crate::error::Result;
 use crate::keys::host;
 
 /// Tokens per forward pass (padded width × rows) when scoring.
 const TOKENS_PER_PASS: usize = 4096;
+
+/// Prompts that all begin with at least this many equal tokens (a few-shot context) have that
+/// prefix computed once and cached for every row.
+const SHARED_PREFIX_MIN: usize = 32;
 
 /// Tokens of `target` as they follow `prompt` (robust to tokenizers that treat a leading space
 /// specially, e.g. SentencePiece's lone `▁`).
@@ -71,13 +75,29 @@ pub fn teacher_forced<B: Backend>(
 
 /// [`teacher_forced`] of tokenized `(prompt, target)` pairs (both non-empty). Pairs with the same
 /// prompt share one row when the targets are no longer than it: the prompt is computed once and
-/// each target continues it on its own branch ([`PromptTree`]). Rows are sorted by length and
-/// packed into passes of about [`TOKENS_PER_PASS`] tokens, run side by side on the CPU
-/// ([`concurrent_passes`]); results come back in input order.
+/// each target continues it on its own branch ([`PromptTree`]). When every prompt begins with the
+/// same [`SHARED_PREFIX_MIN`] tokens or more, that prefix is computed once into a [`KvCache`]
+/// that each row continues. Rows are sorted by length and packed into passes of about
+/// [`TOKENS_PER_PASS`] tokens, run side by side on the CPU ([`concurrent_passes`]); results come
+/// back in input order.
 pub fn teacher_forced_ids<B: Backend>(
     model: &LanguageModel<B>,
     encoded: &[(Vec<u32>, Vec<u32>)],
 ) -> Result<Vec<Continuation>> {
+    let prefix = shared_prefix(encoded);
+    let cache = if prefix.len() >= SHARED_PREFIX_MIN {
+        let mut cache = KvCache::default();
+        let hooks = Hooks { stop_after: Some(model.dims.num_layers - 1), ..Hooks::default() };
+        let batch = model.batch(&[prefix.to_vec()], Padding::Right)?;
+        model.forward_cached(&batch, &hooks, Some(&mut cache));
+        Some(cache)
+    } else {
+        None
+    };
+    let past = cache.as_ref().map_or(0, |_| prefix.len());
+    let encoded: Vec<(&[u32], &[u32])> =
+        encoded.iter().map(|(p, t)| (&p[past..], t.as_slice())).collect();
+    let encoded = encoded.as_slice();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
     for (i, (prompt, target)) in encoded.iter().enumerate() {
@@ -87,7 +107,7 @@ pub fn teacher_forced_ids<B: Backend>(
             groups.push(vec![i]);
             continue;
         }
-        let group = *by_prompt.entry(prompt.as_slice()).or_insert_with(|| {
+        let group = *by_prompt.entry(*prompt).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
@@ -115,7 +135,7 @@ pub fn teacher_forced_ids<B: Backend>(
     side_by_side(
         &passes,
         concurrent,
-        |pass| score_pass(model, encoded, pass),
+        |pass| score_pass(model, encoded, pass, cache.as_ref().map(|c| (past, c))),
         |_, scored| {
             for (i, scored) in scored {
                 out[i] = Some(scored);
@@ -149,21 +169,32 @@ pub fn continuation_nll<B: Backend>(
     Ok(teacher_forced(model, pairs)?.iter().map(Continuation::mean_nll).collect())
 }
 
+/// The longest run of tokens that every prompt of `encoded` begins with, short of the shortest
+/// prompt's last token (each row keeps a token of its own to predict the target from).
+fn shared_prefix(encoded: &[(Vec<u32>, Vec<u32>)]) -> &[u32] {
+    let Some((first, _)) = encoded.first() else { return &[] };
+    let shortest = encoded.iter().map(|(p, _)| p.len()).min().unwrap_or(0);
+    let equal = |i: usize| encoded.iter().all(|(p, _)| p[i] == first[i]);
+    &first[..(0..shortest.saturating_sub(1)).take_while(|&i| equal(i)).count()]
+}
+
 /// One forward pass over the pairs of `groups` (indices into `encoded`; one prompt per group):
-/// each pair's index and scores.
+/// each pair's index and scores. With `prefix = (past, cache)` every prompt continues the
+/// `past` tokens held in the one-row `cache`.
 fn score_pass<B: Backend>(
     model: &LanguageModel<B>,
-    encoded: &[(Vec<u32>, Vec<u32>)],
+    encoded: &[(&[u32], &[u32])],
     groups: &[Vec<usize>],
+    prefix: Option<(usize, &KvCache<B>)>,
 ) -> Result<Vec<(usize, Continuation)>> {
     let trees: Vec<PromptTree> = groups
         .iter()
         .map(|g| {
             let branches = g.iter().map(|&i| &encoded[i].1[..encoded[i].1.len() - 1]).collect();
-            PromptTree { prompt: &encoded[g[0]].0, branches }
+            PromptTree { prompt: encoded[g[0]].0, branches }
         })
         .collect();
-    let batch = model.tree_batch(&trees)?;
+    let batch = model.tree_batch(&trees, prefix.map_or(0, |(past, _)| past))?;
     let t = batch.width();
     // (slot of the pair in `groups` flattened, column whose logits predict the token, token): a
     // target's first token is predicted at the prompt's last column, its later ones at the
@@ -184,10 +215,9 @@ fn score_pass<B: Backend>(
         }
     }
     let at: Vec<usize> = labels.iter().map(|l| l.1).collect();
-    let logits = model
-        .forward(&batch, &Hooks { logits_at: Some(at), ..Hooks::default() })
-        .logits
-        .expect("full pass");
+    let mut cache = prefix.map(|(_, cache)| cache.repeat(trees.len()));
+    let hooks = Hooks { logits_at: Some(at), ..Hooks::default() };
+    let logits = model.forward_cached(&batch, &hooks, cache.as_mut()).logits.expect("full pass");
     let logits = logits.reshape([labels.len(), model.dims.vocab_size]);
     let index = Tensor::<B, 2, Int>::from_data(
         TensorData::new(labels.iter().map(|l| l.2 as i64).collect::<Vec<_>>(), [labels.len(), 1]),

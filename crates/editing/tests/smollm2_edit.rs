@@ -1,5 +1,6 @@
 //! End to end on the real small model: EMMET and MEMIT write 8 CounterFact facts into
-//! SmolLM2-135M (CPU). Needs `scripts/fetch_smollm2.sh` and the shared data beside the checkout.
+//! SmolLM2-135M (CPU). Needs `scripts/fetch_smollm2.sh` and `scripts/fetch_corpus.sh` (the test
+//! command runs both).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,13 +20,20 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The statistics corpus (`scripts/fetch_corpus.sh`).
+fn corpus() -> PathBuf {
+    let path = root().join("data/corpus/wikipedia_paragraphs.txt");
+    assert!(path.exists(), "{} is missing: run scripts/fetch_corpus.sh", path.display());
+    path
+}
+
 struct Case {
     request: EditRequest,
     neighbor: String,
 }
 
 fn counterfact_cases(n: usize) -> Vec<Case> {
-    let path = root().join("../shared/data/counterfact/counterfact_dev.json");
+    let path = root().join("data/counterfact/counterfact_dev_sample.json");
     let data =
         load(&DatasetSource { kind: DatasetKind::Counterfact, path, format: None, sha256: None })
             .unwrap();
@@ -73,7 +81,7 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
     let neighbors: Vec<String> = cases.iter().map(|c| c.neighbor.clone()).collect();
 
     let started = Instant::now();
-    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let corpus = corpus();
     let stats = StatsHparams { samples: Samples::Count(300), ..StatsHparams::default() };
     let layer = family.emmet.layer;
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
@@ -126,7 +134,7 @@ fn spread_over_one_layer_equals_single() {
     let family = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap();
     let request = counterfact_cases(1).remove(0).request;
     let layer = family.emmet.layer;
-    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let corpus = corpus();
     let stats = StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() };
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
     let templates =
@@ -213,7 +221,7 @@ fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
     let family = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap();
     let request = counterfact_cases(1).remove(0).request;
     let layer = family.rome.layer;
-    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let corpus = corpus();
     let c = collect_moments(
         &model,
         &[layer],
@@ -365,7 +373,7 @@ fn mpes_stops_the_search_once_the_target_ranks_first() {
 fn auto_samples_stop_once_the_statistics_hold_keys_per_dim_times_d_in_keys() {
     let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
-    let corpus = root().join("../shared/data/corpus/wikipedia_paragraphs.txt");
+    let corpus = corpus();
     let d = model.dims.intermediate_size as u64;
     let auto = |keys_per_dim| StatsHparams {
         samples: Samples::Auto(editbench_editing::hparams::AutoKeyword::Auto),

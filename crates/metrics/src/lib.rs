@@ -7,6 +7,7 @@
 
 pub mod answers;
 mod counterfact;
+pub mod downstream;
 mod generation;
 mod metric;
 mod reference;

@@ -1,4 +1,5 @@
 use burn::tensor::backend::Backend;
+use editbench_datasets::downstream::Task;
 use editbench_editing::score::{teacher_forced, Continuation};
 use editbench_editing::{EditError, Result};
 use editbench_models::LanguageModel;
@@ -21,8 +22,9 @@ impl Stage {
     }
 }
 
-/// The metric codes of the results files.
+/// The metric codes of the results files (serialized as their codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Metric {
     /// Efficacy score: `P(new) > P(true)` on the rewrite prompt.
     ES,
@@ -57,38 +59,44 @@ pub enum Metric {
     DWNORM,
     /// `‖W − W₀‖_F / ‖W₀‖_F` of one edited layer (`case_id`: the layer), ×100 (percent).
     DWREL,
-    #[serde(rename = "rewrite_acc")]
     RewriteAcc,
-    #[serde(rename = "paraphrase_acc")]
     ParaphraseAcc,
-    #[serde(rename = "neighborhood_acc")]
     NeighborhoodAcc,
     /// Generated efficacy: the greedy answer to the rewrite prompt starts with the new object
     /// (crate::answers).
-    #[serde(rename = "gen_ES")]
     GenES,
     /// Token F1 of the greedy answer to the rewrite prompt against the new object.
-    #[serde(rename = "gen_ES_F1")]
     GenESF1,
     /// Generated generalization: fraction of paraphrases answered with the new object.
-    #[serde(rename = "gen_PS")]
     GenPS,
-    #[serde(rename = "gen_PS_F1")]
     GenPSF1,
     /// Generated locality: fraction of neighborhood prompts answered as the unedited model did.
-    #[serde(rename = "gen_NS")]
     GenNS,
-    #[serde(rename = "gen_NS_F1")]
     GenNSF1,
     /// Fraction of neighborhood prompts answered with their dataset answer.
-    #[serde(rename = "gen_NA")]
     GenNA,
     /// Harmonic mean of gen_ES, gen_PS, gen_NS; derived by [`crate::summarize`].
-    #[serde(rename = "gen_S")]
     GenS,
+    /// A downstream task's item answered right (code `ds_<task>`; `case_id`: the item's position
+    /// among the task's test items): its mean is the task's accuracy (crate::downstream).
+    Downstream(Task),
+}
+
+impl From<Metric> for String {
+    fn from(m: Metric) -> String {
+        m.code().to_string()
+    }
+}
+
+impl TryFrom<String> for Metric {
+    type Error = String;
+    fn try_from(code: String) -> std::result::Result<Self, String> {
+        Metric::from_code(&code).ok_or_else(|| format!("unknown metric `{code}`"))
+    }
 }
 
 impl Metric {
+    /// Every metric but the downstream tasks' (one per [`Task`]).
     pub const ALL: [Metric; 26] = [
         Self::ES,
         Self::EM,
@@ -155,11 +163,22 @@ impl Metric {
             Self::GenNSF1 => "gen_NS_F1",
             Self::GenNA => "gen_NA",
             Self::GenS => "gen_S",
+            Self::Downstream(task) => match task {
+                Task::Sst2 => "ds_sst2",
+                Task::Mrpc => "ds_mrpc",
+                Task::Cola => "ds_cola",
+                Task::Rte => "ds_rte",
+                Task::Nli => "ds_nli",
+                Task::Mmlu => "ds_mmlu",
+                Task::SentimentAnalysis => "ds_sentiment_analysis",
+                Task::Dialogue => "ds_dialogue",
+            },
         }
     }
 
     pub fn from_code(code: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.code() == code)
+        let downstream = Task::ALL.into_iter().map(Self::Downstream);
+        Self::ALL.into_iter().chain(downstream).find(|m| m.code() == code)
     }
 }
 

@@ -1,9 +1,11 @@
 //! The metrics on the real small model: the unedited SmolLM2's CounterFact scores against the
-//! reference implementation's (../shared/reference/BASELINE.md), and batched scoring equal to
-//! scoring one record at a time. Needs `scripts/fetch_smollm2.sh` and the shared data.
+//! reference implementation's (measured once with the official code), and batched scoring equal
+//! to scoring one record at a time. Needs `scripts/fetch_smollm2.sh`; the zsRE part needs the
+//! shared data.
 
 use std::path::{Path, PathBuf};
 
+use editbench_datasets::shared::shared_data;
 use editbench_datasets::{load, Dataset, DatasetKind, DatasetSource, Record};
 use editbench_metrics::{counterfact_rows, summarize, zsre_rows, Metric, MetricRow, Stage};
 use editbench_models::LanguageModel;
@@ -20,14 +22,13 @@ fn model() -> LanguageModel<Cpu> {
     LanguageModel::load(&path, &Default::default()).unwrap()
 }
 
-fn dataset(kind: DatasetKind, rel: &str) -> Dataset {
-    load(&DatasetSource {
-        kind,
-        path: root().join("../shared/data").join(rel),
-        format: None,
-        sha256: None,
-    })
-    .unwrap()
+fn dataset(kind: DatasetKind, path: PathBuf) -> Dataset {
+    load(&DatasetSource { kind, path, format: None, sha256: None }).unwrap()
+}
+
+/// The first 256 CounterFact dev records, shipped with the project.
+fn counterfact() -> Dataset {
+    dataset(DatasetKind::Counterfact, root().join("data/counterfact/counterfact_dev_sample.json"))
 }
 
 fn sorted(mut rows: Vec<MetricRow>) -> Vec<MetricRow> {
@@ -46,11 +47,10 @@ fn assert_same(batched: &[MetricRow], single: &[MetricRow]) {
 #[test]
 fn unedited_counterfact_scores_match_the_reference() {
     let model = model();
-    let records =
-        &dataset(DatasetKind::Counterfact, "counterfact/counterfact_dev.json").records[..16];
+    let records = &counterfact().records[..16];
     let summary = summarize(&counterfact_rows(&model, records, Stage::Pre).unwrap());
     let mean = |m: Metric| summary.iter().find(|s| s.metric == m).unwrap().mean;
-    // The reference's "pre" row for the first 16 records (BASELINE.md).
+    // The official code's "pre" row for the first 16 records, run on this model.
     let reference = [
         (Metric::ES, 50.0),
         (Metric::PS, 40.6),
@@ -80,10 +80,11 @@ fn batched_scoring_equals_one_record_at_a_time() {
     let one_by_one = |records: &[Record], f: &dyn Fn(&[Record]) -> Vec<MetricRow>| {
         sorted(records.chunks(1).flat_map(f).collect())
     };
-    let cf = &dataset(DatasetKind::Counterfact, "counterfact/counterfact_dev.json").records[..4];
+    let cf = &counterfact().records[..4];
     let score_cf = |r: &[Record]| counterfact_rows(&model, r, Stage::Pre).unwrap();
     assert_same(&sorted(score_cf(cf)), &one_by_one(cf, &score_cf));
-    let zsre = &dataset(DatasetKind::Zsre, "zsre/zsre_mend_train_1k.json").records[..4];
+    let Some(path) = shared_data(&root(), "zsre/zsre_mend_train_1k.json") else { return };
+    let zsre = &dataset(DatasetKind::Zsre, path).records[..4];
     let score_zsre = |r: &[Record]| zsre_rows(&model, r, Stage::Pre).unwrap();
     let batched = sorted(score_zsre(zsre));
     assert_eq!(batched.len(), 12);

@@ -110,7 +110,16 @@ impl<B: Backend> PromptBatch<B> {
     /// right after the prompt and attend to the prompt and to their own earlier tokens only. A
     /// forward pass gives every token the logits it would get in `prompt ++ branch` alone, so the
     /// prompt is computed once for all its branches. Rows are right-padded.
-    pub fn trees(trees: &[PromptTree], pad_id: u32, device: &B::Device) -> Result<Self> {
+    ///
+    /// With `past` > 0 every row continues the same `past` tokens held in a [`crate::KvCache`]
+    /// (one copy per row, [`crate::KvCache::repeat`]): its tokens sit at the positions after them
+    /// and every one attends to them.
+    pub fn trees(
+        trees: &[PromptTree],
+        past: usize,
+        pad_id: u32,
+        device: &B::Device,
+    ) -> Result<Self> {
         if trees.is_empty() || trees.iter().any(|tree| tree.prompt.is_empty()) {
             return Err(ModelError::Input(
                 "a batch needs at least one prompt and no empty prompt".into(),
@@ -118,7 +127,8 @@ impl<B: Backend> PromptBatch<B> {
         }
         let (b, t) = (trees.len(), trees.iter().map(PromptTree::columns).max().unwrap_or(0));
         let (mut ids, mut positions) = (vec![pad_id as i64; b * t], vec![0i64; b * t]);
-        let mut mask = vec![MASKED; b * t * t];
+        let keys = past + t;
+        let mut mask = vec![MASKED; b * t * keys];
         for (row, tree) in trees.iter().enumerate() {
             let n = tree.prompt.len();
             let branches =
@@ -128,24 +138,24 @@ impl<B: Backend> PromptBatch<B> {
                 for (j, &id) in tokens.iter().enumerate() {
                     let col = start + j;
                     ids[row * t + col] = id as i64;
-                    positions[row * t + col] = (first + j) as i64;
-                    let keys = &mut mask[(row * t + col) * t..(row * t + col + 1) * t];
-                    keys[..n.min(col + 1)].fill(0.0);
-                    keys[start..=col].fill(0.0);
+                    positions[row * t + col] = (past + first + j) as i64;
+                    let attends = &mut mask[(row * t + col) * keys..(row * t + col + 1) * keys];
+                    attends[..past + n.min(col + 1)].fill(0.0);
+                    attends[past + start..=past + col].fill(0.0);
                 }
             }
             // Padding queries attend to themselves only (their outputs are never read).
             for col in tree.columns()..t {
-                mask[(row * t + col) * t + col] = 0.0;
+                mask[(row * t + col) * keys + past + col] = 0.0;
             }
         }
         Ok(Self {
             ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
             positions: Tensor::from_data(TensorData::new(positions, [b, t]), device),
-            mask: Tensor::from_data(TensorData::new(mask, [b, 1, t, t]), device),
-            lengths: trees.iter().map(PromptTree::columns).collect(),
+            mask: Tensor::from_data(TensorData::new(mask, [b, 1, t, keys]), device),
+            lengths: trees.iter().map(|tree| past + tree.columns()).collect(),
             offsets: vec![0; b],
-            past: 0,
+            past,
         })
     }
 
@@ -263,9 +273,11 @@ mod tests {
 
     /// Which columns each column of `row` may attend to.
     fn allowed(batch: &PromptBatch<Cpu>, row: usize) -> Vec<Vec<usize>> {
-        let t = batch.width();
+        let (t, keys) = (batch.width(), batch.mask.dims()[3]);
         let mask = batch.mask.to_data().to_vec::<f32>().unwrap();
-        (0..t).map(|q| (0..t).filter(|&k| mask[(row * t + q) * t + k] == 0.0).collect()).collect()
+        (0..t)
+            .map(|q| (0..keys).filter(|&k| mask[(row * t + q) * keys + k] == 0.0).collect())
+            .collect()
     }
 
     #[test]
@@ -274,7 +286,7 @@ mod tests {
             PromptTree { prompt: &[1, 2], branches: vec![&[3, 4], &[], &[5]] },
             PromptTree { prompt: &[6], branches: vec![] },
         ];
-        let batch = PromptBatch::<Cpu>::trees(&trees, 0, &Default::default()).unwrap();
+        let batch = PromptBatch::<Cpu>::trees(&trees, 0, 0, &Default::default()).unwrap();
         assert_eq!(batch.ids.to_data().to_vec::<i64>().unwrap(), [1, 2, 3, 4, 5, 6, 0, 0, 0, 0]);
         assert_eq!(
             batch.positions.to_data().to_vec::<i64>().unwrap(),
@@ -289,9 +301,22 @@ mod tests {
     }
 
     #[test]
+    fn trees_after_a_cached_prefix_attend_to_it_from_the_positions_after_it() {
+        let trees = [
+            PromptTree { prompt: &[1, 2], branches: vec![&[3]] },
+            PromptTree { prompt: &[6], branches: vec![] },
+        ];
+        let batch = PromptBatch::<Cpu>::trees(&trees, 2, 0, &Default::default()).unwrap();
+        assert_eq!(batch.positions.to_data().to_vec::<i64>().unwrap(), [2, 3, 4, 2, 0, 0]);
+        assert_eq!(allowed(&batch, 0), [vec![0, 1, 2], vec![0, 1, 2, 3], vec![0, 1, 2, 3, 4]]);
+        assert_eq!(allowed(&batch, 1), [vec![0, 1, 2], vec![3], vec![4]]);
+        assert_eq!((batch.lengths.clone(), batch.past), (vec![5, 3], 2));
+    }
+
+    #[test]
     fn a_tree_without_a_prompt_is_refused() {
         let empty = PromptTree { prompt: &[], branches: vec![&[1]] };
-        assert!(PromptBatch::<Cpu>::trees(&[empty], 0, &Default::default()).is_err());
-        assert!(PromptBatch::<Cpu>::trees(&[], 0, &Default::default()).is_err());
+        assert!(PromptBatch::<Cpu>::trees(&[empty], 0, 0, &Default::default()).is_err());
+        assert!(PromptBatch::<Cpu>::trees(&[], 0, 0, &Default::default()).is_err());
     }
 }

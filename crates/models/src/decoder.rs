@@ -36,6 +36,19 @@ impl<B: Backend> KvCache<B> {
     pub fn columns(&self, layer: usize) -> usize {
         self.layers.get(layer).and_then(Option::as_ref).map_or(0, |(k, _)| k.dims()[2])
     }
+
+    /// The columns of a one-row cache, repeated for `rows` rows (a prefix that every row of a
+    /// batch continues).
+    pub fn repeat(&self, rows: usize) -> Self {
+        let repeat = |x: &Tensor<B, 4>| x.clone().repeat_dim(0, rows);
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|kv| kv.as_ref().map(|(k, v)| (repeat(k), repeat(v))))
+                .collect(),
+        }
+    }
 }
 
 /// Where a forward pass begins.

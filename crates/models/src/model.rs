@@ -255,13 +255,15 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     /// A batch of prompts, each with the continuations that share it ([`PromptBatch::trees`]),
-    /// every prompt + continuation checked as [`Self::batch`] checks a sequence.
-    pub fn tree_batch(&self, trees: &[PromptTree]) -> Result<PromptBatch<B>> {
+    /// every prompt + continuation checked as [`Self::batch`] checks a sequence; all continue the
+    /// `past` tokens of a [`KvCache`] (none when 0).
+    pub fn tree_batch(&self, trees: &[PromptTree], past: usize) -> Result<PromptBatch<B>> {
         for tree in trees {
-            self.check(tree.prompt)?;
-            tree.paths().try_for_each(|path| self.check(&path))?;
+            let prefix = vec![0; past];
+            self.check(&[prefix.as_slice(), tree.prompt].concat())?;
+            tree.paths().try_for_each(|path| self.check(&[prefix.as_slice(), &path].concat()))?;
         }
-        PromptBatch::trees(trees, self.pad_id(), &self.device())
+        PromptBatch::trees(trees, past, self.pad_id(), &self.device())
     }
 
     /// Refuses a sequence with a token outside the vocabulary or longer than the model reads.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use editbench_models::{Hooks, LanguageModel, Padding, PromptTree};
+use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptTree};
 
 mod common;
 use common::{fixture, max_abs_diff, values};
@@ -103,7 +103,7 @@ fn assert_tree_batches_match<B: Backend>(
         })
         .collect();
     let logits =
-        model.forward(&model.tree_batch(&trees).unwrap(), &Hooks::default()).logits.unwrap();
+        model.forward(&model.tree_batch(&trees, 0).unwrap(), &Hooks::default()).logits.unwrap();
     for (row, tree) in trees.iter().enumerate() {
         let at = |col: usize| values(logits.clone().slice([row..row + 1, col..col + 1, 0..v]));
         let alone = |path: &[u32]| values(model.logits(path).unwrap());
@@ -321,6 +321,43 @@ fn padded_batches_match_one_by_one_runs() {
 fn prompt_trees_match_one_by_one_runs() {
     for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"] {
         assert_tree_batches_match::<Cpu>(&fixture(name), name, CPU_TOLERANCE, &Default::default());
+    }
+}
+
+/// Prompt trees that continue one prefix held in a repeated one-row KV cache: every tree token
+/// gets the logits of `prefix ++ prompt ++ branch` run alone.
+#[test]
+fn prompt_trees_after_a_cached_prefix_match_one_by_one_runs() {
+    let prefix = [3u32, 17, 8, 99, 42];
+    for name in ["tiny-gptj", "tiny-llama-gqa-tied", "tiny-gpt2", "tiny-qwen2"] {
+        let model = LanguageModel::<Cpu>::load(&fixture(name), &Default::default()).unwrap();
+        let v = model.dims.vocab_size;
+        let mut one = KvCache::default();
+        let batch = model.batch(&[prefix.to_vec()], Padding::Right).unwrap();
+        model.forward_cached(&batch, &Hooks::default(), Some(&mut one));
+        let trees = [
+            PromptTree { prompt: &[5, 9], branches: vec![&[77, 3], &[100]] },
+            PromptTree { prompt: &[64], branches: vec![&[8, 8, 19]] },
+        ];
+        let batch = model.tree_batch(&trees, prefix.len()).unwrap();
+        let logits =
+            model.forward_cached(&batch, &Hooks::default(), Some(&mut one.repeat(2))).logits;
+        let logits = logits.unwrap();
+        for (row, tree) in trees.iter().enumerate() {
+            for (b, path) in tree.paths().enumerate() {
+                let expected = values(model.logits(&[&prefix[..], &path].concat()).unwrap());
+                let columns = (0..tree.prompt.len()).map(|j| (j, j)).chain(
+                    (0..tree.branches[b].len())
+                        .map(|j| (tree.branch_start(b) + j, tree.prompt.len() + j)),
+                );
+                for (col, pos) in columns {
+                    let got = values(logits.clone().slice([row..row + 1, col..col + 1, 0..v]));
+                    let pos = prefix.len() + pos;
+                    let diff = max_abs_diff(&got, &expected[pos * v..(pos + 1) * v]);
+                    assert!(diff <= CPU_TOLERANCE, "{name} row {row} column {col}: {diff:e}");
+                }
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod bench_dtype;
 mod bench_rows;
 mod bench_scale;
 mod docs;
+mod downstream;
 mod edit;
 mod memory;
 mod output;
@@ -193,6 +194,9 @@ enum Command {
         /// A results directory of `editbench run` or `editbench merge`.
         dir: PathBuf,
     },
+    /// Score a model on the official code's downstream tasks (few-shot SST-2, MRPC, CoLA, RTE,
+    /// NLI, MMLU, sentiment, dialogue): accuracy, F1 and MCC beside chance, as a Markdown table.
+    Downstream(downstream::DownstreamArgs),
     /// Causal tracing (ROME): which layers' states carry the facts of a CounterFact file, as
     /// heat maps, a CSV of effects per token class and layer, and the edit layers they suggest.
     Trace(trace::TraceArgs),
@@ -326,6 +330,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rows { dir } => {
             use std::io::Write;
             std::io::stdout().write_all(editbench_report::rows::all_rows_csv(&dir)?.as_bytes())?;
+        }
+        Command::Downstream(args) => {
+            let backend = args.model.backend;
+            print!("{}", backend.run(downstream::DownstreamTask(args))??);
         }
         Command::Trace(args) => {
             let backend = args.model.backend;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
+use editbench_datasets::downstream::TaskSet;
 use editbench_datasets::rng::SplitMix64;
 use editbench_datasets::{consistency, load as load_dataset, DatasetSource, Record, Selection};
 use editbench_editing::context::ContextTemplates;
@@ -26,6 +27,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::downstream::{self, DownstreamSpec};
 use crate::output::{
     carry_summaries, cell_record_path, cell_rows_path, final_rows, finished, rebuild, result_row,
     summarized, write_atomic, write_cell_rows, CellRecord, ResultRow,
@@ -377,13 +379,20 @@ impl BackendTask for SweepTask<'_> {
                     )
                 })
                 .transpose()?;
+            let tasks = plan
+                .sweep
+                .eval
+                .as_ref()
+                .and_then(|e| e.downstream.as_ref())
+                .map(DownstreamSpec::load)
+                .transpose()?;
             let (pre, unedited) = pre_rows(
                 &model,
                 plan,
                 &opts.out.join("pre"),
                 &key,
                 &sampled(&self.records, self.scored.as_ref()),
-                held_out.as_deref(),
+                (held_out.as_deref(), tasks.as_deref()),
                 &mut seconds,
             )?;
 
@@ -418,6 +427,7 @@ impl BackendTask for SweepTask<'_> {
                     held_out: held_out.as_deref(),
                     generation: None,
                     answers: answers(plan, &unedited),
+                    downstream: tasks.as_deref(),
                 },
                 covariances: &covariances,
                 reference: reference.as_ref(),
@@ -721,7 +731,7 @@ fn pre_rows<B: burn::tensor::backend::Backend>(
     dir: &Path,
     key: &str,
     records: &[Record],
-    held_out: Option<&[Vec<u32>]>,
+    (held_out, tasks): (Option<&[Vec<u32>]>, Option<&[TaskSet]>),
     seconds: &mut BTreeMap<String, f64>,
 ) -> Result<(Vec<MetricRow>, UneditedAnswers)> {
     let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions {
@@ -766,6 +776,9 @@ fn pre_rows<B: burn::tensor::backend::Backend>(
             value: perplexity(model, texts)?,
         });
     }
+    if let Some(tasks) = tasks {
+        rows.extend(downstream_rows(model, tasks, Stage::Pre)?);
+    }
     seconds.insert("eval_pre".into(), t.elapsed().as_secs_f64());
     write_atomic(&path, serde_json::to_string(&rows)?.as_bytes())?;
     Ok((rows, unedited))
@@ -807,6 +820,59 @@ struct CellEval<'a> {
     generation: Option<&'a GenerationOptions>,
     /// Generated-answer options and the unedited model's neighborhood answers.
     answers: Option<(&'a AnswerOptions, &'a UneditedAnswers)>,
+    /// The downstream tasks' test items (`eval.downstream`).
+    downstream: Option<&'a [TaskSet]>,
+}
+
+/// Every downstream task's per-item rows on `model`; each task's accuracy is logged.
+fn downstream_rows<B: burn::tensor::backend::Backend>(
+    model: &LanguageModel<B>,
+    tasks: &[TaskSet],
+    stage: Stage,
+) -> Result<Vec<MetricRow>> {
+    let scored = downstream::scores(model, tasks)?;
+    for (s, seconds) in &scored {
+        tracing::info!(
+            "downstream {} ({stage:?}): accuracy {:.1} % of {} (chance {:.1} %), {seconds:.1} s",
+            s.task,
+            100.0 * s.accuracy,
+            s.n,
+            100.0 * s.chance
+        );
+    }
+    let scores: Vec<_> = scored.into_iter().map(|(s, _)| s).collect();
+    Ok(downstream::rows(&scores, stage))
+}
+
+/// The rounds after which the downstream tasks are measured: in the independent protocol those of
+/// degradation (its sample of `eval.degradation.batches` scored batches; 4, seed 0, without it);
+/// in the sequential one each round that completes another
+/// `every` edits (every scored round without it), and the last.
+fn downstream_rounds(
+    plan: &Plan,
+    cell: &Cell,
+    rounds: &[&[Record]],
+    scored: Option<&BTreeSet<u64>>,
+) -> BTreeSet<usize> {
+    let Some(spec) = plan.sweep.eval.as_ref().and_then(|e| e.downstream.as_ref()) else {
+        return BTreeSet::new();
+    };
+    let n = rounds.len();
+    match (plan.sweep.protocol, spec.every) {
+        (Protocol::Independent, _) => {
+            let degradation = plan.sweep.eval.as_ref().and_then(|e| e.degradation.as_ref());
+            let (batches, seed) = degradation.map_or((4, 0), |d| (d.batches, d.seed));
+            sampled_rounds(cell, rounds, scored, batches, seed)
+        }
+        (Protocol::Sequential, Some(every)) => (0..n)
+            .filter(|&r| {
+                r + 1 == n || (r + 1) * cell.batch_size / every > r * cell.batch_size / every
+            })
+            .collect(),
+        (Protocol::Sequential, None) => {
+            (0..n).filter(|&r| plan.sweep.scores_after(r, n, cell.batch_size)).collect()
+        }
+    }
 }
 
 /// The rounds after which degradation is measured: in the independent protocol (each batch is its
@@ -823,16 +889,25 @@ fn degradation_rounds(
         return BTreeSet::new();
     };
     match plan.sweep.protocol {
-        Protocol::Independent => {
-            let mut order: Vec<usize> =
-                (0..rounds.len()).filter(|&r| holds_scored(rounds[r], scored)).collect();
-            SplitMix64::new(spec.seed ^ cell.seed).shuffle(&mut order);
-            order.into_iter().take(spec.batches).collect()
-        }
+        Protocol::Independent => sampled_rounds(cell, rounds, scored, spec.batches, spec.seed),
         Protocol::Sequential => (0..rounds.len())
             .filter(|&r| plan.sweep.scores_after(r, rounds.len(), cell.batch_size))
             .collect(),
     }
+}
+
+/// A seeded sample of `batches` of the rounds that hold a scored record.
+fn sampled_rounds(
+    cell: &Cell,
+    rounds: &[&[Record]],
+    scored: Option<&BTreeSet<u64>>,
+    batches: usize,
+    seed: u64,
+) -> BTreeSet<usize> {
+    let mut order: Vec<usize> =
+        (0..rounds.len()).filter(|&r| holds_scored(rounds[r], scored)).collect();
+    SplitMix64::new(seed ^ cell.seed).shuffle(&mut order);
+    order.into_iter().take(batches).collect()
 }
 
 /// PPL and, per edited layer, DWNORM and DWREL of the model as `session` has edited it.
@@ -900,6 +975,7 @@ fn run_cell<B: AutodiffBackend>(
     });
     let segment = Segment { rounds: resume.map(|_| [progress.rounds_done; 2]), ..segment };
     let measured = degradation_rounds(plan, cell, &rounds, eval.scored);
+    let downstream_at = downstream_rounds(plan, cell, &rounds, eval.scored);
     let independent = plan.sweep.protocol == Protocol::Independent;
     let mut skipped = 0;
     let mut paused = false;
@@ -952,6 +1028,13 @@ fn run_cell<B: AutodiffBackend>(
             if let (Some(texts), true) = (eval.held_out, measured.contains(&r)) {
                 progress.rows.extend(
                     degradation_rows(model, &session, texts)?
+                        .iter()
+                        .map(|row| result_row(cell, r + 1, row)),
+                );
+            }
+            if let (Some(tasks), true) = (eval.downstream, downstream_at.contains(&r)) {
+                progress.rows.extend(
+                    downstream_rows(model, tasks, Stage::Post)?
                         .iter()
                         .map(|row| result_row(cell, r + 1, row)),
                 );

@@ -70,6 +70,10 @@ pub struct EvalSpec {
     /// teacher-forced ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answers: Option<editbench_metrics::answers::AnswerOptions>,
+    /// Downstream abilities (`ds_<task>`): the official code's few-shot tasks, measured on the
+    /// unedited model and after edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<crate::downstream::DownstreamSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -181,7 +181,7 @@ fn trace_on_smollm2_writes_effects_heat_maps_and_a_suggestion_and_resumes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(model.exists(), "{} is missing: run scripts/fetch_smollm2.sh", model.display());
-    let data = root.join("../shared/data/counterfact/counterfact_dev.json");
+    let data = root.join("data/counterfact/counterfact_dev_sample.json");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("trace");
     let (model, data, out_s) =
@@ -289,7 +289,7 @@ fn bench_scale_runs_every_phase_in_its_own_process_and_writes_the_table() {
         "--records",
         &path(root.join("data/counterfact/counterfact_dev_sample.json")),
         "--corpus",
-        &path(root.join("../shared/data/corpus/wikipedia_paragraphs.txt")),
+        &path(root.join("data/corpus/wikipedia_paragraphs.txt")),
         "--stats-samples",
         "4",
         "--batches",

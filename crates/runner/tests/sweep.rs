@@ -1,5 +1,5 @@
 //! `editbench run` end to end on SmolLM2 (a tiny sweep), and the sweep file's checks. Needs
-//! `scripts/fetch_smollm2.sh` and the shared data beside the checkout.
+//! `scripts/fetch_smollm2.sh` and `scripts/fetch_corpus.sh` (the test command runs both).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,8 +19,8 @@ fn run(args: &[&str]) -> Output {
     editbench(args).output().unwrap()
 }
 
-/// The shared corpus instead of the one `scripts/fetch_corpus.sh` downloads.
-const CORPUS: &str = "stats.corpus=../shared/data/corpus/wikipedia_paragraphs.txt";
+/// The corpus `scripts/fetch_corpus.sh` downloads (the test command runs it), named explicitly.
+const CORPUS: &str = "stats.corpus=data/corpus/wikipedia_paragraphs.txt";
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -77,8 +77,7 @@ fn the_quick_experiment_expands_to_sixteen_cells() {
 #[test]
 fn sweep_files_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    let base = read(&root().join("experiments/smollm2-quick.yaml"))
-        .replace("corpus: data/corpus/", "corpus: ../shared/data/corpus/");
+    let base = read(&root().join("experiments/smollm2-quick.yaml"));
     let cases: [(&str, &str, &str); 14] = [
         ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:33:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `eval_every`, `generation`, `overrides`, `eval`\n"),
         ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:31:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
@@ -700,6 +699,56 @@ fn a_sampled_sweep_scores_its_subset_and_measures_degradation() {
             );
         }
     }
+}
+
+/// A task file of 12 hand-made SST-2 items (10 few-shot examples, 2 test items) in `dir`.
+fn tiny_sst2(dir: &Path) -> PathBuf {
+    let tasks = dir.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let items: Vec<String> = (0..12)
+        .map(|i| {
+            let (text, label) = [("a warm , funny film", 1), ("dull and far too long", 0)][i % 2];
+            format!(r#"{{"sentence": "{text} ({i})", "label": {label}, "idx": {i}}}"#)
+        })
+        .collect();
+    std::fs::write(tasks.join("sst2.json"), format!("[{}]", items.join(","))).unwrap();
+    tasks
+}
+
+/// `(round, case_id, stage)` of each `ds_sst2` row, and every value in {0, 1}.
+fn downstream_rows(dir: &Path) -> Vec<(String, String, String)> {
+    let rows = raw_rows(dir);
+    let rows: Vec<Vec<&str>> = rows.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let ds: Vec<&Vec<&str>> = rows.iter().filter(|r| r[11] == "ds_sst2").collect();
+    assert!(ds.iter().all(|r| r[12] == "0" || r[12] == "1"), "{ds:?}");
+    ds.iter().map(|r| (r[8].to_string(), r[9].to_string(), r[10].to_string())).collect()
+}
+
+#[test]
+fn downstream_tasks_are_measured_unedited_and_after_the_chosen_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = tiny_sweep(dir.path());
+    let tasks = tiny_sst2(dir.path()).display().to_string();
+    let downstream = format!("downstream: {{path: {tasks}, tasks: [sst2], few_shot: 2, n: 2}}");
+    let independent = dir.path().join("independent");
+    let eval = format!("eval={{sample: {{n: 1, first: true}}, {downstream}}}");
+    let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", &eval];
+    tiny_run(&sweep, &independent, &[&sets[..], &["--set", "protocol=independent"]].concat(), None);
+    let row = |round: &str, case: &str, stage: &str| (round.into(), case.into(), stage.into());
+    assert_eq!(
+        downstream_rows(&independent),
+        [row("0", "0", "pre"), row("0", "1", "pre"), row("1", "0", "post"), row("1", "1", "post")],
+        "both items unedited and after the one scored batch"
+    );
+    // Sequential: after every round that completes another `every` edits, and after the last.
+    let sequential = dir.path().join("sequential");
+    let eval = format!("eval={{downstream: {{path: {tasks}, tasks: [sst2], n: 1, every: 1}}}}");
+    let sets = ["--set", "methods=[emmet]", "--set", "batch_sizes=[1]", "--set", &eval];
+    tiny_run(&sweep, &sequential, &[&sets[..], &["--set", "protocol=sequential"]].concat(), None);
+    let rounds: Vec<String> = downstream_rows(&sequential).into_iter().map(|r| r.0).collect();
+    assert_eq!(rounds, ["0", "1", "2"]);
+    let summary = read(&sequential.join("summary.csv"));
+    assert!(summary.lines().any(|l| l.contains(",ds_sst2,")), "{summary}");
 }
 
 /// A sequential cell saves a checkpoint after every round (edited weights, AlphaEdit's earlier
