@@ -56,7 +56,7 @@ impl DownstreamSpec {
     }
 }
 
-/// Each task's score on `model`, with its time in seconds.
+/// Each task's score on `model`, with its time in seconds; each is logged as it finishes.
 pub fn scores<B: Backend>(
     model: &LanguageModel<B>,
     sets: &[TaskSet],
@@ -64,8 +64,16 @@ pub fn scores<B: Backend>(
     sets.iter()
         .map(|set| {
             let t = Instant::now();
-            let score = task_score(model, set)?;
-            Ok((score, t.elapsed().as_secs_f64()))
+            let s = task_score(model, set)?;
+            let seconds = t.elapsed().as_secs_f64();
+            tracing::info!(
+                "downstream {}: accuracy {:.1} % of {} (chance {:.1} %) in {seconds:.1} s",
+                s.task,
+                100.0 * s.accuracy,
+                s.n,
+                100.0 * s.chance
+            );
+            Ok((s, seconds))
         })
         .collect()
 }
@@ -107,27 +115,58 @@ pub struct DownstreamArgs {
     pub json: Option<PathBuf>,
 }
 
+impl DownstreamArgs {
+    /// Every chosen task scored on the unedited model (written to `--json` when given).
+    fn scores<B: AutodiffBackend>(&self, device: B::Device) -> Result<Vec<(TaskScore, f64)>> {
+        let spec = DownstreamSpec {
+            path: self.data.clone(),
+            tasks: parse_tasks(&self.tasks)?,
+            few_shot: self.few_shot,
+            n: self.n,
+            every: None,
+        };
+        let sets = spec.load()?;
+        let model = self.model.load::<B>(&device)?;
+        let scored = scores(&model, &sets)?;
+        if let Some(path) = &self.json {
+            write_json(path, &scored)?;
+        }
+        Ok(scored)
+    }
+}
+
+/// `editbench downstream`: the Markdown table.
 pub struct DownstreamTask(pub DownstreamArgs);
 
 impl BackendTask for DownstreamTask {
     type Output = Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
-        let args = self.0;
-        let tasks = parse_tasks(&args.tasks)?;
-        let spec = DownstreamSpec {
-            path: args.data.clone(),
-            tasks,
-            few_shot: args.few_shot,
-            n: args.n,
-            every: None,
-        };
-        let sets = spec.load()?;
-        let model = args.model.load::<B>(&device)?;
-        let scored = scores(&model, &sets)?;
-        if let Some(path) = &args.json {
-            write_json(path, &scored)?;
-        }
-        Ok(table(&scored))
+        Ok(table(&self.0.scores::<B>(device)?))
+    }
+}
+
+/// Seconds one downstream checkpoint takes (every task of the run, `n` items each).
+const CHECKPOINT_GOAL_SECONDS: f64 = 60.0;
+
+/// `editbench bench downstream`: seconds per task and for the whole checkpoint, against the goal.
+pub struct DownstreamBench(pub DownstreamArgs);
+
+impl BackendTask for DownstreamBench {
+    type Output = Result<serde_json::Value>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<serde_json::Value> {
+        let scored = self.0.scores::<B>(device)?;
+        let tasks: Vec<_> = scored
+            .iter()
+            .map(|(s, seconds)| {
+                serde_json::json!({ "task": s.task, "n": s.n, "few_shot": s.few_shot,
+                    "seconds": seconds, "seconds_per_item": seconds / s.n.max(1) as f64,
+                    "accuracy": s.accuracy, "chance": s.chance, "f1": s.f1, "mcc": s.mcc })
+            })
+            .collect();
+        let total: f64 = scored.iter().map(|(_, seconds)| seconds).sum();
+        Ok(serde_json::json!({ "machine": crate::bench_all::machine(), "tasks": tasks,
+            "checkpoint_seconds": total, "goal_at_most_seconds": CHECKPOINT_GOAL_SECONDS,
+            "goal_met": total <= CHECKPOINT_GOAL_SECONDS }))
     }
 }
 

@@ -824,23 +824,13 @@ struct CellEval<'a> {
     downstream: Option<&'a [TaskSet]>,
 }
 
-/// Every downstream task's per-item rows on `model`; each task's accuracy is logged.
+/// Every downstream task's per-item rows on `model`.
 fn downstream_rows<B: burn::tensor::backend::Backend>(
     model: &LanguageModel<B>,
     tasks: &[TaskSet],
     stage: Stage,
 ) -> Result<Vec<MetricRow>> {
-    let scored = downstream::scores(model, tasks)?;
-    for (s, seconds) in &scored {
-        tracing::info!(
-            "downstream {} ({stage:?}): accuracy {:.1} % of {} (chance {:.1} %), {seconds:.1} s",
-            s.task,
-            100.0 * s.accuracy,
-            s.n,
-            100.0 * s.chance
-        );
-    }
-    let scores: Vec<_> = scored.into_iter().map(|(s, _)| s).collect();
+    let scores: Vec<_> = downstream::scores(model, tasks)?.into_iter().map(|(s, _)| s).collect();
     Ok(downstream::rows(&scores, stage))
 }
 
