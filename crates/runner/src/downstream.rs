@@ -129,7 +129,7 @@ impl DownstreamArgs {
         let model = self.model.load::<B>(&device)?;
         let scored = scores(&model, &sets)?;
         if let Some(path) = &self.json {
-            write_json(path, &scored)?;
+            write_json(path, self, &sets, &scored)?;
         }
         Ok(scored)
     }
@@ -186,11 +186,23 @@ pub fn parse_tasks(names: &[String]) -> Result<Vec<Task>> {
         .collect()
 }
 
-fn write_json(path: &Path, scored: &[(TaskScore, f64)]) -> Result<()> {
-    let json: Vec<_> = scored
+/// The scores with what made them: revision, date, machine, model and each task file's sha256.
+fn write_json(
+    path: &Path,
+    args: &DownstreamArgs,
+    sets: &[TaskSet],
+    scored: &[(TaskScore, f64)],
+) -> Result<()> {
+    let tasks: Vec<_> = sets
         .iter()
-        .map(|(s, seconds)| serde_json::json!({ "score": s, "seconds": seconds }))
+        .zip(scored)
+        .map(|(set, (s, seconds))| serde_json::json!({ "sha256": set.sha256, "seconds": seconds, "score": s }))
         .collect();
+    let json = serde_json::json!({
+        "revision": crate::provenance::revision(), "date": crate::provenance::utc_now(),
+        "machine": crate::bench_all::machine(), "model": args.model.model, "backend": args.model.backend.to_string(),
+        "few_shot": args.few_shot, "n": args.n, "tasks": tasks,
+    });
     crate::output::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
 }
 
