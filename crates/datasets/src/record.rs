@@ -70,6 +70,27 @@ pub struct Record {
     pub generation_prompts: Vec<String>,
 }
 
+impl Record {
+    /// The record with every prompt (the rewrite's template, paraphrases, neighborhood, attribute
+    /// and generation prompts) passed through `f`, e.g. into a chat template.
+    pub fn map_prompts<E>(&self, f: impl Fn(&str) -> Result<String, E>) -> Result<Self, E> {
+        let all = |prompts: &[String]| prompts.iter().map(|p| f(p)).collect::<Result<Vec<_>, E>>();
+        let neighborhood = self
+            .neighborhood
+            .iter()
+            .map(|p| Ok(Probe { prompt: f(&p.prompt)?, answer: p.answer.clone() }))
+            .collect::<Result<Vec<_>, E>>()?;
+        Ok(Self {
+            case_id: self.case_id,
+            rewrite: Rewrite { prompt: f(&self.rewrite.prompt)?, ..self.rewrite.clone() },
+            paraphrase_prompts: all(&self.paraphrase_prompts)?,
+            neighborhood,
+            attribute_prompts: all(&self.attribute_prompts)?,
+            generation_prompts: all(&self.generation_prompts)?,
+        })
+    }
+}
+
 /// Records of one benchmark, with where they came from.
 #[derive(Debug, Clone)]
 pub struct Dataset {

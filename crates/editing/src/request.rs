@@ -11,7 +11,7 @@ pub struct EditRequest {
     /// Prompt template with one `{}` where the subject goes, e.g. `"The mother tongue of {} is"`.
     pub prompt: String,
     pub subject: String,
-    /// The new object. A leading space is added if missing (all methods do).
+    /// The new object; [`EditRequest::target`] is how it follows the prompt.
     pub target_new: String,
     /// The true object, when known (for reporting).
     #[serde(default)]
@@ -24,13 +24,9 @@ impl EditRequest {
         self.prompt.replacen("{}", &self.subject, 1)
     }
 
-    /// `target_new` with the leading space the methods require.
+    /// `target_new` as it follows the prompt ([`after_prompt`]).
     pub fn target(&self) -> String {
-        if self.target_new.starts_with(' ') {
-            self.target_new.clone()
-        } else {
-            format!(" {}", self.target_new)
-        }
+        after_prompt(&self.prompt, &self.target_new)
     }
 
     pub fn check(&self) -> crate::Result<()> {
@@ -44,6 +40,17 @@ impl EditRequest {
             return Err(crate::EditError::Input("subject and target must not be empty".into()));
         }
         Ok(())
+    }
+}
+
+/// `target` as it follows `prompt`: after one space (algo §8.1: the methods and the metrics score
+/// `" " + object`), or directly where the prompt itself ends in whitespace — a chat template's
+/// opening of the assistant's turn (`…assistant\n`), after which an answer starts at once.
+pub fn after_prompt(prompt: &str, target: &str) -> String {
+    if prompt.ends_with(char::is_whitespace) {
+        target.trim_start().to_string()
+    } else {
+        format!(" {}", target.trim_start())
     }
 }
 

@@ -1,5 +1,6 @@
 use burn::tensor::backend::Backend;
 use editbench_datasets::downstream::Task;
+use editbench_editing::request::after_prompt;
 use editbench_editing::score::{teacher_forced, Continuation};
 use editbench_editing::{EditError, Result};
 use editbench_models::LanguageModel;
@@ -202,11 +203,6 @@ impl<B: Backend> Scorer for LanguageModel<B> {
     }
 }
 
-/// `target` as scored after a prompt: with one leading space (algo §8.1).
-pub(crate) fn spaced(target: &str) -> String {
-    format!(" {}", target.trim_start())
-}
-
 /// Scores all `pairs` in one call and hands each caller its slice back, in order.
 pub(crate) struct PairBatch {
     pub pairs: Vec<(String, String)>,
@@ -224,7 +220,10 @@ impl PairBatch {
         target: &str,
     ) -> std::ops::Range<usize> {
         let start = self.pairs.len();
-        self.pairs.extend(prompts.into_iter().map(|p| (p, spaced(target))));
+        self.pairs.extend(prompts.into_iter().map(|p| {
+            let target = after_prompt(&p, target);
+            (p, target)
+        }));
         start..self.pairs.len()
     }
 

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod chat;
 mod decoder;
 pub mod dtype;
 pub mod error;

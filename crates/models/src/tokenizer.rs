@@ -10,6 +10,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper};
 
+use crate::chat::ChatTemplate;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
 
@@ -20,6 +21,8 @@ pub struct TextTokenizer {
     prepend_bos: Option<u32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    /// The checkpoint's chat template, where it has one.
+    pub chat: Option<ChatTemplate>,
 }
 
 impl TextTokenizer {
@@ -32,7 +35,10 @@ impl TextTokenizer {
         let id = |tokens: &[&str]| tokens.iter().find_map(|t| inner.token_to_id(t));
         let bos = id(&["<s>", "<|begin_of_text|>", "<|startoftext|>"]);
         let eos = id(&["</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>"]);
-        Ok(Self { inner, path: path.to_path_buf(), prepend_bos: None, bos, eos })
+        let token = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).unwrap_or_default();
+        let config = path.with_file_name("tokenizer_config.json");
+        let chat = ChatTemplate::from_tokenizer_config(&config, &token(bos), &token(eos))?;
+        Ok(Self { inner, path: path.to_path_buf(), prepend_bos: None, bos, eos, chat })
     }
 
     /// The tokenizer stored in a GGUF file's metadata. Only byte-level BPE (`tokenizer.ggml.model =
@@ -81,16 +87,15 @@ impl TextTokenizer {
             inner.add_special_tokens(&special);
         }
         let id = |key: &str| file.uint(key).ok().map(|v| v as u32);
-        let bos = id("tokenizer.ggml.bos_token_id");
+        let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
         let add_bos =
             matches!(file.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
-        Ok(Self {
-            inner,
-            path,
-            prepend_bos: bos.filter(|_| add_bos),
-            bos,
-            eos: id("tokenizer.ggml.eos_token_id"),
-        })
+        let token = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned();
+        let chat = file.string("tokenizer.chat_template").ok().map(|source| {
+            let (bos, eos) = (token(bos).unwrap_or_default(), token(eos).unwrap_or_default());
+            ChatTemplate::new(source.to_string(), bos, eos, &path)
+        });
+        Ok(Self { inner, path, prepend_bos: bos.filter(|_| add_bos), bos, eos, chat })
     }
 
     /// Token ids of `text`, with BOS if the model's tokenizer adds one.

@@ -34,7 +34,7 @@ use crate::output::{
 };
 use crate::provenance::{self, Segment};
 use crate::resume::{self, Progress, Resume};
-use crate::sweep::{Cell, DegradationSpec, Plan, Protocol};
+use crate::sweep::{Cell, DegradationSpec, Plan, PromptForm, Protocol};
 
 /// Edits whose targets are searched together when filling the [`TargetCache`].
 const TARGET_CHUNK: usize = 16;
@@ -361,6 +361,10 @@ impl BackendTask for SweepTask<'_> {
                 &self.dataset_sha256[..12],
                 self.records.len()
             );
+            let records = model_records(&self.records, plan.sweep.dataset.prompts, &model)?;
+            if plan.sweep.dataset.prompts == PromptForm::Chat {
+                key += "-chat";
+            }
             if let Some(eval) = &plan.sweep.eval {
                 key += &format!(
                     "-eval{}",
@@ -391,7 +395,7 @@ impl BackendTask for SweepTask<'_> {
                 plan,
                 &opts.out.join("pre"),
                 &key,
-                &sampled(&self.records, self.scored.as_ref()),
+                &sampled(&records, self.scored.as_ref()),
                 (held_out.as_deref(), tasks.as_deref()),
                 &mut seconds,
             )?;
@@ -414,12 +418,12 @@ impl BackendTask for SweepTask<'_> {
             seconds.insert("stats".into(), t.elapsed().as_secs_f64());
             write_atomic(&shared_path, serde_json::to_string_pretty(&seconds)?.as_bytes())?;
 
-            let requests: Vec<EditRequest> = self.records.iter().map(EditRequest::from).collect();
+            let requests: Vec<EditRequest> = records.iter().map(EditRequest::from).collect();
             let ctx = CellContext {
                 plan,
                 out: &opts.out,
                 label: &label,
-                records: &self.records,
+                records: &records,
                 // The generation options are each cell's (seeded by it).
                 eval: CellEval {
                     pre: &pre,
@@ -782,6 +786,21 @@ fn pre_rows<B: burn::tensor::backend::Backend>(
     seconds.insert("eval_pre".into(), t.elapsed().as_secs_f64());
     write_atomic(&path, serde_json::to_string(&rows)?.as_bytes())?;
     Ok((rows, unedited))
+}
+
+/// The records as `model` is asked them: unchanged, or with every prompt in its chat template.
+fn model_records<B: burn::tensor::backend::Backend>(
+    records: &[Record],
+    form: PromptForm,
+    model: &LanguageModel<B>,
+) -> Result<Vec<Record>> {
+    if form == PromptForm::Bare {
+        return Ok(records.to_vec());
+    }
+    let chat = model.tokenizer()?.chat.as_ref().with_context(|| {
+        format!("dataset.prompts is chat, but {} has no chat template", model.path.display())
+    })?;
+    Ok(records.iter().map(|r| r.map_prompts(|p| chat.user_turn(p))).collect::<Result<_, _>>()?)
 }
 
 /// Every post-edit score of `records` on the edited `model`: teacher-forced (and the generation

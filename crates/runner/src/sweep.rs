@@ -161,6 +161,24 @@ pub struct DatasetSpec {
     pub selection: Selection,
     /// Edits per cell: the first `n_edits` selected records.
     pub n_edits: usize,
+    /// How prompts are put to each model: as in the file (`bare`), or each as the user's turn of
+    /// the model's own chat template (`chat`), which the answer then follows.
+    #[serde(default, skip_serializing_if = "PromptForm::is_bare")]
+    pub prompts: PromptForm,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptForm {
+    #[default]
+    Bare,
+    Chat,
+}
+
+impl PromptForm {
+    pub fn is_bare(&self) -> bool {
+        *self == Self::Bare
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

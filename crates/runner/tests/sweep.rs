@@ -751,6 +751,39 @@ fn downstream_tasks_are_measured_unedited_and_after_the_chosen_rounds() {
     assert!(summary.lines().any(|l| l.contains(",ds_sst2,")), "{summary}");
 }
 
+/// QAEdit questions put in SmolLM2's chat template: the searched targets are those of the
+/// templated questions, and the answers (teacher-forced and generated) follow the assistant's
+/// opening directly.
+#[test]
+fn chat_prompts_put_each_question_in_the_model_s_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = tiny_sweep(dir.path());
+    let out = dir.path().join("chat");
+    let dataset = "dataset={kind: qaedit, path: data/qaedit/QAEdit_inter_first16.json, \
+                   selection: {first: 2}, n_edits: 2, prompts: chat}";
+    let sets = [
+        "--set",
+        dataset,
+        "--set",
+        "methods=[emmet]",
+        "--set",
+        "batch_sizes=[2]",
+        "--set",
+        "eval={answers: {max_new_tokens: 8}}",
+    ];
+    tiny_run(&sweep, &out, &sets, None);
+    let targets: Vec<PathBuf> =
+        std::fs::read_dir(out.join("targets")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(targets.len(), 1);
+    let chunk = read(&targets[0]);
+    assert!(chunk.contains(r#""prompt":"<|im_start|>system\n"#), "{chunk}");
+    assert!(chunk.contains(r#"<|im_start|>user\nwho has the {}?<|im_end|>\n<|im_start|>assistant\n""#));
+    let rows = raw_rows(&out);
+    for code in ["rewrite_acc", "gen_ES", "gen_NA"] {
+        assert!(rows.lines().any(|l| l.contains(&format!(",post,{code},"))), "{code}: {rows}");
+    }
+}
+
 /// A sequential cell saves a checkpoint after every round (edited weights, AlphaEdit's earlier
 /// keys, rows so far): paused by `--max-rounds`, killed mid-cell, or with its checkpoint damaged,
 /// a rerun ends with the rows of an unbroken run, byte for byte.
