@@ -23,7 +23,7 @@ pub enum Format {
     /// `locality_prompt`, `locality_ground_truth`, `subject`).
     Easyedit,
     /// QAEdit's records (`id`, `prompt`, `target`, `subject`, `rephrase`, `locality`: a list of
-    /// `{loc, loc_ans}`).
+    /// `{loc, loc_ans}`); `case_id` is a record's position in the file, as `id` repeats.
     Qaedit,
 }
 
@@ -305,7 +305,8 @@ fn qaedit(f: &Fields, index: usize) -> FieldResult<Record> {
         })
         .collect::<FieldResult<Vec<_>>>()?;
     Ok(Record {
-        case_id: f.value("id").ok().and_then(Value::as_u64).map_or_else(|| f.case_id(index), Ok)?,
+        // QAEdit's `id` repeats (37 ids twice in its 1k file), so a record is keyed by its place.
+        case_id: index as u64,
         rewrite: Rewrite {
             prompt: template(&f.string("prompt")?, &subject, "prompt")?,
             subject,

@@ -216,7 +216,8 @@ fn duplicates_and_conflicts_are_reported() {
     assert_eq!(report.describe().len(), 3);
 }
 
-/// QAEdit's records (the 16 shipped with the project): the question is the prompt, the trailing
+/// QAEdit's records (the 16 shipped with the project): keyed by their place in the file, the
+/// question is the prompt, the trailing
 /// ` *` of an answer is dropped, every locality pair is a neighborhood probe.
 #[test]
 fn qaedit_records() {
@@ -224,7 +225,7 @@ fn qaedit_records() {
     let data = load(&source(DatasetKind::Qaedit, path)).unwrap();
     assert_eq!(data.records.len(), 16);
     let first = &data.records[0];
-    assert_eq!(first.case_id, 1104);
+    assert_eq!(first.case_id, 0, "keyed by place: QAEdit's ids repeat");
     assert_eq!(first.rewrite.prompt, "who has the {}?");
     assert_eq!(first.rewrite.prompt_text(), "who has the most 70 point games in nba history?");
     assert_eq!(first.rewrite.target_new, "Wilt Chamberlain");

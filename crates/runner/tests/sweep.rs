@@ -777,7 +777,9 @@ fn chat_prompts_put_each_question_in_the_model_s_template() {
     assert_eq!(targets.len(), 1);
     let chunk = read(&targets[0]);
     assert!(chunk.contains(r#""prompt":"<|im_start|>system\n"#), "{chunk}");
-    assert!(chunk.contains(r#"<|im_start|>user\nwho has the {}?<|im_end|>\n<|im_start|>assistant\n""#));
+    assert!(
+        chunk.contains(r#"<|im_start|>user\nwho has the {}?<|im_end|>\n<|im_start|>assistant\n""#)
+    );
     let rows = raw_rows(&out);
     for code in ["rewrite_acc", "gen_ES", "gen_NA"] {
         assert!(rows.lines().any(|l| l.contains(&format!(",post,{code},"))), "{code}: {rows}");
