@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use editbench_datasets::rng::SplitMix64;
-use editbench_models::LanguageModel;
+use editbench_models::{LanguageModel, Next};
 
 use crate::error::Result;
 
@@ -20,7 +20,8 @@ pub fn sample_top_k<B: Backend>(
     rngs: &mut [SplitMix64],
 ) -> Result<Vec<Vec<u32>>> {
     assert_eq!(seqs.len(), rngs.len(), "one generator per row");
-    Ok(model.extend(seqs, max_len, |row, logits| Some(top_k_sample(logits, &mut rngs[row])))?)
+    Ok(model
+        .extend(seqs, max_len, |row, logits| Next::Token(top_k_sample(logits, &mut rngs[row])))?)
 }
 
 /// Draws from the softmax restricted to the `TOP_K` largest logits.

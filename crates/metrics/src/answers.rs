@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use editbench_datasets::Record;
 use editbench_editing::{EditError, Result};
-use editbench_models::LanguageModel;
+use editbench_models::{LanguageModel, Next};
 use serde::{Deserialize, Serialize};
 
 use crate::metric::{mean, Metric, MetricRow, Stage};
@@ -63,28 +63,34 @@ pub trait Answerer {
 impl<B: Backend> Answerer for LanguageModel<B> {
     fn answer(&self, prompts: &[String], options: &AnswerOptions) -> Result<Vec<String>> {
         let tokenizer = self.tokenizer()?;
-        let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(options.batch.max(1)) {
-            let starts = chunk
-                .iter()
-                .map(|p| tokenizer.encode(p))
-                .collect::<editbench_models::Result<Vec<_>>>()?;
-            let lengths: Vec<usize> = starts.iter().map(Vec::len).collect();
-            let budget = lengths.iter().max().copied().unwrap_or(0) + options.max_new_tokens;
-            // Per row: tokens generated, and whether its last one ended the answer.
-            let mut made = vec![(0usize, false); chunk.len()];
-            let generated = self.extend(starts, budget, |row, logits| {
+        let starts = prompts
+            .iter()
+            .map(|p| tokenizer.encode(p))
+            .collect::<editbench_models::Result<Vec<_>>>()?;
+        // Prompts of like length share a batch (less padding); batches of equal size.
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| starts[i].len());
+        let batches = prompts.len().div_ceil(options.batch.max(1)).max(1);
+        let mut out = vec![String::new(); prompts.len()];
+        for chunk in order.chunks(prompts.len().div_ceil(batches).max(1)) {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| starts[i].clone()).collect();
+            let budget = seqs.iter().map(Vec::len).max().unwrap_or(0) + options.max_new_tokens;
+            let mut made = vec![0usize; chunk.len()];
+            let generated = self.extend(seqs, budget, |row, logits| {
                 let next = argmax(logits);
-                let (count, ended) = &mut made[row];
-                if *ended || *count >= options.max_new_tokens || Some(next) == tokenizer.eos {
-                    return None;
+                made[row] += 1;
+                if Some(next) == tokenizer.eos {
+                    Next::Stop
+                } else if made[row] >= options.max_new_tokens
+                    || tokenizer.decode(&[next]).is_ok_and(|t| t.contains(['\n', '.']))
+                {
+                    Next::Last(next)
+                } else {
+                    Next::Token(next)
                 }
-                *count += 1;
-                *ended = tokenizer.decode(&[next]).is_ok_and(|t| t.contains(['\n', '.']));
-                Some(next)
             })?;
-            for (ids, len) in generated.iter().zip(&lengths) {
-                out.push(cut(&tokenizer.decode(&ids[*len..])?));
+            for (ids, &i) in generated.iter().zip(chunk) {
+                out[i] = cut(&tokenizer.decode(&ids[starts[i].len()..])?);
             }
         }
         Ok(out)

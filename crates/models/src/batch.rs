@@ -162,11 +162,20 @@ impl<B: Backend> PromptBatch<B> {
     /// The one-column batch that feeds `next[r]` to row `r` after every column of `self` has been
     /// run through the model with a [`crate::KvCache`].
     pub fn next(&self, next: &[u32], device: &B::Device) -> Self {
-        let b = self.rows();
+        let rows: Vec<usize> = (0..self.rows()).collect();
+        self.next_for(&rows, next, device)
+    }
+
+    /// [`Self::next`] for the rows `rows` of `self` only, in that order (`next[i]` feeds row
+    /// `rows[i]`), to be run with the cache's same rows ([`crate::KvCache::keep_rows`]).
+    pub fn next_for(&self, rows: &[usize], next: &[u32], device: &B::Device) -> Self {
+        let b = rows.len();
         assert_eq!(next.len(), b, "one token per row");
         let columns = self.past + self.width() + 1;
+        let offsets: Vec<usize> = rows.iter().map(|&r| self.offsets[r]).collect();
+        let lengths: Vec<usize> = rows.iter().map(|&r| self.lengths[r]).collect();
         let key_mask: Vec<f32> = (0..b * columns)
-            .map(|i| if i % columns < self.offsets[i / columns] { MASKED } else { 0.0 })
+            .map(|i| if i % columns < offsets[i / columns] { MASKED } else { 0.0 })
             .collect();
         Self {
             ids: Tensor::from_data(
@@ -174,12 +183,12 @@ impl<B: Backend> PromptBatch<B> {
                 device,
             ),
             positions: Tensor::from_data(
-                TensorData::new(self.lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [b, 1]),
+                TensorData::new(lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [b, 1]),
                 device,
             ),
             mask: Tensor::from_data(TensorData::new(key_mask, [b, 1, 1, columns]), device),
-            lengths: self.lengths.iter().map(|n| n + 1).collect(),
-            offsets: self.offsets.clone(),
+            lengths: lengths.iter().map(|n| n + 1).collect(),
+            offsets,
             past: columns - 1,
         }
     }

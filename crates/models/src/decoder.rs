@@ -49,6 +49,22 @@ impl<B: Backend> KvCache<B> {
                 .collect(),
         }
     }
+
+    /// Only the rows `rows` of every layer's columns, in that order (rows that finished
+    /// generating leave the batch).
+    pub fn keep_rows(&self, rows: &[usize]) -> Self {
+        let keep = |x: &Tensor<B, 4>| {
+            let index = TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]);
+            x.clone().select(0, Tensor::<B, 1, Int>::from_data(index, &x.device()))
+        };
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|kv| kv.as_ref().map(|(k, v)| (keep(k), keep(v))))
+                .collect(),
+        }
+    }
 }
 
 /// Where a forward pass begins.

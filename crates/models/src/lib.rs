@@ -26,5 +26,5 @@ pub use decoder::{KvCache, Start};
 pub use dtype::WeightDType;
 pub use error::{ModelError, Result};
 pub use hooks::{Hooks, LayerTrace, Patch, Site, Trace};
-pub use model::{Architecture, LanguageModel, ModelDims};
+pub use model::{Architecture, LanguageModel, ModelDims, Next};
 pub use tokenizer::TextTokenizer;

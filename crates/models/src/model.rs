@@ -116,6 +116,17 @@ impl ModelDims {
     }
 }
 
+/// A row's next step in [`LanguageModel::extend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Append this token and go on.
+    Token(u32),
+    /// Append this token; the sequence is finished.
+    Last(u32),
+    /// Append nothing; the sequence is finished.
+    Stop,
+}
+
 pub struct LanguageModel<B: Backend> {
     pub arch: Architecture<B>,
     pub dims: ModelDims,
@@ -375,25 +386,27 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     /// Extends every sequence token by token (one KV-cached column per step, shorter prompts
-    /// left-padded) until it holds `max_len` tokens or `choose` returns `None` for it.
-    /// `choose(row, logits)` picks row `row`'s next token from its next-token logits.
+    /// left-padded) until it holds `max_len` tokens or `choose` ends it; a finished sequence
+    /// leaves the batch. `choose(row, logits)` picks row `row`'s next token from its next-token
+    /// logits.
     pub fn extend(
         &self,
         mut seqs: Vec<Vec<u32>>,
         max_len: usize,
-        mut choose: impl FnMut(usize, &[f32]) -> Option<u32>,
+        mut choose: impl FnMut(usize, &[f32]) -> Next,
     ) -> Result<Vec<Vec<u32>>> {
         let vocab = self.dims.vocab_size;
-        let mut open: Vec<bool> = seqs.iter().map(|s| s.len() < max_len).collect();
-        if !open.contains(&true) {
+        if seqs.iter().all(|s| s.len() >= max_len) {
             return Ok(seqs);
         }
         let mut cache = KvCache::default();
         let mut batch = self.batch(&seqs, Padding::Left)?;
+        // The sequence of each row of `batch`: a row leaves the batch once it is finished.
+        let mut rows: Vec<usize> = (0..seqs.len()).collect();
         let device = self.device();
         loop {
             let t = batch.width();
-            let last: Vec<usize> = (0..seqs.len()).map(|row| row * t + t - 1).collect();
+            let last: Vec<usize> = (0..rows.len()).map(|row| row * t + t - 1).collect();
             let logits = self
                 .forward_cached(
                     &batch,
@@ -406,22 +419,31 @@ impl<B: Backend> LanguageModel<B> {
                 .into_data()
                 .to_vec::<f32>()
                 .map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))?;
-            let mut fed = Vec::with_capacity(seqs.len());
-            for (row, seq) in seqs.iter_mut().enumerate() {
-                let next = open[row]
-                    .then(|| choose(row, &logits[row * vocab..(row + 1) * vocab]))
-                    .flatten();
-                match next {
-                    Some(id) => seq.push(id),
-                    None => open[row] = false,
+            let (mut kept, mut fed) = (Vec::new(), Vec::new());
+            for (i, &row) in rows.iter().enumerate() {
+                let seq = &mut seqs[row];
+                if seq.len() >= max_len {
+                    continue;
                 }
-                open[row] &= seq.len() < max_len;
-                fed.push(next.unwrap_or(0));
+                let (id, more) = match choose(row, &logits[i * vocab..(i + 1) * vocab]) {
+                    Next::Token(id) => (id, true),
+                    Next::Last(id) => (id, false),
+                    Next::Stop => continue,
+                };
+                seq.push(id);
+                if more && seq.len() < max_len {
+                    kept.push(i);
+                    fed.push(id);
+                }
             }
-            if !open.contains(&true) || batch.past + t + 1 > self.dims.max_positions {
+            if kept.is_empty() || batch.past + t + 1 > self.dims.max_positions {
                 return Ok(seqs);
             }
-            batch = batch.next(&fed, &device);
+            if kept.len() < rows.len() {
+                cache = cache.keep_rows(&kept);
+            }
+            batch = batch.next_for(&kept, &fed, &device);
+            rows = kept.iter().map(|&i| rows[i]).collect();
         }
     }
 
@@ -439,13 +461,16 @@ impl<B: Backend> LanguageModel<B> {
         let ids = tokenizer.encode(prompt)?;
         let start = ids.len();
         let argmax = |logits: &[f32]| {
-            Some(
-                (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
-                    as u32,
-            )
+            (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
+                as u32
         };
         let out = self.extend(vec![ids], start + max_new_tokens, |_, logits| {
-            argmax(logits).filter(|&id| Some(id) != tokenizer.eos)
+            let id = argmax(logits);
+            if Some(id) == tokenizer.eos {
+                Next::Stop
+            } else {
+                Next::Token(id)
+            }
         })?;
         tokenizer.decode(&out[0][start..])
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptTree};
+use editbench_models::{Hooks, KvCache, LanguageModel, Next, Padding, PromptTree};
 
 mod common;
 use common::{fixture, max_abs_diff, values};
@@ -131,7 +131,8 @@ fn assert_tree_batches_match<B: Backend>(
 }
 
 /// Token-by-token extension with a KV cache (left-padded prompts of different lengths) sees the
-/// logits a full pass over each final sequence gives at the same positions.
+/// logits a full pass over each final sequence gives at the same positions — also after the
+/// longest prompt, finished first, has left the batch.
 fn assert_cached_extension_matches<B: Backend>(
     model_path: &Path,
     golden_dir: &str,
@@ -147,7 +148,7 @@ fn assert_cached_extension_matches<B: Backend>(
     let extended = model
         .extend(prompts.clone(), 9, |row, logits| {
             seen[row].push(logits.to_vec());
-            Some(argmax(logits))
+            Next::Token(argmax(logits))
         })
         .unwrap();
     for (row, (prompt, seq)) in prompts.iter().zip(&extended).enumerate() {

@@ -500,19 +500,21 @@ impl BackendTask for EvalBench {
         let generation_seconds = t.elapsed().as_secs_f64();
         let texts: usize = tested.iter().map(|r| r.generation_prompts.len()).sum();
         let options = self.answers.clone();
-        let t = Instant::now();
-        let (answer_rows, _) =
-            editbench_metrics::answers::answer_rows(&model, &records, Stage::Pre, &options, None)?;
-        let answering = t.elapsed().as_secs_f64();
+        let (answered, answering, answer_flops) = measured(|| {
+            editbench_metrics::answers::answer_rows(&model, &records, Stage::Pre, &options, None)
+        });
+        let (answer_rows, _) = answered?;
         let answers: serde_json::Map<String, Value> = summarize(&answer_rows)
             .iter()
             .map(|s| (s.metric.code().to_string(), json!(s.mean)))
             .collect();
+        let mut answered = json!({ "options": options, "seconds": answering, "seconds_per_record": answering / records.len() as f64,
+                                   "ratio_to_teacher_forced": answering / scoring, "pre_metrics": answers });
+        add_roofline(&mut answered, answer_flops, answering, &gemm);
         Ok(json!({
             "records": records.len(),
             "scoring": scored,
-            "answers": { "options": options, "seconds": answering, "seconds_per_record": answering / records.len() as f64,
-                         "ratio_to_teacher_forced": answering / scoring, "pre_metrics": answers },
+            "answers": answered,
             "gemm": gemm,
             "pre_metrics": summary,
             "generation": { "records": tested.len(), "texts": texts, "tokens_per_text": GenerationOptions::default().max_len, "seconds": generation_seconds,
