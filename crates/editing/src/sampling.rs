@@ -20,8 +20,10 @@ pub fn sample_top_k<B: Backend>(
     rngs: &mut [SplitMix64],
 ) -> Result<Vec<Vec<u32>>> {
     assert_eq!(seqs.len(), rngs.len(), "one generator per row");
-    Ok(model
-        .extend(seqs, max_len, |row, logits| Next::Token(top_k_sample(logits, &mut rngs[row])))?)
+    let rows = seqs.len();
+    Ok(model.extend(seqs, max_len, rows, |row, logits| {
+        Next::Token(top_k_sample(logits, &mut rngs[row]))
+    })?)
 }
 
 /// Draws from the softmax restricted to the `TOP_K` largest logits.

@@ -35,10 +35,14 @@ pub struct AnswerOptions {
     /// The token budget of an answer.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
-    /// Prompts continued together in one batch.
+    /// Prompts read together in one pass (like lengths); up to [`DECODED_BATCHES`] such batches
+    /// are then continued together.
     #[serde(default = "default_batch")]
     pub batch: usize,
 }
+
+/// Prompt batches continued together, token by token, once each has been read.
+pub const DECODED_BATCHES: usize = 8;
 
 fn default_max_new_tokens() -> usize {
     20
@@ -67,16 +71,18 @@ impl<B: Backend> Answerer for LanguageModel<B> {
             .iter()
             .map(|p| tokenizer.encode(p))
             .collect::<editbench_models::Result<Vec<_>>>()?;
-        // Prompts of like length share a batch (less padding); batches of equal size.
+        // Prompts of like length are read together, `batch` at a time, and up to
+        // `DECODED_BATCHES` such batches decoded together; decoding batches of equal size.
         let mut order: Vec<usize> = (0..prompts.len()).collect();
         order.sort_by_key(|&i| starts[i].len());
-        let batches = prompts.len().div_ceil(options.batch.max(1)).max(1);
+        let rows = options.batch.max(1) * DECODED_BATCHES;
+        let batches = prompts.len().div_ceil(rows).max(1);
         let mut out = vec![String::new(); prompts.len()];
         for chunk in order.chunks(prompts.len().div_ceil(batches).max(1)) {
             let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| starts[i].clone()).collect();
             let budget = seqs.iter().map(Vec::len).max().unwrap_or(0) + options.max_new_tokens;
             let mut made = vec![0usize; chunk.len()];
-            let generated = self.extend(seqs, budget, |row, logits| {
+            let generated = self.extend(seqs, budget, options.batch, |row, logits| {
                 let next = argmax(logits);
                 made[row] += 1;
                 if Some(next) == tokenizer.eos {

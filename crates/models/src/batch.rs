@@ -162,34 +162,32 @@ impl<B: Backend> PromptBatch<B> {
     /// The one-column batch that feeds `next[r]` to row `r` after every column of `self` has been
     /// run through the model with a [`crate::KvCache`].
     pub fn next(&self, next: &[u32], device: &B::Device) -> Self {
-        let rows: Vec<usize> = (0..self.rows()).collect();
-        self.next_for(&rows, next, device)
+        Self::step(&self.offsets, &self.lengths, self.past + self.width(), next, device)
     }
 
-    /// [`Self::next`] for the rows `rows` of `self` only, in that order (`next[i]` feeds row
-    /// `rows[i]`), to be run with the cache's same rows ([`crate::KvCache::keep_rows`]).
-    pub fn next_for(&self, rows: &[usize], next: &[u32], device: &B::Device) -> Self {
-        let b = rows.len();
-        assert_eq!(next.len(), b, "one token per row");
-        let columns = self.past + self.width() + 1;
-        let offsets: Vec<usize> = rows.iter().map(|&r| self.offsets[r]).collect();
-        let lengths: Vec<usize> = rows.iter().map(|&r| self.lengths[r]).collect();
-        let key_mask: Vec<f32> = (0..b * columns)
-            .map(|i| if i % columns < offsets[i / columns] { MASKED } else { 0.0 })
+    /// The one-column batch that feeds `next[r]` to a row whose `columns` cached columns begin
+    /// with `offsets[r]` padding columns and hold `lengths[r]` tokens of its own.
+    pub fn step(
+        offsets: &[usize],
+        lengths: &[usize],
+        columns: usize,
+        next: &[u32],
+        device: &B::Device,
+    ) -> Self {
+        let b = next.len();
+        assert!(offsets.len() == b && lengths.len() == b, "one token per row");
+        let keys = columns + 1;
+        let key_mask: Vec<f32> = (0..b * keys)
+            .map(|i| if i % keys < offsets[i / keys] { MASKED } else { 0.0 })
             .collect();
+        let column = |values: Vec<i64>| Tensor::from_data(TensorData::new(values, [b, 1]), device);
         Self {
-            ids: Tensor::from_data(
-                TensorData::new(next.iter().map(|&id| id as i64).collect::<Vec<_>>(), [b, 1]),
-                device,
-            ),
-            positions: Tensor::from_data(
-                TensorData::new(lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [b, 1]),
-                device,
-            ),
-            mask: Tensor::from_data(TensorData::new(key_mask, [b, 1, 1, columns]), device),
+            ids: column(next.iter().map(|&id| id as i64).collect()),
+            positions: column(lengths.iter().map(|&n| n as i64).collect()),
+            mask: Tensor::from_data(TensorData::new(key_mask, [b, 1, 1, keys]), device),
             lengths: lengths.iter().map(|n| n + 1).collect(),
-            offsets,
-            past: columns - 1,
+            offsets: offsets.to_vec(),
+            past: columns,
         }
     }
 

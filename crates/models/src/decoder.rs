@@ -50,6 +50,39 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// The rows of `parts` one after another, each part's columns left-padded with zeros to the
+    /// widest part's (the padding columns are to be masked, as left padding is).
+    pub fn cat_rows(parts: Vec<Self>) -> Self {
+        let width = (0..parts.first().map_or(0, |p| p.layers.len()))
+            .map(|l| parts.iter().map(|p| p.columns(l)).max().unwrap_or(0))
+            .collect::<Vec<_>>();
+        let layers = width
+            .iter()
+            .enumerate()
+            .map(|(l, &w)| {
+                let padded = |x: &Tensor<B, 4>| {
+                    let [b, h, c, d] = x.dims();
+                    match w - c {
+                        0 => x.clone(),
+                        pad => Tensor::cat(
+                            vec![Tensor::zeros([b, h, pad, d], &x.device()), x.clone()],
+                            2,
+                        ),
+                    }
+                };
+                let kv: Option<Vec<_>> = parts
+                    .iter()
+                    .map(|p| p.layers[l].as_ref().map(|(k, v)| (padded(k), padded(v))))
+                    .collect();
+                kv.map(|kv| {
+                    let (k, v): (Vec<_>, Vec<_>) = kv.into_iter().unzip();
+                    (Tensor::cat(k, 0), Tensor::cat(v, 0))
+                })
+            })
+            .collect();
+        Self { layers }
+    }
+
     /// Only the rows `rows` of every layer's columns, in that order (rows that finished
     /// generating leave the batch).
     pub fn keep_rows(&self, rows: &[usize]) -> Self {

@@ -116,6 +116,21 @@ impl ModelDims {
     }
 }
 
+/// The state [`LanguageModel::extend`] decodes from: rows ordered by prompt length.
+struct Prefilled<B: Backend> {
+    cache: KvCache<B>,
+    /// The sequence of each row.
+    rows: Vec<usize>,
+    /// Padding columns at the start of each row's cache.
+    offsets: Vec<usize>,
+    /// Tokens of each row's own in the cache.
+    lengths: Vec<usize>,
+    /// Columns in the cache.
+    columns: usize,
+    /// Each row's next-token logits, `[rows * vocab]`.
+    logits: Vec<f32>,
+}
+
 /// A row's next step in [`LanguageModel::extend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -385,40 +400,25 @@ impl<B: Backend> LanguageModel<B> {
         as_f32(decoder::select_rows(table, ids.iter().map(|&i| i as usize)))
     }
 
-    /// Extends every sequence token by token (one KV-cached column per step, shorter prompts
-    /// left-padded) until it holds `max_len` tokens or `choose` ends it; a finished sequence
-    /// leaves the batch. `choose(row, logits)` picks row `row`'s next token from its next-token
-    /// logits.
+    /// Extends every sequence token by token (one KV-cached column per step) until it holds
+    /// `max_len` tokens or `choose` ends it. The prompts are run in groups of like length (at most
+    /// `prefill_rows` rows, left-padded), then decoded together; a finished sequence leaves the
+    /// batch. `choose(row, logits)` picks row `row`'s next token from its next-token logits.
     pub fn extend(
         &self,
         mut seqs: Vec<Vec<u32>>,
         max_len: usize,
+        prefill_rows: usize,
         mut choose: impl FnMut(usize, &[f32]) -> Next,
     ) -> Result<Vec<Vec<u32>>> {
         let vocab = self.dims.vocab_size;
         if seqs.iter().all(|s| s.len() >= max_len) {
             return Ok(seqs);
         }
-        let mut cache = KvCache::default();
-        let mut batch = self.batch(&seqs, Padding::Left)?;
-        // The sequence of each row of `batch`: a row leaves the batch once it is finished.
-        let mut rows: Vec<usize> = (0..seqs.len()).collect();
+        let Prefilled { mut cache, mut rows, mut offsets, mut lengths, mut columns, mut logits } =
+            self.prefill(&seqs, prefill_rows)?;
         let device = self.device();
         loop {
-            let t = batch.width();
-            let last: Vec<usize> = (0..rows.len()).map(|row| row * t + t - 1).collect();
-            let logits = self
-                .forward_cached(
-                    &batch,
-                    &Hooks { logits_at: Some(last), ..Hooks::default() },
-                    Some(&mut cache),
-                )
-                .logits
-                .expect("full pass");
-            let logits = logits
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))?;
             let (mut kept, mut fed) = (Vec::new(), Vec::new());
             for (i, &row) in rows.iter().enumerate() {
                 let seq = &mut seqs[row];
@@ -436,15 +436,63 @@ impl<B: Backend> LanguageModel<B> {
                     fed.push(id);
                 }
             }
-            if kept.is_empty() || batch.past + t + 1 > self.dims.max_positions {
+            if kept.is_empty() || columns + 1 > self.dims.max_positions {
                 return Ok(seqs);
             }
             if kept.len() < rows.len() {
                 cache = cache.keep_rows(&kept);
+                rows = kept.iter().map(|&i| rows[i]).collect();
+                offsets = kept.iter().map(|&i| offsets[i]).collect();
+                lengths = kept.iter().map(|&i| lengths[i]).collect();
             }
-            batch = batch.next_for(&kept, &fed, &device);
-            rows = kept.iter().map(|&i| rows[i]).collect();
+            let batch = PromptBatch::step(&offsets, &lengths, columns, &fed, &device);
+            logits = self.last_logits(&batch, &mut cache)?;
+            columns += 1;
+            lengths.iter_mut().for_each(|n| *n += 1);
         }
+    }
+
+    /// Every sequence run through the model, in groups of like length, its columns cached.
+    fn prefill(&self, seqs: &[Vec<u32>], rows: usize) -> Result<Prefilled<B>> {
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        let mut parts = Vec::new();
+        let mut widths = Vec::new();
+        let mut offsets = Vec::new();
+        let mut lengths = Vec::new();
+        let mut logits = Vec::new();
+        for group in order.chunks(rows.max(1)) {
+            let group: Vec<Vec<u32>> = group.iter().map(|&i| seqs[i].clone()).collect();
+            let batch = self.batch(&group, Padding::Left)?;
+            let mut cache = KvCache::default();
+            logits.extend(self.last_logits(&batch, &mut cache)?);
+            parts.push(cache);
+            widths.push((batch.width(), batch.rows()));
+            offsets.extend(batch.offsets);
+            lengths.extend(batch.lengths);
+        }
+        let columns = widths.iter().map(|&(w, _)| w).max().unwrap_or(0);
+        let shifts = widths.iter().flat_map(|&(w, rows)| std::iter::repeat_n(columns - w, rows));
+        let offsets = offsets.iter().zip(shifts).map(|(o, shift)| o + shift).collect();
+        let cache = KvCache::cat_rows(parts);
+        Ok(Prefilled { cache, rows: order, offsets, lengths, columns, logits })
+    }
+
+    /// The next-token logits of each row of `batch` (at its last column), host-side, `[rows *
+    /// vocab]`, its columns added to `cache`.
+    fn last_logits(&self, batch: &PromptBatch<B>, cache: &mut KvCache<B>) -> Result<Vec<f32>> {
+        let t = batch.width();
+        let last: Vec<usize> = (0..batch.rows()).map(|row| row * t + t - 1).collect();
+        self.forward_cached(
+            batch,
+            &Hooks { logits_at: Some(last), ..Hooks::default() },
+            Some(cache),
+        )
+        .logits
+        .expect("full pass")
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))
     }
 
     /// Logits `[t, vocab]` of every position of one sequence.
@@ -464,7 +512,7 @@ impl<B: Backend> LanguageModel<B> {
             (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
                 as u32
         };
-        let out = self.extend(vec![ids], start + max_new_tokens, |_, logits| {
+        let out = self.extend(vec![ids], start + max_new_tokens, 1, |_, logits| {
             let id = argmax(logits);
             if Some(id) == tokenizer.eos {
                 Next::Stop

@@ -146,7 +146,7 @@ fn assert_cached_extension_matches<B: Backend>(
     let argmax =
         |l: &[f32]| (0..l.len()).fold(0, |best, i| if l[i] > l[best] { i } else { best }) as u32;
     let extended = model
-        .extend(prompts.clone(), 9, |row, logits| {
+        .extend(prompts.clone(), 9, 2, |row, logits| {
             seen[row].push(logits.to_vec());
             Next::Token(argmax(logits))
         })
