@@ -14,6 +14,7 @@ mod output;
 mod provenance;
 mod resume;
 mod run;
+mod slurm;
 mod sweep;
 mod trace;
 
@@ -136,6 +137,9 @@ enum Command {
         #[arg(long)]
         allow_dirty: bool,
     },
+    /// Run a sweep as a Slurm array job (one `run --shard i/N` per task, requeue-safe) with a merge
+    /// job that runs when every task finished; the scripts are kept in OUT/slurm/.
+    Slurm(slurm::SlurmArgs),
     /// Combine the results directories of the shards of one sweep.
     Merge {
         /// The merged results directory.
@@ -283,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
         }
+        Command::Slurm(args) => slurm::slurm(args)?,
         Command::Merge { out, dirs, allow_dirty } => run::merge(&out, &dirs, allow_dirty)?,
         Command::Report { dirs, paper, paper_label, out } => {
             for dir in &dirs {

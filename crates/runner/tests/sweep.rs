@@ -913,3 +913,29 @@ fn a_sequential_cell_continues_from_its_checkpoint() {
     assert_eq!(count(&damaged.join("checkpoints"), "unusable"), 1);
     assert_eq!(cell_records(&damaged)[0]["outcome"]["resumed_after_rounds"], serde_json::json!([]));
 }
+
+#[test]
+fn slurm_dry_run_writes_an_array_a_merge_and_a_failure_report_and_submits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = tiny_sweep(dir.path());
+    let out = dir.path().join("out dir");
+    let args = ["slurm", sweep.to_str().unwrap(), "--shards", "2", "--gres", "gpu:1"];
+    let o = run(&[&args[..], &["--out", out.to_str().unwrap(), "--dry-run"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("2 of 4 cells in shard 0/2") && text.contains("shard 1/2"), "{text}");
+    let shards = read(&out.join("slurm/shards.sbatch"));
+    for line in ["#SBATCH --array=0-1", "#SBATCH --requeue", "#SBATCH --gres=gpu:1"] {
+        assert!(shards.contains(line), "{shards}");
+    }
+    assert!(shards.contains("--shard \"$SLURM_ARRAY_TASK_ID/2\""), "{shards}");
+    assert!(shards.contains(&format!("--out '{}'/shard-", out.display())), "{shards}");
+    let merge = read(&out.join("slurm/merge.sbatch"));
+    assert!(merge.contains(" merge --out ") && merge.contains("shard-1'"), "{merge}");
+    assert!(out.join("slurm/failed.sbatch").exists());
+    assert!(!out.join("slurm/jobs.json").exists(), "a dry run submits nothing");
+    for (shards, why) in [("0", "at least 1"), ("5", "only 4 cells")] {
+        let o = run(&["slurm", sweep.to_str().unwrap(), "--shards", shards, "--dry-run"]);
+        assert!(!o.status.success() && stderr(&o).contains(why), "{}", stderr(&o));
+    }
+}
