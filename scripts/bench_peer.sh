@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
-OUT=${2:-results/bench/peer.json}
+OUT=${2:-results/bench/peer/$(date +%F).json}
 CORPUS=${CORPUS:-data/corpus/wikipedia_paragraphs.txt}
 SAMPLES=${SAMPLES:-200}
 LAYER=${LAYER:-4}
