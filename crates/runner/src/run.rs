@@ -685,6 +685,20 @@ fn run_side_by_side<B: AutodiffBackend>(
     }
 }
 
+/// Seconds between two progress lines of an independent cell in the log.
+const BATCH_LOG_SECONDS: u64 = 60;
+
+/// A progress line of an independent cell: `done` of its `total` batches (in this invocation),
+/// with the time they took and the time left at that pace (a batch system's log has no bar).
+fn log_batches(cell: &Cell, done: usize, total: usize, took: std::time::Duration) {
+    let left = took.as_secs_f64() / done as f64 * (total - done) as f64;
+    tracing::info!(
+        "cell {}: {done} of {total} batches in {:.0} s, about {left:.0} s left",
+        cell.id,
+        took.as_secs_f64()
+    );
+}
+
 /// One log line per finished cell (a batch system's log shows the sweep's progress): id, method,
 /// distribution, B, seconds and the headline post-edit means ×100.
 fn finished_line(cell: &Cell, seconds: f64, rows: &[ResultRow], protocol: Protocol) -> String {
@@ -988,6 +1002,7 @@ fn run_cell<B: AutodiffBackend>(
     let independent = plan.sweep.protocol == Protocol::Independent;
     let mut skipped = 0;
     let mut paused = false;
+    let (started, mut logged) = (Instant::now(), Instant::now());
     let result = (|| -> Result<()> {
         let first = progress.rounds_done;
         for (r, batch) in rounds.iter().enumerate().skip(first) {
@@ -1053,6 +1068,10 @@ fn run_cell<B: AutodiffBackend>(
             if independent {
                 session.revert(model);
                 editor = new_editor()?;
+                if logged.elapsed().as_secs() >= BATCH_LOG_SECONDS {
+                    logged = Instant::now();
+                    log_batches(cell, r + 1 - first, rounds.len() - first, started.elapsed());
+                }
             } else if let (Some(resume), true) = (resume, r + 1 < rounds.len()) {
                 // The checkpoint lists this invocation too, up to now: a resumed cell names
                 // every invocation that ran its rounds.
