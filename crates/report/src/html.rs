@@ -130,13 +130,18 @@ fn csv_links(run: &Run, out: &Path) -> String {
             )
         })
         .collect();
+    let has_rows = std::fs::read_dir(run.source.join("cells")).is_ok_and(|entries| {
+        entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".csv.gz"))
+    });
+    let rows = if has_rows {
+        "; raw rows per cell in cells/*.csv.gz (<code>editbench rows</code>)"
+    } else {
+        " (committed before raw rows were kept)"
+    };
     if links.is_empty() {
         String::new()
     } else {
-        format!(
-            "<p>Data: {}; raw rows per cell in cells/*.csv.gz (<code>editbench rows</code>).</p>\n",
-            links.join(", ")
-        )
+        format!("<p>Data: {}{rows}.</p>\n", links.join(", "))
     }
 }
 

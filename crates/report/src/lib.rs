@@ -3,6 +3,7 @@
 //! directories and optionally numbers typed from a paper, and a self-contained results page.
 
 pub mod claims;
+mod curves_table;
 mod heatmap;
 mod html;
 mod load;
@@ -10,6 +11,7 @@ mod plot;
 pub mod rows;
 mod table;
 
+pub use curves_table::curves_markdown;
 pub use heatmap::{write_heatmap, HeatMap};
 pub use load::{
     load_paper, load_run, read_csv, read_manifest, Curves, RowKey, Run, SolverNote, Summary,
@@ -30,6 +32,11 @@ pub fn write_report(runs: &[Run], out: &Path) -> Result<String> {
     let latex = latex_table(&table);
     write(&out.join("table.md"), &markdown)?;
     write(&out.join("table.tex"), &latex)?;
+    if let [run] = runs {
+        if let Some(curves) = curves_markdown(run) {
+            write(&out.join("curves.md"), &curves)?;
+        }
+    }
     let figures = plot_all(runs, &out.join("figures"))?;
     let notes = notes(runs);
     let mut report = String::from("# editbench report\n\n");
