@@ -5,13 +5,14 @@
 //! harmonic mean of three means) with a bootstrap s.e. over records, PPL unpaired. Each score
 //! family (teacher-forced, generated) gets its own comparisons. Every bootstrap draws from a
 //! generator seeded by its own comparison's label, so adding a cell moves no other claim. With
-//! several draws (seeds) of a cell, each comparison is also given across draws: mean ± s.e. of
-//! the per-draw differences.
+//! several draws of a cell — its seeds in one run, or one run per record draw
+//! (`dataset.selection.sample.seed`) — each comparison is also given across draws: mean ± s.e.
+//! of the per-draw differences.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use editbench_datasets::rng::SplitMix64;
 use editbench_metrics::{mean_stderr, Metric, Stage};
 use serde::Serialize;
@@ -276,9 +277,46 @@ fn pairs(keys: &BTreeSet<CellKey>) -> Vec<(String, String, CellKey, CellKey)> {
     out
 }
 
-/// The claims of the run in `dir`.
-pub fn claims(dir: &Path, resamples: usize, base_seed: u64) -> Result<Claims> {
-    let (cells, pre) = values(dir)?;
+/// The record draw of a results directory: its sweep's `dataset.selection.sample.seed`.
+fn draw_seed(dir: &Path) -> Result<u64> {
+    let manifest = read_manifest(dir)?;
+    manifest["sweep"]["dataset"]["selection"]["sample"]["seed"].as_u64().with_context(|| {
+        format!(
+            "{}: several runs are compared as record draws, but this one's records are not a \
+             seeded sample (dataset.selection.sample.seed)",
+            dir.display()
+        )
+    })
+}
+
+/// Every run's cells, keyed by their draw: in one run each cell seed is a draw; with several
+/// runs, each run is one record draw (`dataset.selection.sample.seed`, all of its cells of one
+/// seed). The unedited model's values are the first run's.
+fn draws(dirs: &[PathBuf]) -> Result<(BTreeMap<(CellKey, u64), Values>, Values)> {
+    let [first, rest @ ..] = dirs else { bail!("no results directory given") };
+    let (cells, pre) = values(first)?;
+    if rest.is_empty() {
+        return Ok((cells, pre));
+    }
+    let mut all = BTreeMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let cells = if i == 0 { cells.clone() } else { values(dir)?.0 };
+        let draw = draw_seed(dir)?;
+        if cells.keys().map(|(_, seed)| seed).collect::<BTreeSet<_>>().len() > 1 {
+            bail!("{}: a run compared as one record draw may hold one cell seed", dir.display());
+        }
+        for ((key, _), v) in cells {
+            if all.insert((key, draw), v).is_some() {
+                bail!("{}: record draw {draw} is already given by another run", dir.display());
+            }
+        }
+    }
+    Ok((all, pre))
+}
+
+/// The claims of the runs in `dirs` (one run, or one run per record draw).
+pub fn claims(dirs: &[PathBuf], resamples: usize, base_seed: u64) -> Result<Claims> {
+    let (cells, pre) = draws(dirs)?;
     let families: Vec<&Family> = FAMILIES
         .iter()
         .filter(|f| cells.values().any(|v| f.scores.iter().all(|m| v.contains_key(m))))
@@ -356,7 +394,7 @@ pub fn claims(dir: &Path, resamples: usize, base_seed: u64) -> Result<Claims> {
         }
     }
     Ok(Claims {
-        run: dir.display().to_string(),
+        run: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
         bootstrap_resamples: resamples,
         base_seed,
         scores,

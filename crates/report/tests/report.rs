@@ -226,3 +226,73 @@ fn layers_are_rows_seeds_are_pooled_and_every_batch_counts() {
         );
     }
 }
+
+/// A batch run of an EMMET and a MEMIT cell (B = 1) on the record draw `draw`: `rows` are
+/// `method,case,metric,value` of the edited models.
+fn write_draw(dir: &Path, draw: u64, rows: &[&str]) {
+    let header = "cell_id,model,method,distribution,layers,batch_size,n_edits,seed,round,case_id,stage,metric,value\n";
+    let mut cells: std::collections::BTreeMap<String, String> = Default::default();
+    for r in rows {
+        let f: Vec<&str> = r.split(',').collect();
+        let csv = cells.entry(f[0].to_string()).or_insert_with(|| header.to_string());
+        *csv += &format!(
+            "{},tiny,{},single,4,1,2,0,{},{},post,{},{}\n",
+            f[0], f[0], f[1], f[1], f[2], f[3]
+        );
+    }
+    let ids: Vec<String> = cells.keys().map(|c| format!(r#"{{"id": "{c}"}}"#)).collect();
+    let manifest = format!(
+        r#"{{"sweep": {{"protocol": "independent", "dataset": {{"n_edits": 2, "selection": {{"sample": {{"n": 2, "seed": {draw}}}}}}}}}, "cells": [{}]}}"#,
+        ids.join(", ")
+    );
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    std::fs::create_dir_all(dir.join("cells")).unwrap();
+    for (id, csv) in &cells {
+        let path = editbench_report::rows::cell_rows_path(dir, id);
+        std::fs::write(path, editbench_report::rows::gzip(csv.as_bytes()).unwrap()).unwrap();
+    }
+}
+
+/// Runs of the same sweep on different record draws are compared draw by draw, and across draws
+/// (mean ± s.e. of the per-draw differences); two runs of one draw are refused.
+#[test]
+fn claims_across_record_draws_given_as_separate_runs() {
+    let dirs: Vec<PathBuf> = (0..3).map(|_| tempfile::tempdir().unwrap().keep()).collect();
+    // EMMET − MEMIT ΔES: draw 0: (1 − 0 + 1 − 1) / 2 = 0.5 → 50; draw 1: 0; draw 2: 100.
+    let rows = |emmet: [u8; 2], memit: [u8; 2]| -> Vec<String> {
+        let mut out = Vec::new();
+        for (method, es) in [("emmet", emmet), ("memit", memit)] {
+            for (case, v) in es.iter().enumerate() {
+                for metric in ["ES", "PS", "NS"] {
+                    out.push(format!("{method},{case},{metric},{v}"));
+                }
+            }
+        }
+        out
+    };
+    for (i, (e, m)) in [([1, 1], [0, 1]), ([1, 0], [1, 0]), ([1, 1], [0, 0])].iter().enumerate() {
+        let r = rows(*e, *m);
+        write_draw(&dirs[i], [0, 7, 3][i], &r.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let claims = editbench_report::claims::claims(&dirs, 50, 0).unwrap();
+    let es = |draw: Option<u64>| {
+        claims
+            .comparisons
+            .iter()
+            .find(|c| c.comparison == "emmet − memit" && c.draw == draw)
+            .map(|c| c.delta["ES"])
+            .unwrap()
+    };
+    close(es(Some(0)).mean, 50.0);
+    close(es(Some(7)).mean, 0.0);
+    close(es(Some(3)).mean, 100.0);
+    let across = es(None);
+    close(across.mean, 50.0);
+    close(across.se.unwrap(), 50.0 / 3f64.sqrt());
+    let twice = [dirs[0].clone(), dirs[0].clone()];
+    let err = editbench_report::claims::claims(&twice, 50, 0).unwrap_err().to_string();
+    assert!(err.contains("record draw 0 is already given"), "{err}");
+    for dir in dirs {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

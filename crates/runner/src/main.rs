@@ -171,15 +171,18 @@ enum Command {
     /// The paired comparisons behind the paper's claims (EMMET − MEMIT, spread − single), from a
     /// batch run's raw rows: claims.md and claims.json in the directory (or --out).
     Claims {
-        /// A results directory with raw rows (cells/<id>.csv.gz).
-        dir: PathBuf,
+        /// A results directory with raw rows (cells/<id>.csv.gz); several: one per record draw
+        /// of the same sweep (`--set dataset.selection.sample.seed=…`), compared draw by draw and
+        /// across draws (the unedited scores are the first's).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
         /// Bootstrap resamples of each ΔS.
         #[arg(long, default_value_t = 1000)]
         bootstrap: usize,
         /// Base seed; each comparison's bootstrap is seeded by it and the comparison's label.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Where to write claims.md and claims.json (default: the results directory).
+        /// Where to write claims.md and claims.json (default: the first results directory).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -302,9 +305,9 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", editbench_report::write_report(&runs, &out)?);
             eprintln!("report: {}", out.join("report.md").display());
         }
-        Command::Claims { dir, bootstrap, seed, out } => {
-            let claims = editbench_report::claims::claims(&dir, bootstrap, seed)?;
-            let out = out.unwrap_or(dir);
+        Command::Claims { dirs, bootstrap, seed, out } => {
+            let claims = editbench_report::claims::claims(&dirs, bootstrap, seed)?;
+            let out = out.unwrap_or_else(|| dirs[0].clone());
             let markdown = editbench_report::claims::markdown(&claims);
             output::write_atomic(&out.join("claims.md"), markdown.as_bytes())?;
             output::write_atomic(
