@@ -508,8 +508,11 @@ impl BackendTask for EvalBench {
             .iter()
             .map(|s| (s.metric.code().to_string(), json!(s.mean)))
             .collect();
-        let mut answered = json!({ "options": options, "seconds": answering, "seconds_per_record": answering / records.len() as f64,
-                                   "ratio_to_teacher_forced": answering / scoring, "pre_metrics": answers });
+        let mut answered = json!({
+            "options": options, "seconds": answering,
+            "seconds_per_record": answering / records.len() as f64,
+            "ratio_to_teacher_forced": answering / scoring, "pre_metrics": answers,
+        });
         add_roofline(&mut answered, answer_flops, answering, &gemm);
         Ok(json!({
             "records": records.len(),

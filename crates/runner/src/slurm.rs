@@ -123,7 +123,8 @@ impl Scripts {
         let name = format!("eb-{}", plan.sweep.name);
         let n = args.shards;
         let mut run = format!(
-            "{bin} run {} --shard \"$SLURM_ARRAY_TASK_ID/{n}\" --out {}/shard-\"$SLURM_ARRAY_TASK_ID\"",
+            "{bin} run {} --shard \"$SLURM_ARRAY_TASK_ID/{n}\" \
+             --out {}/shard-\"$SLURM_ARRAY_TASK_ID\"",
             quote(&absolute(&args.sweep)?),
             quote(out)
         );
@@ -147,7 +148,8 @@ impl Scripts {
         let _ = write!(
             shards,
             "set -euo pipefail\ncd {cwd}\necho \"shard $SLURM_ARRAY_TASK_ID/{n} on $(hostname), \
-             restart ${{SLURM_RESTART_COUNT:-0}}\"\n{run}\ntouch {done}\"$SLURM_ARRAY_TASK_ID.done\"\n"
+             restart ${{SLURM_RESTART_COUNT:-0}}\"\n{run}\n\
+             touch {done}\"$SLURM_ARRAY_TASK_ID.done\"\n"
         );
         let dirs: String =
             (0..n).map(|i| format!(" {}", quote(&out.join(format!("shard-{i}"))))).collect();
