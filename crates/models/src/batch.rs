@@ -159,12 +159,6 @@ impl<B: Backend> PromptBatch<B> {
         })
     }
 
-    /// The one-column batch that feeds `next[r]` to row `r` after every column of `self` has been
-    /// run through the model with a [`crate::KvCache`].
-    pub fn next(&self, next: &[u32], device: &B::Device) -> Self {
-        Self::step(&self.offsets, &self.lengths, self.past + self.width(), next, device)
-    }
-
     /// The one-column batch that feeds `next[r]` to a row whose `columns` cached columns begin
     /// with `offsets[r]` padding columns and hold `lengths[r]` tokens of its own.
     pub fn step(

@@ -2,7 +2,7 @@
 //! every block's weight products, the attention over the columns it sees, the head where logits
 //! are asked for. One test: the counter is per process and tests run side by side.
 
-use editbench_models::{flops, Hooks, KvCache, LanguageModel, Padding};
+use editbench_models::{flops, Hooks, KvCache, LanguageModel, Padding, PromptBatch};
 
 mod common;
 use common::fixture;
@@ -44,7 +44,7 @@ fn every_pass_counts_its_blocks_attention_and_head() {
     let mut full = KvCache::default();
     model.forward_cached(&batch, &Hooks::default(), Some(&mut full));
     assert_eq!((cache.columns(0), cache.columns(1), full.columns(1)), (5, 0, 5));
-    let next = batch.next(&[9, 10], &Default::default());
+    let next = PromptBatch::step(&batch.offsets, &batch.lengths, 5, &[9, 10], &Default::default());
     close(
         counted(|| drop(model.forward_cached(&next, &Hooks::default(), Some(&mut full)))),
         2.0 * (layers * block(6.0) + head),

@@ -294,13 +294,13 @@ fn draw_seed(dir: &Path) -> Result<u64> {
 /// seed). The unedited model's values are the first run's.
 fn draws(dirs: &[PathBuf]) -> Result<(BTreeMap<(CellKey, u64), Values>, Values)> {
     let [first, rest @ ..] = dirs else { bail!("no results directory given") };
-    let (cells, pre) = values(first)?;
+    let (mut first_cells, pre) = values(first)?;
     if rest.is_empty() {
-        return Ok((cells, pre));
+        return Ok((first_cells, pre));
     }
     let mut all = BTreeMap::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let cells = if i == 0 { cells.clone() } else { values(dir)?.0 };
+        let cells = if i == 0 { std::mem::take(&mut first_cells) } else { values(dir)?.0 };
         let draw = draw_seed(dir)?;
         if cells.keys().map(|(_, seed)| seed).collect::<BTreeSet<_>>().len() > 1 {
             bail!("{}: a run compared as one record draw may hold one cell seed", dir.display());

@@ -130,10 +130,7 @@ fn csv_links(run: &Run, out: &Path) -> String {
             )
         })
         .collect();
-    let has_rows = std::fs::read_dir(run.source.join("cells")).is_ok_and(|entries| {
-        entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".csv.gz"))
-    });
-    let rows = if has_rows {
+    let rows = if run.from_rows {
         "; raw rows per cell in cells/*.csv.gz (<code>editbench rows</code>)"
     } else {
         " (committed before raw rows were kept)"

@@ -84,6 +84,9 @@ pub struct Run {
     pub solver: BTreeMap<RowKey, SolverNote>,
     /// When scores rest on a sample of the edited records: `(scored, edited)` per cell.
     pub sample: Option<(usize, usize)>,
+    /// Whether the tables come from the cells' raw rows (not from a summary.csv committed
+    /// before raw rows were kept; false for a paper's numbers).
+    pub from_rows: bool,
     /// The run's `manifest.json` (none for a paper's numbers).
     pub manifest: Option<serde_json::Value>,
 }
@@ -230,6 +233,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         curves,
         timings,
         solver: solver_notes(dir, &keys),
+        from_rows,
         sample: manifest["sweep"]["eval"]["sample"]["n"].as_u64().map(|n| {
             (n as usize, manifest["sweep"]["dataset"]["n_edits"].as_u64().unwrap_or(0) as usize)
         }),
@@ -520,6 +524,7 @@ pub fn load_paper(path: &Path, label: &str) -> Result<Run> {
         timings: Vec::new(),
         solver: BTreeMap::new(),
         sample: None,
+        from_rows: false,
         manifest: None,
     };
     for (i, l) in read_csv::<PaperLine>(path)?.into_iter().enumerate() {
