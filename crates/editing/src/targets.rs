@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use editbench_models::backend::{concurrent_passes, side_by_side};
-use editbench_models::{Hooks, KvCache, LanguageModel, Padding, PromptBatch, Start, WeightDType};
+use editbench_models::{
+    Hooks, KvCache, LanguageModel, ModelDims, Padding, PromptBatch, Start, WeightDType,
+};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -117,15 +119,43 @@ fn int_tensor<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Edits searched together at most: the search keeps every layer's keys and values of every
-/// prompt (GPT-J: ~130 MB per edit), so larger batches are searched in chunks of this size.
+/// Edits searched together at most (each search's rows are split over the CPU's threads).
 const MAX_EDITS_PER_SEARCH: usize = 32;
+
+/// What the searches running at once may hold, by [`search_row_bytes`]: SmolLM2 searches 32
+/// CounterFact edits per chunk within it, and questions inside a chat template (rows five times as
+/// long from the subject on) about 8.
+pub const SEARCH_BYTES: u64 = 4 << 30;
+
+/// The estimated bytes a search holds for one row of `tokens` tokens of which the last
+/// `recomputed` are recomputed at every step through the blocks above `layer`, with `scored`
+/// positions: every layer's keys and values of the row (at d_model, an upper bound under
+/// grouped-query attention); for the backward pass, per recomputed token and block, the inputs of
+/// the projections and norms and the MLP's three d_mlp-wide activations (6 d + 3 d_mlp); four
+/// vocabulary rows per scored position (logits, log-probabilities and their gradients). Measured
+/// on SmolLM2, 16 edits: CounterFact 2.4 GB estimated (with the weights), 2.0 GB peak RSS.
+pub fn search_row_bytes(
+    dims: &ModelDims,
+    layer: usize,
+    tokens: usize,
+    recomputed: usize,
+    scored: usize,
+) -> u64 {
+    let (d, ff, v) =
+        (dims.hidden_size as u64, dims.intermediate_size as u64, dims.vocab_size as u64);
+    let above = dims.num_layers.saturating_sub(layer) as u64;
+    let f32 = 4;
+    tokens as u64 * dims.num_layers as u64 * 2 * d * f32
+        + recomputed as u64 * above * (6 * d + 3 * ff) * f32
+        + 4 * scored as u64 * v * f32
+}
 
 /// Finds `z = v_init + δ` for every request at `layer` (algo §4): `δ` is added to the layer's output
 /// at the subject's last token and `z` lives in `space` — the MLP output (`Activation::Value`,
 /// ROME's `v`) or the residual stream (`Activation::Hidden`, MEMIT's `z`). The edits' searches are
-/// independent, so they are searched in chunks of at most [`MAX_EDITS_PER_SEARCH`] edits, and on
-/// the CPU backend in as many chunks as [`concurrent_passes`], side by side.
+/// independent, so they are searched in chunks of consecutive edits — at most
+/// [`MAX_EDITS_PER_SEARCH`], on the CPU backend as many side by side as [`concurrent_passes`], and
+/// together within [`SEARCH_BYTES`] (long prompts make smaller chunks).
 pub fn target_values<B: AutodiffBackend>(
     model: &LanguageModel<B::InnerBackend>,
     requests: &[EditRequest],
@@ -136,10 +166,23 @@ pub fn target_values<B: AutodiffBackend>(
 ) -> Result<Targets> {
     let concurrent = concurrent_passes::<B::InnerBackend>(&model.device());
     let size = MAX_EDITS_PER_SEARCH.min(requests.len().div_ceil(concurrent)).max(1);
-    if requests.len() <= size {
+    let bytes = edit_bytes(&layout(model, requests, templates)?, &model.dims, layer);
+    let chunks = chunks_within(&bytes, size, SEARCH_BYTES / concurrent as u64);
+    tracing::debug!(
+        "target search: {} edits in chunks of {chunks:?}, {:.2} GB estimated in all",
+        requests.len(),
+        bytes.iter().sum::<u64>() as f64 / 1e9
+    );
+    if chunks.len() == 1 {
         return search::<B>(model, requests, templates, layer, space, h);
     }
-    let chunks: Vec<&[EditRequest]> = requests.chunks(size).collect();
+    let chunks: Vec<&[EditRequest]> = chunks
+        .iter()
+        .scan(0, |start, &n| {
+            *start += n;
+            Some(&requests[*start - n..*start])
+        })
+        .collect();
     let mut found = Vec::with_capacity(requests.len());
     let search_chunk =
         |chunk: &&[EditRequest]| search::<B>(model, chunk, templates, layer, space, h);
@@ -147,6 +190,38 @@ pub fn target_values<B: AutodiffBackend>(
         found.extend((0..chunk.len()).map(|j| targets.found(j)))
     })?;
     Ok(Targets::from_found(&found.iter().collect::<Vec<_>>(), model.dims.hidden_size))
+}
+
+/// Each edit's estimated search bytes ([`search_row_bytes`] over its rows).
+fn edit_bytes(l: &Layout, dims: &ModelDims, layer: usize) -> Vec<u64> {
+    let mut scored = vec![0; l.sequences.len()];
+    for &(row, _, _) in &l.label_positions {
+        scored[row] += 1;
+    }
+    for &(row, _) in &l.kl_rows {
+        scored[row] += 1;
+    }
+    let mut bytes = vec![0; l.bare_row.len()];
+    for (row, ids) in l.sequences.iter().enumerate() {
+        bytes[l.edit_of_row[row]] +=
+            search_row_bytes(dims, layer, ids.len(), l.ranges[row].len(), scored[row]);
+    }
+    bytes
+}
+
+/// Sizes of consecutive chunks of the edits: at most `size` edits each, and within `budget` bytes
+/// unless one edit alone exceeds it.
+fn chunks_within(bytes: &[u64], size: usize, budget: u64) -> Vec<usize> {
+    let mut chunks: Vec<(usize, u64)> = vec![];
+    for &b in bytes {
+        match chunks.last_mut() {
+            Some((n, held)) if *n < size && *held + b <= budget => {
+                (*n, *held) = (*n + 1, *held + b)
+            }
+            _ => chunks.push((1, b)),
+        }
+    }
+    chunks.into_iter().map(|(n, _)| n).collect()
 }
 
 /// [`target_values`] of one batch of edits searched together.
@@ -230,9 +305,9 @@ fn search<B: AutodiffBackend>(
             "target search at layer {layer}: {} of {e} edit(s) still above loss {LOSS_TARGET}",
             active.iter().filter(|&&a| a).count()
         ));
-        if it + 1 == h.v_num_grad_steps || !active.iter().any(|&a| a) {
-            break;
-        }
+        // The last step's backward pass is run too: burn-autodiff frees a graph that no backward
+        // pass consumed only one level per later backward pass, so every search would leave its
+        // last forward pass's activations behind (QAEdit, chat prompts: +2.5 GB per 16 edits).
         let mut grads = Vec::with_capacity(parts.len());
         side_by_side(
             &passes,
@@ -240,6 +315,9 @@ fn search<B: AutodiffBackend>(
             |pass| Ok::<_, EditError>(pass.gradient()),
             |_, grad| grads.push(grad),
         )?;
+        if it + 1 == h.v_num_grad_steps || !active.iter().any(|&a| a) {
+            break;
+        }
         let grad = grads.into_iter().reduce(|a, b| a + b).expect("at least one part");
         // Input gradients only (the weights are constants): each product of the step's pass once more.
         editbench_models::flops::add(step_flops);
@@ -849,6 +927,30 @@ mod tests {
         assert_eq!(joined.z, Mat::from_fn(3, 2, |i, j| (10 * i + [2, 0][j]) as f64));
         assert_eq!(joined.v_init, Mat::from_fn(3, 2, |i, j| -((10 * i + [2, 0][j]) as f64)));
         assert_eq!((joined.steps, joined.loss), (vec![3, 1], vec![0.3, 0.1]));
+    }
+
+    #[test]
+    fn chunks_hold_at_most_size_edits_and_stay_within_the_budget() {
+        assert_eq!(chunks_within(&[1; 7], 3, 100), [3, 3, 1]);
+        assert_eq!(chunks_within(&[4, 4, 4, 9, 1, 1], 8, 10), [2, 1, 2, 1]);
+        // An edit over the budget alone is a chunk of its own.
+        assert_eq!(chunks_within(&[3, 20, 3], 8, 10), [1, 1, 1]);
+        assert!(chunks_within(&[], 8, 10).is_empty());
+    }
+
+    #[test]
+    fn the_row_estimate_counts_caches_backward_inputs_and_vocabulary_rows() {
+        let dims = ModelDims {
+            num_layers: 3,
+            hidden_size: 4,
+            intermediate_size: 8,
+            vocab_size: 10,
+            max_positions: 16,
+            parameters: 0,
+        };
+        // K/V 5 tokens × 3 layers × 2 × 4 × 4 B = 480; 2 recomputed tokens × 2 blocks above layer 1
+        // × (24 + 24) × 4 B = 768; 4 × 3 scored × 10 × 4 B = 480.
+        assert_eq!(search_row_bytes(&dims, 1, 5, 2, 3), 480 + 768 + 480);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Estimates, not measurements: they count the large buffers named below and nothing else.
 
 use editbench_editing::keys::KEPT_BYTES;
+use editbench_editing::targets::{search_row_bytes, SEARCH_BYTES};
 use editbench_models::ModelDims;
 
 const GB: f64 = 1e9;
@@ -22,9 +23,9 @@ const SCORED_TOKENS: u64 = 4096 / 4;
 /// peak RSS 2.0 GB.
 const SEARCH_EDITS: u64 = 16;
 const SEARCH_PROMPTS: u64 = 12;
-const SEARCH_TOKENS: u64 = 24;
-const SEARCH_RECOMPUTED: u64 = 4;
-const SEARCH_SCORED: u64 = 3;
+const SEARCH_TOKENS: usize = 24;
+const SEARCH_RECOMPUTED: usize = 4;
+const SEARCH_SCORED: usize = 3;
 /// Sentences per edit whose keys are read (10 context templates) and per padded 64-sentence pass.
 const KEY_SENTENCES: u64 = 10;
 const KEY_CHUNK: u64 = 64;
@@ -57,32 +58,25 @@ pub struct Phase {
 /// the solves and statistics; on the CPU backend the device's too).
 pub fn plan(w: &Workload) -> Vec<Phase> {
     let d = &w.dims;
-    let (dm, ff, v, layers) = (
-        d.hidden_size as u64,
-        d.intermediate_size as u64,
-        d.vocab_size as u64,
-        d.num_layers as u64,
-    );
+    let (dm, ff, v) = (d.hidden_size as u64, d.intermediate_size as u64, d.vocab_size as u64);
     let weights = d.parameters * w.weight_bytes;
     // A statistics pass: per token the residual stream (3 × d) and the MLP's gate/up/act (3 × d_ff),
     // the captured keys of each edited layer, and the d_ff × d_ff Gram of a batch per layer.
     let stats_device = w.stats_tokens * (3 * dm + 3 * ff) * F32
         + w.edited_layers * (w.stats_tokens * ff + ff * ff) * F32;
     let covariances = w.edited_layers * ff * ff * F64;
-    // The search keeps every layer's keys and values of its prompts (at d_model: an upper bound under
-    // grouped-query attention); for the backward pass, per recomputed token and layer, the inputs of
-    // the projections and norms and the MLP's three d_ff-wide activations (6 d + 3 d_ff); and four
-    // vocabulary rows per scored position (logits, log-probabilities and their gradients).
+    // The search (editing::targets::search_row_bytes) at CounterFact's lengths, capped where the
+    // chunking caps it: longer prompts are searched in smaller chunks.
     let rows = SEARCH_EDITS * SEARCH_PROMPTS;
-    let search_device = rows * SEARCH_TOKENS * layers * 2 * dm * F32
-        + rows * SEARCH_RECOMPUTED * layers * (6 * dm + 3 * ff) * F32
-        + 4 * rows * SEARCH_SCORED * v * F32;
+    let row = search_row_bytes(d, 0, SEARCH_TOKENS, SEARCH_RECOMPUTED, SEARCH_SCORED);
+    let search_device = (rows * row).min(SEARCH_BYTES);
     // Keys of a spread edit, read bottom-up: each template sentence's and bare prompt's input to the
     // next edited block is kept (at most `KEPT_BYTES` per set of sentences), plus one pass of 64.
-    let kept = |sentences: u64| (sentences * SEARCH_TOKENS * dm * F32).min(KEPT_BYTES as u64);
+    let kept =
+        |sentences: u64| (sentences * SEARCH_TOKENS as u64 * dm * F32).min(KEPT_BYTES as u64);
     let keys_device = kept(w.max_batch * KEY_SENTENCES)
         + kept(w.max_batch)
-        + KEY_CHUNK * SEARCH_TOKENS * (3 * dm + 3 * ff) * F32;
+        + KEY_CHUNK * SEARCH_TOKENS as u64 * (3 * dm + 3 * ff) * F32;
     // The solves: C of every edited layer, a d_ff × d_ff system and its factor, keys and residuals,
     // EMMET's C⁻¹K and the B × B system with its factor.
     let b = w.max_batch;
