@@ -11,7 +11,7 @@ use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use editbench_datasets::rng::SplitMix64;
 use editbench_models::backend::{concurrent_passes, side_by_side};
 use editbench_models::{
-    Hooks, LanguageModel, Padding, Patch, PromptBatch, Site, Start, TextTokenizer, Trace,
+    Hooks, LanguageModel, Padding, Patch, PromptBatch, Site, Start, TextTokenizer, Trace, Write,
 };
 
 use crate::error::{EditError, Result};
@@ -285,6 +285,7 @@ impl<'m, B: Backend> Tracer<'m, B> {
                 layer,
                 mask,
                 value: self.clean_state(kind, layer),
+                write: Write::Replace,
             });
         }
         let hooks = Hooks { logits_at: Some(rows.last_columns(groups)), ..Hooks::default() };
@@ -355,6 +356,7 @@ impl<B: Backend> Rows<'_, B> {
                 layer: 0,
                 mask,
                 value: self.corrupted_embeddings.clone().repeat_dim(0, groups),
+                write: Write::Replace,
             }],
         ))
     }

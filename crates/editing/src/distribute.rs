@@ -394,7 +394,7 @@ fn weight_times<B: Backend>(model: &LanguageModel<B>, layer: usize, x: &Mat<f64>
     Mat::from_fn(d_out, x.ncols(), |i, j| values[i * x.ncols() + j] as f64)
 }
 
-fn mat_to_tensor<B: Backend>(m: &Mat<f64>, device: &B::Device) -> Tensor<B, 2> {
+pub(crate) fn mat_to_tensor<B: Backend>(m: &Mat<f64>, device: &B::Device) -> Tensor<B, 2> {
     let (r, c) = (m.nrows(), m.ncols());
     let data: Vec<f32> = (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)] as f32)).collect();
     Tensor::from_data(TensorData::new(data, [r, c]), device)

@@ -16,6 +16,7 @@ pub mod solver;
 pub mod stats;
 pub mod targets;
 mod tensor_file;
+pub mod ultraedit;
 
 pub use distribute::{EditOutcome, EditSession, Editor};
 pub use error::{EditError, Result};

@@ -80,11 +80,19 @@ pub enum Site {
     Hidden,
 }
 
-/// Replaces activations at chosen positions during a pass: `x ← x + mask ⊙ (value − x)` (causal
-/// tracing restores clean states into corrupted runs with it).
+/// How a [`Patch`] writes its `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `x ← x + mask ⊙ (value − x)`: causal tracing restores clean states into corrupted runs.
+    Replace,
+    /// `x ← x + mask ⊙ value`: a zero `value` that requires a gradient reads `∂L/∂x`.
+    Add,
+}
+
+/// Writes activations at chosen positions during a pass.
 ///
 /// # Shapes
-/// - `mask`: `[b, t, 1]`, 1 where `value` replaces `x`, 0 where `x` stays
+/// - `mask`: `[b, t, 1]`, 1 where `value` is written, 0 where `x` stays
 /// - `value`: `[b, t, d]` or `[1, t, d]` (the same values for every row)
 #[derive(Debug, Clone)]
 pub struct Patch<B: Backend> {
@@ -92,6 +100,7 @@ pub struct Patch<B: Backend> {
     pub layer: usize,
     pub mask: Tensor<B, 3>,
     pub value: Tensor<B, 3>,
+    pub write: Write,
 }
 
 /// The patches of one layer (all of a pass's patches and the layer they are filtered by).
@@ -114,6 +123,9 @@ impl<B: Backend> LayerPatches<'_, B> {
         self.patches
             .iter()
             .filter(|p| p.site == site && (site == Site::Embedding || p.layer == self.layer))
-            .fold(x, |x, p| x.clone() + p.mask.clone() * (p.value.clone() - x))
+            .fold(x, |x, p| match p.write {
+                Write::Replace => x.clone() + p.mask.clone() * (p.value.clone() - x),
+                Write::Add => x + p.mask.clone() * p.value.clone(),
+            })
     }
 }

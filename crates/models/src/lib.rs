@@ -25,6 +25,6 @@ pub use batch::{Padding, PromptBatch, PromptTree};
 pub use decoder::{KvCache, Start};
 pub use dtype::WeightDType;
 pub use error::{ModelError, Result};
-pub use hooks::{Hooks, LayerTrace, Patch, Site, Trace};
+pub use hooks::{Hooks, LayerTrace, Patch, Site, Trace, Write};
 pub use model::{Architecture, LanguageModel, ModelDims, Next};
 pub use tokenizer::TextTokenizer;
