@@ -1,11 +1,12 @@
 //! Checkpoints of sequential editing: what an [`Editor`] and its [`EditSession`] have written into
-//! a model so far — the edited layers' current weights and, for AlphaEdit and ENCORE, the running
-//! `Σ K_p K_pᵀ` of earlier rounds — so that a run stopped between rounds continues with the same
+//! a model so far — the edited layers' current weights, for AlphaEdit and ENCORE the running
+//! `Σ K_p K_pᵀ` of earlier rounds, for UltraEdit its features' running statistics — so that a run stopped between rounds continues with the same
 //! model, bit for bit, as one that never stopped. The caller's own progress (rows, round) travels
 //! as text in `notes`.
 //!
 //! One safetensors file: `weight.{layer}` (f32, `[d_out, d_in]`, the paper's `W`),
-//! `previous.{layer}` (f64, `[d_in, d_in]`), the notes and a SHA-256 of every tensor's bytes in the
+//! `previous.{layer}` (f64, `[d_in, d_in]`), `normalizer.0` (f64, `[3, width]`: the count in every
+//! column, the mean, the summed squared deviations), the notes and a SHA-256 of every tensor's bytes in the
 //! metadata; written to a temporary file and renamed, so an interrupted write leaves the previous
 //! checkpoint.
 
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::distribute::{EditSession, Editor};
 use crate::error::{EditError, Result};
 use crate::tensor_file::{f64_bytes, f64_matrix, write_atomic};
+use crate::ultraedit::RunningMeanStd;
 
 /// Metadata keys the checkpoint itself uses; `notes` may not take them.
 const CHECKSUM: &str = "checksum";
@@ -33,6 +35,8 @@ pub struct Checkpoint {
     pub weights: BTreeMap<usize, (Vec<usize>, Vec<f32>)>,
     /// Per layer, `Σ K_p K_pᵀ` of the keys already written (AlphaEdit, ENCORE; empty otherwise).
     pub previous: BTreeMap<usize, Mat<f64>>,
+    /// UltraEdit's running statistics (none for the other methods).
+    pub normalizer: Option<RunningMeanStd>,
     /// The caller's progress, kept verbatim.
     pub notes: BTreeMap<String, String>,
 }
@@ -57,7 +61,8 @@ impl Checkpoint {
                 Ok((layer, (shape, data)))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { weights, previous: editor.previous_keys().clone(), notes })
+        let (previous, normalizer) = (editor.previous_keys().clone(), editor.normalizer().cloned());
+        Ok(Self { weights, previous, normalizer, notes })
     }
 
     /// Writes the checkpoint's weights into `model` (whose edited layers must still hold their
@@ -85,6 +90,7 @@ impl Checkpoint {
             }
         }
         editor.set_previous_keys(self.previous.clone())?;
+        editor.set_normalizer(self.normalizer.clone());
         let device = model.device();
         for (&layer, (shape, data)) in &self.weights {
             let w = Tensor::<B, 2>::from_data(
@@ -119,6 +125,15 @@ impl Checkpoint {
                 f64_bytes(m),
             ));
         }
+        if let Some(s) = &self.normalizer {
+            let stats = Mat::from_fn(3, s.mean.len(), |i, j| [s.n, s.mean[j], s.m2[j]][i]);
+            tensors.push((
+                "normalizer.0".into(),
+                Dtype::F64,
+                vec![3, s.mean.len()],
+                f64_bytes(&stats),
+            ));
+        }
         let mut metadata: HashMap<String, String> = self.notes.clone().into_iter().collect();
         metadata.insert(
             CHECKSUM.into(),
@@ -150,7 +165,8 @@ impl Checkpoint {
         if checksum(named.iter().map(|(name, view)| (name.as_str(), view.data()))) != expected {
             return Err(corrupt("checksum mismatch".into()));
         }
-        let mut checkpoint = Self { weights: BTreeMap::new(), previous: BTreeMap::new(), notes };
+        let mut checkpoint =
+            Self { weights: BTreeMap::new(), previous: BTreeMap::new(), normalizer: None, notes };
         for (name, view) in named {
             let (kind, layer) = name
                 .split_once('.')
@@ -168,6 +184,12 @@ impl Checkpoint {
                 }
                 ("previous", Dtype::F64, &[r, c]) => {
                     checkpoint.previous.insert(layer, f64_matrix(r, c, view.data()));
+                }
+                ("normalizer", Dtype::F64, &[3, width]) if width > 0 => {
+                    let m = f64_matrix(3, width, view.data());
+                    let row = |i: usize| m.row(i).iter().copied().collect::<Vec<f64>>();
+                    let (n, mean, m2) = (m[(0, 0)], row(1), row(2));
+                    checkpoint.normalizer = Some(RunningMeanStd { n, mean, m2 });
                 }
                 _ => {
                     return Err(corrupt(format!("tensor `{name}` ({:?}, {shape:?})", view.dtype())))

@@ -19,6 +19,7 @@ use crate::keys::{Activation, LayerKeys, PromptActivation};
 use crate::request::EditRequest;
 use crate::solver::{null_space_projector, preservation_memorization_update, Memorization};
 use crate::targets::{target_values, TargetCache};
+use crate::ultraedit::{edit_round, RunningMeanStd};
 
 /// The original weights of every layer touched, for [`EditSession::revert`].
 pub struct EditSession<B: Backend> {
@@ -105,6 +106,8 @@ pub struct Editor {
     previous: BTreeMap<usize, Mat<f64>>,
     /// Targets on the unedited model shared with other editors, when given.
     target_cache: Option<Arc<Mutex<TargetCache>>>,
+    /// UltraEdit: the running statistics of its features (made at its first round).
+    normalizer: Option<RunningMeanStd>,
 }
 
 impl Editor {
@@ -116,7 +119,8 @@ impl Editor {
         covariances: BTreeMap<usize, Mat<f64>>,
     ) -> Result<Self> {
         let layers = hparams.layers(distribution);
-        if let Some(l) = layers.iter().find(|l| !covariances.contains_key(l)) {
+        let missing = layers.iter().find(|l| !covariances.contains_key(l));
+        if let Some(l) = missing.filter(|_| method.needs_statistics()) {
             return Err(EditError::Input(format!("no key statistics for layer {l}")));
         }
         let mut projectors = BTreeMap::new();
@@ -150,6 +154,7 @@ impl Editor {
             projectors,
             previous,
             target_cache: None,
+            normalizer: None,
         })
     }
 
@@ -195,7 +200,18 @@ impl Editor {
         Ok(())
     }
 
-    /// Writes `requests` into `model` (ROME: one after another; the others: as one batch).
+    /// UltraEdit: its features' running statistics so far (none before its first round).
+    pub fn normalizer(&self) -> Option<&RunningMeanStd> {
+        self.normalizer.as_ref()
+    }
+
+    /// Replaces UltraEdit's running statistics (a [`crate::checkpoint::Checkpoint`]'s).
+    pub fn set_normalizer(&mut self, normalizer: Option<RunningMeanStd>) {
+        self.normalizer = normalizer;
+    }
+
+    /// Writes `requests` into `model` (ROME: one after another; UltraEdit: one round; the others:
+    /// as one batch).
     pub fn apply<B: AutodiffBackend>(
         &mut self,
         model: &mut LanguageModel<B::InnerBackend>,
@@ -206,6 +222,15 @@ impl Editor {
             r.check()?;
         }
         let mut outcome = EditOutcome { layers: self.layers(), ..Default::default() };
+        if self.method == Method::Ultraedit {
+            let width = model.dims.intermediate_size + model.dims.hidden_size;
+            let normalizer = self.normalizer.get_or_insert_with(|| RunningMeanStd::new(width));
+            let t = Instant::now();
+            let (lr, layers) = (self.hparams.ultraedit_lr, &outcome.layers);
+            edit_round::<B>(model, requests, layers, normalizer, lr, session)?;
+            outcome.seconds_solve = t.elapsed().as_secs_f64();
+            return Ok(outcome);
+        }
         let batches: Vec<&[EditRequest]> =
             if self.method.is_rank_one() { requests.chunks(1).collect() } else { vec![requests] };
         for batch in batches {
@@ -369,6 +394,7 @@ impl Editor {
                     },
                 )
             }
+            Method::Ultraedit => unreachable!("UltraEdit's rounds are solved in `apply`"),
         };
         result.map_err(|error| EditError::Solve { layer, error })
     }

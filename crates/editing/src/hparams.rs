@@ -32,6 +32,11 @@ pub enum Method {
     /// `ΔW = R Kᵀ (λ C + ν I + Σ K_p K_pᵀ + K Kᵀ)⁻¹`, and most-probable early stopping of the
     /// target search.
     Encore,
+    /// UltraEdit (arXiv 2505.14679; XiaojieGu/UltraEdit `editor/ultraedit.py`): per round, keys and
+    /// loss gradients at the answer positions, normalized by their running statistics, solved
+    /// with identity preservation at every edited layer at once (`crate::ultraedit`). No key
+    /// statistics, no target search.
+    Ultraedit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,7 +66,7 @@ macro_rules! string_enum {
         }
     };
 }
-string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit", Method::Encore => "encore");
+string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit", Method::Encore => "encore", Method::Ultraedit => "ultraedit");
 string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
 
 /// How context templates are made (algo §3.1).
@@ -115,6 +120,11 @@ pub struct MethodHparams {
     pub templates: TemplateKind,
     #[serde(default)]
     pub template_seed: u64,
+    /// UltraEdit's step size η (`v = −η ‖k̂‖² ĝ`; the public code's 1e-6 for every model). Left
+    /// out of the serialised form at that value, so the cell ids of the other methods stay as
+    /// they were before it existed.
+    #[serde(default = "d::ultraedit_lr", skip_serializing_if = "d::is_ultraedit_lr")]
+    pub ultraedit_lr: f64,
     /// Most-probable early stopping (MPES, arXiv 2502.01636) of the target search: an edit stops
     /// once every rewriting prompt ranks each target token first, after this many further steps.
     /// Off when absent (the reference runs every step until the loss falls below 0.05).
@@ -154,6 +164,12 @@ mod d {
     pub fn nullspace() -> f64 {
         2e-2
     }
+    pub fn ultraedit_lr() -> f64 {
+        1e-6
+    }
+    pub fn is_ultraedit_lr(lr: &f64) -> bool {
+        *lr == ultraedit_lr()
+    }
     pub fn keys_per_dim() -> f64 {
         10.0
     }
@@ -175,6 +191,12 @@ impl Method {
     /// Whether the method keeps the keys of its earlier rounds among the preserved ones.
     pub fn keeps_previous_keys(self) -> bool {
         matches!(self, Self::Alphaedit | Self::Encore)
+    }
+
+    /// Whether the method solves against the keys' second moment `C` (all but UltraEdit), and
+    /// so needs key statistics and a target search.
+    pub fn needs_statistics(self) -> bool {
+        self != Self::Ultraedit
     }
 }
 
@@ -303,6 +325,10 @@ pub struct FamilyHparams {
     /// patience 2: `update_norm_lambda: 10`, `prob_cutoff: -3` in every ENCORE hparams file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encore: Option<MethodHparams>,
+    /// UltraEdit: its layers (`spread_layers`, all edited at once) and `ultraedit_lr`; no default,
+    /// since its layers follow the model's depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ultraedit: Option<MethodHparams>,
 }
 
 impl FamilyHparams {
@@ -320,15 +346,22 @@ impl FamilyHparams {
         Ok(family)
     }
 
-    pub fn method(&self, method: Method) -> &MethodHparams {
-        match method {
+    pub fn method(&self, method: Method) -> Result<&MethodHparams> {
+        Ok(match method {
             Method::Rome => &self.rome,
             Method::RRome => self.r_rome.as_ref().unwrap_or(&self.rome),
             Method::Memit => &self.memit,
             Method::Emmet => &self.emmet,
             Method::Alphaedit => &self.alphaedit,
             Method::Encore => self.encore.as_ref().expect("FamilyHparams::load fills in encore"),
-        }
+            Method::Ultraedit => self.ultraedit.as_ref().ok_or_else(|| {
+                EditError::Input(
+                    "ultraedit: the hparams file has no `ultraedit:` section (its layers follow \
+                     the model's depth: e.g. `spread_layers` at 64-93 % of it, as GPT-J's 18-26)"
+                        .into(),
+                )
+            })?,
+        })
     }
 
     /// Checks every layer against the model's depth.
@@ -340,8 +373,10 @@ impl FamilyHparams {
             Method::Emmet,
             Method::Alphaedit,
             Method::Encore,
+            Method::Ultraedit,
         ] {
-            let (name, h) = (method.to_string(), self.method(method));
+            let Ok(h) = self.method(method) else { continue };
+            let name = method.to_string();
             let mut all = h.spread_layers.clone();
             all.push(h.layer);
             if let Some(bad) = all.iter().find(|&&l| l >= num_layers) {

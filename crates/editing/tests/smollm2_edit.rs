@@ -91,7 +91,7 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
     let pre_neighbors = greedy_next(&model, &neighbors);
     let original = model.logits(&[1, 2, 3]).unwrap().into_data();
     for method in [Method::Emmet, Method::Memit] {
-        let mut hparams = family.method(method).clone();
+        let mut hparams = family.method(method).unwrap().clone();
         hparams.templates = TemplateKind::Fixed;
         let templates =
             ContextTemplates::for_method(&model, method, TemplateKind::Fixed, 0).unwrap();
@@ -237,7 +237,7 @@ fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
         keys(&model, std::slice::from_ref(&request), &ContextTemplates::bare(), layer).unwrap();
     let mut written = Vec::new();
     for (method, key) in [(Method::Rome, &bare), (Method::RRome, &averaged)] {
-        let mut h = family.method(method).clone();
+        let mut h = family.method(method).unwrap().clone();
         h.v_num_grad_steps = 6;
         let mut editor = Editor::new(
             method,

@@ -77,6 +77,7 @@ fn method_color(method: &str) -> RGBColor {
         "emmet" => RGBColor(44, 160, 44),
         "alphaedit" => RGBColor(148, 103, 189),
         "encore" => RGBColor(140, 86, 75),
+        "ultraedit" => RGBColor(23, 190, 207),
         "r-rome" => RGBColor(255, 127, 14),
         _ => RGBColor(90, 90, 90),
     }
@@ -423,10 +424,10 @@ fn markers<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
 }
 
 fn method_rank(method: &str) -> usize {
-    ["memit", "emmet", "rome", "r-rome", "alphaedit", "encore"]
+    ["memit", "emmet", "rome", "r-rome", "alphaedit", "encore", "ultraedit"]
         .iter()
         .position(|m| *m == method)
-        .unwrap_or(6)
+        .unwrap_or(7)
 }
 
 /// ` (scores: a sample of n of N records)` when the runs scored a sample.

@@ -187,10 +187,10 @@ impl Table {
 
 /// Methods in the paper's order.
 fn method_rank(method: &str) -> usize {
-    ["rome", "r-rome", "memit", "emmet", "alphaedit", "encore"]
+    ["rome", "r-rome", "memit", "emmet", "alphaedit", "encore", "ultraedit"]
         .iter()
         .position(|m| *m == method)
-        .unwrap_or(6)
+        .unwrap_or(7)
 }
 
 pub(crate) fn header(m: Metric) -> &'static str {
@@ -210,6 +210,7 @@ pub(crate) fn method_name(m: &str) -> String {
         "emmet" => "EMMET".into(),
         "alphaedit" => "AlphaEdit".into(),
         "encore" => "ENCORE".into(),
+        "ultraedit" => "UltraEdit".into(),
         "pre" => "unedited".into(),
         other => other.into(),
     }

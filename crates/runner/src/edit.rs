@@ -104,7 +104,7 @@ impl BackendTask for EditTask {
         let started = Instant::now();
         // Every file given is read, and --save checked, before the model is loaded.
         let family = FamilyHparams::load(&a.setup.hparams)?;
-        let hparams = family.method(a.method).clone();
+        let hparams = family.method(a.method)?.clone();
         let given_templates = a
             .setup
             .templates
@@ -140,7 +140,8 @@ impl BackendTask for EditTask {
         let before = continuation_nll(&model, &pairs)?;
 
         let layers = hparams.layers(a.distribution);
-        let moments = a.setup.stats(family.stats.clone()).moments(&model, &layers)?;
+        let stats_layers = if a.method.needs_statistics() { &layers[..] } else { &[] };
+        let moments = a.setup.stats(family.stats.clone()).moments(&model, stats_layers)?;
         let covariances = moments.iter().map(|(&l, m)| (l, m.covariance())).collect();
         let templates =
             load_or_sample_templates(&model, &a.setup, given_templates, a.method, &hparams)?;

@@ -400,7 +400,11 @@ impl BackendTask for SweepTask<'_> {
                 &mut seconds,
             )?;
 
-            let mut layers: Vec<usize> = cells.iter().flat_map(|c| c.layers.clone()).collect();
+            let mut layers: Vec<usize> = cells
+                .iter()
+                .filter(|c| c.method.needs_statistics())
+                .flat_map(|c| c.layers.clone())
+                .collect();
             layers.sort_unstable();
             layers.dedup();
             let source = StatsSource {
@@ -610,8 +614,12 @@ impl CellContext<'_> {
             }
             made[&key].clone()
         };
-        let covs: BTreeMap<usize, Mat<f64>> =
-            cell.layers.iter().map(|l| (*l, self.covariances[l].clone())).collect();
+        let covs: BTreeMap<usize, Mat<f64>> = cell
+            .layers
+            .iter()
+            .filter(|_| cell.method.needs_statistics())
+            .map(|l| (*l, self.covariances[l].clone()))
+            .collect();
         let generation = plan.sweep.generation.as_ref().map(|g| GenerationOptions {
             max_len: g.max_len,
             interval: g.interval,

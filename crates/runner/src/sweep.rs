@@ -538,7 +538,7 @@ fn expand(
     let mut cells = Vec::new();
     for (m, family) in families.iter().enumerate() {
         for &method in &s.methods {
-            let mut base = family.method(method).clone();
+            let mut base = family.method(method)?.clone();
             if let Some(over) = s.overrides.get(&method) {
                 base = merge(&base, over)
                     .map_err(|e| anyhow::anyhow!("{}: overrides.{method}: {e}", at("overrides")))?;
