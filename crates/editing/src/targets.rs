@@ -122,9 +122,9 @@ fn int_tensor<B: Backend, const D: usize>(
 /// Edits searched together at most (each search's rows are split over the CPU's threads).
 const MAX_EDITS_PER_SEARCH: usize = 32;
 
-/// What the searches running at once may hold, by [`search_row_bytes`]: SmolLM2 searches 32
-/// CounterFact edits per chunk within it, and questions inside a chat template (rows five times as
-/// long from the subject on) about 8.
+/// What the searches running at once may hold, by [`search_row_bytes`]: on 2 threads SmolLM2
+/// searches 32 CounterFact edits per chunk within it, and QAEdit questions inside its chat template
+/// (rows five times as long from the subject on; ~0.17 GB per edit) about 12.
 pub const SEARCH_BYTES: u64 = 4 << 30;
 
 /// The estimated bytes a search holds for one row of `tokens` tokens of which the last
@@ -132,8 +132,9 @@ pub const SEARCH_BYTES: u64 = 4 << 30;
 /// positions: every layer's keys and values of the row (at d_model, an upper bound under
 /// grouped-query attention); for the backward pass, per recomputed token and block, the inputs of
 /// the projections and norms and the MLP's three d_mlp-wide activations (6 d + 3 d_mlp); four
-/// vocabulary rows per scored position (logits, log-probabilities and their gradients). Measured
-/// on SmolLM2, 16 edits: CounterFact 2.4 GB estimated (with the weights), 2.0 GB peak RSS.
+/// vocabulary rows per scored position (logits, log-probabilities and their gradients). SmolLM2,
+/// 16 edits: CounterFact 2.4 GB estimated with the weights, 2.0 GB peak RSS; QAEdit in the chat
+/// template 2.7 GB estimated without them, 5.0 GB peak RSS of the whole run.
 pub fn search_row_bytes(
     dims: &ModelDims,
     layer: usize,
