@@ -45,6 +45,14 @@ impl<B: Backend> EditSession<B> {
         self.originals.entry(layer).or_insert(original);
     }
 
+    /// Adds `delta` to `layer`'s weight, recording the original first.
+    pub fn write(&mut self, model: &mut LanguageModel<B>, layer: usize, delta: &Mat<f64>) {
+        let w = model.mlp_out(layer).matrix();
+        self.record_original(layer, w.clone());
+        let delta = mat_to_tensor::<B>(delta, &w.device());
+        model.mlp_out_mut(layer).set_matrix(w + delta);
+    }
+
     pub fn edited_layers(&self) -> Vec<usize> {
         self.originals.keys().copied().collect()
     }
@@ -306,10 +314,7 @@ impl Editor {
                     (a, b) => a.or(b),
                 };
             outcome.used_pseudo_inverse |= update.used_pseudo_inverse;
-            let w = model.mlp_out(layer).matrix();
-            session.record_original(layer, w.clone());
-            let delta = mat_to_tensor::<B::InnerBackend>(&update.delta, &w.device());
-            model.mlp_out_mut(layer).set_matrix(w + delta);
+            session.write(model, layer, &update.delta);
             outcome.seconds_solve += t.elapsed().as_secs_f64();
             written.push((layer, k));
         }
@@ -420,7 +425,7 @@ fn weight_times<B: Backend>(model: &LanguageModel<B>, layer: usize, x: &Mat<f64>
     Mat::from_fn(d_out, x.ncols(), |i, j| values[i * x.ncols() + j] as f64)
 }
 
-pub(crate) fn mat_to_tensor<B: Backend>(m: &Mat<f64>, device: &B::Device) -> Tensor<B, 2> {
+fn mat_to_tensor<B: Backend>(m: &Mat<f64>, device: &B::Device) -> Tensor<B, 2> {
     let (r, c) = (m.nrows(), m.ncols());
     let data: Vec<f32> = (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)] as f32)).collect();
     Tensor::from_data(TensorData::new(data, [r, c]), device)

@@ -25,7 +25,7 @@ use editbench_models::{Hooks, LanguageModel, Padding, Patch, Site, Start, Write}
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 
-use crate::distribute::{mat_to_tensor, EditSession};
+use crate::distribute::EditSession;
 use crate::error::{EditError, Result};
 use crate::keys::{host, locate, to_columns};
 use crate::request::EditRequest;
@@ -249,10 +249,7 @@ pub fn edit_round<B: AutodiffBackend>(
     let updates = round_updates(&features, normalizer, lr)
         .map_err(|(layer, error)| EditError::Solve { layer, error })?;
     for (layer, update) in updates {
-        let w = model.mlp_out(layer).matrix();
-        session.record_original(layer, w.clone());
-        let delta = mat_to_tensor::<B::InnerBackend>(&update.delta, &w.device());
-        model.mlp_out_mut(layer).set_matrix(w + delta);
+        session.write(model, layer, &update.delta);
     }
     Ok(())
 }
