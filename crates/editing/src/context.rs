@@ -9,7 +9,8 @@ use editbench_models::LanguageModel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
-use crate::hparams::{Method, MethodHparams, TemplateKind};
+use crate::hparams::{MethodHparams, TemplateKind};
+use crate::methods::Method;
 use crate::sampling::sample_top_k;
 
 /// The seed words MEMIT-style templates are sampled from.

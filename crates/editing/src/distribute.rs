@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use crate::context::ContextTemplates;
 use crate::error::{EditError, Result};
-use crate::hparams::{Distribution, Method, MethodHparams};
+use crate::hparams::{Distribution, MethodHparams};
 use crate::keys::{Activation, LayerKeys, PromptActivation};
+use crate::methods::{Method, Restrain, Search, Solve};
 use crate::request::EditRequest;
-use crate::solver::{null_space_projector, preservation_memorization_update, Memorization};
+use crate::solver::null_space_projector;
 use crate::targets::{target_values, TargetCache};
 use crate::ultraedit::{edit_round, RunningMeanStd};
 
@@ -257,7 +258,10 @@ impl Editor {
         let layers = self.layers();
         let top = *layers.last().expect("at least one layer");
         // ROME's target lives in the MLP output of the edited layer, the others' in the residual stream.
-        let space = if self.method.is_rank_one() { Activation::Value } else { Activation::Hidden };
+        let space = match self.method.spec().search {
+            Search::MlpOutput => Activation::Value,
+            Search::Residual | Search::None => Activation::Hidden,
+        };
         let t = Instant::now();
         let targets = match &self.target_cache {
             Some(cache) if session.originals.is_empty() => cache
@@ -301,13 +305,9 @@ impl Editor {
                 remaining.norm_l2(),
                 residual.norm_l2()
             );
-            let update = self.solve(
-                layer,
-                k.as_ref(),
-                bare_keys.as_ref(),
-                residual.as_ref(),
-                requests.len(),
-            )?;
+            let mut update =
+                self.solve(layer, k.as_ref(), bare_keys.as_ref(), residual.as_ref())?;
+            update.delta = self.restrain(model, session, layer, update.delta)?;
             outcome.max_condition_estimate =
                 match (outcome.max_condition_estimate, update.condition_estimate) {
                     (Some(a), Some(b)) => Some(a.max(b)),
@@ -337,83 +337,50 @@ impl Editor {
         k: MatRef<'_, f64>,
         bare_keys: Option<&Mat<f64>>,
         r: MatRef<'_, f64>,
-        batch: usize,
     ) -> Result<crate::solver::Update> {
-        let h = &self.hparams;
-        let c = &self.covariances[&layer];
-        let result = match self.method {
-            Method::Rome => {
-                let constraint_keys = bare_keys.expect("ROME reads the bare-prompt keys").as_ref();
-                preservation_memorization_update(
-                    c.as_ref(),
-                    k,
-                    r,
-                    Memorization::Asymmetric { constraint_keys },
-                )
-            }
-            Method::RRome => preservation_memorization_update(
-                c.as_ref(),
-                k,
-                r,
-                Memorization::Equality { mu: 0.0 },
-            ),
-            Method::Emmet => {
-                let mu = if batch > 1 { h.emmet_lambda } else { 0.0 };
-                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
-                preservation_memorization_update(
-                    preserved.as_ref(),
-                    k,
-                    r,
-                    Memorization::Equality { mu },
-                )
-            }
-            Method::Memit => {
-                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda);
-                preservation_memorization_update(
-                    preserved.as_ref(),
-                    k,
-                    r,
-                    Memorization::LeastSquares { lambda: 1.0 },
-                )
-            }
-            Method::Encore => {
-                let preserved = preserved_moment(c, h.mom2_update_weight, h.update_norm_lambda)
-                    + &self.previous[&layer];
-                preservation_memorization_update(
-                    preserved.as_ref(),
-                    k,
-                    r,
-                    Memorization::LeastSquares { lambda: 1.0 },
-                )
-            }
-            Method::Alphaedit => {
-                let (p, previous) = (&self.projectors[&layer], &self.previous[&layer]);
-                preservation_memorization_update(
-                    c.as_ref(),
-                    k,
-                    r,
-                    Memorization::NullSpace {
-                        projector: p.as_ref(),
-                        previous: previous.as_ref(),
-                        alpha: h.alphaedit_l2,
-                    },
-                )
-            }
-            Method::Ultraedit => unreachable!("UltraEdit's rounds are solved in `apply`"),
+        let update = self.method.spec().update.expect("a method with a target search solves");
+        let input = Solve {
+            hparams: &self.hparams,
+            c: self.covariances[&layer].as_ref(),
+            keys: k,
+            bare_keys: bare_keys.map(|b| b.as_ref()),
+            residuals: r,
+            previous: self.previous.get(&layer).map(|p| p.as_ref()),
+            projector: self.projectors.get(&layer).map(|p| p.as_ref()),
         };
-        result.map_err(|error| EditError::Solve { layer, error })
+        update(&input).map_err(|error| EditError::Solve { layer, error })
+    }
+
+    /// The method's restraint of a solved update (PRUNE, RECT), given the layer's weights.
+    fn restrain<B: Backend>(
+        &self,
+        model: &LanguageModel<B>,
+        session: &EditSession<B>,
+        layer: usize,
+        update: Mat<f64>,
+    ) -> Result<Mat<f64>> {
+        let Some(restrain) = self.method.spec().restrain else { return Ok(update) };
+        let current = model.mlp_out(layer).matrix();
+        let original = session.originals.get(&layer).cloned().unwrap_or_else(|| current.clone());
+        let (current, original) = (tensor_to_mat(current)?, tensor_to_mat(original)?);
+        let input = Restrain {
+            hparams: &self.hparams,
+            original: original.as_ref(),
+            current: current.as_ref(),
+            update,
+        };
+        restrain(&input)
     }
 }
 
-/// The preservation term of EMMET and MEMIT as the official code builds it (UME
-/// `emmet_main.py`/`memit_main.py`): `a·C + ν I`, with `a = mom2_update_weight` and
-/// `ν = update_norm_lambda` (MEMIT then solves `(a·C + νI + KKᵀ) X = K`).
-fn preserved_moment(c: &Mat<f64>, weight: f64, nu: f64) -> Mat<f64> {
-    let mut scaled = c * faer::Scale(weight);
-    for i in 0..scaled.nrows() {
-        scaled[(i, i)] += nu;
-    }
-    scaled
+/// A weight matrix in f64.
+fn tensor_to_mat<B: Backend>(t: Tensor<B, 2>) -> Result<Mat<f64>> {
+    let [rows, cols] = t.dims();
+    let values = t
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| EditError::Input(format!("reading weights: {e:?}")))?;
+    Ok(Mat::from_fn(rows, cols, |i, j| values[i * cols + j] as f64))
 }
 
 /// `W x` for the edited projection `W` of `layer` (`d_out × d_in`) and columns `x` (`d_in × n`).
@@ -463,7 +430,7 @@ mod tests {
             [(0, c.clone())].into(),
         )
         .unwrap();
-        let update = editor.solve(0, k.as_ref(), None, r.as_ref(), 2).unwrap();
+        let update = editor.solve(0, k.as_ref(), None, r.as_ref()).unwrap();
         let system = &c * faer::Scale(3.0)
             + Mat::<f64>::identity(d, d) * faer::Scale(2.0)
             + &k * k.transpose();
@@ -524,11 +491,11 @@ mod tests {
         for seed in 0..5 {
             let (c, k, r) = problem(8, 3, seed);
             let memit = editor(Method::Memit, &c, 2.0, 0.0)
-                .solve(0, k.as_ref(), None, r.as_ref(), 3)
+                .solve(0, k.as_ref(), None, r.as_ref())
                 .unwrap()
                 .delta;
             let encore = editor(Method::Encore, &c, 2.0, 0.0)
-                .solve(0, k.as_ref(), None, r.as_ref(), 3)
+                .solve(0, k.as_ref(), None, r.as_ref())
                 .unwrap()
                 .delta;
             assert!((&memit - &encore).norm_l2() < 1e-12 * memit.norm_l2(), "seed {seed}");
@@ -536,7 +503,7 @@ mod tests {
                 .iter()
                 .map(|&nu| {
                     editor(Method::Encore, &c, 2.0, nu)
-                        .solve(0, k.as_ref(), None, r.as_ref(), 3)
+                        .solve(0, k.as_ref(), None, r.as_ref())
                         .unwrap()
                         .delta
                         .norm_l2()
@@ -555,9 +522,9 @@ mod tests {
             let (_, k2, r2) = problem(8, 3, seed + 100);
             let mut encore = editor(Method::Encore, &c, 1.0, 0.0);
             *encore.previous.get_mut(&0).unwrap() += &k1 * k1.transpose();
-            let with = encore.solve(0, k2.as_ref(), None, r2.as_ref(), 3).unwrap().delta;
+            let with = encore.solve(0, k2.as_ref(), None, r2.as_ref()).unwrap().delta;
             let without = editor(Method::Memit, &c, 1.0, 0.0)
-                .solve(0, k2.as_ref(), None, r2.as_ref(), 3)
+                .solve(0, k2.as_ref(), None, r2.as_ref())
                 .unwrap()
                 .delta;
             let (moved_with, moved_without) = ((&with * &k1).norm_l2(), (&without * &k1).norm_l2());

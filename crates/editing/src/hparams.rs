@@ -1,6 +1,7 @@
 //! Hyperparameters: typed structs with serde defaults, one YAML file per model family
 //! (`hparams/*.yaml` at the repository root) holding every method's values.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -8,36 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// ROME as the official code writes it (algo §5.2; ROME-ref and UME `rome/compute_u.py`,
-    /// `compute_v.py`): rank one, direction `C⁻¹k̄` from the template-averaged key, exact on the
-    /// bare prompt's key `k_p` — `ΔW = (v* − W k_p)(C⁻¹k̄)ᵀ / (k_pᵀC⁻¹k̄)`. Reproduces the paper's
-    /// ROME rows; edits applied one after another.
-    Rome,
-    /// r-ROME ("Rebuilding ROME", arXiv 2403.07175; rROME `compute_u.py`/`compute_v.py`): the
-    /// averaged key everywhere, `ΔW = (v* − W k̄)(C⁻¹k̄)ᵀ / (k̄ᵀC⁻¹k̄)`, so `Ŵ k̄ = v*` exactly.
-    #[serde(rename = "r-rome")]
-    RRome,
-    /// Least-squares memorization (algo §5.3).
-    Memit,
-    /// Batched equality constraint (algo §5.4).
-    Emmet,
-    /// Null-space-projected least squares (algo §5.5).
-    Alphaedit,
-    /// ENCORE (arXiv 2502.01636; knowledge-editing-regularization `encore/encore_main.py`): MEMIT's
-    /// least squares with a norm term and the keys of earlier rounds among the preserved ones,
-    /// `ΔW = R Kᵀ (λ C + ν I + Σ K_p K_pᵀ + K Kᵀ)⁻¹`, and most-probable early stopping of the
-    /// target search.
-    Encore,
-    /// UltraEdit (arXiv 2505.14679; XiaojieGu/UltraEdit `editor/ultraedit.py`): per round, keys and
-    /// loss gradients at the answer positions, normalized by their running statistics, solved
-    /// with identity preservation at every edited layer at once (`crate::ultraedit`). No key
-    /// statistics, no target search.
-    Ultraedit,
-}
+use crate::methods::{Method, Section, METHODS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,7 +38,6 @@ macro_rules! string_enum {
         }
     };
 }
-string_enum!(Method, "method", Method::Rome => "rome", Method::RRome => "r-rome", Method::Memit => "memit", Method::Emmet => "emmet", Method::Alphaedit => "alphaedit", Method::Encore => "encore", Method::Ultraedit => "ultraedit");
 string_enum!(Distribution, "distribution", Distribution::Single => "single", Distribution::Spread => "spread");
 
 /// How context templates are made (algo §3.1).
@@ -125,6 +96,10 @@ pub struct MethodHparams {
     /// they were before it existed.
     #[serde(default = "d::ultraedit_lr", skip_serializing_if = "d::is_ultraedit_lr")]
     pub ultraedit_lr: f64,
+    /// PRUNE's logarithm base `b` (`σ ↦ log_b σ − log_b σ_max(W₀) + σ_max(W₀)`; the reference's
+    /// `log1_2`). Left out of the serialised form at that value, as `ultraedit_lr`.
+    #[serde(default = "d::prune_log_base", skip_serializing_if = "d::is_prune_log_base")]
+    pub prune_log_base: f64,
     /// Most-probable early stopping (MPES, arXiv 2502.01636) of the target search: an edit stops
     /// once every rewriting prompt ranks each target token first, after this many further steps.
     /// Off when absent (the reference runs every step until the loss falls below 0.05).
@@ -170,6 +145,12 @@ mod d {
     pub fn is_ultraedit_lr(lr: &f64) -> bool {
         *lr == ultraedit_lr()
     }
+    pub fn prune_log_base() -> f64 {
+        1.2
+    }
+    pub fn is_prune_log_base(b: &f64) -> bool {
+        *b == prune_log_base()
+    }
     pub fn keys_per_dim() -> f64 {
         10.0
     }
@@ -178,25 +159,6 @@ mod d {
     }
     pub fn batch_tokens() -> usize {
         4096
-    }
-}
-
-impl Method {
-    /// ROME and r-ROME: rank-one edits written one after another, targets in the MLP's output
-    /// space, ROME's 21 context templates.
-    pub fn is_rank_one(self) -> bool {
-        matches!(self, Self::Rome | Self::RRome)
-    }
-
-    /// Whether the method keeps the keys of its earlier rounds among the preserved ones.
-    pub fn keeps_previous_keys(self) -> bool {
-        matches!(self, Self::Alphaedit | Self::Encore)
-    }
-
-    /// Whether the method solves against the keys' second moment `C` (all but UltraEdit), and
-    /// so needs key statistics and a target search.
-    pub fn needs_statistics(self) -> bool {
-        self != Self::Ultraedit
     }
 }
 
@@ -308,90 +270,139 @@ pub enum Sampler {
 }
 string_enum!(Sampler, "sampler", Sampler::Seeded => "seeded", Sampler::Reference => "reference");
 
-/// Everything for one model family.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Everything for one model family: the key statistics and one section per method, named as the
+/// method ([`crate::methods::METHODS`]). A method without a section takes the one its row derives
+/// it from, or is unavailable for the family.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FamilyHparams {
-    #[serde(default)]
     pub stats: StatsHparams,
-    pub rome: MethodHparams,
-    /// r-ROME; ROME's values when absent.
-    #[serde(default, rename = "r-rome", skip_serializing_if = "Option::is_none")]
-    pub r_rome: Option<MethodHparams>,
-    pub memit: MethodHparams,
-    pub emmet: MethodHparams,
-    pub alphaedit: MethodHparams,
-    /// ENCORE; when absent, MEMIT's values with the reference's ENCORE additions (ν = 10, MPES
-    /// patience 2: `update_norm_lambda: 10`, `prob_cutoff: -3` in every ENCORE hparams file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encore: Option<MethodHparams>,
-    /// UltraEdit: its layers (`spread_layers`, all edited at once) and `ultraedit_lr`; no default,
-    /// since its layers follow the model's depth.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ultraedit: Option<MethodHparams>,
+    sections: BTreeMap<Method, MethodHparams>,
+}
+
+/// As an hparams file: each section with only the fields its method uses, so it loads again.
+impl Serialize for FamilyHparams {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let mut map = serializer.serialize_map(Some(1 + self.sections.len()))?;
+        map.serialize_entry("stats", &self.stats)?;
+        for (method, h) in &self.sections {
+            let serde_norway::Value::Mapping(mut fields) =
+                serde_norway::to_value(h).map_err(S::Error::custom)?
+            else {
+                return Err(S::Error::custom("a method's hyperparameters are a mapping"));
+            };
+            fields.retain(|k, _| k.as_str().is_some_and(|k| method.check_field(k).is_ok()));
+            map.serialize_entry(method, &fields)?;
+        }
+        map.end()
+    }
 }
 
 impl FamilyHparams {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EditError::file(path, e))?;
-        let mut family: Self =
-            serde_norway::from_str(&text).map_err(|e| EditError::file(path, e))?;
-        if family.encore.is_none() {
-            family.encore = Some(MethodHparams {
-                update_norm_lambda: 10.0,
-                mpes_patience: Some(2),
-                ..family.memit.clone()
-            });
+        Self::parse(&text).map_err(|e| match e {
+            EditError::Input(m) => EditError::file(path, m),
+            other => other,
+        })
+    }
+
+    /// An hparams file's text: every section's fields checked against its method's.
+    pub fn parse(text: &str) -> Result<Self> {
+        let yaml = |e: serde_norway::Error| EditError::Input(e.to_string());
+        let root: serde_norway::Mapping = serde_norway::from_str(text).map_err(yaml)?;
+        let mut stats = StatsHparams::default();
+        let mut sections = BTreeMap::new();
+        for (key, value) in root {
+            let key = key.as_str().unwrap_or_default().to_string();
+            if key == "stats" {
+                stats = serde_norway::from_value(value).map_err(|e| section_error("stats", e))?;
+                continue;
+            }
+            let method: Method = key.parse().map_err(|e: EditError| {
+                EditError::Input(format!("section `{key}`: not `stats` and {e}"))
+            })?;
+            let serde_norway::Value::Mapping(fields) = &value else {
+                return Err(EditError::Input(format!("{key}: expected a mapping of fields")));
+            };
+            for field in fields.keys().filter_map(|f| f.as_str()) {
+                method
+                    .check_field(field)
+                    .map_err(|e| EditError::Input(format!("{}{e}", line_of(text, &key, field))))?;
+            }
+            let h: MethodHparams =
+                serde_norway::from_value(value).map_err(|e| section_error(&key, e))?;
+            sections.insert(method, h);
         }
-        Ok(family)
+        for spec in METHODS {
+            if let (false, Section::Derived { from, with }) =
+                (sections.contains_key(&spec.method), spec.section)
+            {
+                if let Some(h) = sections.get(&from) {
+                    sections.insert(spec.method, with(h.clone()));
+                }
+            }
+        }
+        let missing = METHODS
+            .iter()
+            .find(|s| matches!(s.section, Section::Required) && !sections.contains_key(&s.method));
+        if let Some(spec) = missing {
+            return Err(EditError::Input(format!("no `{}:` section", spec.name)));
+        }
+        Ok(Self { stats, sections })
     }
 
     pub fn method(&self, method: Method) -> Result<&MethodHparams> {
-        Ok(match method {
-            Method::Rome => &self.rome,
-            Method::RRome => self.r_rome.as_ref().unwrap_or(&self.rome),
-            Method::Memit => &self.memit,
-            Method::Emmet => &self.emmet,
-            Method::Alphaedit => &self.alphaedit,
-            Method::Encore => self.encore.as_ref().expect("FamilyHparams::load fills in encore"),
-            Method::Ultraedit => self.ultraedit.as_ref().ok_or_else(|| {
-                EditError::Input(
-                    "ultraedit: the hparams file has no `ultraedit:` section (its layers follow \
-                     the model's depth: e.g. `spread_layers` at 64-93 % of it, as GPT-J's 18-26)"
-                        .into(),
-                )
-            })?,
+        self.sections.get(&method).ok_or_else(|| match method.spec().section {
+            Section::Own(how) => EditError::Input(format!("{method}: {how}")),
+            _ => EditError::Input(format!("{method}: the hparams file has no section for it")),
         })
+    }
+
+    /// Every method's section this family has, to change in place.
+    pub fn sections_mut(&mut self) -> impl Iterator<Item = (&Method, &mut MethodHparams)> {
+        self.sections.iter_mut()
     }
 
     /// Checks every layer against the model's depth.
     pub fn check_layers(&self, num_layers: usize) -> Result<()> {
-        for method in [
-            Method::Rome,
-            Method::RRome,
-            Method::Memit,
-            Method::Emmet,
-            Method::Alphaedit,
-            Method::Encore,
-            Method::Ultraedit,
-        ] {
-            let Ok(h) = self.method(method) else { continue };
-            let name = method.to_string();
+        for (method, h) in &self.sections {
             let mut all = h.spread_layers.clone();
             all.push(h.layer);
             if let Some(bad) = all.iter().find(|&&l| l >= num_layers) {
                 return Err(EditError::Input(format!(
-                    "{name}: layer {bad} is out of range (the model has {num_layers} layers)"
+                    "{method}: layer {bad} is out of range (the model has {num_layers} layers)"
                 )));
             }
             if h.spread_layers.is_empty() || h.spread_layers.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(EditError::Input(format!(
-                    "{name}: spread_layers must be non-empty and ascending"
+                    "{method}: spread_layers must be non-empty and ascending"
                 )));
             }
         }
         Ok(())
     }
+}
+
+/// `line N: ` of `field` inside the top-level `section` of an hparams file's text.
+fn line_of(text: &str, section: &str, field: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with(&format!("{section}:")));
+    let found = start.and_then(|s| {
+        lines[s + 1..]
+            .iter()
+            .take_while(|l| l.is_empty() || l.starts_with([' ', '#']))
+            .position(|l| l.trim_start().starts_with(&format!("{field}:")))
+            .map(|i| s + 2 + i)
+    });
+    found.map(|n| format!("line {n}: ")).unwrap_or_default()
+}
+
+fn section_error(section: &str, e: serde_norway::Error) -> EditError {
+    EditError::Input(format!("{section}: {e}"))
 }
 
 #[cfg(test)]
@@ -418,6 +429,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("expected a number of paragraphs or `auto`"));
+    }
+
+    /// A section may set only its method's fields; the error names the method, the field and
+    /// its line. Absent sections derive as the registry says.
+    #[test]
+    fn a_section_refuses_another_method_s_field_by_name_and_line() {
+        let base =
+            "memit:\n  layer: 4\n  spread_layers: [4]\nrome:\n  layer: 4\n  spread_layers: [4]\n\
+                    emmet:\n  layer: 4\n  spread_layers: [4]\n\
+                    alphaedit:\n  layer: 4\n  spread_layers: [4]\n";
+        let family = FamilyHparams::parse(base).unwrap();
+        assert_eq!(family.method(Method::Encore).unwrap().update_norm_lambda, 10.0);
+        assert_eq!(family.method(Method::Prune).unwrap(), family.method(Method::Memit).unwrap());
+        let err = family.method(Method::Ultraedit).unwrap_err().to_string();
+        assert!(err.contains("no `ultraedit:` section"), "{err}");
+        let bad =
+            base.replace("memit:\n  layer: 4\n", "memit:\n  layer: 4\n  # λ\n  alphaedit_l2: 3\n");
+        let err = FamilyHparams::parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("line 4: memit: `alphaedit_l2` is not one of its hyperparameters"),
+            "{err}"
+        );
+        let err = FamilyHparams::parse(&format!("{base}memitt:\n  layer: 1\n")).unwrap_err();
+        assert!(err.to_string().contains("section `memitt`: not `stats` and unknown method"));
+        let err = FamilyHparams::parse(&base.replace("rome:", "romeo:")).unwrap_err();
+        assert!(err.to_string().contains("section `romeo`"), "{err}");
+        let written = serde_norway::to_string(&family).unwrap();
+        assert_eq!(FamilyHparams::parse(&written).unwrap(), family);
+        let missing = "memit:\n  layer: 4\n  spread_layers: [4]\n";
+        assert_eq!(FamilyHparams::parse(missing).unwrap_err().to_string(), "no `rome:` section");
     }
 
     /// Every hyperparameter file the project ships parses, and its layers fit its model's depth.

@@ -9,6 +9,7 @@ pub mod distribute;
 pub mod error;
 pub mod hparams;
 pub mod keys;
+pub mod methods;
 pub mod request;
 pub mod sampling;
 pub mod score;
@@ -20,5 +21,6 @@ pub mod ultraedit;
 
 pub use distribute::{EditOutcome, EditSession, Editor};
 pub use error::{EditError, Result};
-pub use hparams::{Distribution, FamilyHparams, Method, MethodHparams};
+pub use hparams::{Distribution, FamilyHparams, MethodHparams};
+pub use methods::Method;
 pub use request::EditRequest;

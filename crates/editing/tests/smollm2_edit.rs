@@ -83,7 +83,7 @@ fn emmet_and_memit_edit_eight_counterfact_facts_into_smollm2() {
     let started = Instant::now();
     let corpus = corpus();
     let stats = StatsHparams { samples: Samples::Count(300), ..StatsHparams::default() };
-    let layer = family.emmet.layer;
+    let layer = family.method(Method::Emmet).unwrap().layer;
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
     eprintln!("statistics: {:.1} s", started.elapsed().as_secs_f64());
 
@@ -133,7 +133,7 @@ fn spread_over_one_layer_equals_single() {
     let mut model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
     let family = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap();
     let request = counterfact_cases(1).remove(0).request;
-    let layer = family.emmet.layer;
+    let layer = family.method(Method::Emmet).unwrap().layer;
     let corpus = corpus();
     let stats = StatsHparams { samples: Samples::Count(100), ..StatsHparams::default() };
     let c = collect_moments(&model, &[layer], &corpus, &stats).unwrap()[&layer].covariance();
@@ -141,7 +141,7 @@ fn spread_over_one_layer_equals_single() {
         ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();
     let mut edited = Vec::new();
     for distribution in [Distribution::Single, Distribution::Spread] {
-        let mut hparams = family.emmet.clone();
+        let mut hparams = family.method(Method::Emmet).unwrap().clone();
         hparams.spread_layers = vec![layer];
         let mut editor = Editor::new(
             Method::Emmet,
@@ -174,7 +174,11 @@ fn a_batched_target_search_equals_searching_each_edit_alone() {
         &Default::default(),
     )
     .unwrap();
-    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
+    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml"))
+        .unwrap()
+        .method(Method::Emmet)
+        .unwrap()
+        .clone();
     h.v_num_grad_steps = 5;
     let requests: Vec<EditRequest> = counterfact_cases(3).into_iter().map(|c| c.request).collect();
     let templates =
@@ -220,7 +224,7 @@ fn rome_writes_the_target_on_the_bare_key_and_r_rome_on_the_averaged_key() {
     let mut model = LanguageModel::<Cpu>::load(&path, &Default::default()).unwrap();
     let family = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap();
     let request = counterfact_cases(1).remove(0).request;
-    let layer = family.rome.layer;
+    let layer = family.method(Method::Rome).unwrap().layer;
     let corpus = corpus();
     let c = collect_moments(
         &model,
@@ -280,7 +284,11 @@ fn a_persisted_target_cache_is_read_back_exactly() {
         &Default::default(),
     )
     .unwrap();
-    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
+    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml"))
+        .unwrap()
+        .method(Method::Emmet)
+        .unwrap()
+        .clone();
     h.v_num_grad_steps = 3;
     let requests: Vec<EditRequest> = counterfact_cases(2).into_iter().map(|c| c.request).collect();
     let templates =
@@ -321,7 +329,11 @@ fn mpes_stops_the_search_once_the_target_ranks_first() {
         &Default::default(),
     )
     .unwrap();
-    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml")).unwrap().emmet;
+    let mut h = FamilyHparams::load(&root().join("hparams/smollm2.yaml"))
+        .unwrap()
+        .method(Method::Emmet)
+        .unwrap()
+        .clone();
     let requests: Vec<EditRequest> = counterfact_cases(2).into_iter().map(|c| c.request).collect();
     let templates =
         ContextTemplates::for_method(&model, Method::Emmet, TemplateKind::Fixed, 0).unwrap();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use anyhow::{anyhow, Result};
+use editbench_editing::methods::METHODS;
 use editbench_metrics::Metric;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::{CoordTranslate, Shift};
@@ -14,6 +15,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::load::{RowKey, Run, Summary};
+use crate::table::method_rank;
 
 pub(crate) const FONT: &str = "sans-serif";
 /// Figure size in pixels: readable at a paper's column width once scaled to about 8 cm.
@@ -71,16 +73,8 @@ pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 fn method_color(method: &str) -> RGBColor {
-    match method {
-        "rome" => RGBColor(214, 39, 40),
-        "memit" => RGBColor(31, 119, 180),
-        "emmet" => RGBColor(44, 160, 44),
-        "alphaedit" => RGBColor(148, 103, 189),
-        "encore" => RGBColor(140, 86, 75),
-        "ultraedit" => RGBColor(23, 190, 207),
-        "r-rome" => RGBColor(255, 127, 14),
-        _ => RGBColor(90, 90, 90),
-    }
+    let spec = METHODS.iter().find(|s| s.name == method);
+    spec.map_or(RGBColor(90, 90, 90), |s| RGBColor(s.colour.0, s.colour.1, s.colour.2))
 }
 
 const PHASE_COLORS: [RGBColor; 7] = [
@@ -421,13 +415,6 @@ fn markers<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
         }
     }
     .map_err(err)
-}
-
-fn method_rank(method: &str) -> usize {
-    ["memit", "emmet", "rome", "r-rome", "alphaedit", "encore", "ultraedit"]
-        .iter()
-        .position(|m| *m == method)
-        .unwrap_or(7)
 }
 
 /// ` (scores: a sample of n of N records)` when the runs scored a sample.

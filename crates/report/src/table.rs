@@ -4,6 +4,7 @@
 //! then what the solves reported; one row
 //! per run when several runs are compared, followed by the differences to the first run.
 
+use editbench_editing::methods::{display_name, METHODS};
 use editbench_metrics::Metric;
 
 use crate::load::{RowKey, Run, SolverNote, Summary};
@@ -185,12 +186,9 @@ impl Table {
     }
 }
 
-/// Methods in the paper's order.
-fn method_rank(method: &str) -> usize {
-    ["rome", "r-rome", "memit", "emmet", "alphaedit", "encore", "ultraedit"]
-        .iter()
-        .position(|m| *m == method)
-        .unwrap_or(7)
+/// Methods in the registry's order (the paper's, then the later methods); others after them.
+pub(crate) fn method_rank(method: &str) -> usize {
+    METHODS.iter().position(|s| s.name == method).unwrap_or(METHODS.len())
 }
 
 pub(crate) fn header(m: Metric) -> &'static str {
@@ -204,15 +202,8 @@ pub(crate) fn header(m: Metric) -> &'static str {
 
 pub(crate) fn method_name(m: &str) -> String {
     match m {
-        "rome" => "ROME".into(),
-        "r-rome" => "r-ROME".into(),
-        "memit" => "MEMIT".into(),
-        "emmet" => "EMMET".into(),
-        "alphaedit" => "AlphaEdit".into(),
-        "encore" => "ENCORE".into(),
-        "ultraedit" => "UltraEdit".into(),
         "pre" => "unedited".into(),
-        other => other.into(),
+        other => display_name(other).into(),
     }
 }
 

@@ -431,7 +431,7 @@ impl BackendTask for TargetsBench {
     type Output = Result<Value>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let model = self.model.load::<B>(&device)?;
-        let mut h = FamilyHparams::load(&self.hparams)?.emmet;
+        let mut h = FamilyHparams::load(&self.hparams)?.method(Method::Emmet)?.clone();
         h.mpes_patience = self.mpes.or(h.mpes_patience);
         let requests: Vec<EditRequest> =
             counterfact_records(&self.records, self.edits)?.iter().map(EditRequest::from).collect();

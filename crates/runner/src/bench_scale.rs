@@ -41,15 +41,7 @@ pub struct ScaleArgs {
 /// then runs one block and the head, as much as a 2-layer checkpoint allows.
 fn layer_zero_hparams(path: &std::path::Path) -> Result<FamilyHparams> {
     let mut family = FamilyHparams::load(path)?;
-    let methods = [
-        Some(&mut family.rome),
-        family.r_rome.as_mut(),
-        Some(&mut family.memit),
-        Some(&mut family.emmet),
-        Some(&mut family.alphaedit),
-        family.encore.as_mut(),
-    ];
-    for h in methods.into_iter().flatten() {
+    for (_, h) in family.sections_mut() {
         (h.layer, h.spread_layers, h.v_num_grad_steps) = (0, vec![0], 3);
     }
     Ok(family)

@@ -20,7 +20,7 @@ use crate::ModelArgs;
 pub struct EditArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// rome (the official update), r-rome, memit, emmet, alphaedit or encore.
+    /// The method, by its hparams section name (an unknown name lists every one).
     #[arg(long, default_value = "emmet")]
     pub method: Method,
     /// single (the method's layer) or spread (its spread_layers, MEMIT's distribution).

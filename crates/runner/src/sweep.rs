@@ -540,7 +540,7 @@ fn expand(
         for &method in &s.methods {
             let mut base = family.method(method)?.clone();
             if let Some(over) = s.overrides.get(&method) {
-                base = merge(&base, over)
+                base = merge(method, &base, over)
                     .map_err(|e| anyhow::anyhow!("{}: overrides.{method}: {e}", at("overrides")))?;
             }
             if let Some(file) = &base.template_file {
@@ -592,13 +592,15 @@ fn expand(
     Ok(cells)
 }
 
-/// The method section `base` with the fields of `over` replaced (unknown fields are errors).
-fn merge(base: &MethodHparams, over: &Value) -> Result<MethodHparams> {
+/// The method section `base` with the fields of `over` replaced (a field the method does not use
+/// is an error).
+fn merge(method: Method, base: &MethodHparams, over: &Value) -> Result<MethodHparams> {
     let mut value = serde_norway::to_value(base)?;
     let (Value::Mapping(target), Value::Mapping(fields)) = (&mut value, over) else {
         bail!("must be a mapping of hyperparameters")
     };
     for (k, v) in fields {
+        method.check_field(k.as_str().unwrap_or_default())?;
         target.insert(k.clone(), v.clone());
     }
     Ok(serde_norway::from_value(value)?)

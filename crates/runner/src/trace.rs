@@ -16,6 +16,7 @@ use editbench_editing::causal_trace::{
     class_effects, embedding_std, peak_layer, ClassEffect, Corruption, TokenClass, TraceKind,
     TracePrompt, TracedPrompt, Tracer,
 };
+use editbench_editing::methods::{Section, METHODS};
 use editbench_editing::stats::model_sha256;
 use editbench_editing::EditRequest;
 use editbench_models::{BackendTask, LanguageModel};
@@ -424,8 +425,11 @@ fn suggestion(
         a.dataset.display(),
         a.window
     );
-    for method in ["rome", "memit", "emmet", "alphaedit", "encore"] {
-        out += &format!("{method}:\n  layer: {layer}\n  spread_layers: {spread:?}\n");
+    // The sections a file must have or that ENCORE-like methods derive from; UltraEdit's layers
+    // follow the depth, not the trace.
+    let sections = METHODS.iter().filter(|s| !matches!(s.section, Section::Own(_)));
+    for method in sections.filter(|s| !matches!(s.section, Section::Derived { .. })) {
+        out += &format!("{}:\n  layer: {layer}\n  spread_layers: {spread:?}\n", method.name);
     }
     Some(out)
 }
