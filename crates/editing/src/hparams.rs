@@ -100,6 +100,9 @@ pub struct MethodHparams {
     /// `log1_2`). Left out of the serialised form at that value, as `ultraedit_lr`.
     #[serde(default = "d::prune_log_base", skip_serializing_if = "d::is_prune_log_base")]
     pub prune_log_base: f64,
+    /// RECT: the share of each update's entries kept, by relative change (the paper's 20 %).
+    #[serde(default = "d::rect_keep_percent", skip_serializing_if = "d::is_rect_keep_percent")]
+    pub rect_keep_percent: f64,
     /// Most-probable early stopping (MPES, arXiv 2502.01636) of the target search: an edit stops
     /// once every rewriting prompt ranks each target token first, after this many further steps.
     /// Off when absent (the reference runs every step until the loss falls below 0.05).
@@ -150,6 +153,12 @@ mod d {
     }
     pub fn is_prune_log_base(b: &f64) -> bool {
         *b == prune_log_base()
+    }
+    pub fn rect_keep_percent() -> f64 {
+        20.0
+    }
+    pub fn is_rect_keep_percent(k: &f64) -> bool {
+        *k == rect_keep_percent()
     }
     pub fn keys_per_dim() -> f64 {
         10.0
@@ -441,7 +450,7 @@ mod tests {
                     alphaedit:\n  layer: 4\n  spread_layers: [4]\n";
         let family = FamilyHparams::parse(base).unwrap();
         assert_eq!(family.method(Method::Encore).unwrap().update_norm_lambda, 10.0);
-        assert_eq!(family.method(Method::Prune).unwrap(), family.method(Method::Memit).unwrap());
+        assert_eq!(family.method(Method::Rect).unwrap(), family.method(Method::Memit).unwrap());
         let err = family.method(Method::Ultraedit).unwrap_err().to_string();
         assert!(err.contains("no `ultraedit:` section"), "{err}");
         let bad =

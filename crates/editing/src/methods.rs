@@ -5,6 +5,7 @@
 //! `methods/`, and its hyperparameter fields in `hparams.rs`.
 
 pub mod prune;
+pub mod rect;
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,6 +48,9 @@ pub enum Method {
     /// PRUNE (arXiv 2405.16821): MEMIT, then the accumulated update's singular values above the
     /// original weight's largest are restrained logarithmically (`prune`).
     Prune,
+    /// RECT (arXiv 2401.04700): MEMIT, then only the top-k % of each update's entries by relative
+    /// change `|ΔW|/|W|` are kept (`rect`).
+    Rect,
 }
 
 /// Where a method's target values live, if it searches for them.
@@ -250,6 +254,20 @@ pub const METHODS: &[MethodSpec] = &[
         update: Some(memit),
         restrain: Some(prune::restrain),
     },
+    MethodSpec {
+        method: Method::Rect,
+        name: "rect",
+        display: "RECT",
+        colour: (188, 189, 34),
+        statistics: true,
+        search: Search::Residual,
+        keeps_previous_keys: false,
+        sequential_aware: false,
+        fields: &[LAYERS, TEMPLATES, SEARCH, LEAST_SQUARES, &["rect_keep_percent"]],
+        section: Section::Derived { from: Method::Memit, with: same },
+        update: Some(memit),
+        restrain: Some(rect::restrain),
+    },
 ];
 
 impl Method {
@@ -402,6 +420,7 @@ mod tests {
             "{err}"
         );
         assert!(Method::Ultraedit.check_field("v_lr").is_err());
-        assert!(Method::Prune.check_field("prune_log_base").is_ok());
+        assert!(Method::Rect.check_field("rect_keep_percent").is_ok());
+        assert!(Method::Prune.check_field("rect_keep_percent").is_err());
     }
 }
