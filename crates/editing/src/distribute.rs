@@ -167,6 +167,16 @@ impl Editor {
         })
     }
 
+    /// Forgets every earlier round (their keys, UltraEdit's statistics), as a new editor would,
+    /// keeping what depends only on the statistics (AlphaEdit's projectors: an eigendecomposition
+    /// of `C` per layer, ~10 s for SmolLM2's).
+    pub fn reset(&mut self) {
+        for previous in self.previous.values_mut() {
+            previous.fill(0.0);
+        }
+        self.normalizer = None;
+    }
+
     /// Takes targets from (and adds them to) `cache` while the model is unedited.
     pub fn with_target_cache(mut self, cache: Arc<Mutex<TargetCache>>) -> Self {
         self.target_cache = Some(cache);
@@ -468,6 +478,9 @@ mod tests {
         let keys = Mat::from_fn(4, 4, |i, j| (i * 4 + j) as f64);
         encore.set_previous_keys(BTreeMap::from([(0, keys.clone())])).unwrap();
         assert_eq!(encore.previous_keys()[&0], keys);
+        // Reset for the next independent batch: the earlier keys are forgotten, their shape kept.
+        encore.reset();
+        assert_eq!(encore.previous_keys()[&0], Mat::<f64>::zeros(4, 4));
         let mut memit = editor(Method::Memit, &c, 1.0, 0.0);
         assert!(memit.set_previous_keys(BTreeMap::new()).is_ok(), "MEMIT keeps no earlier keys");
     }

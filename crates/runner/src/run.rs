@@ -986,7 +986,7 @@ fn run_cell<B: AutodiffBackend>(
     model: &mut LanguageModel<B::InnerBackend>,
     plan: &Plan,
     cell: &Cell,
-    new_editor: impl Fn() -> Result<Editor>,
+    new_editor: impl FnOnce() -> Result<Editor>,
     records: &[Record],
     eval: &CellEval,
     resume: Option<&Resume>,
@@ -1075,7 +1075,7 @@ fn run_cell<B: AutodiffBackend>(
             progress.rounds_done = r + 1;
             if independent {
                 session.revert(model);
-                editor = new_editor()?;
+                editor.reset();
                 if logged.elapsed().as_secs() >= BATCH_LOG_SECONDS {
                     logged = Instant::now();
                     log_batches(cell, r + 1 - first, rounds.len() - first, started.elapsed());
