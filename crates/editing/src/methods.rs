@@ -307,6 +307,36 @@ impl Method {
     }
 }
 
+/// Every method as a Markdown table: what `editbench methods` prints.
+pub fn listing() -> String {
+    let mut out = String::from(
+        "| method | shown as | key statistics | target search | sequential-aware | \
+         hparams section | its fields |\n|---|---|---|---|---|---|---|\n",
+    );
+    for s in METHODS {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let search = match s.search {
+            Search::None => "none",
+            Search::MlpOutput => "MLP output",
+            Search::Residual => "residual stream",
+        };
+        let section = match s.section {
+            Section::Required => "required".to_string(),
+            Section::Derived { from, .. } => format!("{from}'s when absent"),
+            Section::Own(_) => "its own, no default".to_string(),
+        };
+        let fields: Vec<&str> = s.fields.iter().flat_map(|g| g.iter().copied()).collect();
+        let (stats, aware) = (yes(s.statistics), yes(s.sequential_aware));
+        out += &format!(
+            "| {} | {} | {stats} | {search} | {aware} | {section} | {} |\n",
+            s.name,
+            s.display,
+            fields.join(", ")
+        );
+    }
+    out
+}
+
 /// The method named `name` in tables and figures (`name` itself when it is none of them).
 pub fn display_name(name: &str) -> &str {
     METHODS.iter().find(|s| s.name == name).map_or(name, |s| s.display)
@@ -407,6 +437,10 @@ mod tests {
             assert_eq!(spec.name.parse::<Method>().unwrap(), spec.method);
             assert_eq!(spec.update.is_none(), spec.search == Search::None, "{}", spec.name);
         }
+        let listing = listing();
+        assert_eq!(listing.lines().count(), 2 + METHODS.len());
+        assert!(listing
+            .contains("| encore | ENCORE | yes | residual stream | yes | memit's when absent |"));
         let err = "memitt".parse::<Method>().unwrap_err().to_string();
         assert!(err.contains("unknown method `memitt` (rome r-rome memit"), "{err}");
     }

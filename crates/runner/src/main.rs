@@ -195,6 +195,8 @@ enum Command {
         /// Documents (default: README.md and docs/*.md).
         files: Vec<PathBuf>,
     },
+    /// List the editing methods: name, what each needs, and the hyperparameters its section may set.
+    Methods,
     /// Print the raw rows of a results directory (every cell's cells/<id>.csv.gz, in grid order)
     /// as one CSV on stdout, e.g. for pandas.
     Rows {
@@ -335,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("{} document(s) out of date", differ.len());
             }
         }
+        Command::Methods => print!("{}", editbench_editing::methods::listing()),
         Command::Rows { dir } => {
             use std::io::Write;
             std::io::stdout().write_all(editbench_report::rows::all_rows_csv(&dir)?.as_bytes())?;
