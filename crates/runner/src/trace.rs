@@ -425,10 +425,9 @@ fn suggestion(
         a.dataset.display(),
         a.window
     );
-    // The sections a file must have or that ENCORE-like methods derive from; UltraEdit's layers
-    // follow the depth, not the trace.
-    let sections = METHODS.iter().filter(|s| !matches!(s.section, Section::Own(_)));
-    for method in sections.filter(|s| !matches!(s.section, Section::Derived { .. })) {
+    // The sections a file must have; the others derive from them, except UltraEdit's, whose
+    // layers follow the depth, not the trace.
+    for method in METHODS.iter().filter(|s| matches!(s.section, Section::Required)) {
         out += &format!("{}:\n  layer: {layer}\n  spread_layers: {spread:?}\n", method.name);
     }
     Some(out)

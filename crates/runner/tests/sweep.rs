@@ -78,7 +78,7 @@ fn the_quick_experiment_expands_to_sixteen_cells() {
 fn sweep_files_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let base = read(&root().join("experiments/smollm2-quick.yaml"));
-    let cases: [(&str, &str, &str); 14] = [
+    let cases: [(&str, &str, &str); 15] = [
         ("seeds: [0]", "seeds: [0]\nbatch_size: [2]", "bad.yaml:33:1: unknown field `batch_size`, expected one of `name`, `models`, `backend`, `dataset`, `stats`, `methods`, `batch_sizes`, `distribution`, `layers`, `seeds`, `protocol`, `eval_every_round`, `eval_every`, `generation`, `overrides`, `eval`\n"),
         ("batch_sizes: [1, 16]", "batch_sizes: [1, 64]", "bad.yaml:31:1: batch size 64 is impossible with dataset.n_edits = 16 (allowed: 1..=16)\n"),
         ("batch_sizes: [1, 16]", "batch_sizes: one", "bad.yaml:31:14: batch_sizes: invalid type: string \"one\", expected a sequence\n"),
@@ -89,6 +89,7 @@ fn sweep_files_are_checked_before_any_work() {
         ("methods: [rome, r-rome, memit, emmet]", "methods: [rome, emmet, rome]", "bad.yaml:29:1: methods lists rome twice (each value makes cells; list it once)\n"),
         ("seeds: [0]", "seeds: [0]\nlayers: {single: []}", "bad.yaml:33:1: layers.single must list at least one value (or be left out for the hparams file's)\n"),
         ("{first: 16}", "{first: 8}", "dataset: the selection holds 8 records but n_edits is 16\n"),
+        ("rome: {templates: fixed}", "rome: {templates: fixed, emmet_lambda: 0.2}", "overrides.rome: rome: `emmet_lambda` is not one of its hyperparameters (layer, spread_layers,"),
         ("backend: cpu", "backend: tpu", "bad.yaml:19:1: backend: unknown backend `tpu` (cpu, wgpu, cuda)\n"),
         ("    hparams: hparams/smollm2.yaml ", "    dtype: f8\n    hparams: hparams/smollm2.yaml ", "bad.yaml:18:12: models[0].dtype: unknown variant `f8`, expected one of `f32`, `f16`, `bf16`\n"),
         ("protocol: independent", "protocol: independent\neval_every: 256", "bad.yaml:36:1: eval_every needs protocol: sequential\n"),
