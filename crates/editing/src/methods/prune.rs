@@ -64,9 +64,9 @@ mod tests {
     }
 
     proptest! {
-        /// Every restrained singular value is PRUNE's `σ_max(W₀) + log_b(σ / σ_max(W₀))`, and those
-        /// below `σ_max(W₀)` are kept. (It shrinks `σ` only where `σ_max(W₀) · ln b ≥ 1`; just above
-        /// a smaller `σ_max(W₀)` it enlarges it, as the reference's formula does.)
+        /// Every restrained singular value is PRUNE's `σ_max(W₀) + log_b(σ / σ_max(W₀))`, and
+        /// those below `σ_max(W₀)` are kept. (It shrinks `σ` only where `σ_max(W₀) · ln b ≥ 1`;
+        /// just above a smaller `σ_max(W₀)` it enlarges it, as the reference's formula does.)
         #[test]
         fn restrained_singular_values_obey_the_bound(
             seed in 0u64..1000, scale in 0.01f64..50.0, base in 1.05f64..4.0,
@@ -99,7 +99,8 @@ mod tests {
             let w0 = matrix(6, 9, seed, 1.0);
             let limit = w0.singular_values().unwrap()[0];
             let update = matrix(6, 9, seed + 3, 1.0);
-            let update = &update * faer::Scale(share * limit / update.singular_values().unwrap()[0]);
+            let top = update.singular_values().unwrap()[0];
+            let update = &update * faer::Scale(share * limit / top);
             let h = hparams(1.2);
             let r = Restrain { hparams: &h, original: w0.as_ref(), current: w0.as_ref(), update };
             let written = restrain(&r).unwrap();

@@ -88,7 +88,11 @@ mod tests {
             for (n, &kept) in mask.iter().enumerate() {
                 let want = if kept { update[(n / 6, n % 6)] } else { 0.0 };
                 prop_assert_eq!(written[(n / 6, n % 6)], want);
-                if kept { min_kept = min_kept.min(rel(n)) } else { max_dropped = max_dropped.max(rel(n)) }
+                if kept {
+                    min_kept = min_kept.min(rel(n));
+                } else {
+                    max_dropped = max_dropped.max(rel(n));
+                }
             }
             prop_assert!(min_kept >= max_dropped);
         }
